@@ -1,0 +1,140 @@
+// The Communicator: the only thing in occult that moves bytes between EP ranks (DESIGN.md,
+// "Architecture"). Planning code never sees it; exchanges take it as their last argument.
+// Every all-to-all is named (dispatch, combine, backward_dispatch, backward_combine, ...) and
+// its bytes are counted exactly, rows a rank keeps for itself apart from rows sent to peers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace occult {
+
+// Exchange names used by the MoE layer; byte accounting and reports use these spellings.
+inline constexpr const char* kExchangeDispatch = "dispatch";
+inline constexpr const char* kExchangeCombine = "combine";
+inline constexpr const char* kExchangeBackwardDispatch = "backward_dispatch";
+inline constexpr const char* kExchangeBackwardCombine = "backward_combine";
+// Routing metadata (counts, (local expert, weight) records, gate gradients): reported apart
+// from the hidden-state bytes so that those compare exactly between dispatchers.
+inline constexpr const char* kExchangeMetadata = "metadata";
+
+// Bytes one exchange moved, seen from the sender: `local_*` is what a rank sent to itself
+// (a copy, no network), `remote_*` what it sent to other ranks.
+struct ExchangeBytes {
+  std::int64_t local_bytes = 0;
+  std::int64_t remote_bytes = 0;
+  std::int64_t calls = 0;
+
+  std::int64_t total_bytes() const { return local_bytes + remote_bytes; }
+};
+
+// Per-exchange byte counters of one rank (not summed over ranks; see sum_over_ranks).
+class ByteCounter {
+ public:
+  // Adds `bytes_to_self` and `bytes_to_peers` to exchange `name` and counts one call.
+  void add(const std::string& name, std::int64_t bytes_to_self, std::int64_t bytes_to_peers);
+  // The counters of `name` (zeros when it never ran).
+  ExchangeBytes get(const std::string& name) const;
+  // All named counters, in name order.
+  const std::map<std::string, ExchangeBytes>& all() const { return counters_; }
+  // Forgets every counter.
+  void reset() { counters_.clear(); }
+
+ private:
+  std::map<std::string, ExchangeBytes> counters_;
+};
+
+// A group of EP ranks. Every method marked "collective" must be called by every rank of the
+// group, in the same order, or the program hangs; sizes passed to a collective must agree
+// between ranks as its comment states. Errors from the transport throw occult::Error.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  // This process's rank in [0, size()).
+  virtual int rank() const = 0;
+  // Number of ranks (D, the EP devices).
+  virtual int size() const = 0;
+
+  // Collective: send_counts[d] int64 values go to rank d; returns recv[s] = what rank s sent
+  // to this rank. Used to exchange the row counts that precede an all_to_all_v.
+  virtual std::vector<std::int64_t> all_to_all_counts(std::span<const std::int64_t> send_counts) = 0;
+
+  // Collective: rank d receives send[send_offsets[d] .. + send_counts[d]) (bytes) into its
+  // recv buffer at recv_offsets[this rank]; recv_counts[s] must equal what rank s sends here.
+  // Bytes are recorded under `exchange` (self vs peers). Offsets and counts are in bytes.
+  virtual void all_to_all_v(const std::string& exchange, std::span<const std::byte> send,
+                            std::span<const std::int64_t> send_counts,
+                            std::span<const std::int64_t> send_offsets, std::span<std::byte> recv,
+                            std::span<const std::int64_t> recv_counts,
+                            std::span<const std::int64_t> recv_offsets) = 0;
+
+  // Collective: element-wise sum (in place) over all ranks; every rank passes the same length.
+  virtual void all_reduce_sum(std::span<float> values) = 0;
+  virtual void all_reduce_sum(std::span<double> values) = 0;
+  virtual void all_reduce_sum(std::span<std::int64_t> values) = 0;
+  // Collective: element-wise maximum (in place) over all ranks.
+  virtual void all_reduce_max(std::span<double> values) = 0;
+  virtual void all_reduce_max(std::span<std::int64_t> values) = 0;
+  // Collective: copies `root`'s bytes into every rank's `data` (same length everywhere).
+  virtual void broadcast(std::span<std::byte> data, int root) = 0;
+  // Collective: returns when every rank has entered it.
+  virtual void barrier() = 0;
+
+  // This rank's byte counters (only all_to_all_v records bytes).
+  ByteCounter& bytes() { return bytes_; }
+  const ByteCounter& bytes() const { return bytes_; }
+
+ protected:
+  ByteCounter bytes_;
+};
+
+// A one-rank communicator (size 1, no MPI): for single-process tools and unit tests. Its
+// all-to-all is a copy and is still counted (as local bytes).
+class SelfCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::vector<std::int64_t> all_to_all_counts(std::span<const std::int64_t> send_counts) override;
+  void all_to_all_v(const std::string& exchange, std::span<const std::byte> send,
+                    std::span<const std::int64_t> send_counts,
+                    std::span<const std::int64_t> send_offsets, std::span<std::byte> recv,
+                    std::span<const std::int64_t> recv_counts,
+                    std::span<const std::int64_t> recv_offsets) override;
+  void all_reduce_sum(std::span<float>) override {}
+  void all_reduce_sum(std::span<double>) override {}
+  void all_reduce_sum(std::span<std::int64_t>) override {}
+  void all_reduce_max(std::span<double>) override {}
+  void all_reduce_max(std::span<std::int64_t>) override {}
+  void broadcast(std::span<std::byte>, int root) override;
+  void barrier() override {}
+};
+
+// Collective: typed all-to-all of rows `row_width` elements wide. send_rows[d] rows (packed
+// by destination in rank order) go to rank d; recv_rows[s] rows arrive from rank s, packed
+// in rank order. Checks the buffers hold exactly sum(rows) * row_width elements.
+template <typename T>
+void all_to_all_rows(Communicator& comm, const std::string& exchange, std::span<const T> send,
+                     std::span<const std::int64_t> send_rows, std::span<T> recv,
+                     std::span<const std::int64_t> recv_rows, std::int64_t row_width);
+
+// Collective: the per-exchange counters of every rank summed (rank r's view equals rank 0's).
+std::map<std::string, ExchangeBytes> sum_over_ranks(Communicator& comm);
+
+// Collective error agreement, so bad input fails on EVERY rank with one message and no hang:
+// runs `check` locally; if any rank's check threw occult::Error, every rank throws an
+// occult::Error carrying the message of the lowest failing rank (prefixed "rank r: " when
+// size() > 1). Call it before the first exchange that depends on the checked input.
+template <typename Check>
+void agree_on_errors(Communicator& comm, Check&& check);
+
+// Implementation detail of agree_on_errors (non-template part).
+void agree_on_error_message(Communicator& comm, bool failed, const std::string& message);
+
+}  // namespace occult
+
+#include "occult/comm/communicator_inl.h"

@@ -1,0 +1,52 @@
+// Template bodies of communicator.h (included from it; not a public entry point).
+#pragma once
+
+#include <vector>
+
+#include "occult/core/error.h"
+
+namespace occult {
+
+template <typename T>
+void all_to_all_rows(Communicator& comm, const std::string& exchange, std::span<const T> send,
+                     std::span<const std::int64_t> send_rows, std::span<T> recv,
+                     std::span<const std::int64_t> recv_rows, std::int64_t row_width) {
+  const int size = comm.size();
+  OCCULT_CHECK(static_cast<int>(send_rows.size()) == size && static_cast<int>(recv_rows.size()) == size,
+               "exchange '{}': row counts for {} and {} ranks, expected {}", exchange, send_rows.size(),
+               recv_rows.size(), size);
+  const std::int64_t row_bytes = row_width * static_cast<std::int64_t>(sizeof(T));
+  std::vector<std::int64_t> send_counts(size), send_offsets(size), recv_counts(size), recv_offsets(size);
+  std::int64_t send_total = 0, recv_total = 0;
+  for (int d = 0; d < size; ++d) {
+    send_counts[d] = send_rows[d] * row_bytes;
+    send_offsets[d] = send_total * row_bytes;
+    send_total += send_rows[d];
+    recv_counts[d] = recv_rows[d] * row_bytes;
+    recv_offsets[d] = recv_total * row_bytes;
+    recv_total += recv_rows[d];
+  }
+  OCCULT_CHECK(static_cast<std::int64_t>(send.size()) == send_total * row_width,
+               "exchange '{}': send buffer holds {} elements, the counts need {} rows x {}", exchange,
+               send.size(), send_total, row_width);
+  OCCULT_CHECK(static_cast<std::int64_t>(recv.size()) == recv_total * row_width,
+               "exchange '{}': receive buffer holds {} elements, the counts need {} rows x {}", exchange,
+               recv.size(), recv_total, row_width);
+  comm.all_to_all_v(exchange, std::as_bytes(send), send_counts, send_offsets, std::as_writable_bytes(recv),
+                    recv_counts, recv_offsets);
+}
+
+template <typename Check>
+void agree_on_errors(Communicator& comm, Check&& check) {
+  bool failed = false;
+  std::string message;
+  try {
+    check();
+  } catch (const Error& e) {
+    failed = true;
+    message = e.message();
+  }
+  agree_on_error_message(comm, failed, message);
+}
+
+}  // namespace occult

@@ -1,0 +1,194 @@
+// The expert-parallel MoE layer (DESIGN.md, "The MoE layer"): router, top-k gating, dispatch
+// (standard: one row per (token, expert); occult: one row per (token, device)), SwiGLU expert
+// compute with the gate weights applied on the expert's device (stage-1), combine and the
+// stage-2 sum at home; and the backward pass through all of it, reusing the dispatch plan.
+//
+// How a model uses it (every transformer block owns one MoeLayer):
+//   MoeLayer moe(comm, config, placement.layer(l).expert_to_device);   // collective
+//   moe.load_weights(reader, "model.layers.3.");  // or fill parameters() itself
+//   moe.zero_grad();
+//   moe.forward(x, num_local_tokens, y);           // collective; keeps what backward needs
+//   aux = switch_loss(moe.router_probs(), moe.topk_ids());  // model-side, optional
+//   moe.backward(dy, d_router_probs_from_aux, dx); // collective; accumulates gradients
+//   comm.all_reduce_sum(moe.router_weight_grad()); // data-parallel router: the MODEL reduces it
+// Every rank calls the collective methods the same number of times in the same order; each
+// rank may pass a different number of local tokens T_local, including 0. The router weight
+// W_r [E, H] is replicated on every rank (identical values are the caller's responsibility);
+// the expert weights exist only on the expert's owning rank.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "occult/comm/communicator.h"
+#include "occult/moe/dispatch_plan.h"
+#include "occult/routing/gating.h"
+
+namespace occult {
+
+class SafetensorsReader;
+
+// Collaboration pruning inside the layer (DESIGN.md, "Collaboration pruning"): after top-k,
+// each token is restricted to at most `max_devices` devices. 0 disables it.
+struct MoePruneOptions {
+  enum class Scheme { kScore, kSimilarity };
+  int max_devices = 0;
+  Scheme scheme = Scheme::kScore;
+  // false: a replacement inherits the replaced expert's gate weight (default, DESIGN.md);
+  // true: it gets its own p, normalised like g ("recompute").
+  bool recompute_weights = false;
+  // Scheme::kSimilarity only: E x E expert similarity (e.g. LayerPlacement::similarity).
+  std::vector<float> similarity;
+};
+
+// Everything that fixes the layer's arithmetic and communication.
+struct MoeLayerConfig {
+  int num_experts = 0;  // E
+  int top_k = 0;        // k
+  int hidden_size = 0;  // H
+  int ffn_size = 0;     // F, each expert's SwiGLU width
+  ScoreFunction score_function = ScoreFunction::kSoftmax;
+  bool norm_topk_prob = false;  // softmax only: g_i = p_i / sum_{j in S} p_j
+  DispatchKind dispatch = DispatchKind::kOccult;
+  // Standard dispatch only: 0 = dropless (default); c > 0 caps each expert at
+  // ceil(c * T_local * k / E) assignments from each rank (token order; the rest are dropped).
+  double capacity_factor = 0;
+  MoePruneOptions prune;
+
+  // The GatingConfig part (E, k, score function, norm_topk_prob).
+  GatingConfig gating() const;
+};
+
+// Throws occult::Error naming the field unless E >= 1, 1 <= k <= E, H >= 1, F >= 1,
+// capacity_factor >= 0 (and only with standard dispatch), 0 <= prune.max_devices, and a
+// similarity of E x E when the similarity scheme is chosen.
+void validate_moe_layer_config(const MoeLayerConfig& config);
+
+// A named parameter tensor of the layer and its gradient (same shape), for optimizers,
+// checkpoints and gradient checks. Names follow DESIGN.md's Hugging Face layout without a
+// prefix: "mlp.gate.weight", "mlp.experts.{e}.gate_proj.weight", ...
+struct MoeParameter {
+  std::string name;
+  std::vector<std::int64_t> shape;
+  std::span<float> value;
+  std::span<float> grad;
+  bool replicated = false;  // true for the router (data-parallel: its grad needs an all-reduce)
+};
+
+// Wall time (seconds) of the last forward/backward, split so that benchmarks can tell
+// communication from compute on one rank.
+struct MoeLayerTimings {
+  double forward_router = 0, forward_dispatch = 0, forward_experts = 0, forward_combine = 0;
+  double backward_dispatch = 0, backward_experts = 0, backward_combine = 0, backward_router = 0;
+};
+
+// One expert-parallel MoE layer on one rank. Not copyable; holds references to `comm`, which
+// must outlive it.
+class MoeLayer {
+ public:
+  // Collective. `expert_to_device` [E] must have entries in [0, comm.size()) (uneven counts
+  // per device are fine). Errors (config, placement for another D or E) throw on every rank.
+  // Weights start at zero; fill them with load_weights, init_random or parameters().
+  MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> expert_to_device);
+  ~MoeLayer();
+  MoeLayer(const MoeLayer&) = delete;
+  MoeLayer& operator=(const MoeLayer&) = delete;
+
+  const MoeLayerConfig& config() const { return config_; }
+  const std::vector<int>& expert_to_device() const { return expert_to_device_; }
+  // The global ids of this rank's experts, ascending ("local expert i" is local_experts()[i]).
+  const std::vector<int>& local_experts() const { return local_experts_; }
+  // True when expert `e` lives on this rank.
+  bool is_local(int expert) const;
+
+  // Router weight W_r [E, H] (replicated) and its gradient (local; the model all-reduces it).
+  std::span<float> router_weight() { return router_; }
+  std::span<float> router_weight_grad() { return d_router_; }
+  // Expert `e`'s W1 (gate_proj) [F, H], W3 (up_proj) [F, H], W2 (down_proj) [H, F] and their
+  // gradients; `e` is a global id and must be local (throws naming it otherwise).
+  std::span<float> gate_proj(int expert);
+  std::span<float> up_proj(int expert);
+  std::span<float> down_proj(int expert);
+  std::span<float> gate_proj_grad(int expert);
+  std::span<float> up_proj_grad(int expert);
+  std::span<float> down_proj_grad(int expert);
+  // The router and this rank's expert tensors, router first, then experts ascending.
+  std::vector<MoeParameter> parameters();
+
+  // Reads `prefix + "mlp.gate.weight"` and, for this rank's experts only,
+  // `prefix + "mlp.experts.{e}.{gate,up,down}_proj.weight`; checks every shape. Collective
+  // (a missing tensor on one rank fails every rank).
+  void load_weights(const SafetensorsReader& reader, std::string_view prefix = "");
+  // Fills every weight with a deterministic function of (seed, name, index) uniform in
+  // [-scale, scale): all ranks agree on the router and any expert's values regardless of D.
+  void init_random(std::uint64_t seed, float scale);
+  // Sets every gradient to zero (backward accumulates).
+  void zero_grad();
+
+  // Collective. x [T_local, H] -> y [T_local, H]. Computes router logits, probabilities and
+  // top-k (then pruning, if configured), plans and runs dispatch, experts and combine, and
+  // keeps x's routing, the plan and expert activations for backward.
+  void forward(std::span<const float> x, std::int64_t num_tokens, std::span<float> y);
+  // Collective. As forward, but with the routing imposed (e.g. from a trace): topk_ids
+  // [T_local, k] and topk_weights [T_local, k] are used as given and the router is not run;
+  // backward then leaves the router gradient untouched. Ids out of range throw on every rank.
+  void forward_with_routing(std::span<const float> x, std::int64_t num_tokens,
+                            std::span<const std::int32_t> topk_ids,
+                            std::span<const float> topk_weights, std::span<float> y);
+  // Collective. dy [T_local, H] -> dx [T_local, H] (overwritten), for the last forward.
+  // `d_router_probs` [T_local, E] (may be empty) is an extra gradient on router_probs(), e.g.
+  // from the load-balancing loss. Accumulates into router_weight_grad() (local, not reduced)
+  // and this rank's expert gradients.
+  void backward(std::span<const float> dy, std::span<const float> d_router_probs,
+                std::span<float> dx);
+
+  // Read-only routing of the last forward (T_local rows): router probabilities (scores) [T, E]
+  // (empty after forward_with_routing), selected experts [T, k] and gate weights [T, k].
+  std::span<const float> router_probs() const { return probs_; }
+  std::span<const std::int32_t> topk_ids() const { return ids_; }
+  std::span<const float> topk_weights() const { return weights_; }
+  std::int64_t num_tokens() const { return num_tokens_; }
+  // The dispatch plan of the last forward (send side of this rank; the "handle").
+  const DispatchPlan& plan() const { return plan_; }
+  // The receive side of the last forward (rows and assignments this rank's experts served).
+  const ReceivePlan& receive_plan() const { return receive_; }
+  // Timings of the last forward and backward on this rank.
+  const MoeLayerTimings& timings() const { return timings_; }
+  // Expert FLOPs of the last forward (2*3*H*F per assignment served here) and backward.
+  double forward_expert_flops() const;
+  double backward_expert_flops() const;
+
+ private:
+  void run_forward(std::span<const float> x, std::span<float> y);
+  int local_index(int expert, const char* what) const;
+
+  Communicator& comm_;
+  MoeLayerConfig config_;
+  std::vector<int> expert_to_device_;
+  std::vector<int> local_experts_;
+  std::vector<int> local_index_of_;  // [E]: index among this rank's experts, -1 if remote
+
+  std::vector<float> router_, d_router_;          // [E, H]
+  std::vector<float> w1_, w3_, w2_;               // [L, F, H], [L, F, H], [L, H, F]
+  std::vector<float> d_w1_, d_w3_, d_w2_;
+
+  // State of the last forward.
+  std::int64_t num_tokens_ = 0;
+  bool routing_imposed_ = false;
+  std::vector<float> x_;              // [T, H] copy of the input (router gradient)
+  std::vector<float> probs_;          // [T, E]
+  std::vector<std::int32_t> ids_;     // [T, k]
+  std::vector<float> weights_;        // [T, k]
+  std::vector<std::int32_t> weight_source_;  // [T, k]: expert whose p gave slot's weight
+  DispatchPlan plan_;
+  ReceivePlan receive_;
+  std::vector<float> x_recv_;         // [R, H] rows received by this rank's experts
+  std::vector<float> act_gate_, act_up_;  // [A, F] W1 x and W3 x per assignment (expert order)
+  MoeLayerTimings timings_;
+};
+
+}  // namespace occult
