@@ -1,0 +1,150 @@
+#include "occult/routing/gating.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "occult/core/error.h"
+#include "routing/reference.h"
+
+namespace occult {
+namespace {
+
+GatingConfig softmax_config(int e, int k, bool norm) {
+  return GatingConfig{e, k, ScoreFunction::kSoftmax, norm};
+}
+
+// Bitwise equality, so that -0.0f vs 0.0f or NaN differences are not hidden.
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+TEST(Gating, HandComputedSoftmaxTopk) {
+  // logits ln(1..4): p = (1, 2, 3, 4) / 10; top-2 = experts 3, 2 with p 0.4, 0.3.
+  const std::vector<float> logits = {std::log(1.0f), std::log(2.0f), std::log(3.0f), std::log(4.0f)};
+  std::vector<float> p(4);
+  router_scores(logits, 1, softmax_config(4, 2, false), p);
+  // Tolerance: exp/log round-trips cost a few float ulps.
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(p[i], (i + 1) / 10.0f, 4e-7f) << i;
+
+  std::vector<std::int32_t> ids(2);
+  std::vector<float> w(2);
+  select_topk(p, {}, 1, softmax_config(4, 2, false), ids, w);
+  EXPECT_EQ(ids, (std::vector<std::int32_t>{3, 2}));
+  EXPECT_EQ(w[0], p[3]);
+  EXPECT_EQ(w[1], p[2]);
+
+  select_topk(p, {}, 1, softmax_config(4, 2, true), ids, w);
+  EXPECT_EQ(ids, (std::vector<std::int32_t>{3, 2}));
+  EXPECT_NEAR(w[0], 4.0f / 7.0f, 4e-7f);
+  EXPECT_NEAR(w[1], 3.0f / 7.0f, 4e-7f);
+}
+
+TEST(Gating, TiesGoToTheLowerIdExactly) {
+  // Equal logits: p = 1/4 exactly (exp(0) = 1, sum 4); top-2 are experts 0 and 1.
+  const std::vector<float> logits = {5, 5, 5, 5};
+  std::vector<float> p(4);
+  router_scores(logits, 1, softmax_config(4, 2, false), p);
+  EXPECT_EQ(p, (std::vector<float>{0.25f, 0.25f, 0.25f, 0.25f}));
+  std::vector<std::int32_t> ids(2);
+  std::vector<float> w(2);
+  select_topk(p, {}, 1, softmax_config(4, 2, true), ids, w);
+  EXPECT_EQ(ids, (std::vector<std::int32_t>{0, 1}));
+  EXPECT_EQ(w, (std::vector<float>{0.5f, 0.5f}));
+
+  // Scores 0, 2, 2, 0, 1 (already probabilities or not, selection only compares): top-3 is
+  // 1, 2 (tie, lower id first), then 4.
+  const std::vector<float> s = {0, 2, 2, 0, 1};
+  std::vector<std::int32_t> ids3(3);
+  std::vector<float> w3(3);
+  select_topk(s, {}, 1, softmax_config(5, 3, false), ids3, w3);
+  EXPECT_EQ(ids3, (std::vector<std::int32_t>{1, 2, 4}));
+  EXPECT_EQ(w3, (std::vector<float>{2, 2, 1}));
+}
+
+TEST(Gating, SigmoidBiasChoosesButDoesNotWeigh) {
+  // DeepSeek-V3: selection on s + bias, weights s / sum over the selected.
+  GatingConfig config{4, 2, ScoreFunction::kSigmoid, false};
+  const std::vector<float> s = {0.5f, 0.25f, 0.125f, 0.0625f};
+  const std::vector<float> bias = {0, 0, 1, 0};
+  std::vector<std::int32_t> ids(2);
+  std::vector<float> w(2);
+  select_topk(s, bias, 1, config, ids, w);
+  EXPECT_EQ(ids, (std::vector<std::int32_t>{2, 0}));
+  // 0.125 / 0.625 and 0.5 / 0.625 are exact binary fractions: 0.2 and 0.8 rounded once.
+  EXPECT_EQ(w[0], 0.125f / 0.625f);
+  EXPECT_EQ(w[1], 0.5f / 0.625f);
+
+  std::vector<float> scores(2);
+  router_scores(std::vector<float>{0.0f, 0.0f}, 1, GatingConfig{2, 1, ScoreFunction::kSigmoid, false},
+                scores);
+  EXPECT_EQ(scores, (std::vector<float>{0.5f, 0.5f}));
+}
+
+TEST(Gating, LargeLogitsDoNotOverflow) {
+  const std::vector<float> logits = {1000.0f, 999.0f, -1000.0f};
+  std::vector<float> p(3);
+  router_scores(logits, 1, softmax_config(3, 1, false), p);
+  EXPECT_TRUE(std::isfinite(p[0]) && std::isfinite(p[1]));
+  EXPECT_NEAR(p[0], 1.0 / (1.0 + std::exp(-1.0)), 1e-6);
+  EXPECT_EQ(p[2], 0.0f);
+}
+
+TEST(Gating, MatchesReferenceTwinBitForBit) {
+  std::mt19937 rng(1234);
+  int cases = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const int e = 1 + static_cast<int>(rng() % 70);
+    const int k = 1 + static_cast<int>(rng() % e);
+    const std::int64_t t = 1 + rng() % 40;
+    GatingConfig config{e, k, rng() % 2 ? ScoreFunction::kSoftmax : ScoreFunction::kSigmoid,
+                        rng() % 2 == 0};
+    // Half the trials draw logits from a few integers, so ties are frequent.
+    const bool coarse = trial % 2 == 0;
+    std::uniform_real_distribution<float> uniform(-6.0f, 6.0f);
+    std::vector<float> logits(t * e);
+    for (float& x : logits) x = coarse ? static_cast<float>(static_cast<int>(rng() % 5) - 2) : uniform(rng);
+    std::vector<float> bias;
+    if (rng() % 3 == 0) {
+      bias.resize(e);
+      for (float& b : bias) b = coarse ? static_cast<float>(rng() % 2) * 0.5f : uniform(rng) * 0.1f;
+    }
+
+    std::vector<float> fast_scores(t * e), ref_scores(t * e);
+    router_scores(logits, t, config, fast_scores);
+    reference::router_scores(logits, t, config, ref_scores);
+    ASSERT_TRUE(same_bits(fast_scores, ref_scores)) << "trial " << trial;
+
+    std::vector<std::int32_t> fast_ids(t * k), ref_ids(t * k);
+    std::vector<float> fast_w(t * k), ref_w(t * k);
+    select_topk(fast_scores, bias, t, config, fast_ids, fast_w);
+    reference::select_topk(ref_scores, bias, t, config, ref_ids, ref_w);
+    ASSERT_EQ(fast_ids, ref_ids) << "trial " << trial << " E=" << e << " k=" << k;
+    ASSERT_TRUE(same_bits(fast_w, ref_w)) << "trial " << trial;
+    ++cases;
+  }
+  EXPECT_EQ(cases, 400);
+}
+
+TEST(Gating, RejectsBadShapesAndConfig) {
+  std::vector<float> s(8), w(2);
+  std::vector<std::int32_t> ids(2);
+  EXPECT_THROW(select_topk(s, {}, 1, softmax_config(8, 9, false), ids, w), Error);  // k > E
+  EXPECT_THROW(select_topk(s, {}, 2, softmax_config(8, 2, false), ids, w), Error);  // T mismatch
+  EXPECT_THROW(select_topk(s, std::vector<float>(3), 1, softmax_config(8, 2, false), ids, w), Error);
+  EXPECT_THROW(router_scores(s, 1, softmax_config(0, 1, false), s), Error);
+  s[3] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(select_topk(s, {}, 1, softmax_config(8, 2, false), ids, w), Error);
+  try {
+    select_topk(s, {}, 1, softmax_config(8, 2, false), ids, w);
+  } catch (const Error& error) {
+    EXPECT_NE(error.message().find("token 0 expert 3"), std::string::npos) << error.message();
+  }
+}
+
+}  // namespace
+}  // namespace occult
