@@ -90,8 +90,10 @@ class SafetensorsReader {
   std::unique_ptr<Impl> impl_;
 };
 
-// Builds a safetensors file in memory and writes it. Tensors are laid out in insertion order,
-// each aligned to 8 bytes (the header is padded with spaces so the data buffer starts aligned).
+// Builds a safetensors file in memory and writes it. The header is padded with spaces so the
+// data buffer starts 8-byte aligned; tensors are laid out widest dtype first (insertion order
+// within a width), so each starts at a multiple of its element size with no gaps between them,
+// as the Hugging Face reader requires.
 class SafetensorsWriter {
  public:
   // Adds a `__metadata__` entry.
