@@ -10,12 +10,13 @@ namespace occult {
 struct PlacementMetrics {
   double replicas_per_token = 0;         // mean distinct devices among a token's k experts
   double remote_replicas_per_token = 0;  // same, excluding the token's home device floor(t*D/T)
-  double intra_collab_ratio = 0;         // fraction of a token's expert pairs on one device
+  double intra_collab_ratio = 0;         // fraction of a token's expert pairs on one device (1 if k == 1)
   double load_imbalance = 0;             // max device token-expert assignments / mean
   double nodes_per_token = 0;            // mean distinct nodes (equals 1 when num_nodes == 1)
 };
 
-// Computes every metric exactly as DESIGN.md defines it. Throws on ids or devices out of range.
+// Computes every metric exactly as DESIGN.md defines it; expert_to_device.size() is E. Throws on
+// an empty routing, ids >= E, devices outside [0, num_devices) or num_nodes not dividing it.
 PlacementMetrics compute_placement_metrics(const LayerRouting& routing,
                                            std::span<const int> expert_to_device, int num_devices,
                                            int num_nodes = 1);

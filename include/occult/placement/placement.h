@@ -37,7 +37,9 @@ void validate_placement(const Placement& placement, const std::string& source);
 
 // Reads a placement JSON ("format": "occult-placement/1"); validates it.
 Placement load_placement(const std::string& path);
-// The JSON document of DESIGN.md.
+// Parses an already-read placement document; `path` names it in errors. Validates it.
+Placement placement_from_json(const nlohmann::json& doc, const std::string& path);
+// The JSON document of DESIGN.md; "similarity", when present, is written as E rows of E.
 nlohmann::json placement_to_json(const Placement& placement);
 // Writes the JSON (pretty, one layer per block).
 void save_placement(const Placement& placement, const std::string& path);
