@@ -2,8 +2,12 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include "occult/core/safetensors.h"
 
 namespace occult {
 
@@ -29,6 +33,8 @@ struct Trace {
   std::vector<std::int32_t> sequence_lengths;  // may be empty; sums to num_tokens() otherwise
   std::string model;
   std::string dataset;
+  // Other `__metadata__` strings (e.g. "source"), carried through load and save unchanged.
+  std::map<std::string, std::string> extra_metadata;
 
   int num_layers() const { return static_cast<int>(layers.size()); }
   std::int64_t num_tokens() const { return layers.empty() ? 0 : layers.front().num_tokens; }
@@ -38,8 +44,8 @@ struct Trace {
 Trace load_trace(const std::string& path);
 
 // Throws occult::Error naming `source` unless: E >= 1, 1 <= k <= E, every layer has T tokens,
-// ids in [0, E), k distinct ids per token, weights/probs shapes match, sequence lengths
-// positive and summing to T.
+// ids in [0, E), k distinct ids per token, weights/probs shapes match and are finite, sequence
+// lengths positive and summing to T, at least one layer.
 void validate_trace(const Trace& trace, const std::string& source);
 
 // Options for writing a trace. Ids are written in the narrowest integer dtype that holds
@@ -48,13 +54,18 @@ struct TraceWriteOptions {
   bool ids_i32 = false;
   bool weights_f16 = false;
   bool write_router_probs = true;
+  // Explicit dtypes, overriding the two flags above: ids U8, I16, I32 or I64 (must hold
+  // num_experts - 1); weights F32, F16 or BF16.
+  std::optional<DType> ids_dtype;
+  std::optional<DType> weights_dtype;
 };
 
 // Writes `trace` (validated first) to `path` in the trace format.
 void save_trace(const Trace& trace, const std::string& path, const TraceWriteOptions& options = {});
 
 // Concatenates traces of the same model shape (E, k, layer count) token-wise, e.g. several
-// calibration files; throws naming the first file that disagrees.
+// calibration files; throws naming the first file that disagrees. A layer's weights and
+// router_probs, and the sequence_lengths, are kept only when every input has them.
 Trace concatenate_traces(const std::vector<Trace>& traces, const std::vector<std::string>& sources);
 
 }  // namespace occult
