@@ -90,6 +90,7 @@ struct PruneWorkspace {
   std::vector<std::uint64_t> device_stamp;   // [D] == stamp: seen; == stamp + 1: kept
   std::vector<std::uint64_t> node_stamp;     // [N]
   std::uint64_t stamp = 0;
+  std::vector<float> expert_value;     // [E] p of a selected expert (ids/weights-only input)
   std::vector<int> order;              // [k] slots in descending p
   std::vector<float> value;            // [k] p of each slot
   std::vector<int> kept_devices;       // [<= D]
