@@ -1,0 +1,56 @@
+// Byte-level tokenizer and the text loader: a train/validation split of one file and batches
+// that depend only on (seed, step), never on the rank count: the global batch is the same for
+// every D and rank r takes a contiguous share of its sequences.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace occult {
+
+// Bytes are tokens: vocabulary 256, id = the byte's unsigned value.
+std::vector<std::int32_t> byte_tokenize(std::string_view text);
+// The inverse of byte_tokenize (ids must be in [0, 256)).
+std::string byte_detokenize(const std::vector<std::int32_t>& ids);
+
+// The sequences [begin, end) of a global batch of `global` sequences that rank `rank` of
+// `ranks` takes: begin = floor(rank*global/ranks).
+struct Share {
+  std::int64_t begin = 0;
+  std::int64_t end = 0;
+};
+Share rank_share(std::int64_t global, int rank, int ranks);
+
+// One batch of this rank: tokens and next-token targets [B_local, T].
+struct Batch {
+  std::int64_t sequences = 0;
+  int seq_len = 0;
+  std::vector<std::int32_t> tokens;
+  std::vector<std::int32_t> targets;
+};
+
+// A text file split into train (first 1 - val_fraction) and validation (the rest) token streams.
+class TextDataset {
+ public:
+  // Reads `path`; throws naming it when it cannot be read or is too short to split.
+  TextDataset(const std::string& path, double val_fraction = 0.1);
+  std::int64_t train_tokens() const { return static_cast<std::int64_t>(train_.size()); }
+  std::int64_t val_tokens() const { return static_cast<std::int64_t>(val_.size()); }
+  const std::string& path() const { return path_; }
+
+  // Training batch of 1-based step `step`: `global_batch` windows of seq_len+1 tokens at
+  // offsets drawn from (seed, step); this rank's share of them.
+  Batch train_batch(std::uint64_t seed, std::int64_t step, std::int64_t global_batch, int seq_len, int rank,
+                    int ranks) const;
+  // The validation windows: min(max_sequences, whole windows in the split), non-overlapping
+  // from the start of the split; this rank's share.
+  Batch val_batch(std::int64_t max_sequences, int seq_len, int rank, int ranks) const;
+
+ private:
+  std::string path_;
+  std::vector<std::int32_t> train_, val_;
+};
+
+}  // namespace occult

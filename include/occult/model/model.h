@@ -1,0 +1,138 @@
+// The decoder-only MoE transformer (issue 5): token embedding, per layer RMSNorm -> causal
+// multi-head attention with RoPE -> residual -> RMSNorm -> MoE block (router, top-k routed
+// SwiGLU experts, optional dense shared experts) -> residual, then final RMSNorm, LM head
+// (optionally tied to the embedding) and cross-entropy plus the Switch load-balancing loss.
+//
+// Parallelism: every rank holds all dense parameters (data parallel: each rank runs its own
+// sequences and dense gradients are summed over ranks) and only the experts the placement
+// gives it (expert parallel: the MoE layer moves tokens to experts and back). forward() and
+// backward() are collective: every rank calls them, with the same (B_local may differ) shapes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "occult/model/config.h"
+
+namespace occult {
+
+class Communicator;
+
+// How the MoE blocks move tokens (DESIGN.md): one copy per (token, expert) or per (token, device).
+enum class Dispatch { kStandard, kOccult };
+
+// Parses "standard" / "occult"; throws naming the flag value otherwise.
+Dispatch parse_dispatch(const std::string& name);
+// "standard" or "occult".
+const char* dispatch_name(Dispatch dispatch);
+
+// Expert-parallel options of a model instance.
+struct ParallelOptions {
+  Dispatch dispatch = Dispatch::kOccult;
+  // expert_to_device[layer][e]; empty means the contiguous placement e -> floor(e*D/E).
+  std::vector<std::vector<int>> expert_to_device;
+  // Collaboration pruning budget M (0 = off) and scheme ("score", "similarity", "device-limited").
+  int prune_devices = 0;
+  std::string prune_scheme = "score";
+  // Per-layer E x E expert similarity for the similarity scheme (may be empty).
+  std::vector<std::vector<float>> similarity;
+};
+
+// One named parameter tensor of this rank. Dense tensors live in the model's dense arena
+// (replicated on every rank); expert tensors (only the experts this rank holds) live in the
+// MoE layers.
+struct ParamTensor {
+  std::string name;                  // Hugging Face name, e.g. model.layers.0.self_attn.q_proj.weight
+  std::vector<std::int64_t> shape;   // e.g. {H, H}
+  std::span<float> value;            // numel elements
+  std::span<float> grad;             // same shape
+  std::int64_t offset = 0;           // first element in the dense arena (dense tensors only)
+  std::int64_t numel = 0;
+  bool expert = false;               // an expert weight, held by one rank only
+  int layer = -1;                    // -1 for embedding, final norm, LM head
+  int expert_id = -1;                // global expert id for expert tensors
+  bool decay = false;                // AdamW weight decay applies (matrices, not norm gains)
+};
+
+// The loss of one forward pass, already averaged over the GLOBAL batch (all ranks).
+struct LossParts {
+  double cross_entropy = 0.0;  // mean -log p(target) in nats per token
+  double aux = 0.0;            // router_aux_loss_coef * mean over layers of E * sum_e f_e P_e
+  double total = 0.0;          // cross_entropy + aux (what backward differentiates)
+  std::int64_t tokens = 0;     // global token count
+};
+
+// Routing and traffic of the last forward pass, summed over ranks and averaged over layers.
+struct RoutingStats {
+  double replicas_per_token = 0.0;       // mean distinct devices per token (C_T)
+  double max_replicas_per_token = 0.0;   // max over layers of that layer's C_T
+  std::int64_t dispatch_bytes = 0;       // hidden-state bytes the dispatcher moved (fwd + bwd)
+  std::int64_t standard_bytes = 0;       // what the standard dispatcher moves for the same routing
+};
+
+// The model: parameters, gradients, activations and the MoE layers of one rank.
+class MoeTransformer {
+ public:
+  // Collective. Validates the placement against the config (one entry per layer, E experts,
+  // devices in [0, comm.size()), balanced); throws naming what mismatches.
+  // `local_reference` selects the single-process naive MoE block (1 rank only; tests use it
+  // as the reference the expert-parallel layer is compared against).
+  MoeTransformer(const ModelConfig& config, Communicator& comm, const ParallelOptions& options,
+                 bool local_reference = false);
+  ~MoeTransformer();
+  MoeTransformer(const MoeTransformer&) = delete;
+  MoeTransformer& operator=(const MoeTransformer&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  Communicator& comm() { return comm_; }
+
+  // Every parameter of this rank (dense ones, then this rank's experts), in checkpoint order.
+  const std::vector<ParamTensor>& tensors() const { return tensors_; }
+  // The dense arena (replicated parameters) and its gradients (same layout).
+  std::span<float> dense_params() { return dense_params_; }
+  std::span<float> dense_grads() { return dense_grads_; }
+  // The tensor called `name` if this rank holds it, else nullptr.
+  const ParamTensor* find(const std::string& name) const;
+  // The values of one tensor of this rank (throws when the name is not held here).
+  std::span<float> param(const std::string& name);
+  std::span<float> grad(const std::string& name);
+  // The device that holds expert `e` of layer `layer`.
+  int expert_device(int layer, int e) const { return expert_to_device_[layer][e]; }
+  // Total parameter count of the whole model (all experts) and per token active count.
+  std::int64_t num_parameters() const;
+  std::int64_t num_active_parameters() const;
+
+  // Deterministic initialisation from `seed`, independent of the rank count: each tensor (and
+  // each expert) draws from its own stream, so rank r's experts equal the 1-rank run's.
+  void init_weights(std::uint64_t seed);
+
+  // Collective. tokens/targets[B,T] of this rank's sequences (B may be 0 on some ranks,
+  // T <= max_position_embeddings, ids in [0, vocab_size)). Returns the global mean loss.
+  LossParts forward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets,
+                    std::int64_t B, int T);
+  // Collective. Gradients of forward's total loss: overwrites the gradient arenas, then sums
+  // the dense gradients over ranks (expert gradients are complete on their owner already).
+  void backward();
+  // Routing statistics and bytes of the last forward (+ backward when it ran). Collective.
+  RoutingStats routing_stats();
+  // Logits [B,T,V] of the last forward (this rank's tokens).
+  std::span<const float> logits() const;
+
+ private:
+  struct Impl;
+  void build_tensors();
+  void allocate_activations(std::int64_t B, int T);
+
+  ModelConfig config_;
+  Communicator& comm_;
+  ParallelOptions options_;
+  std::vector<std::vector<int>> expert_to_device_;
+  std::vector<ParamTensor> tensors_;
+  std::vector<float> dense_params_, dense_grads_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace occult
