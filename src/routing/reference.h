@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "occult/routing/gating.h"
 #include "occult/routing/pruning.h"
@@ -25,5 +26,9 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
                          std::span<const float> router_probs, std::int64_t num_tokens,
                          std::span<const int> expert_to_device, std::span<const float> similarity,
                          const PruneConfig& config);
+
+// Same contract as occult::probability_similarity, by a triple loop in double.
+std::vector<float> probability_similarity(std::span<const float> router_probs, std::int64_t num_tokens,
+                                          int num_experts);
 
 }  // namespace occult::reference
