@@ -122,7 +122,8 @@ void all_to_all_rows(Communicator& comm, const std::string& exchange, std::span<
                      std::span<const std::int64_t> send_rows, std::span<T> recv,
                      std::span<const std::int64_t> recv_rows, std::int64_t row_width);
 
-// Collective: the per-exchange counters of every rank summed (rank r's view equals rank 0's).
+// Collective: the counters of the kExchange* names summed over every rank (all ranks get the
+// same map, zeros for exchanges that never ran).
 std::map<std::string, ExchangeBytes> sum_over_ranks(Communicator& comm);
 
 // Collective error agreement, so bad input fails on EVERY rank with one message and no hang:

@@ -27,21 +27,23 @@
 #include "occult/comm/communicator.h"
 #include "occult/moe/dispatch_plan.h"
 #include "occult/routing/gating.h"
+#include "occult/routing/pruning.h"
 
 namespace occult {
 
 class SafetensorsReader;
+struct MoeLayerBuffers;  // exchange scratch, private to moe_layer.cc
 
-// Collaboration pruning inside the layer (DESIGN.md, "Collaboration pruning"): after top-k,
-// each token is restricted to at most `max_devices` devices. 0 disables it.
+// Collaboration pruning inside the layer (DESIGN.md, "Collaboration pruning"; the rules are
+// routing/pruning.h's prune_routing): after top-k, each token is restricted to at most
+// `max_devices` devices of this layer's placement. 0 disables it.
 struct MoePruneOptions {
-  enum class Scheme { kScore, kSimilarity };
   int max_devices = 0;
-  Scheme scheme = Scheme::kScore;
-  // false: a replacement inherits the replaced expert's gate weight (default, DESIGN.md);
-  // true: it gets its own p, normalised like g ("recompute").
-  bool recompute_weights = false;
-  // Scheme::kSimilarity only: E x E expert similarity (e.g. LayerPlacement::similarity).
+  PruneScheme scheme = PruneScheme::kScore;
+  // kKeep: a replacement inherits the replaced expert's gate weight (DESIGN.md default);
+  // kRecompute: it gets its own p, normalised like g. Backward differentiates whichever.
+  PruneWeights weights = PruneWeights::kKeep;
+  // PruneScheme::kSimilarity only: E x E expert similarity (e.g. LayerPlacement::similarity).
   std::vector<float> similarity;
 };
 
@@ -156,6 +158,11 @@ class MoeLayer {
   const DispatchPlan& plan() const { return plan_; }
   // The receive side of the last forward (rows and assignments this rank's experts served).
   const ReceivePlan& receive_plan() const { return receive_; }
+  // The hidden-state rows this rank's experts received in the last forward [R, H], in the
+  // receive plan's row order (tests prove with it that every row landed where planned).
+  std::span<const float> received_hidden_states() const { return x_recv_; }
+  // Pruning counters of the last forward (zeros without pruning).
+  const PruneStats& prune_stats() const { return prune_stats_; }
   // Timings of the last forward and backward on this rank.
   const MoeLayerTimings& timings() const { return timings_; }
   // Expert FLOPs of the last forward (2*3*H*F per assignment served here) and backward.
@@ -184,11 +191,14 @@ class MoeLayer {
   std::vector<std::int32_t> ids_;     // [T, k]
   std::vector<float> weights_;        // [T, k]
   std::vector<std::int32_t> weight_source_;  // [T, k]: expert whose p gave slot's weight
+  PruneWorkspace prune_workspace_;
+  PruneStats prune_stats_;
   DispatchPlan plan_;
   ReceivePlan receive_;
   std::vector<float> x_recv_;         // [R, H] rows received by this rank's experts
   std::vector<float> act_gate_, act_up_;  // [A, F] W1 x and W3 x per assignment (expert order)
   MoeLayerTimings timings_;
+  std::unique_ptr<MoeLayerBuffers> buffers_;
 };
 
 }  // namespace occult

@@ -1,0 +1,75 @@
+// Expert compute on the device that holds the experts: SwiGLU experts over the rows a rank
+// received, grouped per local expert, with the gate weights applied here and the stage-1 sum
+// (over a token's experts on this device) formed by scatter-adding weighted results into the
+// token's row. Rows are gathered tile by tile into a small reusable buffer and results are
+// scatter-added tile by tile, so neither the input nor the output is ever copied k times (the
+// CPU form of the paper's scattering/merging sparse matmul). GEMMs go through cblas_sgemm.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "occult/moe/dispatch_plan.h"
+
+namespace occult {
+
+// Rows per tile: large enough that sgemm runs near its peak, small enough that the gathered
+// tile of x ([tile, H]) and the hidden tile ([tile, F]) stay in cache-sized scratch.
+inline constexpr std::int64_t kExpertTileRows = 256;
+
+// The experts of one rank, packed: W1 (gate_proj) [L, F, H], W3 (up_proj) [L, F, H],
+// W2 (down_proj) [L, H, F], where L = number of local experts.
+struct ExpertWeightsView {
+  int num_local_experts = 0;
+  int hidden_size = 0;  // H
+  int ffn_size = 0;     // F
+  std::span<const float> gate_proj;
+  std::span<const float> up_proj;
+  std::span<const float> down_proj;
+};
+
+// Gradients of the same shapes (accumulated into).
+struct ExpertGradsView {
+  std::span<float> gate_proj;
+  std::span<float> up_proj;
+  std::span<float> down_proj;
+};
+
+// Reusable tile buffers; sized on first use, kept between calls.
+struct ExpertScratch {
+  std::vector<float> x_tile, dy_tile, h_tile, y_tile, u_tile, da_gate, da_up;
+};
+
+// Forward. x_recv [R, H] -> out [R, H] (overwritten): out[r] = sum over the assignments a of
+// row r of weight_a * W2_e (silu(W1_e x_r) * (W3_e x_r)). act_gate and act_up [A, F] receive
+// W1_e x and W3_e x per assignment in the plan's expert-sorted order (for backward).
+void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& weights, std::span<const float> x_recv,
+                    std::span<float> out, std::span<float> act_gate, std::span<float> act_up,
+                    ExpertScratch& scratch);
+
+// Backward. dy_recv [R, H] is the gradient of out; writes dx_recv [R, H] (overwritten) and
+// d_weight [A] (gradient of each assignment's gate weight, expert-sorted order), and
+// accumulates the expert weight gradients.
+void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& weights, std::span<const float> x_recv,
+                     std::span<const float> dy_recv, std::span<const float> act_gate,
+                     std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
+                     const ExpertGradsView& grads, ExpertScratch& scratch);
+
+// Naive reference twins (plain loops, double accumulation, no BLAS, no tiling): same
+// contracts as expert_forward / expert_backward.
+void reference_expert_forward(const ReceivePlan& plan, const ExpertWeightsView& weights,
+                              std::span<const float> x_recv, std::span<float> out, std::span<float> act_gate,
+                              std::span<float> act_up);
+void reference_expert_backward(const ReceivePlan& plan, const ExpertWeightsView& weights,
+                               std::span<const float> x_recv, std::span<const float> dy_recv,
+                               std::span<const float> act_gate, std::span<const float> act_up,
+                               std::span<float> dx_recv, std::span<float> d_weight, const ExpertGradsView& grads);
+
+// FLOPs of expert_forward over `assignments` assignments: three H x F matrix-vector products
+// (2 FLOPs per multiply-add) each; backward does twice as many.
+inline double expert_forward_flops(std::int64_t assignments, int hidden, int ffn) {
+  return 6.0 * static_cast<double>(assignments) * hidden * ffn;
+}
+
+}  // namespace occult

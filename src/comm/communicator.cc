@@ -1,0 +1,87 @@
+#include "occult/comm/communicator.h"
+
+#include <cstring>
+
+#include "occult/core/error.h"
+
+namespace occult {
+
+void ByteCounter::add(const std::string& name, std::int64_t bytes_to_self, std::int64_t bytes_to_peers) {
+  ExchangeBytes& entry = counters_[name];
+  entry.local_bytes += bytes_to_self;
+  entry.remote_bytes += bytes_to_peers;
+  entry.calls += 1;
+}
+
+ExchangeBytes ByteCounter::get(const std::string& name) const {
+  auto it = counters_.find(name);
+  return it == counters_.end() ? ExchangeBytes{} : it->second;
+}
+
+std::vector<std::int64_t> SelfCommunicator::all_to_all_counts(std::span<const std::int64_t> send_counts) {
+  OCCULT_CHECK(send_counts.size() == 1, "all_to_all_counts: {} counts for 1 rank", send_counts.size());
+  return {send_counts[0]};
+}
+
+void SelfCommunicator::all_to_all_v(const std::string& exchange, std::span<const std::byte> send,
+                                    std::span<const std::int64_t> send_counts,
+                                    std::span<const std::int64_t> send_offsets, std::span<std::byte> recv,
+                                    std::span<const std::int64_t> recv_counts,
+                                    std::span<const std::int64_t> recv_offsets) {
+  OCCULT_CHECK(send_counts.size() == 1 && send_offsets.size() == 1 && recv_counts.size() == 1 &&
+                   recv_offsets.size() == 1,
+               "exchange '{}': counts and offsets must have one entry per rank (1)", exchange);
+  OCCULT_CHECK(send_counts[0] == recv_counts[0], "exchange '{}': sends {} bytes to itself but expects {}",
+               exchange, send_counts[0], recv_counts[0]);
+  OCCULT_CHECK(send_offsets[0] >= 0 && send_offsets[0] + send_counts[0] <= static_cast<std::int64_t>(send.size()) &&
+                   recv_offsets[0] >= 0 &&
+                   recv_offsets[0] + recv_counts[0] <= static_cast<std::int64_t>(recv.size()),
+               "exchange '{}': counts and offsets exceed the buffers", exchange);
+  if (send_counts[0] > 0) {
+    std::memcpy(recv.data() + recv_offsets[0], send.data() + send_offsets[0], send_counts[0]);
+  }
+  bytes_.add(exchange, send_counts[0], 0);
+}
+
+void SelfCommunicator::broadcast(std::span<std::byte>, int root) {
+  OCCULT_CHECK(root == 0, "broadcast: root {} outside the 1 rank", root);
+}
+
+std::map<std::string, ExchangeBytes> sum_over_ranks(Communicator& comm) {
+  // A fixed name list keeps the all-reduce the same length on every rank, even on a rank
+  // whose counters never saw an exchange.
+  std::vector<std::string> names = {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch,
+                                    kExchangeBackwardCombine, kExchangeMetadata};
+  std::vector<std::int64_t> values;
+  for (const auto& name : names) {
+    ExchangeBytes b = comm.bytes().get(name);
+    values.push_back(b.local_bytes);
+    values.push_back(b.remote_bytes);
+    values.push_back(b.calls);
+  }
+  comm.all_reduce_sum(values);
+  std::map<std::string, ExchangeBytes> result;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    result[names[i]] = ExchangeBytes{values[3 * i], values[3 * i + 1], values[3 * i + 2]};
+  }
+  return result;
+}
+
+void agree_on_error_message(Communicator& comm, bool failed, const std::string& message) {
+  const int size = comm.size();
+  std::vector<std::int64_t> first_failing = {failed ? comm.rank() : size};
+  // Lowest failing rank = -max(-rank).
+  first_failing[0] = -first_failing[0];
+  comm.all_reduce_max(first_failing);
+  const int root = static_cast<int>(-first_failing[0]);
+  if (root >= size) return;
+  std::vector<std::int64_t> length = {comm.rank() == root ? static_cast<std::int64_t>(message.size()) : 0};
+  comm.all_reduce_max(length);
+  std::string text(static_cast<std::size_t>(length[0]), '\0');
+  if (comm.rank() == root) text = message;
+  comm.broadcast(std::as_writable_bytes(std::span<char>(text.data(), text.size())), root);
+  if (size > 1) text = fmt::format("rank {}: {}", root, text);
+  throw Error(__FILE__, __LINE__, text);
+}
+
+}  // namespace occult

@@ -1,0 +1,116 @@
+#include "occult/comm/mpi_communicator.h"
+
+#include <climits>
+#include <cstring>
+
+#include "occult/core/error.h"
+
+namespace occult {
+
+void check_mpi(int code, const char* call, const char* file, int line) {
+  if (code == MPI_SUCCESS) [[likely]] return;
+  char text[MPI_MAX_ERROR_STRING] = {};
+  int length = 0;
+  MPI_Error_string(code, text, &length);
+  throw Error(file, line, fmt::format("MPI call failed: {}: {}", call, std::string(text, length)));
+}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+  int initialized = 0;
+  OCCULT_MPI_CHECK(MPI_Initialized(&initialized));
+  OCCULT_CHECK(initialized, "MpiCommunicator needs MPI_Init to have been called");
+  OCCULT_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+  OCCULT_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  OCCULT_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+}
+
+std::vector<std::int64_t> MpiCommunicator::all_to_all_counts(std::span<const std::int64_t> send_counts) {
+  OCCULT_CHECK(static_cast<int>(send_counts.size()) == size_, "all_to_all_counts: {} counts for {} ranks",
+               send_counts.size(), size_);
+  std::vector<std::int64_t> recv(size_);
+  OCCULT_MPI_CHECK(MPI_Alltoall(send_counts.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, comm_));
+  return recv;
+}
+
+namespace {
+// MPI_Alltoallv takes int counts and displacements: refuse (clearly) what does not fit.
+std::vector<int> to_int(std::span<const std::int64_t> values, const std::string& exchange, const char* what) {
+  std::vector<int> out(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    OCCULT_CHECK(values[i] >= 0 && values[i] <= INT_MAX,
+                 "exchange '{}': {} {} bytes for rank {} is outside MPI's int range; use fewer tokens "
+                 "per rank", exchange, what, values[i], i);
+    out[i] = static_cast<int>(values[i]);
+  }
+  return out;
+}
+}  // namespace
+
+void MpiCommunicator::all_to_all_v(const std::string& exchange, std::span<const std::byte> send,
+                                   std::span<const std::int64_t> send_counts,
+                                   std::span<const std::int64_t> send_offsets, std::span<std::byte> recv,
+                                   std::span<const std::int64_t> recv_counts,
+                                   std::span<const std::int64_t> recv_offsets) {
+  const auto n = static_cast<std::size_t>(size_);
+  OCCULT_CHECK(send_counts.size() == n && send_offsets.size() == n && recv_counts.size() == n &&
+                   recv_offsets.size() == n,
+               "exchange '{}': counts and offsets must have one entry per rank ({})", exchange, size_);
+  for (std::size_t d = 0; d < n; ++d) {
+    OCCULT_CHECK(send_offsets[d] + send_counts[d] <= static_cast<std::int64_t>(send.size()) &&
+                     recv_offsets[d] + recv_counts[d] <= static_cast<std::int64_t>(recv.size()),
+                 "exchange '{}': counts and offsets for rank {} exceed the buffers", exchange, d);
+  }
+  auto sc = to_int(send_counts, exchange, "send count");
+  auto so = to_int(send_offsets, exchange, "send offset");
+  auto rc = to_int(recv_counts, exchange, "receive count");
+  auto ro = to_int(recv_offsets, exchange, "receive offset");
+  // MPI wants non-null buffers even for zero counts on some transports.
+  std::byte dummy_send{}, dummy_recv{};
+  const void* send_ptr = send.empty() ? &dummy_send : send.data();
+  void* recv_ptr = recv.empty() ? &dummy_recv : recv.data();
+  OCCULT_MPI_CHECK(MPI_Alltoallv(send_ptr, sc.data(), so.data(), MPI_BYTE, recv_ptr, rc.data(), ro.data(),
+                                 MPI_BYTE, comm_));
+  std::int64_t to_self = send_counts[rank_], to_peers = 0;
+  for (std::size_t d = 0; d < n; ++d) {
+    if (static_cast<int>(d) != rank_) to_peers += send_counts[d];
+  }
+  bytes_.add(exchange, to_self, to_peers);
+}
+
+namespace {
+template <typename T>
+void all_reduce(MPI_Comm comm, std::span<T> values, MPI_Datatype type, MPI_Op op) {
+  OCCULT_CHECK(values.size() <= static_cast<std::size_t>(INT_MAX), "all_reduce of {} values exceeds MPI's int range",
+               values.size());
+  if (values.empty()) {
+    // Still collective: every rank must call it (sizes agree by contract).
+    T dummy{};
+    OCCULT_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &dummy, 0, type, op, comm));
+    return;
+  }
+  OCCULT_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, values.data(), static_cast<int>(values.size()), type, op, comm));
+}
+}  // namespace
+
+void MpiCommunicator::all_reduce_sum(std::span<float> values) { all_reduce(comm_, values, MPI_FLOAT, MPI_SUM); }
+void MpiCommunicator::all_reduce_sum(std::span<double> values) { all_reduce(comm_, values, MPI_DOUBLE, MPI_SUM); }
+void MpiCommunicator::all_reduce_sum(std::span<std::int64_t> values) {
+  all_reduce(comm_, values, MPI_INT64_T, MPI_SUM);
+}
+void MpiCommunicator::all_reduce_max(std::span<double> values) { all_reduce(comm_, values, MPI_DOUBLE, MPI_MAX); }
+void MpiCommunicator::all_reduce_max(std::span<std::int64_t> values) {
+  all_reduce(comm_, values, MPI_INT64_T, MPI_MAX);
+}
+
+void MpiCommunicator::broadcast(std::span<std::byte> data, int root) {
+  OCCULT_CHECK(root >= 0 && root < size_, "broadcast: root {} outside [0, {})", root, size_);
+  OCCULT_CHECK(data.size() <= static_cast<std::size_t>(INT_MAX), "broadcast of {} bytes exceeds MPI's int range",
+               data.size());
+  std::byte dummy{};
+  OCCULT_MPI_CHECK(MPI_Bcast(data.empty() ? &dummy : data.data(), static_cast<int>(data.size()), MPI_BYTE, root,
+                             comm_));
+}
+
+void MpiCommunicator::barrier() { OCCULT_MPI_CHECK(MPI_Barrier(comm_)); }
+
+}  // namespace occult

@@ -1,0 +1,231 @@
+#include "occult/moe/expert_compute.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "occult/core/error.h"
+
+namespace occult {
+
+namespace {
+
+float sigmoid(float a) { return 1.0f / (1.0f + std::exp(-a)); }
+
+void check_shapes(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const float> x_recv,
+                  std::size_t out_size, std::size_t act_gate, std::size_t act_up) {
+  const auto H = static_cast<std::size_t>(w.hidden_size), F = static_cast<std::size_t>(w.ffn_size);
+  const auto L = static_cast<std::size_t>(w.num_local_experts);
+  const auto R = static_cast<std::size_t>(plan.num_rows()), A = static_cast<std::size_t>(plan.num_assignments());
+  OCCULT_CHECK(plan.num_local_experts == w.num_local_experts, "expert compute: plan for {} local experts, weights for {}",
+               plan.num_local_experts, w.num_local_experts);
+  OCCULT_CHECK(w.gate_proj.size() == L * F * H && w.up_proj.size() == L * F * H && w.down_proj.size() == L * H * F,
+               "expert compute: weights do not have L={} x [F={}, H={}] shapes", L, F, H);
+  OCCULT_CHECK(x_recv.size() == R * H && out_size == R * H,
+               "expert compute: row buffers hold {} and {} floats, expected R*H = {}*{}", x_recv.size(), out_size, R,
+               H);
+  OCCULT_CHECK(act_gate == A * F && act_up == A * F, "expert compute: activation buffers hold {} and {} floats, "
+               "expected A*F = {}*{}", act_gate, act_up, A, F);
+}
+
+void ensure(std::vector<float>& buffer, std::size_t size) {
+  if (buffer.size() < size) buffer.resize(size);
+}
+
+}  // namespace
+
+void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const float> x_recv,
+                    std::span<float> out, std::span<float> act_gate, std::span<float> act_up,
+                    ExpertScratch& scratch) {
+  check_shapes(plan, w, x_recv, out.size(), act_gate.size(), act_up.size());
+  const int H = w.hidden_size, F = w.ffn_size;
+  std::fill(out.begin(), out.end(), 0.0f);
+  ensure(scratch.x_tile, kExpertTileRows * H);
+  ensure(scratch.h_tile, kExpertTileRows * F);
+  ensure(scratch.y_tile, kExpertTileRows * H);
+  float* x_tile = scratch.x_tile.data();
+  float* h_tile = scratch.h_tile.data();
+  float* y_tile = scratch.y_tile.data();
+  for (int e = 0; e < w.num_local_experts; ++e) {
+    const float* w1 = w.gate_proj.data() + static_cast<std::size_t>(e) * F * H;
+    const float* w3 = w.up_proj.data() + static_cast<std::size_t>(e) * F * H;
+    const float* w2 = w.down_proj.data() + static_cast<std::size_t>(e) * H * F;
+    for (std::int64_t begin = plan.expert_offsets[e]; begin < plan.expert_offsets[e + 1]; begin += kExpertTileRows) {
+      const int n = static_cast<int>(std::min(kExpertTileRows, plan.expert_offsets[e + 1] - begin));
+      for (int i = 0; i < n; ++i) {
+        std::memcpy(x_tile + static_cast<std::size_t>(i) * H, x_recv.data() + plan.sorted_row[begin + i] * H,
+                    sizeof(float) * H);
+      }
+      float* a1 = act_gate.data() + begin * F;
+      float* a3 = act_up.data() + begin * F;
+      // a1 [n, F] = x_tile [n, H] * W1^T; a3 likewise with W3.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, H, 1.0f, x_tile, H, w1, H, 0.0f, a1, F);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, H, 1.0f, x_tile, H, w3, H, 0.0f, a3, F);
+      for (std::int64_t i = 0; i < static_cast<std::int64_t>(n) * F; ++i) {
+        h_tile[i] = a1[i] * sigmoid(a1[i]) * a3[i];
+      }
+      // y_tile [n, H] = h_tile [n, F] * W2^T.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, F, 1.0f, h_tile, F, w2, F, 0.0f, y_tile, H);
+      for (int i = 0; i < n; ++i) {
+        const float g = plan.sorted_weight[begin + i];
+        float* dst = out.data() + plan.sorted_row[begin + i] * H;
+        const float* src = y_tile + static_cast<std::size_t>(i) * H;
+        for (int c = 0; c < H; ++c) dst[c] += g * src[c];
+      }
+    }
+  }
+}
+
+void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const float> x_recv,
+                     std::span<const float> dy_recv, std::span<const float> act_gate,
+                     std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
+                     const ExpertGradsView& grads, ExpertScratch& scratch) {
+  check_shapes(plan, w, x_recv, dx_recv.size(), act_gate.size(), act_up.size());
+  const int H = w.hidden_size, F = w.ffn_size;
+  OCCULT_CHECK(dy_recv.size() == x_recv.size(), "expert backward: gradient rows hold {} floats, expected {}",
+               dy_recv.size(), x_recv.size());
+  OCCULT_CHECK(static_cast<std::int64_t>(d_weight.size()) == plan.num_assignments(),
+               "expert backward: gate gradient buffer holds {}, expected {}", d_weight.size(), plan.num_assignments());
+  OCCULT_CHECK(grads.gate_proj.size() == w.gate_proj.size() && grads.up_proj.size() == w.up_proj.size() &&
+                   grads.down_proj.size() == w.down_proj.size(),
+               "expert backward: gradient tensors do not match the weights' shapes");
+  std::fill(dx_recv.begin(), dx_recv.end(), 0.0f);
+  ensure(scratch.x_tile, kExpertTileRows * H);
+  ensure(scratch.dy_tile, kExpertTileRows * H);
+  ensure(scratch.y_tile, kExpertTileRows * H);
+  ensure(scratch.h_tile, kExpertTileRows * F);
+  ensure(scratch.u_tile, kExpertTileRows * F);
+  ensure(scratch.da_gate, kExpertTileRows * F);
+  ensure(scratch.da_up, kExpertTileRows * F);
+  float* x_tile = scratch.x_tile.data();
+  float* dy_tile = scratch.dy_tile.data();  // g * dy
+  float* dx_tile = scratch.y_tile.data();
+  float* h_tile = scratch.h_tile.data();
+  float* u_tile = scratch.u_tile.data();
+  float* da1 = scratch.da_gate.data();
+  float* da3 = scratch.da_up.data();
+  for (int e = 0; e < w.num_local_experts; ++e) {
+    const std::size_t fh = static_cast<std::size_t>(F) * H;
+    const float* w1 = w.gate_proj.data() + e * fh;
+    const float* w3 = w.up_proj.data() + e * fh;
+    const float* w2 = w.down_proj.data() + e * fh;
+    float* dw1 = grads.gate_proj.data() + e * fh;
+    float* dw3 = grads.up_proj.data() + e * fh;
+    float* dw2 = grads.down_proj.data() + e * fh;
+    for (std::int64_t begin = plan.expert_offsets[e]; begin < plan.expert_offsets[e + 1]; begin += kExpertTileRows) {
+      const int n = static_cast<int>(std::min(kExpertTileRows, plan.expert_offsets[e + 1] - begin));
+      for (int i = 0; i < n; ++i) {
+        const std::int64_t row = plan.sorted_row[begin + i];
+        std::memcpy(x_tile + static_cast<std::size_t>(i) * H, x_recv.data() + row * H, sizeof(float) * H);
+        std::memcpy(dy_tile + static_cast<std::size_t>(i) * H, dy_recv.data() + row * H, sizeof(float) * H);
+      }
+      // u [n, F] = dy [n, H] * W2 [H, F]: the gradient of h before the gate weight.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, F, H, 1.0f, dy_tile, H, w2, F, 0.0f, u_tile, F);
+      const float* a1 = act_gate.data() + begin * F;
+      const float* a3 = act_up.data() + begin * F;
+      for (int i = 0; i < n; ++i) {
+        const float g = plan.sorted_weight[begin + i];
+        double dg = 0;
+        for (int j = 0; j < F; ++j) {
+          const std::size_t ij = static_cast<std::size_t>(i) * F + j;
+          const float s = sigmoid(a1[ij]);
+          const float silu = a1[ij] * s;
+          h_tile[ij] = silu * a3[ij];
+          dg += static_cast<double>(u_tile[ij]) * h_tile[ij];
+          const float dh = g * u_tile[ij];
+          da3[ij] = dh * silu;
+          da1[ij] = dh * a3[ij] * s * (1.0f + a1[ij] * (1.0f - s));
+        }
+        d_weight[begin + i] = static_cast<float>(dg);
+        float* dyg = dy_tile + static_cast<std::size_t>(i) * H;
+        for (int c = 0; c < H; ++c) dyg[c] *= g;
+      }
+      // dW2 [H, F] += (g dy)^T [H, n] * h [n, F].
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, F, n, 1.0f, dy_tile, H, h_tile, F, 1.0f, dw2, F);
+      // dW1 [F, H] += da1^T [F, n] * x [n, H]; dW3 likewise.
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, H, n, 1.0f, da1, F, x_tile, H, 1.0f, dw1, H);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, H, n, 1.0f, da3, F, x_tile, H, 1.0f, dw3, H);
+      // dx [n, H] = da1 [n, F] * W1 [F, H] + da3 * W3.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, H, F, 1.0f, da1, F, w1, H, 0.0f, dx_tile, H);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, H, F, 1.0f, da3, F, w3, H, 1.0f, dx_tile, H);
+      for (int i = 0; i < n; ++i) {
+        float* dst = dx_recv.data() + plan.sorted_row[begin + i] * H;
+        const float* src = dx_tile + static_cast<std::size_t>(i) * H;
+        for (int c = 0; c < H; ++c) dst[c] += src[c];
+      }
+    }
+  }
+}
+
+void reference_expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const float> x_recv,
+                              std::span<float> out, std::span<float> act_gate, std::span<float> act_up) {
+  check_shapes(plan, w, x_recv, out.size(), act_gate.size(), act_up.size());
+  const int H = w.hidden_size, F = w.ffn_size;
+  std::vector<double> acc(out.size(), 0.0);
+  std::vector<double> h(F);
+  for (int e = 0; e < w.num_local_experts; ++e) {
+    const std::size_t fh = static_cast<std::size_t>(F) * H;
+    for (std::int64_t a = plan.expert_offsets[e]; a < plan.expert_offsets[e + 1]; ++a) {
+      const float* x = x_recv.data() + plan.sorted_row[a] * H;
+      for (int j = 0; j < F; ++j) {
+        double g1 = 0, g3 = 0;
+        for (int c = 0; c < H; ++c) {
+          g1 += static_cast<double>(w.gate_proj[e * fh + static_cast<std::size_t>(j) * H + c]) * x[c];
+          g3 += static_cast<double>(w.up_proj[e * fh + static_cast<std::size_t>(j) * H + c]) * x[c];
+        }
+        act_gate[a * F + j] = static_cast<float>(g1);
+        act_up[a * F + j] = static_cast<float>(g3);
+        h[j] = g1 / (1.0 + std::exp(-g1)) * g3;
+      }
+      for (int c = 0; c < H; ++c) {
+        double y = 0;
+        for (int j = 0; j < F; ++j) y += static_cast<double>(w.down_proj[e * fh + static_cast<std::size_t>(c) * F + j]) * h[j];
+        acc[plan.sorted_row[a] * H + c] += plan.sorted_weight[a] * y;
+      }
+    }
+  }
+  for (std::size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(acc[i]);
+}
+
+void reference_expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const float> x_recv,
+                               std::span<const float> dy_recv, std::span<const float> act_gate,
+                               std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
+                               const ExpertGradsView& grads) {
+  check_shapes(plan, w, x_recv, dx_recv.size(), act_gate.size(), act_up.size());
+  const int H = w.hidden_size, F = w.ffn_size;
+  std::vector<double> dx(dx_recv.size(), 0.0), u(F), da1(F), da3(F), h(F);
+  for (int e = 0; e < w.num_local_experts; ++e) {
+    const std::size_t fh = static_cast<std::size_t>(F) * H;
+    for (std::int64_t a = plan.expert_offsets[e]; a < plan.expert_offsets[e + 1]; ++a) {
+      const float* x = x_recv.data() + plan.sorted_row[a] * H;
+      const float* dy = dy_recv.data() + plan.sorted_row[a] * H;
+      const double g = plan.sorted_weight[a];
+      double dg = 0;
+      for (int j = 0; j < F; ++j) {
+        u[j] = 0;
+        for (int c = 0; c < H; ++c) u[j] += static_cast<double>(dy[c]) * w.down_proj[e * fh + static_cast<std::size_t>(c) * F + j];
+        const double a1 = act_gate[a * F + j], a3 = act_up[a * F + j];
+        const double s = 1.0 / (1.0 + std::exp(-a1));
+        h[j] = a1 * s * a3;
+        dg += u[j] * h[j];
+        da3[j] = g * u[j] * a1 * s;
+        da1[j] = g * u[j] * a3 * s * (1.0 + a1 * (1.0 - s));
+      }
+      d_weight[a] = static_cast<float>(dg);
+      for (int c = 0; c < H; ++c) {
+        for (int j = 0; j < F; ++j) {
+          grads.down_proj[e * fh + static_cast<std::size_t>(c) * F + j] += static_cast<float>(g * dy[c] * h[j]);
+          grads.gate_proj[e * fh + static_cast<std::size_t>(j) * H + c] += static_cast<float>(da1[j] * x[c]);
+          grads.up_proj[e * fh + static_cast<std::size_t>(j) * H + c] += static_cast<float>(da3[j] * x[c]);
+          dx[plan.sorted_row[a] * H + c] += da1[j] * w.gate_proj[e * fh + static_cast<std::size_t>(j) * H + c] +
+                                            da3[j] * w.up_proj[e * fh + static_cast<std::size_t>(j) * H + c];
+        }
+      }
+    }
+  }
+  for (std::size_t i = 0; i < dx_recv.size(); ++i) dx_recv[i] = static_cast<float>(dx[i]);
+}
+
+}  // namespace occult

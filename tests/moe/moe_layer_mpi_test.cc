@@ -1,0 +1,253 @@
+// The expert-parallel MoE layer under mpirun (1, 2, 3, 4 ranks) against the single-process
+// reference: outputs and every gradient, both dispatchers, with and without norm_topk_prob,
+// contiguous and scattered placements, uneven experts per device, pruning, ranks without
+// tokens; payloads that encode their source token; exact byte accounting; collective errors.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <string>
+
+#include "occult/comm/mpi_communicator.h"
+#include "occult/core/error.h"
+#include "occult/moe/moe_layer.h"
+#include "occult/moe/reference.h"
+#include "test_util.h"
+
+namespace occult {
+namespace {
+
+using testing_util::random_values;
+using testing_util::relative_error;
+
+// Rank r holds tokens [floor(r*T/D), floor((r+1)*T/D)) of a global batch (DESIGN.md).
+std::int64_t first_token(std::int64_t T, int r, int D) { return T * r / D; }
+
+std::vector<int> make_placement(int E, int D, bool scattered) {
+  std::vector<int> p(E);
+  // Scattered: round-robin from the top, so no device holds a contiguous id range.
+  for (int e = 0; e < E; ++e) p[e] = scattered ? (E - 1 - e) % D : e * D / E;
+  return p;
+}
+
+template <typename T>
+std::span<const T> rows(const std::vector<T>& v, std::int64_t first, std::int64_t count, std::int64_t width) {
+  return std::span<const T>(v).subspan(first * width, count * width);
+}
+
+struct LayerCase {
+  const char* name;
+  DispatchKind dispatch;
+  bool norm;
+  bool scattered;
+  int num_experts;
+  int top_k;
+  bool prune;
+  std::int64_t global_tokens;
+  ScoreFunction score = ScoreFunction::kSoftmax;
+};
+
+class MoeLayerVsReference : public ::testing::TestWithParam<LayerCase> {};
+
+TEST_P(MoeLayerVsReference, OutputsGradientsAndBytesMatch) {
+  const LayerCase lc = GetParam();
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  MoeLayerConfig c;
+  c.num_experts = lc.num_experts;
+  c.top_k = lc.top_k;
+  c.hidden_size = 6;
+  c.ffn_size = 5;
+  c.norm_topk_prob = lc.norm;
+  c.score_function = lc.score;
+  c.dispatch = lc.dispatch;
+  if (lc.prune) c.prune.max_devices = std::max(1, D / 2);
+  const std::vector<int> placement = make_placement(c.num_experts, D, lc.scattered);
+  const std::int64_t T = lc.global_tokens, H = c.hidden_size, E = c.num_experts, k = c.top_k;
+  const std::int64_t lo = first_token(T, rank, D), n = first_token(T, rank + 1, D) - lo;
+
+  MoeLayer layer(comm, c, placement);
+  layer.init_random(21, 0.6f);
+  const std::vector<float> x = random_values(T * H, 22);
+  const std::vector<float> dy = random_values(T * H, 23);
+  const std::vector<float> dprobs = random_values(T * E, 24, 0.1f);
+
+  ReferenceMoeWeights w = ReferenceMoeWeights::random(c, 21, 0.6f);
+  ReferenceMoeState state;
+  std::vector<float> y_ref(T * H), dx_ref(T * H);
+  reference_moe_forward(c, w, x, T, placement, state, y_ref);
+  ReferenceMoeWeights g_ref = ReferenceMoeWeights::zeros(c);
+  reference_moe_backward(c, w, state, x, dy, dprobs, dx_ref, g_ref);
+
+  comm.bytes().reset();
+  std::vector<float> y(n * H), dx(n * H);
+  layer.zero_grad();
+  layer.forward(rows(x, lo, n, H), n, y);
+  layer.backward(rows(dy, lo, n, H), rows(dprobs, lo, n, E), dx);
+
+  EXPECT_EQ(std::vector<std::int32_t>(layer.topk_ids().begin(), layer.topk_ids().end()),
+            std::vector<std::int32_t>(rows(state.topk_ids, lo, n, k).begin(), rows(state.topk_ids, lo, n, k).end()));
+  EXPECT_LT(relative_error(layer.topk_weights(), rows(state.topk_weights, lo, n, k)), 1e-6);
+  EXPECT_LT(relative_error(layer.router_probs(), rows(state.probs, lo, n, E)), 1e-6);
+  EXPECT_LT(relative_error(y, rows(y_ref, lo, n, H)), 1e-5) << "output";
+  EXPECT_LT(relative_error(dx, rows(dx_ref, lo, n, H)), 1e-5) << "grad_input";
+  std::vector<float> d_router(layer.router_weight_grad().begin(), layer.router_weight_grad().end());
+  comm.all_reduce_sum(d_router);
+  EXPECT_LT(relative_error(d_router, g_ref.router), 1e-5) << "grad router";
+  const std::int64_t FH = c.ffn_size * H;
+  for (int e : layer.local_experts()) {
+    EXPECT_LT(relative_error(layer.gate_proj_grad(e), rows(g_ref.gate_proj, e, 1, FH)), 1e-5) << "gate_proj " << e;
+    EXPECT_LT(relative_error(layer.up_proj_grad(e), rows(g_ref.up_proj, e, 1, FH)), 1e-5) << "up_proj " << e;
+    EXPECT_LT(relative_error(layer.down_proj_grad(e), rows(g_ref.down_proj, e, 1, FH)), 1e-5) << "down_proj " << e;
+  }
+
+  // Bytes: each exchange moves exactly the rows the dispatcher implies, summed over ranks;
+  // local rows are those whose expert device is the token's home rank.
+  std::int64_t rows_total = 0, rows_remote = 0;
+  for (std::int64_t t = 0; t < T; ++t) {
+    int home = 0;
+    while (first_token(T, home + 1, D) <= t) ++home;
+    std::vector<int> devices;
+    for (std::int64_t s = 0; s < k; ++s) devices.push_back(placement[state.topk_ids[t * k + s]]);
+    if (lc.dispatch == DispatchKind::kOccult) {
+      std::sort(devices.begin(), devices.end());
+      devices.erase(std::unique(devices.begin(), devices.end()), devices.end());
+    }
+    rows_total += static_cast<std::int64_t>(devices.size());
+    rows_remote += std::count_if(devices.begin(), devices.end(), [&](int d) { return d != home; });
+  }
+  auto bytes = sum_over_ranks(comm);
+  const std::int64_t row_bytes = H * static_cast<std::int64_t>(sizeof(float));
+  for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
+    EXPECT_EQ(bytes[name].total_bytes(), rows_total * row_bytes) << name;
+    EXPECT_EQ(bytes[name].remote_bytes, rows_remote * row_bytes) << name;
+    EXPECT_EQ(bytes[name].calls, D) << name;
+  }
+  // Metadata: 12 bytes per assignment forward, 4 bytes per assignment back (gate gradients).
+  EXPECT_EQ(bytes[kExchangeMetadata].total_bytes(), T * k * (12 + 4));
+  // The plan predicts this rank's share exactly.
+  EXPECT_EQ(comm.bytes().get(kExchangeDispatch).total_bytes(), layer.plan().num_send_rows() * row_bytes);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Cases, MoeLayerVsReference,
+    ::testing::Values(LayerCase{"standard", DispatchKind::kStandard, false, false, 7, 2, false, 13},
+                      LayerCase{"occult", DispatchKind::kOccult, false, false, 7, 2, false, 13},
+                      LayerCase{"standard_norm_scattered", DispatchKind::kStandard, true, true, 7, 3, false, 11},
+                      LayerCase{"occult_norm_scattered", DispatchKind::kOccult, true, true, 7, 3, false, 11},
+                      LayerCase{"occult_sigmoid", DispatchKind::kOccult, true, true, 8, 2, false, 9,
+                                ScoreFunction::kSigmoid},
+                      // Fewer tokens than ranks: some ranks have none.
+                      LayerCase{"occult_few_tokens", DispatchKind::kOccult, false, true, 5, 2, false, 2},
+                      LayerCase{"occult_pruned", DispatchKind::kOccult, true, true, 8, 2, true, 12},
+                      LayerCase{"standard_pruned", DispatchKind::kStandard, false, false, 8, 2, true, 12}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+// x[t][c] = t * H + c for the global token t: every received row names its source token, and
+// the rows each rank's experts see must be exactly what the naive reference delivers.
+TEST(MoeLayerPayload, EveryRowLandsWhereThePlanSays) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  for (DispatchKind kind : {DispatchKind::kStandard, DispatchKind::kOccult}) {
+    MoeLayerConfig c;
+    c.num_experts = 7;
+    c.top_k = 3;
+    c.hidden_size = 4;
+    c.ffn_size = 2;
+    c.dispatch = kind;
+    const std::vector<int> placement = make_placement(7, D, true);
+    const std::int64_t T = 17, H = 4, k = 3;
+    // Imposed routing known to every rank: token t selects a shuffled triple.
+    std::vector<std::vector<std::int32_t>> ids_per_rank(D);
+    std::vector<std::vector<float>> weights_per_rank(D);
+    for (int r = 0; r < D; ++r) {
+      for (std::int64_t t = first_token(T, r, D); t < first_token(T, r + 1, D); ++t) {
+        for (std::int64_t s = 0; s < k; ++s) {
+          ids_per_rank[r].push_back(static_cast<std::int32_t>((t * 5 + s * 2) % 7));
+          weights_per_rank[r].push_back(static_cast<float>(t) + 0.25f * s);
+        }
+      }
+    }
+    const std::int64_t lo = first_token(T, rank, D), n = first_token(T, rank + 1, D) - lo;
+    std::vector<float> x(n * H), y(n * H);
+    for (std::int64_t t = 0; t < n; ++t) {
+      for (std::int64_t col = 0; col < H; ++col) x[t * H + col] = static_cast<float>((lo + t) * H + col);
+    }
+    MoeLayer layer(comm, c, placement);
+    layer.forward_with_routing(x, n, ids_per_rank[rank], weights_per_rank[rank], y);
+
+    const ReceivePlan& rp = layer.receive_plan();
+    const auto received = layer.received_hidden_states();
+    std::vector<DeliveredAssignment> got;
+    for (int l = 0; l < rp.num_local_experts; ++l) {
+      for (std::int64_t i = rp.expert_offsets[l]; i < rp.expert_offsets[l + 1]; ++i) {
+        const std::int64_t row = rp.sorted_row[i];
+        int source = 0;
+        while (rp.recv_row_offsets[source + 1] <= row) ++source;
+        const auto global = static_cast<std::int64_t>(received[row * H]) / H;
+        for (std::int64_t col = 0; col < H; ++col) {
+          ASSERT_EQ(received[row * H + col], static_cast<float>(global * H + col)) << "row " << row;
+        }
+        got.push_back({source, global - first_token(T, source, D), layer.local_experts()[l], rp.sorted_weight[i]});
+      }
+    }
+    std::sort(got.begin(), got.end());
+    auto expected = reference_deliveries(ids_per_rank, weights_per_rank, static_cast<int>(k), placement, D);
+    EXPECT_EQ(got, expected[rank]) << dispatch_kind_name(kind);
+  }
+}
+
+// Expects `call` to throw occult::Error on this rank with `fragment` in the message.
+template <typename F>
+void expect_collective_error(F&& call, const std::string& fragment) {
+  try {
+    call();
+    ADD_FAILURE() << "no error; expected one mentioning '" << fragment << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find(fragment), std::string::npos) << e.message();
+  }
+}
+
+TEST(MoeLayerErrors, BadInputFailsOnEveryRankWithOneMessage) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  MoeLayerConfig c;
+  c.num_experts = 6;
+  c.top_k = 2;
+  c.hidden_size = 3;
+  c.ffn_size = 2;
+  // A placement made for D + 1 devices.
+  std::vector<int> other_d = make_placement(6, D + 1, false);
+  other_d[5] = D;
+  expect_collective_error([&] { MoeLayer layer(comm, c, other_d); }, "there are " + std::to_string(D) + " ranks");
+  // E not matching the placement.
+  expect_collective_error([&] { MoeLayer layer(comm, c, make_placement(5, D, false)); },
+                          "the placement has 5 experts, the layer has E = 6");
+
+  MoeLayer layer(comm, c, make_placement(6, D, false));
+  layer.init_random(3, 0.5f);
+  const std::int64_t n = 2;
+  std::vector<float> x = random_values(n * 3, 4), y(n * 3), dx(n * 3);
+  // Only the last rank passes a wrong shape; every rank must fail with its message.
+  const std::string prefix = D > 1 ? "rank " + std::to_string(D - 1) + ": " : "";
+  std::vector<float> bad_x(rank == D - 1 ? n * 3 + 1 : n * 3, 0.0f);
+  expect_collective_error([&] { layer.forward(bad_x, n, y); }, prefix + "MoE layer forward: hidden states hold");
+  // Ids out of range on the last rank only.
+  std::vector<std::int32_t> ids = {0, 1, 2, 3};
+  std::vector<float> w = {0.5f, 0.5f, 0.5f, 0.5f};
+  if (rank == D - 1) ids[3] = 6;
+  expect_collective_error([&] { layer.forward_with_routing(x, n, ids, w, y); }, "selects expert 6, outside [0, E=6)");
+  // The layer still works afterwards (no exchange was left half done).
+  layer.forward(x, n, y);
+  std::vector<float> bad_dy(rank == 0 ? 1 : n * 3, 0.0f);
+  expect_collective_error([&] { layer.backward(bad_dy, {}, dx); }, "output gradient holds");
+  std::vector<float> dy = random_values(n * 3, 5);
+  layer.backward(dy, {}, dx);
+  // Asking for a remote expert's weights names where it lives.
+  for (int e = 0; e < 6; ++e) {
+    if (!layer.is_local(e)) EXPECT_THROW(layer.gate_proj(e), Error);
+  }
+}
+
+}  // namespace
+}  // namespace occult
