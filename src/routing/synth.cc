@@ -148,7 +148,8 @@ const double kMeanUnchosenMass = std::exp(0.5);
 
 }  // namespace
 
-SynthTrace synthesize_trace(const SynthOptions& options) {
+SynthTrace synthesize_trace(const SynthOptions& options,
+                            const std::function<void(int)>& on_layer_done) {
   check_options(options);
   const int e = options.num_experts;
   const int k = options.top_k;
@@ -259,6 +260,7 @@ SynthTrace synthesize_trace(const SynthOptions& options) {
         weights[j] = static_cast<float>(std::exp(chosen_logits[j]) / z);
       }
     }
+    if (on_layer_done) on_layer_done(l);
   }
   validate_trace(trace, "synthetic trace");
   return out;

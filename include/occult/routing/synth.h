@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -53,7 +54,9 @@ struct SynthTrace {
 };
 
 // Generates a trace per `options`; throws occult::Error naming the option that is invalid.
-SynthTrace synthesize_trace(const SynthOptions& options);
+// `on_layer_done(l)`, when given, is called after layer l is generated (progress display).
+SynthTrace synthesize_trace(const SynthOptions& options,
+                            const std::function<void(int)>& on_layer_done = {});
 
 // The planted optimum as a placement for `num_devices` devices: group g on device g. Requires
 // num_groups == num_devices (throws otherwise); balanced because groups have equal size.
