@@ -379,20 +379,39 @@ TEST_F(TraceIoTest, NotASafetensorsFile) {
   EXPECT_THAT(error_of([&] { load_trace(path("x.st")); }), HasSubstr("x.st"));
 }
 
-// The shipped real trace loads and has the shape its SOURCE.md promises.
-TEST(ShippedTraces, IntentTraceLoads) {
+std::string shipped(const std::string& name) {
   const char* root = std::getenv("OCCULT_SOURCE_DIR");
-  ASSERT_NE(root, nullptr) << "ctest sets OCCULT_SOURCE_DIR";
-  const std::string file = std::string(root) + "/data/traces/dsv2lite-esft-intent.safetensors";
-  if (!std::filesystem::exists(file)) GTEST_SKIP() << file << " not shipped yet";
+  return std::string(root ? root : ".") + "/data/traces/" + name;
+}
+
+// The shipped real traces load, have the shape data/traces/SOURCE.md promises, and hold the
+// original values (first and last token checked against the F32 originals by hand).
+TEST(ShippedTraces, IntentTraceMatchesItsSource) {
+  ASSERT_NE(std::getenv("OCCULT_SOURCE_DIR"), nullptr) << "run under ctest (sets OCCULT_SOURCE_DIR)";
+  const std::string file = shipped("dsv2lite-esft-intent.safetensors");
+  const auto reader = SafetensorsReader::open(file);
+  EXPECT_EQ(reader.at("layers.0.topk_ids").dtype, DType::kU8);
+  EXPECT_EQ(reader.at("layers.0.topk_weights").dtype, DType::kF16);
   const Trace trace = load_trace(file);
   EXPECT_EQ(trace.num_experts, 64);
   EXPECT_EQ(trace.top_k, 6);
   EXPECT_EQ(trace.num_layers(), 26);
-  EXPECT_GT(trace.num_tokens(), 8000);
-  EXPECT_TRUE(trace.layers[0].has_weights());
-  EXPECT_FALSE(trace.sequence_lengths.empty());
-  // Weights are descending per token, as the format promises.
+  EXPECT_EQ(trace.num_tokens(), 8222);
+  EXPECT_EQ(trace.sequence_lengths.size(), 127u);
+  EXPECT_EQ(trace.sequence_lengths[0], 64);
+  EXPECT_THAT(trace.model, HasSubstr("ESFT-vanilla-lite"));
+  EXPECT_THAT(trace.extra_metadata.at("source"), HasSubstr("18d23501"));
+  EXPECT_EQ(std::vector<std::int32_t>(trace.layers[0].topk_ids.begin(), trace.layers[0].topk_ids.begin() + 6),
+            (std::vector<std::int32_t>{57, 60, 26, 56, 8, 11}));
+  const float first[] = {0.1787f, 0.0858f, 0.0470f, 0.0446f, 0.0414f, 0.0378f};
+  for (int j = 0; j < 6; ++j) {
+    EXPECT_EQ(trace.layers[0].topk_weights[j], f16_to_float(float_to_f16(first[j])));
+    EXPECT_NEAR(trace.layers[0].topk_weights[j], first[j], 5e-4 * first[j]);
+  }
+  const auto& last = trace.layers[25];
+  EXPECT_EQ(std::vector<std::int32_t>(last.topk_ids.end() - 6, last.topk_ids.end()),
+            (std::vector<std::int32_t>{49, 57, 11, 17, 60, 14}));
+  // Weights are non-increasing per token, as the format promises.
   for (const LayerRouting& layer : trace.layers) {
     for (std::int64_t t = 0; t < layer.num_tokens; ++t) {
       for (int j = 1; j < layer.top_k; ++j) {
@@ -400,6 +419,13 @@ TEST(ShippedTraces, IntentTraceLoads) {
       }
     }
   }
+}
+
+TEST(ShippedTraces, LawTraceLoads) {
+  const Trace trace = load_trace(shipped("dsv2lite-esft-law.safetensors"));
+  EXPECT_EQ(trace.num_layers(), 26);
+  EXPECT_EQ(trace.num_tokens(), 8327);
+  EXPECT_EQ(trace.sequence_lengths.size(), 33u);
 }
 
 }  // namespace
