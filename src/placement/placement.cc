@@ -211,9 +211,10 @@ void save_placement(const Placement& placement, const std::string& path) {
   for (std::size_t i = 0; i < layers.size(); ++i) {
     out << (i == 0 ? "\n" : ",\n") << "    {";
     bool first = true;
-    for (auto it = layers[i].begin(); it != layers[i].end(); ++it) {
-      out << (first ? "" : ",") << "\n      " << nlohmann::json(it.key()).dump() << ": "
-          << it.value().dump();
+    for (const char* key : {"layer", "expert_to_device", "metrics", "similarity"}) {
+      if (!layers[i].contains(key)) continue;
+      out << (first ? "" : ",") << "\n      " << nlohmann::json(key).dump() << ": "
+          << layers[i][key].dump();
       first = false;
     }
     out << "\n    }";

@@ -1,0 +1,98 @@
+#include "occult/placement/place.h"
+
+#include <chrono>
+
+#include "occult/core/error.h"
+
+namespace occult {
+
+Placement place_experts(const Trace& trace, std::string_view strategy, const PartitionOptions& options,
+                        bool cross_layer, const LayerCallback& on_layer) {
+  OCCULT_CHECK(trace.num_layers() >= 1, "placement: the trace has no layers");
+  const auto partitioner = make_partitioner(strategy);
+  Placement placement;
+  placement.num_experts = trace.num_experts;
+  placement.num_devices = options.num_devices;
+  placement.num_nodes = options.num_nodes;
+  placement.strategy = std::string(strategy);
+  PartitionOptions layer_options = options;
+  for (int l = 0; l < trace.num_layers(); ++l) {
+    const auto start = std::chrono::steady_clock::now();
+    const CollaborationGraph graph = build_collaboration_graph(trace.layers[l], trace.num_experts);
+    if (cross_layer && l > 0) layer_options.warm_start = placement.layers.back().expert_to_device;
+    LayerPlacement lp;
+    lp.layer = l;
+    lp.expert_to_device = partitioner->partition(graph, layer_options);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const PlacementMetrics m = compute_placement_metrics(trace.layers[l], lp.expert_to_device,
+                                                         options.num_devices, options.num_nodes);
+    lp.metrics = metrics_to_json(m, options.num_nodes > 1);
+    lp.metrics["seconds"] = seconds;
+    placement.layers.push_back(std::move(lp));
+    if (on_layer) on_layer(l, l + 1, seconds);
+  }
+  return placement;
+}
+
+void check_placement_matches_trace(const Placement& placement, const Trace& trace,
+                                   const std::string& placement_source,
+                                   const std::string& trace_source) {
+  OCCULT_CHECK(placement.num_experts == trace.num_experts,
+               "{} places {} experts per layer but {} has {}", placement_source,
+               placement.num_experts, trace_source, trace.num_experts);
+  for (int l = 0; l < trace.num_layers(); ++l) {
+    bool found = false;
+    for (const LayerPlacement& lp : placement.layers) found = found || lp.layer == l;
+    OCCULT_CHECK(found, "{} has no placement for layer {} of {} ({} layers)", placement_source, l,
+                 trace_source, trace.num_layers());
+  }
+  for (const LayerPlacement& lp : placement.layers) {
+    OCCULT_CHECK(lp.layer < trace.num_layers(),
+                 "{} places layer {} but {} has only {} layers", placement_source, lp.layer,
+                 trace_source, trace.num_layers());
+  }
+}
+
+std::vector<PlacementMetrics> evaluate_placement(const Trace& trace, const Placement& placement,
+                                                 const std::string& placement_source,
+                                                 const std::string& trace_source) {
+  check_placement_matches_trace(placement, trace, placement_source, trace_source);
+  std::vector<PlacementMetrics> result;
+  for (int l = 0; l < trace.num_layers(); ++l) {
+    result.push_back(compute_placement_metrics(trace.layers[l], placement.layer(l).expert_to_device,
+                                               placement.num_devices, placement.num_nodes));
+  }
+  return result;
+}
+
+PlacementMetrics mean_metrics(const std::vector<PlacementMetrics>& layers) {
+  PlacementMetrics mean;
+  if (layers.empty()) return mean;
+  for (const PlacementMetrics& m : layers) {
+    mean.replicas_per_token += m.replicas_per_token;
+    mean.remote_replicas_per_token += m.remote_replicas_per_token;
+    mean.intra_collab_ratio += m.intra_collab_ratio;
+    mean.load_imbalance += m.load_imbalance;
+    mean.nodes_per_token += m.nodes_per_token;
+  }
+  const double n = static_cast<double>(layers.size());
+  mean.replicas_per_token /= n;
+  mean.remote_replicas_per_token /= n;
+  mean.intra_collab_ratio /= n;
+  mean.load_imbalance /= n;
+  mean.nodes_per_token /= n;
+  return mean;
+}
+
+nlohmann::json metrics_to_json(const PlacementMetrics& m, bool with_nodes) {
+  nlohmann::json j;
+  j["replicas_per_token"] = m.replicas_per_token;
+  j["remote_replicas_per_token"] = m.remote_replicas_per_token;
+  j["intra_collab_ratio"] = m.intra_collab_ratio;
+  j["load_imbalance"] = m.load_imbalance;
+  if (with_nodes) j["nodes_per_token"] = m.nodes_per_token;
+  return j;
+}
+
+}  // namespace occult

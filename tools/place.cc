@@ -1,0 +1,173 @@
+// `occult place`: calibrate an expert placement on routing traces and write it as JSON.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "command_registry.h"
+#include "occult/core/error.h"
+#include "occult/core/progress.h"
+#include "occult/core/table.h"
+#include "occult/placement/place.h"
+
+namespace occult::cli {
+namespace {
+
+struct PlaceArgs {
+  std::vector<std::string> traces;
+  int devices = 0;
+  int nodes = 1;
+  std::string strategy = std::string(kDefaultStrategy);
+  double max_imbalance = 1.10;
+  std::uint64_t seed = 0;
+  int restarts = PartitionOptions{}.num_restarts;
+  bool cross_layer = false;
+  bool json = false;
+  std::string out;
+};
+
+Trace load_calibration(const std::vector<std::string>& paths) {
+  std::vector<Trace> traces;
+  for (const std::string& path : paths) traces.push_back(load_trace(path));
+  if (traces.size() == 1) return std::move(traces.front());
+  return concatenate_traces(traces, paths);
+}
+
+std::string f3(double v) { return fmt::format("{:.3f}", v); }
+
+void run_place(const PlaceArgs& args) {
+  const auto start = std::chrono::steady_clock::now();
+  const Trace trace = load_calibration(args.traces);
+  PartitionOptions options;
+  options.num_devices = args.devices;
+  options.num_nodes = args.nodes;
+  options.seed = args.seed;
+  options.max_imbalance = args.max_imbalance;
+  options.num_restarts = args.restarts;
+  const bool all = args.strategy == "all";
+  std::vector<std::string> strategies = all ? partitioner_names()
+                                            : std::vector<std::string>{args.strategy};
+  if (!all) make_partitioner(args.strategy);  // fail on a bad name before any work
+  const bool with_nodes = args.nodes > 1;
+
+  // The written placement: the chosen strategy, or the default one under `all`.
+  Placement written;
+  nlohmann::json json_out;
+  TextTable comparison({"strategy", "C_T", "remote C_T", "intra ratio", "imbalance mean",
+                        "imbalance max", with_nodes ? "nodes/token" : "-", "seconds"});
+  for (const std::string& strategy : strategies) {
+    ProgressBar progress(fmt::format("place {}", strategy), trace.num_layers(), !args.json);
+    const auto t0 = std::chrono::steady_clock::now();
+    Placement placement =
+        place_experts(trace, strategy, options, args.cross_layer, [&](int layer, int done, double) {
+          progress.update(done, fmt::format("layer {}", layer));
+        });
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    progress.finish(fmt::format("{:.2f} s", seconds));
+    std::vector<PlacementMetrics> per_layer;
+    for (const LayerPlacement& lp : placement.layers) {
+      PlacementMetrics m;
+      m.replicas_per_token = lp.metrics["replicas_per_token"];
+      m.remote_replicas_per_token = lp.metrics["remote_replicas_per_token"];
+      m.intra_collab_ratio = lp.metrics["intra_collab_ratio"];
+      m.load_imbalance = lp.metrics["load_imbalance"];
+      if (with_nodes) m.nodes_per_token = lp.metrics["nodes_per_token"];
+      per_layer.push_back(m);
+    }
+    const PlacementMetrics mean = mean_metrics(per_layer);
+    double max_imbalance = 0;
+    for (const PlacementMetrics& m : per_layer) max_imbalance = std::max(max_imbalance, m.load_imbalance);
+
+    if (all) {
+      comparison.add_row({strategy, f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
+                          f3(mean.intra_collab_ratio), f3(mean.load_imbalance), f3(max_imbalance),
+                          with_nodes ? f3(mean.nodes_per_token) : "-", fmt::format("{:.2f}", seconds)});
+      nlohmann::json entry = {{"strategy", strategy},
+                              {"mean", metrics_to_json(mean, with_nodes)},
+                              {"max_load_imbalance", max_imbalance},
+                              {"seconds", seconds}};
+      json_out["strategies"].push_back(entry);
+    } else {
+      json_out["strategy"] = strategy;
+      json_out["layers"] = nlohmann::json::array();
+      for (const LayerPlacement& lp : placement.layers) {
+        nlohmann::json row = lp.metrics;
+        row["layer"] = lp.layer;
+        json_out["layers"].push_back(row);
+      }
+      json_out["mean"] = metrics_to_json(mean, with_nodes);
+      json_out["max_load_imbalance"] = max_imbalance;
+      json_out["seconds"] = seconds;
+      if (!args.json) {
+        TextTable table({"layer", "C_T", "remote C_T", "intra ratio", "imbalance",
+                         with_nodes ? "nodes/token" : "-", "ms"});
+        for (std::size_t l = 0; l < placement.layers.size(); ++l) {
+          const PlacementMetrics& m = per_layer[l];
+          table.add_row({std::to_string(placement.layers[l].layer), f3(m.replicas_per_token),
+                         f3(m.remote_replicas_per_token), f3(m.intra_collab_ratio),
+                         f3(m.load_imbalance), with_nodes ? f3(m.nodes_per_token) : "-",
+                         fmt::format("{:.1f}", 1e3 * placement.layers[l].metrics["seconds"].get<double>())});
+        }
+        table.add_rule();
+        table.add_row({"mean", f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
+                       f3(mean.intra_collab_ratio), f3(mean.load_imbalance),
+                       with_nodes ? f3(mean.nodes_per_token) : "-",
+                       fmt::format("{:.1f}", 1e3 * seconds / placement.layers.size())});
+        fmt::print("{}", table.render());
+      }
+    }
+    if (strategy == (all ? std::string(kDefaultStrategy) : args.strategy)) written = std::move(placement);
+  }
+  save_placement(written, args.out);
+  const double total =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (args.json) {
+    json_out["out"] = args.out;
+    std::cout << json_out.dump(2) << "\n";
+    return;
+  }
+  if (all) fmt::print("{}", comparison.render());
+  const std::vector<PlacementMetrics> m = evaluate_placement(trace, written, args.out, "calibration");
+  const PlacementMetrics mean = mean_metrics(m);
+  double max_imbalance = 0;
+  for (const PlacementMetrics& x : m) max_imbalance = std::max(max_imbalance, x.load_imbalance);
+  fmt::print(
+      "placed {} layers x {} experts on {} devices{} with '{}': mean replicas_per_token {:.3f} "
+      "(of top-k {}), max load_imbalance {:.3f}; wrote {} ({:.2f} s)\n",
+      trace.num_layers(), trace.num_experts, args.devices,
+      with_nodes ? fmt::format(" ({} nodes)", args.nodes) : "", written.strategy,
+      mean.replicas_per_token, trace.top_k, max_imbalance, args.out, total);
+}
+
+void setup_place(CLI::App& root) {
+  auto args = std::make_shared<PlaceArgs>();
+  CLI::App* cmd = root.add_subcommand(
+      "place", "Calibrate an expert placement on routing traces and write it as JSON");
+  cmd->add_option("--traces", args->traces, "Calibration trace file(s); repeat to concatenate")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--devices", args->devices, "Expert-parallel devices D")->required();
+  cmd->add_option("--nodes", args->nodes, "Nodes N (devices [n*D/N, (n+1)*D/N) form node n)");
+  cmd->add_option("--strategy", args->strategy,
+                  "contiguous | random | greedy-fps | metis | hypergraph (default) | all");
+  cmd->add_option("--max-imbalance", args->max_imbalance,
+                  "hypergraph: max device load / mean on the calibration traces");
+  cmd->add_option("--seed", args->seed, "Seed for random, metis and hypergraph");
+  cmd->add_option("--restarts", args->restarts, "hypergraph: perturb-and-refine rounds per layer");
+  cmd->add_flag("--cross-layer", args->cross_layer,
+                "hypergraph: also start each layer from the previous layer's placement");
+  cmd->add_flag("--json", args->json, "Machine-readable summary on stdout");
+  cmd->add_option("--out", args->out, "Placement JSON to write (under `all`: the default strategy's)")
+      ->required();
+  cmd->callback([args] { run_place(*args); });
+}
+
+}  // namespace
+
+OCCULT_REGISTER_COMMAND("place", setup_place);
+
+}  // namespace occult::cli
