@@ -1,0 +1,144 @@
+// `occult train`: train the MoE transformer under mpirun with expert parallelism.
+#include <fmt/format.h>
+#include <mpi.h>
+
+#include <CLI/CLI.hpp>
+#include <memory>
+
+#include "command_registry.h"
+#include "occult/comm/mpi_communicator.h"
+#include "occult/core/error.h"
+#include "occult/core/table.h"
+#include "occult/model/trainer.h"
+
+namespace occult::cli {
+namespace {
+
+struct TrainFlags {
+  std::string config, data, dispatch = "occult", placement, prune_scheme = "score", save, resume, log;
+  int prune_devices = 0, steps = 100, stop_at = 0, seq_len = 0, eval_every = 0, warmup = -1;
+  std::int64_t batch = 0, eval_sequences = 64;
+  std::uint64_t seed = 0;
+  float lr = 1e-3f, weight_decay = 0.1f, grad_clip = 1.0f, min_lr_ratio = 0.1f;
+  bool json = false, no_progress = false;
+};
+
+void print_summary(const TrainResult& r, const TrainOptions& o, int ranks) {
+  TextTable table({"metric", "value"});
+  const auto& first = r.steps.front();
+  const auto& last = r.steps.back();
+  double bytes = 0, standard = 0, replicas = 0, max_ct = 0;
+  for (const auto& s : r.steps) {
+    bytes += static_cast<double>(s.bytes);
+    standard += static_cast<double>(s.standard_bytes);
+    replicas += s.replicas_per_token;
+    max_ct = std::max(max_ct, s.max_replicas_per_token);
+  }
+  const double n = static_cast<double>(r.steps.size());
+  table.add_row({"ranks", std::to_string(ranks)});
+  table.add_row({"dispatch", dispatch_name(o.dispatch)});
+  table.add_row({"parameters (total / active)", fmt::format("{} / {}", r.num_parameters, r.num_active_parameters)});
+  table.add_row({"steps", fmt::format("{}..{}", first.step, last.step)});
+  table.add_row({"loss (first -> last step)", fmt::format("{:.4f} -> {:.4f}", first.loss, last.loss)});
+  table.add_row({"validation loss (nats/byte)", fmt::format("{:.4f}", r.val_loss)});
+  table.add_row({"tokens/s", fmt::format("{:.0f}", r.tokens_per_s)});
+  table.add_row({"model GFLOP/s", fmt::format("{:.2f}", r.tokens_per_s * r.flops_per_token / 1e9)});
+  table.add_row({"bytes/step (dispatch, all ranks)", fmt::format("{:.0f}", bytes / n)});
+  table.add_row({"bytes/step standard would move", fmt::format("{:.0f}", standard / n)});
+  table.add_row({"bytes saved vs standard", fmt::format("{:.1f}%", standard > 0 ? 100.0 * (1.0 - bytes / standard) : 0.0)});
+  table.add_row({"replicas per token C_T (mean / max layer)", fmt::format("{:.3f} / {:.3f}", replicas / n, max_ct)});
+  table.add_row({"train time (s)", fmt::format("{:.1f}", r.seconds)});
+  fmt::print("{}", table.render());
+}
+
+void run_train(const TrainFlags& f, CLI::App& app) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (!initialized) MPI_Init(nullptr, nullptr);
+  int rank = 0, ranks = 1;
+  try {
+    MpiCommunicator comm(MPI_COMM_WORLD);
+    rank = comm.rank();
+    ranks = comm.size();
+    TrainOptions o;
+    o.config = load_model_config(f.config);
+    o.config_source = f.config;
+    o.data_path = f.data;
+    o.dispatch = parse_dispatch(f.dispatch);
+    o.placement_path = f.placement;
+    o.prune_devices = f.prune_devices;
+    o.prune_scheme = f.prune_scheme;
+    o.steps = f.steps;
+    o.stop_at = f.stop_at;
+    if (app.count("--batch") > 0) o.batch = f.batch;
+    if (app.count("--seq-len") > 0) o.seq_len = f.seq_len;
+    if (app.count("--seed") > 0) o.seed = f.seed;
+    o.adamw.lr = f.lr;
+    o.adamw.weight_decay = f.weight_decay;
+    o.adamw.grad_clip = f.grad_clip;
+    o.adamw.min_lr_ratio = f.min_lr_ratio;
+    o.adamw.warmup_steps = f.warmup >= 0 ? f.warmup : std::min(100, f.steps / 10);
+    o.eval_every = f.eval_every;
+    o.eval_sequences = f.eval_sequences;
+    o.save_dir = f.save;
+    o.resume_dir = f.resume;
+    o.log_path = f.log;
+    o.progress = !f.json && !f.no_progress;
+    const TrainResult result = train(o, comm);
+    if (rank == 0) {
+      if (f.json) {
+        fmt::print("{}\n", train_result_json(result));
+      } else {
+        print_summary(result, o, ranks);
+      }
+    }
+  } catch (const occult::Error&) {
+    // Input errors are agreed on by every rank (agree_on_errors) or identical on every rank
+    // (the same file read everywhere): report once, from rank 0, then leave MPI cleanly.
+    MPI_Finalize();
+    if (rank == 0) throw;
+    throw CLI::RuntimeError(1);
+  }
+  MPI_Finalize();
+}
+
+void setup(CLI::App& root) {
+  auto flags = std::make_shared<TrainFlags>();
+  CLI::App* cmd = root.add_subcommand(
+      "train",
+      "Train the MoE transformer on a text file (run under mpirun: dense parts data-parallel, experts\n"
+      "expert-parallel by the placement). Prints a progress bar and a summary; --json prints\n"
+      "{steps, loss[], val_loss, tokens_per_s, bytes_per_step, standard_bytes_per_step, replicas_per_token}.");
+  cmd->add_option("--config", flags->config, "model config.json (Hugging Face keys)")->required();
+  cmd->add_option("--data", flags->data, "text corpus; last 10% is validation")->required();
+  cmd->add_option("--dispatch", flags->dispatch, "standard | occult")->capture_default_str();
+  cmd->add_option("--placement", flags->placement, "placement JSON (occult place); default contiguous");
+  cmd->add_option("--prune-devices", flags->prune_devices, "collaboration pruning budget M (0 = off)")
+      ->capture_default_str();
+  cmd->add_option("--prune-scheme", flags->prune_scheme, "score | similarity | device-limited")
+      ->capture_default_str();
+  cmd->add_option("--steps", flags->steps, "length of the run and of the lr schedule")->capture_default_str();
+  cmd->add_option("--stop-at", flags->stop_at, "stop (and save) after this step; the schedule still spans --steps");
+  cmd->add_option("--batch", flags->batch, "global sequences per step, split over ranks (default 8)");
+  cmd->add_option("--seq-len", flags->seq_len, "tokens per sequence (default min(128, max_position_embeddings))");
+  cmd->add_option("--lr", flags->lr, "peak learning rate")->capture_default_str();
+  cmd->add_option("--warmup", flags->warmup, "warm-up steps (default min(100, steps/10))");
+  cmd->add_option("--min-lr-ratio", flags->min_lr_ratio, "cosine floor as a fraction of --lr")->capture_default_str();
+  cmd->add_option("--weight-decay", flags->weight_decay, "AdamW decoupled weight decay")->capture_default_str();
+  cmd->add_option("--grad-clip", flags->grad_clip, "global gradient-norm clip (0 = off)")->capture_default_str();
+  cmd->add_option("--eval-every", flags->eval_every, "validate every N steps (0 = at the end only)");
+  cmd->add_option("--eval-sequences", flags->eval_sequences, "validation windows per evaluation")
+      ->capture_default_str();
+  cmd->add_option("--save", flags->save, "checkpoint directory (written at the end and at every evaluation)");
+  cmd->add_option("--resume", flags->resume, "continue the run saved in this checkpoint directory exactly");
+  cmd->add_option("--seed", flags->seed, "seed of the initialisation and of the batches (default 1234)");
+  cmd->add_option("--log", flags->log, "JSONL log: one object per step and per evaluation");
+  cmd->add_flag("--json", flags->json, "print the result as JSON instead of the summary table");
+  cmd->add_flag("--no-progress", flags->no_progress, "do not draw the progress bar");
+  cmd->callback([flags, cmd] { run_train(*flags, *cmd); });
+}
+
+OCCULT_REGISTER_COMMAND("train", setup);
+
+}  // namespace
+}  // namespace occult::cli
