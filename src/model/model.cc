@@ -490,6 +490,12 @@ RoutingStats MoeTransformer::routing_stats() {
   return r;
 }
 
+MoeBlock& MoeTransformer::moe_block(int layer) {
+  OCCULT_CHECK(layer >= 0 && layer < config_.num_hidden_layers, "MoE layer {} is outside [0, num_hidden_layers = {})",
+               layer, config_.num_hidden_layers);
+  return *impl_->moe[layer];
+}
+
 std::span<const float> MoeTransformer::logits() const {
   const auto& m = *impl_;
   return {m.logits, static_cast<std::size_t>(m.B * m.T * config_.vocab_size)};

@@ -20,6 +20,7 @@
 namespace occult {
 
 class Communicator;
+class MoeBlock;  // src/model/moe_block.h: the model's view of one MoE layer
 
 // How the MoE blocks move tokens (DESIGN.md): one copy per (token, expert) or per (token, device).
 enum class Dispatch { kStandard, kOccult };
@@ -120,6 +121,9 @@ class MoeTransformer {
   RoutingStats routing_stats();
   // Logits [B,T,V] of the last forward (this rank's tokens).
   std::span<const float> logits() const;
+  // The MoE block of `layer` (0 <= layer < L), for code that runs the layers itself, e.g. the
+  // KV-cache inference engine (src/model/inference.cc); throws naming the layer when out of range.
+  MoeBlock& moe_block(int layer);
 
  private:
   struct Impl;
