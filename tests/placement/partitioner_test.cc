@@ -192,6 +192,31 @@ TEST(Hypergraph, IncrementalDeltasMatchTheNaiveObjective) {
   }
 }
 
+TEST(Hypergraph, GainTablesStayExactAcrossIncrementalMoves) {
+  const LayerRouting r = planted_routing(12, 3, 3, 400, 0.5, 10, nullptr);
+  const CollaborationGraph g = build_collaboration_graph(r, 12);
+  for (int nodes : {1, 2}) {
+    const std::vector<int> p = partition_random(g, options_for(4, nodes, 6));
+    // A walk of moves (unbalanced on the way: the tables do not care).
+    const std::vector<std::pair<int, int>> moves = {{0, 3}, {5, 0}, {0, 1}, {11, 2}, {7, 3},
+                                                    {3, 0}, {5, 1}, {2, 2}, {9, 0}, {0, 0}};
+    std::vector<int> after;
+    const std::vector<std::int64_t> table = hypergraph_move_table(g, p, 4, nodes, moves, &after);
+    std::vector<int> expected = p;
+    for (const auto& [e, d] : moves) expected[e] = d;
+    ASSERT_EQ(after, expected);
+    const std::int64_t base = hypergraph_objective(g, after, 4, nodes);
+    for (int a = 0; a < 12; ++a) {
+      for (int d = 0; d < 4; ++d) {
+        std::vector<int> q = after;
+        q[a] = d;
+        EXPECT_EQ(table[a * 4 + d], hypergraph_objective(g, q, 4, nodes) - base)
+            << a << "->" << d << " nodes " << nodes;
+      }
+    }
+  }
+}
+
 TEST(Hypergraph, FindsTheBruteForceOptimumOnTinyTraces) {
   struct Case {
     int experts, top_k, devices, nodes;

@@ -7,6 +7,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "occult/placement/graph.h"
@@ -79,11 +80,15 @@ std::int64_t hypergraph_swap_delta(const CollaborationGraph& graph, std::span<co
 // The same for moving expert a to device `to` (the result may be unbalanced).
 std::int64_t hypergraph_move_delta(const CollaborationGraph& graph, std::span<const int> expert_to_device,
                                    int num_devices, int num_nodes, int a, int to);
-// The move-delta table the refinement ranks candidates with: [E, D], entry (a, d) =
-// hypergraph_move_delta(a, d).
+// The gain table the refinement keeps: [E, D], entry (a, d) = hypergraph_move_delta(a, d).
+// The tables are built for expert_to_device, then `moves_first` ((expert, device) pairs) are
+// applied incrementally, as the refinement does; the placement they lead to is written to
+// *placement_after when given. Tests compare the maintained table with the naive objective.
 std::vector<std::int64_t> hypergraph_move_table(const CollaborationGraph& graph,
                                                 std::span<const int> expert_to_device,
-                                                int num_devices, int num_nodes);
+                                                int num_devices, int num_nodes,
+                                                std::span<const std::pair<int, int>> moves_first = {},
+                                                std::vector<int>* placement_after = nullptr);
 
 // Best-effort load repair: swaps (and count-preserving moves) that lower the maximum device
 // load until it is <= max_imbalance * mean or no swap lowers it; preferring the swaps that
