@@ -89,19 +89,20 @@ nlohmann::json read_json(const fs::path& path) {
   }
 }
 
-// The first key where two configs differ, for the mismatch error.
-std::string first_difference(const ModelConfig& a, const ModelConfig& b) {
-  const auto ja = model_config_to_json(a), jb = model_config_to_json(b);
-  for (auto it = ja.begin(); it != ja.end(); ++it) {
-    if (!jb.contains(it.key()) || jb.at(it.key()) != it.value()) {
-      return fmt::format("\"{}\" is {} in the checkpoint but {} in the model", it.key(),
-                         jb.contains(it.key()) ? jb.at(it.key()).dump() : "absent", it.value().dump());
+}  // namespace
+
+// The first key where the checkpoint's config differs from the model's, for the mismatch error.
+std::string describe_config_difference(const ModelConfig& checkpoint, const ModelConfig& model) {
+  const auto jc = model_config_to_json(checkpoint), jm = model_config_to_json(model);
+  for (auto it = jc.begin(); it != jc.end(); ++it) {
+    if (!jm.contains(it.key()) || jm.at(it.key()) != it.value()) {
+      return fmt::format("\"{}\" is {} in the checkpoint but {} in the model", it.key(), it.value().dump(),
+                         jm.contains(it.key()) ? jm.at(it.key()).dump() : "absent");
     }
   }
   return "(no key differs)";
 }
 
-}  // namespace
 
 void save_checkpoint(const std::string& dir, MoeTransformer& model, AdamW* optimizer,
                      const nlohmann::json& trainer_state) {
@@ -152,7 +153,7 @@ nlohmann::json load_checkpoint(const std::string& dir, MoeTransformer& model, Ad
     const ModelConfig saved = load_checkpoint_config(dir);
     OCCULT_CHECK(same_architecture(saved, model.config()),
                  "checkpoint {} was trained with another model config: {}", dir,
-                 first_difference(saved, model.config()));
+                 describe_config_difference(saved, model.config()));
     const auto reader = SafetensorsReader::open((fs::path(dir) / "model.safetensors").string());
     for (const auto& t : model.tensors()) {
       reader.expect_shape(t.name, t.shape);

@@ -66,9 +66,8 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     agree_on_errors(comm, [&] {
       const ModelConfig saved = load_checkpoint_config(o.resume_dir);
       OCCULT_CHECK(same_architecture(saved, o.config),
-                   "--resume {}: the checkpoint was trained with another model config than {} (compare its "
-                   "config.json)",
-                   o.resume_dir, o.config_source);
+                   "--resume {}: the checkpoint was trained with another model config than {}: {}", o.resume_dir,
+                   o.config_source, describe_config_difference(saved, o.config));
     });
   }
   ParallelOptions parallel;

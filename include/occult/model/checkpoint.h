@@ -19,6 +19,9 @@ namespace occult {
 void save_checkpoint(const std::string& dir, MoeTransformer& model, AdamW* optimizer,
                      const nlohmann::json& trainer_state);
 
+// "\"key\" is X in the checkpoint but Y in the model" for the first differing config key.
+std::string describe_config_difference(const ModelConfig& checkpoint, const ModelConfig& model);
+
 // Reads `dir`/config.json; throws naming the directory when it is not a checkpoint.
 ModelConfig load_checkpoint_config(const std::string& dir);
 

@@ -1,0 +1,224 @@
+// Config validation, the data loader's rank independence, the schedule and checkpoints.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "occult/comm/communicator.h"
+#include "occult/core/error.h"
+#include "occult/core/safetensors.h"
+#include "occult/model/checkpoint.h"
+#include "occult/model/config.h"
+#include "occult/model/data.h"
+#include "occult/model/optimizer.h"
+#include "test_util.h"
+
+namespace occult {
+namespace {
+
+namespace fs = std::filesystem;
+
+nlohmann::json tiny_json() {
+  return model_config_to_json(testing::tiny_config(true, true, false));
+}
+
+std::string config_error(const nlohmann::json& j) {
+  try {
+    parse_model_config(j, "cfg.json");
+  } catch (const Error& e) {
+    return e.message();
+  }
+  return "";
+}
+
+TEST(ConfigTest, RoundTripsThroughJson) {
+  const ModelConfig c = testing::tiny_config(true, false, true);
+  const ModelConfig back = parse_model_config(model_config_to_json(c), "x");
+  EXPECT_TRUE(same_architecture(c, back));
+  EXPECT_EQ(back.shared_intermediate_size(), 6);
+  EXPECT_EQ(back.head_dim(), 4);
+}
+
+TEST(ConfigTest, MissingAndWrongKeysNameTheKey) {
+  auto j = tiny_json();
+  j.erase("num_experts");
+  EXPECT_EQ(config_error(j), "cfg.json: config key \"num_experts\" is missing");
+  j = tiny_json();
+  j["hidden_size"] = "big";
+  EXPECT_EQ(config_error(j), "cfg.json: config key \"hidden_size\" must be an integer, got \"big\"");
+  j = tiny_json();
+  j["norm_topk_prob"] = 1;
+  EXPECT_EQ(config_error(j), "cfg.json: config key \"norm_topk_prob\" must be true or false, got 1");
+}
+
+TEST(ConfigTest, InconsistentKeysAreRejected) {
+  auto j = tiny_json();
+  j["num_experts_per_tok"] = 5;
+  EXPECT_EQ(config_error(j), "cfg.json: config key \"num_experts_per_tok\" (5) must not exceed \"num_experts\" (4)");
+  j = tiny_json();
+  j.erase("num_key_value_heads");
+  j["num_attention_heads"] = 3;
+  EXPECT_EQ(config_error(j), "cfg.json: config key \"hidden_size\" (8) must be divisible by \"num_attention_heads\" (3)");
+  j = tiny_json();
+  j.erase("num_key_value_heads");
+  j["num_attention_heads"] = 8;  // head size 1: RoPE needs pairs
+  EXPECT_EQ(config_error(j), "cfg.json: head size hidden_size/num_attention_heads = 1 must be even for RoPE");
+  j = tiny_json();
+  j["num_key_value_heads"] = 1;
+  EXPECT_NE(config_error(j).find("grouped-query attention is not supported"), std::string::npos);
+}
+
+TEST(ConfigTest, MissingFileNamesThePath) {
+  EXPECT_THROW(
+      {
+        try {
+          load_model_config("/nonexistent/config.json");
+        } catch (const Error& e) {
+          EXPECT_EQ(e.message(), "cannot read model config /nonexistent/config.json: no such file or not readable");
+          throw;
+        }
+      },
+      Error);
+}
+
+class DataTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = (fs::temp_directory_path() / fmt::format("occult_data_test_{}.txt", ::getpid())).string();
+    std::ofstream out(path_, std::ios::binary);
+    for (int i = 0; i < 1000; ++i) out.put(static_cast<char>('a' + i % 26));
+  }
+  void TearDown() override { fs::remove(path_); }
+  std::string path_;
+};
+
+TEST_F(DataTest, SplitsTheLastTenPercentForValidation) {
+  TextDataset d(path_);
+  EXPECT_EQ(d.train_tokens(), 900);
+  EXPECT_EQ(d.val_tokens(), 100);
+  const Batch v = d.val_batch(1000, 10, 0, 1);
+  EXPECT_EQ(v.sequences, 9);  // (100 - 1) / 10 whole windows with a next-token target
+  EXPECT_EQ(v.tokens[0], 'a' + 900 % 26);
+  EXPECT_EQ(v.targets[0], 'a' + 901 % 26);
+}
+
+TEST_F(DataTest, GlobalBatchIsTheSameForEveryRankCount) {
+  TextDataset d(path_);
+  const Batch whole = d.train_batch(42, 7, 10, 16, 0, 1);
+  ASSERT_EQ(whole.sequences, 10);
+  for (int ranks = 2; ranks <= 4; ++ranks) {
+    std::vector<std::int32_t> joined, joined_targets;
+    for (int r = 0; r < ranks; ++r) {
+      const Batch b = d.train_batch(42, 7, 10, 16, r, ranks);
+      EXPECT_EQ(b.sequences, rank_share(10, r, ranks).end - rank_share(10, r, ranks).begin);
+      joined.insert(joined.end(), b.tokens.begin(), b.tokens.end());
+      joined_targets.insert(joined_targets.end(), b.targets.begin(), b.targets.end());
+    }
+    EXPECT_EQ(joined, whole.tokens) << ranks << " ranks";
+    EXPECT_EQ(joined_targets, whole.targets) << ranks << " ranks";
+  }
+  // Targets are the next byte; another step draws other windows.
+  for (std::size_t i = 0; i < whole.tokens.size(); ++i) EXPECT_EQ(whole.targets[i], 'a' + (whole.tokens[i] - 'a' + 1) % 26);
+  EXPECT_NE(d.train_batch(42, 8, 10, 16, 0, 1).tokens, whole.tokens);
+}
+
+TEST_F(DataTest, ErrorsNameTheFile) {
+  try {
+    TextDataset d("/nonexistent/x.txt");
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.message(), "cannot read corpus /nonexistent/x.txt: no such file or not readable");
+  }
+  TextDataset d(path_);
+  EXPECT_THROW(d.train_batch(1, 1, 2, 900, 0, 1), Error);
+}
+
+TEST(ScheduleTest, WarmupThenCosineToTheFloor) {
+  AdamWOptions o;
+  o.lr = 1.0f;
+  o.min_lr_ratio = 0.1f;
+  o.warmup_steps = 4;
+  o.total_steps = 14;
+  EXPECT_FLOAT_EQ(learning_rate(o, 1), 0.25f);
+  EXPECT_FLOAT_EQ(learning_rate(o, 4), 1.0f);
+  EXPECT_FLOAT_EQ(learning_rate(o, 9), 0.55f);  // half-way through the cosine: (1 + 0.1) / 2
+  EXPECT_FLOAT_EQ(learning_rate(o, 14), 0.1f);
+}
+
+TEST(OptimizerTest, AdamWFirstStepMovesEachWeightByLrPlusDecay) {
+  // Step 1 of Adam: m/(1-b1) = g, v/(1-b2) = g^2, so the update is sign(g) (eps aside).
+  const ModelConfig c = testing::tiny_config(false, false, false);
+  SelfCommunicator comm;
+  MoeTransformer model(c, comm, ParallelOptions{});
+  model.init_weights(1);
+  AdamWOptions o;
+  o.lr = 0.01f;
+  o.weight_decay = 0.5f;
+  o.grad_clip = 0.0f;
+  o.total_steps = 10;
+  AdamW adam(model, o);
+  const auto& t = *model.find("model.layers.0.self_attn.q_proj.weight");
+  const auto& n = *model.find("model.layers.0.input_layernorm.weight");
+  const std::vector<float> before(t.value.begin(), t.value.end());
+  for (std::size_t i = 0; i < t.grad.size(); ++i) t.grad[i] = (i % 2 == 0) ? 3.0f : -0.5f;
+  for (float& g : n.grad) g = 1.0f;
+  adam.step();
+  const float lr = learning_rate(o, 1);  // no warm-up: the cosine's first step, just below 0.01
+  EXPECT_FLOAT_EQ(adam.last_lr(), lr);
+  EXPECT_LT(lr, 0.01f);
+  for (std::size_t i = 0; i < t.value.size(); ++i) {
+    const float sign = (i % 2 == 0) ? 1.0f : -1.0f;
+    EXPECT_NEAR(t.value[i], before[i] - lr * (sign + 0.5f * before[i]), 1e-6f);
+  }
+  for (float v : n.value) EXPECT_NEAR(v, 1.0f - lr, 1e-6f);  // gains are not decayed
+}
+
+TEST(CheckpointTest, RoundTripsWeightsAndMomentsInHuggingFaceNames) {
+  const ModelConfig c = testing::tiny_config(true, true, false);
+  SelfCommunicator comm;
+  MoeTransformer a(c, comm, ParallelOptions{});
+  a.init_weights(9);
+  AdamWOptions o;
+  o.total_steps = 5;
+  AdamW adam_a(a, o);
+  for (std::size_t i = 0; i < a.tensors().size(); ++i) {
+    for (std::size_t j = 0; j < adam_a.exp_avg(i).size(); ++j) adam_a.exp_avg(i)[j] = static_cast<float>(i + j);
+  }
+  adam_a.set_step_count(3);
+  const std::string dir = (fs::temp_directory_path() / fmt::format("occult_ckpt_test_{}", ::getpid())).string();
+  save_checkpoint(dir, a, &adam_a, {{"step", 3}});
+  const auto reader = SafetensorsReader::open(dir + "/model.safetensors");
+  for (const char* name : {"model.embed_tokens.weight", "model.layers.1.self_attn.o_proj.weight",
+                           "model.layers.0.mlp.gate.weight", "model.layers.1.mlp.experts.3.down_proj.weight",
+                           "model.layers.0.mlp.shared_experts.up_proj.weight", "model.norm.weight", "lm_head.weight"}) {
+    EXPECT_NE(reader.find(name), nullptr) << name;
+  }
+  EXPECT_EQ(static_cast<std::int64_t>(reader.tensors().size()), static_cast<std::int64_t>(a.tensors().size()));
+  MoeTransformer b(c, comm, ParallelOptions{});
+  AdamW adam_b(b, o);
+  const auto state = load_checkpoint(dir, b, &adam_b);
+  EXPECT_EQ(state.at("step"), 3);
+  EXPECT_EQ(adam_b.step_count(), 3);
+  for (std::size_t i = 0; i < a.tensors().size(); ++i) {
+    const auto& x = a.tensors()[i];
+    const auto& y = b.tensors()[i];
+    EXPECT_TRUE(std::equal(x.value.begin(), x.value.end(), y.value.begin())) << x.name;
+    EXPECT_EQ(adam_a.exp_avg(i), adam_b.exp_avg(i)) << x.name;
+  }
+  ModelConfig other = c;
+  other.hidden_size = 16;
+  MoeTransformer wrong(other, comm, ParallelOptions{});
+  try {
+    load_checkpoint(dir, wrong, nullptr);
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("\"hidden_size\" is 8 in the checkpoint but 16 in the model"), std::string::npos)
+        << e.message();
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace occult

@@ -1,0 +1,148 @@
+// `occult train`'s loop under MPI: standard and occult dispatch give the 1-rank loss sequence at
+// every rank count, resume continues exactly, pruning keeps every token within M devices, and
+// bad input fails on every rank with one clear message.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "occult/comm/mpi_communicator.h"
+#include "occult/core/error.h"
+#include "occult/model/trainer.h"
+#include "occult/placement/placement.h"
+#include "test_util.h"
+
+namespace occult {
+namespace {
+
+namespace fs = std::filesystem;
+
+TrainOptions tiny_options(Dispatch dispatch) {
+  TrainOptions o;
+  o.config = load_model_config(testing::source_dir() + "/configs/tiny.json");
+  o.config_source = "configs/tiny.json";
+  o.data_path = testing::source_dir() + "/data/corpus/tinyshakespeare.txt";
+  o.dispatch = dispatch;
+  o.steps = 20;
+  o.batch = 8;
+  o.seq_len = 16;
+  o.seed = 5;
+  o.adamw.lr = 3e-3f;
+  o.adamw.warmup_steps = 2;
+  o.eval_sequences = 8;
+  o.progress = false;
+  return o;
+}
+
+std::vector<double> losses(const TrainResult& r) {
+  std::vector<double> out;
+  for (const auto& s : r.steps) out.push_back(s.loss);
+  return out;
+}
+
+// A directory every rank agrees on: mpirun's process is the common parent.
+std::string shared_dir(const std::string& name, int ranks) {
+  return (fs::temp_directory_path() / fmt::format("occult_model_{}_{}_{}", name, getppid(), ranks)).string();
+}
+
+class TrainMpiTest : public ::testing::Test {
+ protected:
+  MpiCommunicator comm{MPI_COMM_WORLD};
+};
+
+TEST_F(TrainMpiTest, DispatchersMatchTheOneRankRunFor20Steps) {
+  SelfCommunicator self;
+  const auto reference = losses(train(tiny_options(Dispatch::kStandard), self));
+  ASSERT_EQ(reference.size(), 20u);
+  EXPECT_LT(reference.back(), reference.front());
+  for (Dispatch d : {Dispatch::kStandard, Dispatch::kOccult}) {
+    const TrainOptions o = tiny_options(d);
+    const TrainResult r = train(o, comm);
+    const auto got = losses(r);
+    ASSERT_EQ(got.size(), reference.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      EXPECT_NEAR(got[i], reference[i], 1e-4 * std::abs(reference[i])) << dispatch_name(d) << " step " << i + 1;
+    }
+    for (const auto& s : r.steps) {
+      // Occult moves C_T/k of standard's hidden-state bytes; standard exactly its own.
+      const double k = o.config.num_experts_per_tok;
+      const double expected = d == Dispatch::kStandard ? s.standard_bytes : s.standard_bytes * s.replicas_per_token / k;
+      EXPECT_NEAR(static_cast<double>(s.bytes), expected, 1e-6 * expected) << "step " << s.step;
+    }
+  }
+}
+
+TEST_F(TrainMpiTest, ResumeAfter10Of20StepsReproducesTheUninterruptedRun) {
+  const auto full = losses(train(tiny_options(Dispatch::kOccult), comm));
+  const std::string dir = shared_dir("resume", comm.size());
+  TrainOptions first = tiny_options(Dispatch::kOccult);
+  first.stop_at = 10;
+  first.save_dir = dir;
+  const auto head = losses(train(first, comm));
+  TrainOptions second = tiny_options(Dispatch::kOccult);
+  second.resume_dir = dir;
+  second.seed.reset();  // inherited from the checkpoint
+  const TrainResult tail = train(second, comm);
+  EXPECT_EQ(tail.first_step, 11);
+  std::vector<double> joined = head;
+  for (double l : losses(tail)) joined.push_back(l);
+  ASSERT_EQ(joined.size(), full.size());
+  for (std::size_t i = 0; i < full.size(); ++i) EXPECT_EQ(joined[i], full[i]) << "step " << i + 1;
+  comm.barrier();
+  if (comm.rank() == 0) fs::remove_all(dir);
+}
+
+TEST_F(TrainMpiTest, PrunedTrainingStaysWithinMDevicesAndLearns) {
+  TrainOptions o = tiny_options(Dispatch::kOccult);
+  o.prune_devices = 1;
+  o.prune_scheme = "score";
+  const TrainResult r = train(o, comm);
+  for (const auto& s : r.steps) EXPECT_LE(s.max_replicas_per_token, 1.0 + 1e-12) << "step " << s.step;
+  EXPECT_LT(r.steps.back().cross_entropy, r.steps.front().cross_entropy - 0.5);
+}
+
+// Runs `body` expecting an occult::Error on every rank whose message contains `needle`.
+template <typename Body>
+void expect_error(Body body, const std::string& needle) {
+  try {
+    body();
+    ADD_FAILURE() << "expected an error containing: " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find(needle), std::string::npos) << e.message();
+  }
+}
+
+TEST_F(TrainMpiTest, PlacementForAnotherExpertCountFailsOnEveryRank) {
+  const std::string path = shared_dir("placement", comm.size()) + ".json";
+  if (comm.rank() == 0) save_placement(contiguous_placement(16, comm.size(), 2), path);
+  comm.barrier();
+  TrainOptions o = tiny_options(Dispatch::kOccult);
+  o.placement_path = path;
+  expect_error([&] { train(o, comm); }, "placement " + path + " is for 16 experts but the model config");
+  comm.barrier();
+  if (comm.rank() == 0) fs::remove(path);
+}
+
+TEST_F(TrainMpiTest, MissingCorpusFailsOnEveryRank) {
+  TrainOptions o = tiny_options(Dispatch::kOccult);
+  o.data_path = "/nonexistent/corpus.txt";
+  expect_error([&] { train(o, comm); }, "cannot read corpus /nonexistent/corpus.txt");
+}
+
+TEST_F(TrainMpiTest, ResumeFromAnotherConfigsCheckpointFailsOnEveryRank) {
+  const std::string dir = shared_dir("otherconfig", comm.size());
+  TrainOptions first = tiny_options(Dispatch::kOccult);
+  first.steps = 2;
+  first.save_dir = dir;
+  train(first, comm);
+  TrainOptions other = tiny_options(Dispatch::kOccult);
+  other.config.moe_intermediate_size = 16;
+  other.resume_dir = dir;
+  expect_error([&] { train(other, comm); }, "the checkpoint was trained with another model config");
+  comm.barrier();
+  if (comm.rank() == 0) fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace occult
