@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "occult/core/error.h"
 
@@ -155,15 +156,15 @@ inline void insert_ranked(float* keys, int* ids, int& filled, int limit, float v
   ids[pos] = id;
 }
 
-// Keeps values[0, filled) as the best `limit` values seen, descending.
-inline void insert_value(float* values, int& filled, int limit, float value) {
-  if (filled == limit && !(value > values[limit - 1])) return;
-  int pos = filled < limit ? filled++ : limit - 1;
-  while (pos > 0 && value > values[pos - 1]) {
-    values[pos] = values[pos - 1];
-    --pos;
+// Keeps best[0, limit) as the best `limit` values seen, descending (initialised to -inf):
+// a branch-free bubble of max/min, since the device scores of every pruned token pass
+// E values through it and data-dependent branches would mispredict.
+inline void insert_value(float* best, int limit, float value) {
+  for (int i = 0; i < limit; ++i) {
+    const float hi = best[i] > value ? best[i] : value;
+    value = best[i] > value ? value : best[i];
+    best[i] = hi;
   }
-  values[pos] = value;
 }
 
 void prepare_workspace(PruneWorkspace& ws, const PruneConfig& config,
@@ -185,6 +186,8 @@ void prepare_workspace(PruneWorkspace& ws, const PruneConfig& config,
   ws.replaced_slots.resize(k);
   ws.candidate_ids.resize(k);
   ws.candidate_keys.resize(k);
+  ws.candidate_pool.resize(e);
+  ws.grouped_p.resize(e);
   ws.device_score.resize(d);
   ws.node_score.resize(config.num_nodes);
   ws.best_values.resize(k);
@@ -330,23 +333,29 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
       }
     } else {
       // Device-limited: score = sum of the best ceil(k/M) p on the device (unrecorded p = 0).
-      auto expert_p = [&](int x) -> float {
-        if (has_probs) {
-          const float p = prow[x];
-          OCCULT_CHECK(p == p, "collaboration pruning: token {} expert {} has a NaN probability", t, x);
-          return p;
+      // p in device-grouped order, so each device (and node) is one contiguous run.
+      float* const grouped = ws.grouped_p.data();
+      if (has_probs) {
+        bool nan = false;
+        for (int i = 0; i < e; ++i) {
+          grouped[i] = prow[device_experts[i]];
+          nan |= grouped[i] != grouped[i];
         }
-        return expert_stamp[x] == s ? ws.expert_value[x] : 0.0f;
-      };
+        OCCULT_CHECK(!nan, "collaboration pruning: token {} has a NaN router probability", t);
+      } else {
+        for (int i = 0; i < e; ++i) {
+          const int x = device_experts[i];
+          grouped[i] = expert_stamp[x] == s ? ws.expert_value[x] : 0.0f;
+        }
+      }
+      float* const best = ws.best_values.data();
       auto score_of = [&](int first_device, int last_device, int count) {
-        int filled = 0;
-        for (int dev = first_device; dev < last_device; ++dev) {
-          for (int i = offsets[dev]; i < offsets[dev + 1]; ++i) {
-            insert_value(ws.best_values.data(), filled, count, expert_p(device_experts[i]));
-          }
-        }
+        std::fill(best, best + count, -std::numeric_limits<float>::infinity());
+        for (int i = offsets[first_device]; i < offsets[last_device]; ++i) insert_value(best, count, grouped[i]);
+        // Sum the best min(count, experts there) values, best first (as the reference twin).
+        const int filled = std::min(count, offsets[last_device] - offsets[first_device]);
         float sum = 0.0f;
-        for (int i = 0; i < filled; ++i) sum += ws.best_values[i];
+        for (int i = 0; i < filled; ++i) sum += best[i];
         return sum;
       };
       if (node_budget) {
@@ -389,23 +398,27 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
 
     // Replacements: cand_ids[i] replaces slot replaced[i].
     if (config.scheme == PruneScheme::kSimilarity) {
+      int* const pool = ws.candidate_pool.data();
+      int pool_size = 0;
+      for (int c = 0; c < num_kept; ++c) {
+        for (int q = offsets[kept[c]]; q < offsets[kept[c] + 1]; ++q) {
+          pool[pool_size] = device_experts[q];
+          pool_size += expert_stamp[device_experts[q]] != s;
+        }
+      }
+      OCCULT_CHECK(pool_size >= num_replaced,
+                   "collaboration pruning: token {} has {} candidates on its kept devices for {} "
+                   "replacements",
+                   t, pool_size, num_replaced);
       for (int i = 0; i < num_replaced; ++i) {
         const float* sim_row = similarity.data() + static_cast<std::size_t>(row[replaced[i]]) * e;
-        int best = -1;
-        float best_sim = 0.0f;
-        for (int c = 0; c < num_kept; ++c) {
-          for (int q = offsets[kept[c]]; q < offsets[kept[c] + 1]; ++q) {
-            const int x = device_experts[q];
-            if (expert_stamp[x] == s) continue;
-            if (best < 0 || ranks_before(sim_row[x], x, best_sim, best)) {
-              best = x;
-              best_sim = sim_row[x];
-            }
-          }
+        // The pool's order does not matter: ties compare ids explicitly.
+        int best = 0;
+        for (int q = 1; q < pool_size; ++q) {
+          if (ranks_before(sim_row[pool[q]], pool[q], sim_row[pool[best]], pool[best])) best = q;
         }
-        OCCULT_CHECK(best >= 0, "collaboration pruning: token {} has no candidate on its kept devices", t);
-        expert_stamp[best] = s;  // not selectable again for this token
-        cand_ids[i] = best;
+        cand_ids[i] = pool[best];
+        pool[best] = pool[--pool_size];  // taken: not selectable again for this token
       }
     } else {
       // Without router probabilities no candidate has a recorded p: all tie at 0, lower id first.

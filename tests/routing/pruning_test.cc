@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <random>
 #include <set>
 #include <vector>
@@ -11,6 +14,19 @@
 #include "occult/core/error.h"
 #include "occult/routing/gating.h"
 #include "routing/reference.h"
+
+// Counts heap allocations in this test binary, to prove the fast path allocates per call
+// (validation) but never per token.
+// GCC cannot see that these replacements pair malloc with free.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+static std::atomic<std::int64_t> g_allocations{0};
+void* operator new(std::size_t size) {
+  ++g_allocations;
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace occult {
 namespace {
@@ -294,6 +310,36 @@ TEST(Pruning, ClearErrors) {
   EXPECT_EQ(parse_prune_weights("recompute"), PruneWeights::kRecompute);
 }
 
+TEST(Pruning, NoPerTokenAllocationWithAWarmWorkspace) {
+  // 2000 copies of the example token, all pruned; the same call on 2 tokens must allocate
+  // exactly as often (per-call validation only).
+  const Routing one = example_token();
+  auto count_allocations = [&](int tokens, PruneWorkspace& ws) {
+    Routing r;
+    for (int t = 0; t < tokens; ++t) {
+      r.ids.insert(r.ids.end(), one.ids.begin(), one.ids.end());
+      r.weights.insert(r.weights.end(), one.weights.begin(), one.weights.end());
+      r.probs.insert(r.probs.end(), one.probs.begin(), one.probs.end());
+    }
+    for (PruneScheme scheme : {PruneScheme::kScore, PruneScheme::kDeviceLimited}) {
+      Routing warm = r;
+      prune_routing(warm.ids, warm.weights, warm.probs, tokens, kPairs, {}, config_for(scheme, 2), ws);
+    }
+    std::int64_t total = 0;
+    for (PruneScheme scheme : {PruneScheme::kScore, PruneScheme::kDeviceLimited}) {
+      Routing copy = r;
+      const std::int64_t before = g_allocations.load();
+      const PruneStats stats =
+          prune_routing(copy.ids, copy.weights, copy.probs, tokens, kPairs, {}, config_for(scheme, 2), ws);
+      total += g_allocations.load() - before;
+      EXPECT_EQ(stats.tokens_changed, tokens);
+    }
+    return total;
+  };
+  PruneWorkspace ws;
+  EXPECT_EQ(count_allocations(2000, ws), count_allocations(2, ws));
+}
+
 // ---- Property tests over random routing and placements -------------------------------------
 
 struct RandomCase {
@@ -414,7 +460,9 @@ TEST(Pruning, PropertiesOverRandomRoutingMatchTheReferenceTwin) {
       // k distinct experts on at most M devices (and M_nodes nodes).
       ASSERT_EQ(static_cast<int>(after_ids.size()), k) << "token " << t;
       ASSERT_LE(static_cast<int>(after_dev.size()), config.max_devices) << "token " << t;
-      if (config.max_nodes > 0) ASSERT_LE(static_cast<int>(after_node.size()), config.max_nodes);
+      if (config.max_nodes > 0) {
+        ASSERT_LE(static_cast<int>(after_node.size()), config.max_nodes);
+      }
       const auto row = [&](const Routing& r) {
         return std::vector<std::int32_t>(r.ids.begin() + t * k, r.ids.begin() + (t + 1) * k);
       };

@@ -97,6 +97,8 @@ struct PruneWorkspace {
   std::vector<int> replaced_slots;     // [k]
   std::vector<int> candidate_ids;      // [k]
   std::vector<float> candidate_keys;   // [k]
+  std::vector<int> candidate_pool;     // [E] unselected experts on the kept devices
+  std::vector<float> grouped_p;        // [E] p of device_experts[i] (device-limited)
   std::vector<float> device_score;     // [D]
   std::vector<float> node_score;       // [N]
   std::vector<float> best_values;      // [k] scratch for the best ceil(k/M) p of a device
