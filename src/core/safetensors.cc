@@ -466,9 +466,21 @@ std::vector<std::int32_t> SafetensorsReader::read_i32(std::string_view name) con
   const TensorInfo& info = at(name);
   const std::size_t n = static_cast<std::size_t>(info.numel());
   std::vector<std::int32_t> out(n);
-  if (info.dtype == DType::kI32) {  // the common case, no widening round trip
-    if (n > 0) std::memcpy(out.data(), raw(info).data(), n * sizeof(std::int32_t));
-    return out;
+  const std::byte* p = raw(info).data();
+  // Types that always fit are converted in one pass (ids are usually U8, I16 or I32).
+  auto widen = [&]<typename T>() {
+    for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<std::int32_t>(load_le<T>(p + sizeof(T) * i));
+  };
+  switch (info.dtype) {
+    case DType::kI32:
+      if (n > 0) std::memcpy(out.data(), p, n * sizeof(std::int32_t));
+      return out;
+    case DType::kU8:
+    case DType::kBool: widen.operator()<std::uint8_t>(); return out;
+    case DType::kI8: widen.operator()<std::int8_t>(); return out;
+    case DType::kI16: widen.operator()<std::int16_t>(); return out;
+    case DType::kU16: widen.operator()<std::uint16_t>(); return out;
+    default: break;
   }
   const std::vector<std::int64_t> wide = read_i64(name);
   for (std::size_t i = 0; i < n; ++i) {
