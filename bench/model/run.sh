@@ -21,19 +21,33 @@ for np in 1 4; do
     "$build/occult" train "${common[@]}" --dispatch occult --log "$out/train_np$np.jsonl" --json \
     > "$out/train_np$np.json"
 done
-python3 - "$out" "$(nproc)" <<'PY'
+python3 - "$out" "$cfg" "$(nproc)" <<'PY'
 import json, sys
-out, cores = sys.argv[1], int(sys.argv[2])
+out, cfg_path, cores = sys.argv[1], sys.argv[2], int(sys.argv[3])
+c = json.load(open(cfg_path))
+H, L, E, k, F, V = (c[key] for key in ("hidden_size", "num_hidden_layers", "num_experts",
+                                      "num_experts_per_tok", "moe_intermediate_size", "vocab_size"))
+S = c.get("n_shared_experts", 0) * F
+T = 128
+# Active matmul weights per token (as MoeTransformer::num_active_parameters): attention 4H^2,
+# router E*H, shared 3*S*H, k routed experts 3*F*H per layer, plus the LM head V*H.
+active = L * (4 * H * H + E * H + 3 * S * H + k * 3 * F * H) + V * H
+flops_per_token = 6 * active + 12 * L * H * T
 base = json.load(open(f"{out}/baseline.json"))
-cfg = json.load(open(sys.argv[0] if False else f"{out}/../../configs/demo.json")) if False else None
+sgemm = base["sgemm_best_gflops"]
 print(f"byte-unigram entropy (train split): {base['unigram_entropy_train']:.4f} nats/byte; "
       f"unigram cross-entropy on validation: {base['unigram_cross_entropy_val']:.4f}")
-print(f"single-thread sgemm on the model's shapes: best {base['sgemm_best_gflops']:.1f} GFLOP/s")
+print(f"single-thread sgemm on the model's shapes: best {sgemm:.1f} GFLOP/s; "
+      f"model FLOPs/token {flops_per_token / 1e6:.2f} M")
 for np in (1, 4):
     r = json.load(open(f"{out}/train_np{np}.json"))
     evals = [json.loads(l) for l in open(f"{out}/train_np{np}.jsonl") if "val_loss" in l]
     curve = ", ".join(f"{e['step']}: {e['val_loss']:.3f}" for e in evals)
+    used = min(np, cores)
+    gflops = r["tokens_per_s"] * flops_per_token / 1e9
     print(f"ranks {np}: val loss {r['val_loss']:.4f}; tokens/s {r['tokens_per_s']:.0f}; "
+          f"model {gflops:.2f} GFLOP/s on {used} core(s) = {100 * gflops / used / sgemm:.1f}% of sgemm; "
           f"bytes/step {r['bytes_per_step']:.0f} (standard {r['standard_bytes_per_step']:.0f}); "
-          f"C_T {r['replicas_per_token']:.3f}; val curve {curve}")
+          f"C_T {r['replicas_per_token']:.3f}; loss first/last {r['loss'][0]:.3f}/{r['loss'][-1]:.3f}; "
+          f"val curve {curve}")
 PY
