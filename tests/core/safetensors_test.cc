@@ -201,6 +201,32 @@ TEST(Safetensors, RoundTripsEveryWriterDtype) {
   EXPECT_EQ(reader.find("missing"), nullptr);
 }
 
+// The Hugging Face reference writer's own test vectors (safetensors/src/tensor.rs,
+// test_serialization and test_empty): our files must be byte-identical, so that tools built on
+// the reference implementation read what occult writes.
+std::vector<std::byte> bytes_of_text(std::uint64_t header_len, const std::string& text) {
+  std::vector<std::byte> out(8);
+  std::memcpy(out.data(), &header_len, 8);
+  for (char c : text) out.push_back(std::byte(c));
+  return out;
+}
+
+TEST(Safetensors, MatchesTheReferenceWriterByteForByte) {
+  SafetensorsWriter one;
+  const std::vector<float> data = {0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f};
+  one.add_f32("attn.0", {1, 2, 3}, data);
+  std::vector<std::byte> expected =
+      bytes_of_text(64, R"({"attn.0":{"dtype":"F32","shape":[1,2,3],"data_offsets":[0,24]}})");
+  const auto raw = std::as_bytes(std::span<const float>(data));
+  expected.insert(expected.end(), raw.begin(), raw.end());
+  EXPECT_EQ(one.to_bytes(), expected);
+
+  EXPECT_EQ(SafetensorsWriter().to_bytes(), bytes_of_text(8, "{}      "));
+  SafetensorsWriter meta;
+  meta.set_metadata("framework", "pt");
+  EXPECT_EQ(meta.to_bytes(), bytes_of_text(40, R"({"__metadata__":{"framework":"pt"}}     )"));
+}
+
 TEST(Safetensors, ReadsOtherIntegerAndFloatDtypes) {
   SafetensorsWriter writer;
   const std::vector<double> f64 = {0.5, -3.0};
