@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <tuple>
 
@@ -24,6 +25,9 @@ std::int64_t node_unit(const CollaborationGraph& graph, int num_nodes) {
   return num_nodes > 1 ? graph.num_tokens * graph.top_k + 1 : 0;
 }
 
+// How many of the best starts the hypergraph strategy refines.
+constexpr std::size_t kRefinedStarts = 2;
+
 // The largest device load `max_imbalance` allows: floor(max_imbalance * T * k / D).
 std::int64_t load_limit(const CollaborationGraph& graph, const PartitionOptions& options) {
   const double mean = static_cast<double>(graph.num_tokens) * graph.top_k / options.num_devices;
@@ -39,7 +43,7 @@ class Refiner {
  public:
   Refiner(const CollaborationGraph& graph, const PartitionOptions& options,
           std::vector<int> expert_to_device)
-      : g_(graph),
+      : g_(&graph),
         e_(graph.num_experts),
         d_(options.num_devices),
         n_(options.num_nodes),
@@ -57,17 +61,17 @@ class Refiner {
         node_conn_(static_cast<std::size_t>(e_) * n_, 0) {
     for (int x = 0; x < e_; ++x) {
       ++count_[e2d_[x]];
-      load_[e2d_[x]] += g_.load[x];
+      load_[e2d_[x]] += g_->load[x];
     }
-    for (std::int64_t h = 0; h < g_.num_edges(); ++h) {
+    for (std::int64_t h = 0; h < g_->num_edges(); ++h) {
       for (int j = 0; j < k_; ++j) {
-        const int dev = e2d_[g_.pins[h * k_ + j]];
+        const int dev = e2d_[g_->pins[h * k_ + j]];
         ++cnt_dev_[h * d_ + dev];
         if (n_ > 1) ++cnt_node_[h * n_ + node_of(dev)];
       }
     }
     build_tables();
-    cost_ = hypergraph_objective(g_, e2d_, d_, n_);
+    cost_ = hypergraph_objective(*g_, e2d_, d_, n_);
   }
 
   std::int64_t cost() const { return cost_; }
@@ -102,8 +106,8 @@ class Refiner {
     const int pn = node_of(p), qn = node_of(to);
     const bool cross_node = n_ > 1 && pn != qn;
     std::int64_t delta = 0;
-    for (std::int32_t h : g_.edges_of(a)) {
-      const std::int64_t w = g_.edge_weights[h];
+    for (std::int32_t h : g_->edges_of(a)) {
+      const std::int64_t w = g_->edge_weights[h];
       const std::uint8_t* c = dev_counts(h);
       delta += w * ((c[to] == 0) - (c[p] == 1));
       if (cross_node) {
@@ -123,7 +127,7 @@ class Refiner {
     std::int64_t delta = gain_delta(a, q) + gain_delta(b, p);
     const int pn = node_of(p), qn = node_of(q);
     const bool cross_node = n_ > 1 && pn != qn;
-    const std::span<const std::int32_t> ea = g_.edges_of(a), eb = g_.edges_of(b);
+    const std::span<const std::int32_t> ea = g_->edges_of(a), eb = g_->edges_of(b);
     std::size_t i = 0, j = 0;
     while (i < ea.size() && j < eb.size()) {
       if (ea[i] < eb[j]) {
@@ -132,7 +136,7 @@ class Refiner {
         ++j;
       } else {
         const std::int32_t h = ea[i];
-        const std::int64_t w = g_.edge_weights[h];
+        const std::int64_t w = g_->edge_weights[h];
         // a's table delta counted "p freed" when a was alone there, b's "q freed" likewise;
         // "q newly touched" / "p newly touched" were already 0 (b / a are there).
         const std::uint8_t* c = dev_counts(h);
@@ -155,8 +159,8 @@ class Refiner {
     cost_ += gain_delta(a, to);
     const int pn = node_of(p), qn = node_of(to);
     const bool cross_node = n_ > 1 && pn != qn;
-    for (std::int32_t h : g_.edges_of(a)) {
-      const std::int64_t w = g_.edge_weights[h];
+    for (std::int32_t h : g_->edges_of(a)) {
+      const std::int64_t w = g_->edge_weights[h];
       std::uint8_t* c = dev_counts(h);
       const int cp = c[p], cq = c[to];
       int ncp = 0, ncq = 0;
@@ -165,7 +169,7 @@ class Refiner {
         ncp = nc[pn];
         ncq = nc[qn];
       }
-      const std::int32_t* pins = g_.pins.data() + static_cast<std::size_t>(h) * k_;
+      const std::int32_t* pins = g_->pins.data() + static_cast<std::size_t>(h) * k_;
       for (int j = 0; j < k_; ++j) {
         const int x = pins[j];
         const std::size_t row = static_cast<std::size_t>(x);
@@ -202,8 +206,8 @@ class Refiner {
     e2d_[a] = to;
     --count_[p];
     ++count_[to];
-    load_[p] -= g_.load[a];
-    load_[to] += g_.load[a];
+    load_[p] -= g_->load[a];
+    load_[to] += g_->load[a];
   }
 
   void apply_swap(int a, int b) {
@@ -256,7 +260,7 @@ class Refiner {
           bool ok = true;
           const double bound =
               static_cast<double>(table_bound) +
-              penalty(p, q, load_[p] - g_.load[a] + g_.load[b], load_[q] - g_.load[b] + g_.load[a], ok);
+              penalty(p, q, load_[p] - g_->load[a] + g_->load[b], load_[q] - g_->load[b] + g_->load[a], ok);
           if (ok && bound < 0) candidates.push_back({bound, a, b});
         }
         if (uneven) {
@@ -265,7 +269,7 @@ class Refiner {
             bool ok = true;
             const double delta =
                 static_cast<double>(gain_delta(a, dev)) +
-                penalty(p, dev, load_[p] - g_.load[a], load_[dev] + g_.load[a], ok);
+                penalty(p, dev, load_[p] - g_->load[a], load_[dev] + g_->load[a], ok);
             if (ok && delta < 0) candidates.push_back({delta, a, -1 - dev});
           }
         }
@@ -282,7 +286,7 @@ class Refiner {
           const int q = e2d_[b];
           if (p == q) continue;
           const double pen =
-              penalty(p, q, load_[p] - g_.load[a] + g_.load[b], load_[q] - g_.load[b] + g_.load[a], ok);
+              penalty(p, q, load_[p] - g_->load[a] + g_->load[b], load_[q] - g_->load[b] + g_->load[a], ok);
           if (!ok || static_cast<double>(gain_delta(a, q) + gain_delta(b, p)) + pen >= 0) continue;
           exact = static_cast<double>(swap_delta(a, b)) + pen;
           if (exact < 0) {
@@ -292,7 +296,7 @@ class Refiner {
         } else {
           const int to = -1 - other;
           if (p == to || count_[to] >= count_[p]) continue;
-          const double pen = penalty(p, to, load_[p] - g_.load[a], load_[to] + g_.load[a], ok);
+          const double pen = penalty(p, to, load_[p] - g_->load[a], load_[to] + g_->load[a], ok);
           exact = static_cast<double>(gain_delta(a, to)) + pen;
           if (ok && exact < 0) {
             apply_move(a, to);
@@ -317,9 +321,9 @@ class Refiner {
         if (e2d_[a] != p) continue;
         for (int b = 0; b < e_; ++b) {
           const int q = e2d_[b];
-          if (q == p || g_.load[b] >= g_.load[a]) continue;
-          const std::int64_t lp = load_[p] - g_.load[a] + g_.load[b];
-          const std::int64_t lq = load_[q] - g_.load[b] + g_.load[a];
+          if (q == p || g_->load[b] >= g_->load[a]) continue;
+          const std::int64_t lp = load_[p] - g_->load[a] + g_->load[b];
+          const std::int64_t lq = load_[q] - g_->load[b] + g_->load[a];
           if (lq >= load_[p]) continue;
           const std::int64_t bound = gain_delta(a, q) + gain_delta(b, p);
           const std::tuple<int, std::int64_t, std::int64_t> key =
@@ -335,8 +339,8 @@ class Refiner {
         if (uneven) {
           for (int dev = 0; dev < d_; ++dev) {
             if (dev == p || count_[dev] >= count_[p]) continue;
-            const std::int64_t lq = load_[dev] + g_.load[a];
-            const std::int64_t lp = load_[p] - g_.load[a];
+            const std::int64_t lq = load_[dev] + g_->load[a];
+            const std::int64_t lp = load_[p] - g_->load[a];
             if (lq >= load_[p]) continue;
             const std::int64_t bound = gain_delta(a, dev);
             const std::tuple<int, std::int64_t, std::int64_t> key =
@@ -367,8 +371,8 @@ class Refiner {
       const int b = static_cast<int>(rng() % static_cast<std::uint64_t>(e_));
       const int p = e2d_[a], q = e2d_[b];
       if (p == q) continue;
-      const std::int64_t lp = load_[p] - g_.load[a] + g_.load[b];
-      const std::int64_t lq = load_[q] - g_.load[b] + g_.load[a];
+      const std::int64_t lp = load_[p] - g_->load[a] + g_->load[b];
+      const std::int64_t lq = load_[q] - g_->load[b] + g_->load[a];
       if ((lp > limit && lp > load_[p]) || (lq > limit && lq > load_[q])) continue;
       apply_swap(a, b);
       ++done;
@@ -397,13 +401,13 @@ class Refiner {
       const std::size_t row = static_cast<std::size_t>(a);
       std::fill(mark.begin(), mark.end(), -1);
       std::fill(node_mark.begin(), node_mark.end(), -1);
-      for (std::int32_t h : g_.edges_of(a)) {
-        const std::int64_t w = g_.edge_weights[h];
+      for (std::int32_t h : g_->edges_of(a)) {
+        const std::int64_t w = g_->edge_weights[h];
         total_[a] += w;
         if (dev_counts(h)[p] == 1) freed_[a] += w;
         if (n_ > 1 && node_counts(h)[pn] == 1) node_freed_[a] += w;
         for (int j = 0; j < k_; ++j) {
-          const int dev = e2d_[g_.pins[static_cast<std::size_t>(h) * k_ + j]];
+          const int dev = e2d_[g_->pins[static_cast<std::size_t>(h) * k_ + j]];
           if (mark[dev] == h) continue;
           mark[dev] = h;
           conn_[row * d_ + dev] += w;
@@ -417,7 +421,7 @@ class Refiner {
     }
   }
 
-  const CollaborationGraph& g_;
+  const CollaborationGraph* g_;  // a pointer, so refiners can be sorted and assigned
   int e_, d_, n_, k_;
   std::int64_t node_unit_;
   std::vector<int> e2d_;
@@ -530,59 +534,68 @@ std::vector<int> partition_hypergraph(const CollaborationGraph& graph,
     const std::int64_t max_load = r.max_load();
     return std::make_tuple(max_load > limit ? max_load : 0, r.cost());
   };
-  std::vector<int> best;
-  std::tuple<std::int64_t, std::int64_t> best_rank{std::numeric_limits<std::int64_t>::max(), 0};
+  // Refiners are copied rather than rebuilt: a copy is a few memcpys, a build a graph pass.
+  std::optional<Refiner> best;
+  auto offer = [&](const Refiner& candidate) {
+    if (!best || rank(candidate) < rank(*best)) best.emplace(candidate);
+  };
 
-  // Continuation: descend without the load limit from every start, take the best, then raise
-  // the overload penalty step by step until the placement fits the limit.
-  {
-    std::vector<int> unconstrained;
-    std::int64_t unconstrained_cost = std::numeric_limits<std::int64_t>::max();
-    for (const std::vector<int>& start : starts) {
-      Refiner refiner(graph, options, start);
-      refiner.descend(std::numeric_limits<std::int64_t>::max());
-      if (refiner.cost() < unconstrained_cost) {
-        unconstrained_cost = refiner.cost();
-        unconstrained = refiner.placement();
-      }
+  // Refine only the best few starts by objective: the baselines far behind (contiguous and
+  // random, typically) would cost many moves to bring level and rarely finish ahead.
+  std::vector<Refiner> refiners;
+  for (std::vector<int>& start : starts) refiners.emplace_back(graph, options, std::move(start));
+  std::stable_sort(refiners.begin(), refiners.end(),
+                   [](const Refiner& a, const Refiner& b) { return a.cost() < b.cost(); });
+  const std::size_t kept = std::min<std::size_t>(refiners.size(), kRefinedStarts);
+  if (!options.warm_start.empty()) {
+    // The warm start is refined whatever its rank (it was built last).
+    const auto warm = std::find_if(refiners.begin(), refiners.end(), [&](const Refiner& r) {
+      return r.placement() == options.warm_start;
+    });
+    if (warm - refiners.begin() >= static_cast<std::ptrdiff_t>(kept)) std::iter_swap(warm, refiners.begin() + kept - 1);
+  }
+  refiners.erase(refiners.begin() + static_cast<std::ptrdiff_t>(kept), refiners.end());
+
+  std::optional<Refiner> unconstrained;
+  for (Refiner& refiner : refiners) {
+    // Continuation candidates: each start's unconstrained local optimum.
+    Refiner free_descent(refiner);
+    free_descent.descend(std::numeric_limits<std::int64_t>::max());
+    if (!unconstrained || free_descent.cost() < unconstrained->cost()) {
+      unconstrained.emplace(free_descent);
     }
-    starts.push_back(unconstrained);
-    Refiner path(graph, options, unconstrained);
+    refiner.repair(limit);
+    // Never let refinement raise the maximum load beyond what the repair reached.
+    refiner.descend(std::max(limit, refiner.max_load()));
+    offer(refiner);
+  }
+
+  // Continuation: from the best unconstrained optimum, raise the overload penalty step by step
+  // until the placement fits the limit; then repair any remainder and descend under it.
+  {
+    Refiner path(*unconstrained);
     // The penalty starts small against the objective's unit (one device of one token) and
     // doubles; 40 doublings reach ~1e10, beyond any swap's connectivity change.
     double lambda = 1.0 / 64;
     for (int step = 0; step < 40 && path.overload(limit) > 0; ++step, lambda *= 2) {
       path.descend(limit, lambda);
     }
-    starts.push_back(path.placement());
-  }
-
-  for (std::vector<int>& start : starts) {
-    Refiner refiner(graph, options, std::move(start));
-    refiner.repair(limit);
-    // Never let refinement raise the maximum load beyond what the repair reached.
-    refiner.descend(std::max(limit, refiner.max_load()));
-    if (rank(refiner) < best_rank) {
-      best_rank = rank(refiner);
-      best = refiner.placement();
-    }
+    path.repair(limit);
+    path.descend(std::max(limit, path.max_load()));
+    offer(path);
   }
 
   // Iterated local search: perturb the best with a few random swaps, descend, keep if better.
   std::mt19937_64 rng(options.seed ^ 0x9e3779b97f4a7c15ULL);
-  Refiner refiner(graph, options, best);
-  const std::int64_t effective_limit = std::max(limit, refiner.max_load());
+  const std::int64_t effective_limit = std::max(limit, best->max_load());
   const int perturb_swaps = std::max(2, e / 16);
   for (int round = 0; round < options.num_restarts; ++round) {
-    Refiner trial(graph, options, best);
+    Refiner trial(*best);
     trial.perturb(rng, perturb_swaps, effective_limit);
     trial.descend(effective_limit);
-    if (rank(trial) < best_rank) {
-      best_rank = rank(trial);
-      best = trial.placement();
-    }
+    offer(trial);
   }
-  return best;
+  return best->placement();
 }
 
 }  // namespace occult
