@@ -1,0 +1,333 @@
+// The KV-cache inference engine under MPI (ctest runs it at 1, 2 and 4 ranks): cached decoding
+// reproduces the full forward's logits at every position with both dispatchers, generation is
+// deterministic and independent of dispatch and rank count, profiled routing is the training
+// forward's routing, and bad input fails on every rank with one message and no hang.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "model/moe_block.h"
+#include "model/test_util.h"
+#include "occult/comm/mpi_communicator.h"
+#include "occult/core/error.h"
+#include "occult/model/data.h"
+#include "occult/model/inference.h"
+
+namespace occult {
+namespace {
+
+constexpr std::uint64_t kSeed = 11;
+
+ModelConfig test_config() {
+  // Shared experts, normalised top-k and an untied head: every branch of the forward runs.
+  return testing::tiny_config(/*shared=*/true, /*norm_topk=*/true, /*tied=*/false);
+}
+
+// Global test sequences (every rank builds the same list): varied lengths up to the context 16.
+std::vector<std::vector<std::int32_t>> test_sequences(int V) {
+  const std::vector<int> lengths = {9, 12, 5, 16, 7};
+  std::vector<std::vector<std::int32_t>> seqs;
+  for (std::size_t s = 0; s < lengths.size(); ++s) {
+    std::vector<std::int32_t> seq;
+    for (int i = 0; i < lengths[s]; ++i) seq.push_back(static_cast<std::int32_t>((7 * i + 3 * s + i * i) % V));
+    seqs.push_back(seq);
+  }
+  return seqs;
+}
+
+// max |a - b| / max |b| over one logits row.
+double relative_error(std::span<const float> a, std::span<const float> b) {
+  double diff = 0.0, scale = 0.0;
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
+  }
+  return diff / scale;
+}
+
+// The logits [len, V] of the full forward over one sequence on a 1-process reference model.
+std::vector<float> full_forward_logits(MoeTransformer& reference, const std::vector<std::int32_t>& seq) {
+  const std::vector<std::int32_t> targets(seq.size(), 0);
+  reference.forward(seq, targets, 1, static_cast<int>(seq.size()));
+  const auto logits = reference.logits();
+  return {logits.begin(), logits.end()};
+}
+
+// Expects `body` to throw occult::Error whose message contains `needle`, on this rank.
+template <typename Body>
+void expect_error(Body&& body, const std::string& needle) {
+  try {
+    body();
+    ADD_FAILURE() << "expected an occult::Error containing \"" << needle << "\"";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find(needle), std::string::npos) << e.message();
+  }
+}
+
+class InferenceMpiTest : public ::testing::TestWithParam<Dispatch> {
+ protected:
+  MpiCommunicator comm{MPI_COMM_WORLD};
+};
+
+TEST_P(InferenceMpiTest, KvCacheDecodeReproducesTheFullForwardAtEveryPosition) {
+  const ModelConfig config = test_config();
+  SelfCommunicator self;
+  MoeTransformer reference(config, self, {}, /*local_reference=*/true);
+  reference.init_weights(kSeed);
+  ParallelOptions parallel;
+  parallel.dispatch = GetParam();
+  MoeTransformer model(config, comm, parallel);
+  model.init_weights(kSeed);
+
+  const auto seqs = test_sequences(config.vocab_size);
+  const std::vector<int> prompt_lengths = {1, 4, 5, 3, 6};  // sequence 2 is all prompt
+  const Share share = rank_share(static_cast<std::int64_t>(seqs.size()), comm.rank(), comm.size());
+  std::vector<std::vector<std::int32_t>> prompts;
+  std::vector<std::vector<float>> expected;
+  for (std::int64_t s = share.begin; s < share.end; ++s) {
+    prompts.emplace_back(seqs[s].begin(), seqs[s].begin() + prompt_lengths[s]);
+    expected.push_back(full_forward_logits(reference, seqs[s]));
+  }
+  const int n = static_cast<int>(prompts.size());
+  InferenceEngine engine(model, {.max_sequences = n, .max_length = config.max_position_embeddings});
+  const int V = config.vocab_size;
+  const auto row = [&](const std::vector<float>& logits, int t) {
+    return std::span<const float>(logits).subspan(static_cast<std::size_t>(t) * V, V);
+  };
+
+  const auto first = engine.prefill(prompts);
+  ASSERT_EQ(first.size(), static_cast<std::size_t>(n) * V);
+  for (int i = 0; i < n; ++i) {
+    EXPECT_LT(relative_error(first.subspan(static_cast<std::size_t>(i) * V, V),
+                             row(expected[i], static_cast<int>(prompts[i].size()) - 1)),
+              1e-5)
+        << "prefill, sequence " << share.begin + i;
+  }
+  // Every rank takes the same number of decode steps, even with nothing left to decode.
+  std::int64_t steps = 0;
+  for (std::size_t s = 0; s < seqs.size(); ++s) {
+    steps = std::max<std::int64_t>(steps, static_cast<std::int64_t>(seqs[s].size()) - prompt_lengths[s]);
+  }
+  int checked = 0;
+  for (std::int64_t step = 0; step < steps; ++step) {
+    std::vector<int> slots;
+    std::vector<std::int32_t> tokens;
+    for (int i = 0; i < n; ++i) {
+      const auto& seq = seqs[share.begin + i];
+      const int pos = engine.length(i);
+      if (pos < static_cast<int>(seq.size())) {
+        slots.push_back(i);
+        tokens.push_back(seq[pos]);
+      }
+    }
+    const auto logits = engine.decode(slots, tokens);
+    ASSERT_EQ(logits.size(), slots.size() * V);
+    for (std::size_t j = 0; j < slots.size(); ++j) {
+      const int pos = engine.length(slots[j]) - 1;
+      EXPECT_LT(relative_error(logits.subspan(j * V, V), row(expected[slots[j]], pos)), 1e-5)
+          << "decode, sequence " << share.begin + slots[j] << " position " << pos;
+      ++checked;
+    }
+  }
+  std::int64_t total = checked;
+  comm.all_reduce_sum(std::span<std::int64_t>(&total, 1));
+  EXPECT_EQ(total, 8 + 8 + 0 + 13 + 1);  // every non-prompt position was decoded once
+}
+
+TEST_P(InferenceMpiTest, GenerationIsDeterministicAndMatchesTheOneRankRun) {
+  const ModelConfig config = test_config();
+  const std::vector<std::vector<std::int32_t>> prompts = {{1, 2, 3}, {4, 5, 6, 7, 8}, {9, 10}};
+  for (const float temperature : {0.0f, 0.9f}) {
+    GenerateOptions o;
+    o.max_new_tokens = 8;
+    o.sampling.temperature = temperature;
+    o.sampling.top_p = 0.9f;
+    o.sampling.seed = 7;
+    SelfCommunicator self;
+    MoeTransformer one_rank(config, self, {});
+    one_rank.init_weights(kSeed);
+    const GenerateResult expected = generate(one_rank, prompts, o);
+    ASSERT_EQ(expected.tokens.size(), prompts.size());
+
+    ParallelOptions parallel;
+    parallel.dispatch = GetParam();
+    MoeTransformer model(config, comm, parallel);
+    model.init_weights(kSeed);
+    int streamed = 0;
+    const GenerateResult got = generate(model, prompts, o, [&](int step, std::span<const std::int32_t> tokens) {
+      EXPECT_EQ(step, streamed);
+      ASSERT_EQ(tokens.size(), prompts.size());
+      for (std::size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(tokens[i], expected.tokens[i][step]);
+      ++streamed;
+    });
+    EXPECT_EQ(streamed, o.max_new_tokens);
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(got.tokens[i], expected.tokens[i]) << "prompt " << i << " temperature " << temperature;
+      EXPECT_EQ(got.tokens[i].size(), 8u);
+    }
+    EXPECT_EQ(got.generated_tokens, 24);
+    EXPECT_EQ(got.prompt_tokens, 10);
+    EXPECT_EQ(generate(model, prompts, o).tokens, got.tokens);  // same seed, same text
+    if (temperature > 0.0f) {
+      o.sampling.seed = 8;
+      EXPECT_NE(generate(model, prompts, o).tokens, got.tokens);  // the seed matters
+    }
+  }
+}
+
+TEST_P(InferenceMpiTest, PrefillRoutingIsTheTrainingForwardRouting) {
+  const ModelConfig config = test_config();
+  ParallelOptions parallel;
+  parallel.dispatch = GetParam();
+  MoeTransformer model(config, comm, parallel);
+  model.init_weights(kSeed);
+  const int T = 16, E = config.num_experts, K = config.num_experts_per_tok, L = config.num_hidden_layers;
+  // Five windows of the same length, as training batches them; this rank's share.
+  const std::int64_t num_seqs = 5;
+  const Share share = rank_share(num_seqs, comm.rank(), comm.size());
+  std::vector<std::int32_t> all_tokens;
+  for (int i = 0; i < num_seqs * T; ++i) all_tokens.push_back(static_cast<std::int32_t>((i * 5 + i / 3) % 16));
+  std::vector<std::vector<std::int32_t>> prompts;
+  std::vector<std::int32_t> batch;
+  for (std::int64_t s = share.begin; s < share.end; ++s) {
+    prompts.emplace_back(all_tokens.begin() + s * T, all_tokens.begin() + (s + 1) * T);
+    batch.insert(batch.end(), prompts.back().begin(), prompts.back().end());
+  }
+  const std::int64_t B = share.end - share.begin;
+  model.forward(batch, batch, B, T);
+  std::vector<std::vector<std::int32_t>> train_ids(L);
+  std::vector<std::vector<float>> train_probs(L);
+  for (int l = 0; l < L; ++l) {
+    const MoeBlock& block = model.moe_block(l);
+    train_ids[l].assign(block.topk_ids(), block.topk_ids() + B * T * K);
+    train_probs[l].assign(block.router_probs(), block.router_probs() + B * T * E);
+  }
+  InferenceEngine engine(model, {.max_sequences = B, .max_length = T});
+  engine.prefill(prompts);
+  for (int l = 0; l < L; ++l) {
+    const LayerRouting r = engine.routing(l);
+    ASSERT_EQ(r.num_tokens, B * T);
+    EXPECT_EQ(r.topk_ids, train_ids[l]) << "layer " << l;
+    for (std::size_t i = 0; i < r.router_probs.size(); ++i) {
+      ASSERT_NEAR(r.router_probs[i], train_probs[l][i], 1e-6) << "layer " << l << " element " << i;
+    }
+    for (std::int64_t t = 0; t < r.num_tokens; ++t) {  // normalised top-k weights sum to 1
+      float sum = 0.0f;
+      for (int j = 0; j < K; ++j) sum += r.topk_weights[t * K + j];
+      EXPECT_NEAR(sum, 1.0f, 1e-6f);
+    }
+  }
+
+  // profile_routing over the same tokens, gathered on rank 0, equals the 1-rank training
+  // forward over all five windows; a ragged tail becomes a shorter last sequence.
+  SelfCommunicator self;
+  MoeTransformer one_rank(config, self, parallel);
+  one_rank.init_weights(kSeed);
+  one_rank.forward(all_tokens, all_tokens, num_seqs, T);
+  ProfileOptions po;
+  po.seq_len = T;
+  po.sequences_per_batch = 2;
+  po.model_name = "tiny";
+  po.dataset = "formula";
+  const Trace trace = profile_routing(model, all_tokens, po);
+  if (comm.rank() == 0) {
+    ASSERT_EQ(trace.num_layers(), L);
+    EXPECT_EQ(trace.num_tokens(), num_seqs * T);
+    EXPECT_EQ(trace.sequence_lengths, std::vector<std::int32_t>(5, T));
+    EXPECT_EQ(trace.num_experts, E);
+    EXPECT_EQ(trace.top_k, K);
+    EXPECT_EQ(trace.model, "tiny");
+    for (int l = 0; l < L; ++l) {
+      const MoeBlock& block = one_rank.moe_block(l);
+      EXPECT_EQ(trace.layers[l].topk_ids, std::vector<std::int32_t>(block.topk_ids(), block.topk_ids() + num_seqs * T * K))
+          << "layer " << l;
+      ASSERT_EQ(trace.layers[l].router_probs.size(), static_cast<std::size_t>(num_seqs * T * E));
+      for (std::size_t i = 0; i < trace.layers[l].router_probs.size(); ++i) {
+        ASSERT_NEAR(trace.layers[l].router_probs[i], block.router_probs()[i], 1e-5) << "layer " << l;
+      }
+    }
+    // It round-trips through the trace format.
+    const std::string path = (std::filesystem::temp_directory_path() /
+                              fmt::format("occult_infer_profile_{}_{}.safetensors", getpid(), comm.size()))
+                                 .string();
+    save_trace(trace, path);
+    const Trace loaded = load_trace(path);
+    std::filesystem::remove(path);
+    EXPECT_EQ(loaded.layers[1].topk_ids, trace.layers[1].topk_ids);
+    EXPECT_EQ(loaded.sequence_lengths, trace.sequence_lengths);
+  } else {
+    EXPECT_EQ(trace.num_layers(), 0);
+  }
+  const std::span<const std::int32_t> ragged(all_tokens.data(), 75);
+  const Trace tail = profile_routing(model, ragged, po);
+  if (comm.rank() == 0) {
+    EXPECT_EQ(tail.sequence_lengths, (std::vector<std::int32_t>{16, 16, 16, 16, 11}));
+  }
+}
+
+TEST_P(InferenceMpiTest, BadInputFailsOnEveryRankWithoutHanging) {
+  const ModelConfig config = test_config();
+  ParallelOptions parallel;
+  parallel.dispatch = GetParam();
+  MoeTransformer model(config, comm, parallel);
+  model.init_weights(kSeed);
+  const int last = comm.size() - 1;
+
+  // A prompt longer than the context.
+  expect_error([&] { generate(model, {std::vector<std::int32_t>(17, 1)}, GenerateOptions{}); }, "context");
+  // Prompt + new tokens beyond the context.
+  GenerateOptions o;
+  o.max_new_tokens = 10;
+  expect_error([&] { generate(model, {std::vector<std::int32_t>(8, 1)}, o); }, "needs 17 positions");
+  // A KV cache larger than the memory limit (on the last rank only: every rank fails).
+  expect_error(
+      [&] {
+        InferenceEngine engine(model, {.max_sequences = comm.rank() == last ? 1000 : 1,
+                                       .max_length = 16,
+                                       .memory_limit_bytes = 1 << 20});
+      },
+      "GiB");
+  InferenceEngine engine(model, {.max_sequences = 2, .max_length = 8});
+  // A prompt longer than the cache on the last rank only.
+  expect_error(
+      [&] {
+        engine.prefill({std::vector<std::int32_t>(comm.rank() == last ? 9 : 3, 1)});
+      },
+      "longer than the KV cache length 8");
+  // A token outside the vocabulary on the last rank only.
+  expect_error([&] { engine.prefill({{1, comm.rank() == last ? 16 : 2}}); }, "outside the vocabulary");
+  // Decoding a slot that was never prefilled.
+  engine.prefill({{1, 2}});
+  expect_error(
+      [&] {
+        const std::vector<int> slots = {comm.rank() == last ? 1 : 0};
+        const std::vector<std::int32_t> tokens = {3};
+        engine.decode(slots, tokens);
+      },
+      "not a prefilled sequence");
+  // A sequence that is full.
+  engine.prefill({std::vector<std::int32_t>(8, 1)});
+  expect_error(
+      [&] {
+        const std::vector<int> slots = {0};
+        const std::vector<std::int32_t> tokens = {3};
+        engine.decode(slots, tokens);
+      },
+      "cannot grow");
+  // A placement for another model (8 experts for a 4-expert config) fails in the model.
+  ParallelOptions other = parallel;
+  other.expert_to_device.assign(config.num_hidden_layers, std::vector<int>(8, 0));
+  expect_error([&] { MoeTransformer bad(config, comm, other); }, "num_experts = 4");
+  // The engine still works afterwards: nobody hung or fell out of step.
+  const auto logits = engine.prefill({{1, 2, 3}});
+  EXPECT_EQ(logits.size(), static_cast<std::size_t>(config.vocab_size));
+}
+
+INSTANTIATE_TEST_SUITE_P(Dispatchers, InferenceMpiTest, ::testing::Values(Dispatch::kStandard, Dispatch::kOccult),
+                         [](const auto& info) { return std::string(dispatch_name(info.param)); });
+
+}  // namespace
+}  // namespace occult
