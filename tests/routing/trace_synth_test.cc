@@ -182,6 +182,11 @@ TEST(SynthTrace, RouterProbsAgreeWithTopKAndWeights) {
         EXPECT_EQ(layer.topk_weights[t * 3 + j], p[order[j]]);
       }
       EXPECT_GT(p[order[2]], p[order[3]]);  // strict: no tie at the top-k boundary
+      // The unchosen probabilities are spread out, not piled up on one capped value.
+      std::vector<float> rest(p, p + 16);
+      for (int j = 0; j < 3; ++j) rest[layer.ids_of(t)[j]] = -1.0f;
+      std::sort(rest.begin(), rest.end());
+      EXPECT_EQ(std::unique(rest.begin() + 3, rest.end()) - (rest.begin() + 3), 13) << "token " << t;
     }
   }
 }
