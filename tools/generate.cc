@@ -1,0 +1,162 @@
+// `occult generate`: text generation from a checkpoint with the KV-cache engine under mpirun
+// (attention data-parallel, experts expert-parallel), streaming the text as it is produced.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "command_registry.h"
+#include "infer_cli.h"
+#include "occult/core/table.h"
+#include "occult/model/data.h"
+#include "occult/model/inference.h"
+
+namespace occult::cli {
+namespace {
+
+struct GenerateFlags {
+  ModelFlags model;
+  std::string prompt, prompt_file;
+  int max_new_tokens = 64;
+  float temperature = 0.8f, top_p = 0.95f;
+  double kv_memory_gib = 8.0;
+  bool json = false;
+};
+
+// --prompt first, then one prompt per non-empty line of --prompt-file.
+std::vector<std::string> read_prompts(const GenerateFlags& f) {
+  std::vector<std::string> prompts;
+  if (!f.prompt.empty()) prompts.push_back(f.prompt);
+  if (!f.prompt_file.empty()) {
+    std::ifstream in(f.prompt_file);
+    OCCULT_CHECK(in.good(), "cannot read --prompt-file {}", f.prompt_file);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (!line.empty()) prompts.push_back(line);
+    }
+  }
+  OCCULT_CHECK(!prompts.empty(), "give --prompt TEXT or a non-empty --prompt-file F");
+  return prompts;
+}
+
+void write_bytes(const std::vector<std::int32_t>& ids) {
+  const std::string text = byte_detokenize(ids);
+  std::fwrite(text.data(), 1, text.size(), stdout);
+}
+
+void run_generate(const GenerateFlags& f) {
+  run_on_mpi_world([&](Communicator& comm) {
+    std::vector<std::string> texts;
+    agree_on_errors(comm, [&] { texts = read_prompts(f); });
+    const ModelConfig config = resolve_model_config(f.model, comm, /*allow_random=*/false);
+    agree_on_errors(comm, [&] {
+      OCCULT_CHECK(config.vocab_size >= 256, "generate reads and writes bytes: the model needs vocab_size >= 256, "
+                                             "its config has {}", config.vocab_size);
+      OCCULT_CHECK(f.kv_memory_gib > 0, "--kv-memory-gib must be > 0, got {}", f.kv_memory_gib);
+    });
+    const ParallelOptions parallel = resolve_parallel_options(f.model, config, comm, f.model.dispatch);
+    const auto model = build_model(f.model, config, parallel, comm);
+
+    std::vector<std::vector<std::int32_t>> prompts;
+    for (const auto& t : texts) prompts.push_back(byte_tokenize(t));
+    GenerateOptions o;
+    o.max_new_tokens = f.max_new_tokens;
+    o.sampling.temperature = f.temperature;
+    o.sampling.top_p = f.top_p;
+    o.sampling.seed = f.model.seed;
+    o.sampling.vocab_limit = 256;
+    o.memory_limit_bytes = static_cast<std::int64_t>(f.kv_memory_gib * (1ll << 30));
+    const bool root = comm.rank() == 0;
+    const bool stream = root && !f.json;
+    const std::size_t P = prompts.size();
+    auto header = [&](std::size_t i) {
+      if (P > 1) fmt::print("{}=== prompt {}/{} ===\n", i > 0 ? "\n" : "", i + 1, P);
+      std::fwrite(texts[i].data(), 1, texts[i].size(), stdout);
+    };
+    if (stream) {
+      header(0);
+      std::fflush(stdout);
+    }
+    // Prompt 0 streams token by token; the others (which finish at the same step) follow in order.
+    const GenerateResult r = generate(*model, prompts, o, [&](int, std::span<const std::int32_t> tokens) {
+      if (!stream) return;
+      write_bytes({tokens[0]});
+      std::fflush(stdout);
+    });
+    if (!root) return;
+    const double decode_steps = std::max(1, f.max_new_tokens - 1);
+    const double decode_ms = 1e3 * r.decode_seconds / decode_steps;
+    const double tokens_per_s =
+        r.decode_seconds > 0 ? static_cast<double>(P) * (f.max_new_tokens - 1) / r.decode_seconds : 0.0;
+    if (f.json) {
+      nlohmann::json gens = nlohmann::json::array();
+      for (std::size_t i = 0; i < P; ++i) {
+        gens.push_back({{"prompt", texts[i]}, {"text", byte_detokenize(r.tokens[i])}, {"tokens", r.tokens[i]}});
+      }
+      const nlohmann::json j{{"dispatch", f.model.dispatch},
+                             {"ranks", comm.size()},
+                             {"generations", gens},
+                             {"prompt_tokens", r.prompt_tokens},
+                             {"generated_tokens", r.generated_tokens},
+                             {"prefill_ms", 1e3 * r.prefill_seconds},
+                             {"decode_ms_per_step", decode_ms},
+                             {"tokens_per_s", tokens_per_s},
+                             {"exchange_bytes", r.exchange_bytes}};
+      // Invalid UTF-8 (a byte model can cut a character) is replaced rather than thrown on.
+      fmt::print("{}\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+      return;
+    }
+    for (std::size_t i = 1; i < P; ++i) {
+      fmt::print("\n");
+      header(i);
+      write_bytes(r.tokens[i]);
+    }
+    fmt::print("\n");
+    std::fflush(stdout);
+    TextTable table({"metric", "value"});
+    table.add_row({"ranks / dispatch", fmt::format("{} / {}", comm.size(), f.model.dispatch)});
+    table.add_row({"prompts (tokens)", fmt::format("{} ({})", P, r.prompt_tokens)});
+    table.add_row({"generated tokens", std::to_string(r.generated_tokens)});
+    table.add_row({"prefill (ms)", fmt::format("{:.2f}", 1e3 * r.prefill_seconds)});
+    table.add_row({"decode (ms/step)", fmt::format("{:.2f}", decode_ms)});
+    table.add_row({"decode tokens/s", fmt::format("{:.0f}", tokens_per_s)});
+    table.add_row({"MoE exchange bytes (all ranks)", human_bytes(static_cast<double>(r.exchange_bytes))});
+    fmt::print(stderr, "{}", table.render());
+  });
+}
+
+void setup(CLI::App& root) {
+  auto f = std::make_shared<GenerateFlags>();
+  CLI::App* cmd = root.add_subcommand(
+      "generate",
+      "Generate text from a checkpoint with the KV-cache engine (run under mpirun; prompts are spread over\n"
+      "ranks, experts stay expert-parallel). Streams the first prompt's text as it is produced, then prints\n"
+      "the others in order, and a summary on stderr; --json prints one object at the end.");
+  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")->required();
+  cmd->add_option("--config", f->model.config, "config.json the checkpoint must match (optional)");
+  cmd->add_option("--prompt", f->prompt, "prompt text (bytes)");
+  cmd->add_option("--prompt-file", f->prompt_file, "more prompts, one per non-empty line");
+  cmd->add_option("--max-new-tokens", f->max_new_tokens, "tokens generated per prompt")->capture_default_str();
+  cmd->add_option("--temperature", f->temperature, "0 = greedy")->capture_default_str();
+  cmd->add_option("--top-p", f->top_p, "nucleus sampling mass in (0, 1]")->capture_default_str();
+  cmd->add_option("--seed", f->model.seed, "sampling seed (draws depend on seed, prompt index, step)")
+      ->capture_default_str();
+  cmd->add_option("--dispatch", f->model.dispatch, "standard | occult")->capture_default_str();
+  cmd->add_option("--placement", f->model.placement, "placement JSON (occult place); default contiguous");
+  cmd->add_option("--prune-devices", f->model.prune_devices, "collaboration pruning budget M (0 = off)")
+      ->capture_default_str();
+  cmd->add_option("--prune-scheme", f->model.prune_scheme, "score | similarity | device-limited")
+      ->capture_default_str();
+  cmd->add_option("--kv-memory-gib", f->kv_memory_gib, "KV-cache budget per rank")->capture_default_str();
+  cmd->add_flag("--json", f->json, "print {generations, prefill_ms, decode_ms_per_step, ...} instead of streaming");
+  cmd->callback([f] { run_generate(*f); });
+}
+
+OCCULT_REGISTER_COMMAND("generate", setup);
+
+}  // namespace
+}  // namespace occult::cli

@@ -1,0 +1,127 @@
+// Pieces shared by the inference subcommands (`generate`, `profile`, `bench infer`): building the
+// model from a checkpoint or a config, checking a placement against it, and the parallel options
+// from the dispatch / placement / pruning flags. Every check runs under agree_on_errors, so bad
+// input fails on every rank with one message (rank 0 prints it) instead of hanging.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "occult/comm/communicator.h"
+#include "occult/comm/mpi_communicator.h"
+#include "occult/core/error.h"
+#include "occult/model/checkpoint.h"
+#include "occult/model/config.h"
+#include "occult/model/model.h"
+#include "occult/placement/placement.h"
+
+namespace occult::cli {
+
+// Runs `body(comm)` on MPI_COMM_WORLD (MPI initialised for the command if nobody has). An
+// occult::Error, agreed on by every rank through agree_on_errors, is reported once by rank 0
+// (main prints it); the other ranks exit with status 1 silently.
+template <typename Body>
+void run_on_mpi_world(Body&& body) {
+  MpiSession session;
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  try {
+    body(comm);
+  } catch (const Error&) {
+    if (comm.rank() == 0) throw;
+    throw CLI::RuntimeError(1);
+  }
+}
+
+// The flags every inference subcommand shares.
+struct ModelFlags {
+  std::string checkpoint;  // checkpoint directory (occult train --save)
+  std::string config;      // config.json: random weights, or the architecture the checkpoint must have
+  std::string dispatch = "occult";
+  std::string placement;   // occult-placement/1 JSON; empty = contiguous
+  int prune_devices = 0;
+  std::string prune_scheme = "score";
+  std::uint64_t seed = 1234;  // random weights (no checkpoint)
+};
+
+// Collective. The model config: the checkpoint's, which must be --config's architecture when
+// both are given; or --config's alone when random weights are allowed.
+inline ModelConfig resolve_model_config(const ModelFlags& f, Communicator& comm, bool allow_random) {
+  ModelConfig config;
+  agree_on_errors(comm, [&] {
+    if (allow_random) {
+      OCCULT_CHECK(!f.checkpoint.empty() || !f.config.empty(),
+                   "give --checkpoint DIR (trained weights) or --config FILE (random weights)");
+    } else {
+      OCCULT_CHECK(!f.checkpoint.empty(), "give --checkpoint DIR");
+    }
+    if (f.checkpoint.empty()) {
+      config = load_model_config(f.config);
+      return;
+    }
+    config = load_checkpoint_config(f.checkpoint);
+    if (!f.config.empty()) {
+      const ModelConfig given = load_model_config(f.config);
+      OCCULT_CHECK(same_architecture(given, config),
+                   "--checkpoint {} was trained with another model config than --config {} (compare its "
+                   "config.json)",
+                   f.checkpoint, f.config);
+    }
+  });
+  return config;
+}
+
+// Collective. The parallel options of the flags: the placement file checked against the model
+// (experts, layers) and the ranks, the pruning budget against the ranks.
+inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const ModelConfig& config, Communicator& comm,
+                                                const std::string& dispatch) {
+  ParallelOptions parallel;
+  agree_on_errors(comm, [&] {
+    parallel.dispatch = parse_dispatch(dispatch);
+    parallel.prune_devices = f.prune_devices;
+    parallel.prune_scheme = f.prune_scheme;
+    OCCULT_CHECK(f.prune_devices >= 0 && f.prune_devices <= comm.size(),
+                 "--prune-devices must be in [0, {} ranks], got {}", comm.size(), f.prune_devices);
+    if (f.placement.empty()) return;
+    const Placement p = load_placement(f.placement);
+    OCCULT_CHECK(p.num_experts == config.num_experts,
+                 "--placement {} is for a model with {} experts, but this model has num_experts = {}", f.placement,
+                 p.num_experts, config.num_experts);
+    OCCULT_CHECK(static_cast<int>(p.layers.size()) == config.num_hidden_layers,
+                 "--placement {} has {} layers, but this model has num_hidden_layers = {}", f.placement,
+                 p.layers.size(), config.num_hidden_layers);
+    OCCULT_CHECK(p.num_devices == comm.size(),
+                 "--placement {} is for {} devices, but the run has {} ranks (mpirun -np {})", f.placement,
+                 p.num_devices, comm.size(), p.num_devices);
+    for (int l = 0; l < config.num_hidden_layers; ++l) {
+      parallel.expert_to_device.push_back(p.layer(l).expert_to_device);
+      parallel.similarity.push_back(p.layer(l).similarity);
+    }
+  });
+  return parallel;
+}
+
+// Collective. The model with the checkpoint's weights, or random weights from f.seed.
+inline std::unique_ptr<MoeTransformer> build_model(const ModelFlags& f, const ModelConfig& config,
+                                                   const ParallelOptions& parallel, Communicator& comm) {
+  std::unique_ptr<MoeTransformer> model;
+  agree_on_errors(comm, [&] { model = std::make_unique<MoeTransformer>(config, comm, parallel); });
+  if (f.checkpoint.empty()) {
+    model->init_weights(f.seed);
+  } else {
+    load_checkpoint(f.checkpoint, *model, nullptr);
+  }
+  return model;
+}
+
+// "1.23 MB"-style byte counts for summaries.
+inline std::string human_bytes(double bytes) {
+  if (bytes >= 1e9) return fmt::format("{:.2f} GB", bytes / 1e9);
+  if (bytes >= 1e6) return fmt::format("{:.2f} MB", bytes / 1e6);
+  if (bytes >= 1e3) return fmt::format("{:.1f} kB", bytes / 1e3);
+  return fmt::format("{:.0f} B", bytes);
+}
+
+}  // namespace occult::cli

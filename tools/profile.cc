@@ -1,0 +1,120 @@
+// `occult profile`: prefill a checkpoint over calibration text and write the routing of every MoE
+// layer as a trace (top-k ids, weights, full router_probs, sequence_lengths), the input of
+// `occult place`, `occult evaluate` and `occult prune`.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "command_registry.h"
+#include "infer_cli.h"
+#include "occult/core/table.h"
+#include "occult/model/data.h"
+#include "occult/model/inference.h"
+
+namespace occult::cli {
+namespace {
+
+struct ProfileFlags {
+  ModelFlags model;
+  std::string data, out;
+  std::int64_t tokens = 16384;
+  int seq_len = 0;
+  std::int64_t batch = 8;
+  bool json = false, no_progress = false;
+};
+
+// The first `count` bytes of `path` as tokens (0 = the whole file).
+std::vector<std::int32_t> read_calibration(const std::string& path, std::int64_t count) {
+  std::ifstream in(path, std::ios::binary);
+  OCCULT_CHECK(in.good(), "cannot read --data {}", path);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  OCCULT_CHECK(!text.empty(), "--data {} is empty", path);
+  OCCULT_CHECK(count >= 0, "--tokens must be >= 0 (0 = the whole file), got {}", count);
+  OCCULT_CHECK(count <= static_cast<std::int64_t>(text.size()),
+               "--data {} has {} tokens (bytes), fewer than --tokens {}", path, text.size(), count);
+  return byte_tokenize(count > 0 ? std::string_view(text).substr(0, count) : std::string_view(text));
+}
+
+void run_profile(const ProfileFlags& f) {
+  run_on_mpi_world([&](Communicator& comm) {
+    const ModelConfig config = resolve_model_config(f.model, comm, /*allow_random=*/false);
+    std::vector<std::int32_t> tokens;
+    agree_on_errors(comm, [&] {
+      OCCULT_CHECK(config.vocab_size >= 256, "the byte-level calibration text needs vocab_size >= 256, the "
+                                             "checkpoint's config has {}", config.vocab_size);
+      tokens = read_calibration(f.data, f.tokens);
+    });
+    const ParallelOptions parallel = resolve_parallel_options(f.model, config, comm, f.model.dispatch);
+    const auto model = build_model(f.model, config, parallel, comm);
+    ProfileOptions o;
+    o.seq_len = f.seq_len;
+    o.sequences_per_batch = f.batch;
+    o.model_name = f.model.checkpoint;
+    o.dataset = std::filesystem::path(f.data).filename().string();
+    o.progress = !f.json && !f.no_progress;
+    const auto start = std::chrono::steady_clock::now();
+    const Trace trace = profile_routing(*model, tokens, o);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    agree_on_errors(comm, [&] {
+      if (comm.rank() == 0) save_trace(trace, f.out);
+    });
+    if (comm.rank() != 0) return;
+    const auto file_bytes = std::filesystem::file_size(f.out);
+    if (f.json) {
+      const nlohmann::json j{{"out", f.out},
+                             {"tokens", trace.num_tokens()},
+                             {"sequences", trace.sequence_lengths.size()},
+                             {"layers", trace.num_layers()},
+                             {"num_experts", trace.num_experts},
+                             {"top_k", trace.top_k},
+                             {"seconds", seconds},
+                             {"tokens_per_s", static_cast<double>(trace.num_tokens()) / seconds},
+                             {"file_bytes", file_bytes}};
+      fmt::print("{}\n", j.dump());
+      return;
+    }
+    TextTable table({"metric", "value"});
+    table.add_row({"trace", f.out});
+    table.add_row({"tokens (sequences x length)", fmt::format("{} ({} x <= {})", trace.num_tokens(),
+                                                              trace.sequence_lengths.size(),
+                                                              trace.sequence_lengths.front())});
+    table.add_row({"MoE layers / experts / top-k",
+                   fmt::format("{} / {} / {}", trace.num_layers(), trace.num_experts, trace.top_k)});
+    table.add_row({"ranks / dispatch", fmt::format("{} / {}", comm.size(), f.model.dispatch)});
+    table.add_row({"prefill tokens/s", fmt::format("{:.0f}", static_cast<double>(trace.num_tokens()) / seconds)});
+    table.add_row({"file size", human_bytes(static_cast<double>(file_bytes))});
+    fmt::print("{}", table.render());
+  });
+}
+
+void setup(CLI::App& root) {
+  auto f = std::make_shared<ProfileFlags>();
+  CLI::App* cmd = root.add_subcommand(
+      "profile",
+      "Prefill a checkpoint over calibration text (under mpirun: sequences spread over ranks) and write the\n"
+      "routing of every MoE layer as a trace: top-k ids, weights, router_probs, sequence_lengths. Feed it to\n"
+      "occult place / evaluate / prune.");
+  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")->required();
+  cmd->add_option("--config", f->model.config, "config.json the checkpoint must match (optional)");
+  cmd->add_option("--data", f->data, "calibration text (bytes are tokens)")->required();
+  cmd->add_option("--tokens", f->tokens, "first N tokens of --data (0 = all)")->capture_default_str();
+  cmd->add_option("--seq-len", f->seq_len, "tokens per sequence (default max_position_embeddings)");
+  cmd->add_option("--batch", f->batch, "sequences per prefill per rank")->capture_default_str();
+  cmd->add_option("--out", f->out, "output trace (.safetensors)")->required();
+  cmd->add_option("--dispatch", f->model.dispatch, "standard | occult")->capture_default_str();
+  cmd->add_option("--placement", f->model.placement, "placement JSON; default contiguous");
+  cmd->add_flag("--json", f->json, "print {out, tokens, sequences, layers, ...} as JSON");
+  cmd->add_flag("--no-progress", f->no_progress, "do not draw the progress bar");
+  cmd->callback([f] { run_profile(*f); });
+}
+
+OCCULT_REGISTER_COMMAND("profile", setup);
+
+}  // namespace
+}  // namespace occult::cli
