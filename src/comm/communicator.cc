@@ -69,9 +69,10 @@ std::map<std::string, ExchangeBytes> sum_over_ranks(Communicator& comm) {
 
 void agree_on_error_message(Communicator& comm, bool failed, const std::string& message) {
   const int size = comm.size();
-  std::vector<std::int64_t> first_failing = {failed ? comm.rank() : size};
-  // Lowest failing rank = -max(-rank).
-  first_failing[0] = -first_failing[0];
+  // One reduction: the number of failing ranks, and the lowest failing rank as -max(-rank).
+  std::vector<std::int64_t> failing = {failed ? 1 : 0};
+  std::vector<std::int64_t> first_failing = {failed ? -comm.rank() : -size};
+  comm.all_reduce_sum(failing);
   comm.all_reduce_max(first_failing);
   const int root = static_cast<int>(-first_failing[0]);
   if (root >= size) return;
@@ -80,7 +81,8 @@ void agree_on_error_message(Communicator& comm, bool failed, const std::string& 
   std::string text(static_cast<std::size_t>(length[0]), '\0');
   if (comm.rank() == root) text = message;
   comm.broadcast(std::as_writable_bytes(std::span<char>(text.data(), text.size())), root);
-  if (size > 1) text = fmt::format("rank {}: {}", root, text);
+  // Name the rank only when it matters: when every rank failed, they failed alike.
+  if (failing[0] < size) text = fmt::format("rank {}: {}", root, text);
   throw Error(__FILE__, __LINE__, text);
 }
 

@@ -114,3 +114,23 @@ void MpiCommunicator::broadcast(std::span<std::byte> data, int root) {
 void MpiCommunicator::barrier() { OCCULT_MPI_CHECK(MPI_Barrier(comm_)); }
 
 }  // namespace occult
+
+namespace occult {
+
+MpiSession::MpiSession() {
+  int initialized = 0;
+  OCCULT_MPI_CHECK(MPI_Initialized(&initialized));
+  if (!initialized) {
+    OCCULT_MPI_CHECK(MPI_Init(nullptr, nullptr));
+    owns_ = true;
+  }
+}
+
+MpiSession::~MpiSession() {
+  if (!owns_) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();  // a destructor cannot throw; a failed finalize is moot here
+}
+
+}  // namespace occult

@@ -122,14 +122,20 @@ void all_to_all_rows(Communicator& comm, const std::string& exchange, std::span<
                      std::span<const std::int64_t> send_rows, std::span<T> recv,
                      std::span<const std::int64_t> recv_rows, std::int64_t row_width);
 
+// Collective: gathers every rank's `rows` rows of `row_width` elements to `root`, in rank
+// order (exchange name "gather", not an MoE exchange). Returns them on root, empty elsewhere.
+template <typename T>
+std::vector<T> gather_rows_to_root(Communicator& comm, std::span<const T> local, std::int64_t rows,
+                                   std::int64_t row_width, int root = 0);
+
 // Collective: the counters of the kExchange* names summed over every rank (all ranks get the
 // same map, zeros for exchanges that never ran).
 std::map<std::string, ExchangeBytes> sum_over_ranks(Communicator& comm);
 
 // Collective error agreement, so bad input fails on EVERY rank with one message and no hang:
 // runs `check` locally; if any rank's check threw occult::Error, every rank throws an
-// occult::Error carrying the message of the lowest failing rank (prefixed "rank r: " when
-// size() > 1). Call it before the first exchange that depends on the checked input.
+// occult::Error carrying the message of the lowest failing rank (prefixed "rank r: " unless
+// every rank failed). Call it before the first exchange that depends on the checked input.
 template <typename Check>
 void agree_on_errors(Communicator& comm, Check&& check);
 

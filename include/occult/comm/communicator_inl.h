@@ -36,6 +36,21 @@ void all_to_all_rows(Communicator& comm, const std::string& exchange, std::span<
                     recv_counts, recv_offsets);
 }
 
+template <typename T>
+std::vector<T> gather_rows_to_root(Communicator& comm, std::span<const T> local, std::int64_t rows,
+                                   std::int64_t row_width, int root) {
+  const int size = comm.size();
+  OCCULT_CHECK(root >= 0 && root < size, "gather: root {} outside [0, {})", root, size);
+  std::vector<std::int64_t> send_rows(size, 0);
+  send_rows[root] = rows;
+  const std::vector<std::int64_t> recv_rows = comm.all_to_all_counts(send_rows);
+  std::int64_t total = 0;
+  for (std::int64_t r : recv_rows) total += r;
+  std::vector<T> out(static_cast<std::size_t>(total * row_width));
+  all_to_all_rows<T>(comm, "gather", local, send_rows, out, recv_rows, row_width);
+  return out;
+}
+
 template <typename Check>
 void agree_on_errors(Communicator& comm, Check&& check) {
   bool failed = false;

@@ -49,3 +49,21 @@ class MpiCommunicator final : public Communicator {
 };
 
 }  // namespace occult
+
+namespace occult {
+
+// Initialises MPI for the lifetime of a command (if nobody has yet) and finalises it on
+// destruction (only if it initialised it). Programs create one at the top and pass
+// MPI_COMM_WORLD to an MpiCommunicator; library code never does either.
+class MpiSession {
+ public:
+  MpiSession();
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+
+ private:
+  bool owns_ = false;
+};
+
+}  // namespace occult
