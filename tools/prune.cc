@@ -35,6 +35,7 @@ struct PruneArgs {
   std::string similarity;
   std::vector<std::string> calibration;
   std::string save_similarity;
+  std::string embed_similarity;
   bool json = false;
   std::string out;
 };
@@ -134,7 +135,8 @@ void run_prune(const PruneArgs& args) {
   // computed from calibration traces (by default the pruned trace itself).
   std::vector<std::vector<float>> similarity(trace.num_layers());
   std::string similarity_source = "none";
-  const bool need_similarity = *scheme == PruneScheme::kSimilarity || !args.save_similarity.empty();
+  const bool need_similarity = *scheme == PruneScheme::kSimilarity || !args.save_similarity.empty() ||
+                               !args.embed_similarity.empty();
   if (need_similarity) {
     const bool placement_has = std::all_of(placement.layers.begin(), placement.layers.end(),
                                            [](const LayerPlacement& lp) { return !lp.similarity.empty(); });
@@ -159,6 +161,11 @@ void run_prune(const PruneArgs& args) {
                                       fmt::join(paths, ", "));
     }
     if (!args.save_similarity.empty()) save_similarity(args.save_similarity, similarity, e);
+    if (!args.embed_similarity.empty()) {
+      Placement with = placement;
+      for (LayerPlacement& lp : with.layers) lp.similarity = similarity.at(lp.layer);
+      save_placement(with, args.embed_similarity);
+    }
   }
 
   PruneWorkspace workspace;
@@ -291,6 +298,8 @@ void setup_prune(CLI::App& root) {
                   "similarity scheme: traces to compute expert similarity on (default: --traces)")
       ->check(CLI::ExistingFile);
   cmd->add_option("--save-similarity", args->save_similarity, "Write the expert similarity used as a sidecar file");
+  cmd->add_option("--embed-similarity", args->embed_similarity,
+                  "Write a copy of the placement JSON with each layer's similarity in it");
   cmd->add_flag("--json", args->json, "Machine-readable results on stdout");
   cmd->add_option("--out", args->out, "Write the pruned trace (safetensors, trace format)");
   cmd->callback([args] { run_prune(*args); });
