@@ -1,0 +1,63 @@
+#!/bin/sh
+# End-to-end check of `occult place` and `occult evaluate` as a user (or another program) runs
+# them, on the shipped traces and a small synthetic one.
+# Usage: place_cli_test.sh OCCULT_BINARY SOURCE_DIR SCRATCH_DIR
+set -eu
+occult=$1
+src=$2
+dir=$3
+rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+intent=$src/data/traces/dsv2lite-esft-intent.safetensors
+law=$src/data/traces/dsv2lite-esft-law.safetensors
+
+# place: per-layer table, summary line, and the placement file of DESIGN.md.
+"$occult" place --traces "$intent" --devices 4 --out p.json > place.txt 2> /dev/null
+grep -q "^mean " place.txt || fail "place: no mean row: $(cat place.txt)"
+grep -q "placed 26 layers x 64 experts on 4 devices with 'hypergraph'" place.txt ||
+  fail "place summary: $(tail -1 place.txt)"
+grep -q '"format": "occult-placement/1"' p.json || fail "placement format field"
+grep -q '"num_devices": 4' p.json || fail "placement num_devices"
+[ "$(grep -c '"expert_to_device"' p.json)" = 26 ] || fail "placement must hold 26 layers"
+
+# The load limit holds on the calibration trace (imbalance column <= 1.100 on every layer).
+awk '$1 ~ /^[0-9]+$/ && $5 > 1.1 { bad = 1 } END { exit bad }' place.txt ||
+  fail "a layer exceeds --max-imbalance 1.10: $(cat place.txt)"
+
+# evaluate --json: the exact shape issue 2 documents.
+"$occult" evaluate --traces "$law" --placement p.json --json > eval.json
+grep -q '^{"layers":\[{"layer":0,"replicas_per_token":[0-9.]*,"remote_replicas_per_token":[0-9.]*,"intra_collab_ratio":[0-9.]*,"load_imbalance":[0-9.]*},' eval.json ||
+  fail "evaluate --json layer shape: $(head -c 300 eval.json)"
+grep -q '"mean":{"replicas_per_token":[0-9.]*,"remote_replicas_per_token":[0-9.]*,"intra_collab_ratio":[0-9.]*,"load_imbalance":[0-9.]*}}$' eval.json ||
+  fail "evaluate --json mean: $(tail -c 300 eval.json)"
+"$occult" evaluate --traces "$law" --placement p.json > eval.txt
+grep -q "mean replicas_per_token [0-9.]* of top-k 6" eval.txt || fail "evaluate summary: $(tail -1 eval.txt)"
+
+# Several calibration traces, nodes, a fixed seed: deterministic.
+"$occult" place --traces "$intent" --traces "$law" --devices 8 --nodes 2 --seed 3 --out n1.json > /dev/null 2>&1
+"$occult" place --traces "$intent" --traces "$law" --devices 8 --nodes 2 --seed 3 --out n2.json > /dev/null 2>&1
+sed '/"seconds"/d; s/"seconds":[0-9.e-]*//' n1.json > n1.cmp
+sed '/"seconds"/d; s/"seconds":[0-9.e-]*//' n2.json > n2.cmp
+cmp n1.cmp n2.cmp || fail "same seed gave different placements"
+grep -q '"nodes_per_token"' n1.json || fail "nodes_per_token missing with --nodes 2"
+
+# --strategy all: one row per strategy.
+"$occult" place --traces "$law" --devices 4 --strategy all --out all.json > all.txt 2> /dev/null
+for s in contiguous random greedy-fps metis hypergraph; do
+  grep -q "^$s " all.txt || fail "--strategy all lacks $s: $(cat all.txt)"
+done
+
+# Bad input: clear errors naming the flag or the mismatch.
+if "$occult" place --traces "$law" --devices 65 --out x.json > err1.txt 2>&1; then fail "--devices 65 accepted"; fi
+grep -q "occult: error: --devices must lie in \[1, num_experts = 64\], got 65" err1.txt || fail "$(cat err1.txt)"
+if "$occult" place --traces "$law" --devices 8 --nodes 3 --out x.json > err2.txt 2>&1; then fail "--nodes 3 accepted"; fi
+grep -q "occult: error: --nodes must divide --devices (8), got 3" err2.txt || fail "$(cat err2.txt)"
+if "$occult" place --traces "$law" --devices 8 --strategy kmeans --out x.json > err3.txt 2>&1; then fail "kmeans accepted"; fi
+grep -q "unknown placement strategy 'kmeans'" err3.txt || fail "$(cat err3.txt)"
+"$occult" trace synth --experts 32 --top-k 4 --layers 26 --tokens 200 --seed 1 --out e32.safetensors > /dev/null 2>&1
+if "$occult" evaluate --traces e32.safetensors --placement p.json > err4.txt 2>&1; then fail "E mismatch accepted"; fi
+grep -q "p.json places 64 experts per layer but e32.safetensors has 32" err4.txt || fail "$(cat err4.txt)"
+"$occult" trace synth --experts 64 --top-k 6 --layers 3 --tokens 200 --seed 1 --out l3.safetensors > /dev/null 2>&1
+if "$occult" evaluate --traces l3.safetensors --placement p.json > err5.txt 2>&1; then fail "layer mismatch accepted"; fi
+grep -q "p.json places layer 3 but l3.safetensors has only 3 layers" err5.txt || fail "$(cat err5.txt)"
+echo "place/evaluate CLI: all checks passed"
