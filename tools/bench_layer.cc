@@ -1,0 +1,371 @@
+// `occult bench layer`: standard vs occult (vs pruned occult) dispatch on one MoE layer, side
+// by side in one mpirun: replicas per token, bytes per exchange, forward/backward medians,
+// speed-up over standard, expert GFLOP/s against a plain sgemm of the same shapes, peak RSS.
+#include <cblas.h>
+#include <fmt/format.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "command_registry.h"
+#include "moe_cli.h"
+#include "occult/core/progress.h"
+#include "occult/core/table.h"
+#include "occult/moe/expert_compute.h"
+#include "occult/moe/moe_layer.h"
+#include "occult/moe/reference.h"
+#include "occult/placement/placement.h"
+#include "occult/routing/trace.h"
+
+namespace occult::cli {
+namespace {
+
+struct BenchLayerArgs {
+  int experts = 64, top_k = 8, hidden = 1024, ffn = 512, layer = 0, iters = 10, warmup = 2;
+  std::int64_t tokens_per_rank = 1024;
+  std::string placement, routing_trace, prune_scheme = "score";
+  std::vector<int> prune_devices;
+  bool backward = false, json = false, norm_topk_prob = false;
+  std::uint64_t seed = 1;
+};
+
+struct Variant {
+  std::string name;
+  DispatchKind dispatch;
+  int prune_devices;
+};
+
+struct VariantResult {
+  Variant variant;
+  double replicas_per_token = 0;
+  std::map<std::string, ExchangeBytes> bytes;
+  double forward_ms = 0, backward_ms = 0, speedup = 0, expert_gflops = 0, backward_expert_gflops = 0;
+  double peak_rss_mb = 0;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+double peak_rss_mb() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// This rank's imposed routing from trace layer `layer`: the rank's contiguous block of the
+// trace's tokens (as data-parallel ranks hold them, DESIGN.md metrics), cycled to T tokens.
+struct ImposedRouting {
+  std::vector<std::int32_t> ids;
+  std::vector<float> weights;
+  std::vector<float> probs;  // [T, E] or empty
+};
+
+ImposedRouting routing_from_trace(const Trace& trace, int layer, int rank, int D, std::int64_t T) {
+  OCCULT_CHECK(layer >= 0 && layer < trace.num_layers(), "--layer {}: the trace has {} layers", layer,
+               trace.num_layers());
+  const LayerRouting& lr = trace.layers[layer];
+  const std::int64_t total = lr.num_tokens, lo = total * rank / D, hi = total * (rank + 1) / D;
+  OCCULT_CHECK(hi > lo, "the trace's {} tokens leave rank {} of {} without any", total, rank, D);
+  const int k = lr.top_k, E = trace.num_experts;
+  ImposedRouting r;
+  for (std::int64_t i = 0; i < T; ++i) {
+    const std::int64_t t = lo + i % (hi - lo);
+    r.ids.insert(r.ids.end(), lr.ids_of(t), lr.ids_of(t) + k);
+    for (int s = 0; s < k; ++s) r.weights.push_back(lr.has_weights() ? lr.topk_weights[t * k + s] : 1.0f / k);
+    if (lr.has_router_probs()) r.probs.insert(r.probs.end(), lr.router_probs.begin() + t * E,
+                                              lr.router_probs.begin() + (t + 1) * E);
+  }
+  return r;
+}
+
+// Plain sgemm over the same shapes the experts compute (per local expert: [m,H]x[H,F] twice
+// and [m,F]x[F,H], m = its assignments), without gather, activation or scatter: the ceiling
+// the expert kernel is measured against. Returns GFLOP/s (median of `iters`).
+double sgemm_baseline_gflops(const std::vector<std::int64_t>& rows_per_expert, int H, int F, int iters) {
+  std::int64_t max_rows = 1, total_rows = 0;
+  for (std::int64_t m : rows_per_expert) {
+    max_rows = std::max(max_rows, m);
+    total_rows += m;
+  }
+  if (total_rows == 0) return 0;
+  std::vector<float> x(max_rows * H, 0.5f), w1(std::size_t(F) * H, 0.25f), w2(std::size_t(F) * H, 0.125f);
+  std::vector<float> a(max_rows * F), y(max_rows * H);
+  std::vector<double> rates;
+  for (int it = 0; it < iters + 1; ++it) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (std::int64_t m : rows_per_expert) {
+      if (m == 0) continue;
+      const int mi = static_cast<int>(m);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, F, H, 1.0f, x.data(), H, w1.data(), H, 0.0f, a.data(), F);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, F, H, 1.0f, x.data(), H, w1.data(), H, 0.0f, a.data(), F);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, H, F, 1.0f, a.data(), F, w2.data(), F, 0.0f, y.data(), H);
+    }
+    const double s = seconds_since(t0);
+    if (it > 0) rates.push_back(expert_forward_flops(total_rows, H, F) / s / 1e9);  // first run warms up
+  }
+  return median(rates);
+}
+
+void run_bench(const BenchLayerArgs& a, Communicator& comm) {
+  const int D = comm.size(), rank = comm.rank();
+  MoeLayerConfig base;
+  std::vector<int> e2d;
+  Trace trace;
+  std::vector<float> similarity;
+  agree_on_errors(comm, [&] {
+    OCCULT_CHECK(a.iters >= 1, "--iters {}: expected >= 1", a.iters);
+    OCCULT_CHECK(a.warmup >= 0, "--warmup {}: expected >= 0", a.warmup);
+    OCCULT_CHECK(a.tokens_per_rank >= 0, "--tokens-per-rank {}: expected >= 0", a.tokens_per_rank);
+    base.num_experts = a.experts;
+    base.top_k = a.top_k;
+    if (!a.routing_trace.empty()) {
+      trace = load_trace(a.routing_trace);
+      OCCULT_CHECK(trace.num_experts == a.experts && trace.top_k == a.top_k,
+                   "{}: the trace has E = {}, k = {}; pass --experts {} --top-k {}", a.routing_trace,
+                   trace.num_experts, trace.top_k, trace.num_experts, trace.top_k);
+    }
+    base.hidden_size = a.hidden;
+    base.ffn_size = a.ffn;
+    base.norm_topk_prob = a.norm_topk_prob;
+    validate_moe_layer_config(base);
+    if (!a.placement.empty()) {
+      Placement p = load_placement(a.placement);
+      OCCULT_CHECK(p.num_devices == D, "{}: the placement is for {} devices, but mpirun started {} ranks", a.placement,
+                   p.num_devices, D);
+      OCCULT_CHECK(p.num_experts == a.experts, "{}: the placement is for {} experts, --experts is {}", a.placement,
+                   p.num_experts, a.experts);
+      e2d = p.layer(a.layer).expert_to_device;
+      similarity = p.layer(a.layer).similarity;
+    } else {
+      e2d.resize(a.experts);
+      for (int e = 0; e < a.experts; ++e) e2d[e] = e * D / a.experts;
+    }
+    for (int m : a.prune_devices) OCCULT_CHECK(m >= 1 && m <= D, "--prune-devices {}: expected in [1, D={}]", m, D);
+    parse_prune_scheme_flag(a.prune_scheme);
+  });
+
+  std::vector<Variant> variants = {{"standard", DispatchKind::kStandard, 0}, {"occult", DispatchKind::kOccult, 0}};
+  for (int m : a.prune_devices) variants.push_back({fmt::format("occult-pruned-M{}", m), DispatchKind::kOccult, m});
+
+  const std::int64_t T = a.tokens_per_rank, H = a.hidden, E = a.experts, k = a.top_k;
+  std::vector<float> x(T * H), dy(T * H), y(T * H), dx(T * H);
+  for (std::int64_t i = 0; i < T * H; ++i) {
+    x[i] = moe_init_value(a.seed + 1000 + rank, 0, i, 1.0f);
+    dy[i] = moe_init_value(a.seed + 2000 + rank, 0, i, 1.0f);
+  }
+  ImposedRouting imposed;
+  if (!a.routing_trace.empty()) {
+    agree_on_errors(comm, [&] { imposed = routing_from_trace(trace, a.layer, rank, D, T); });
+  }
+
+  const bool show = rank == 0 && !a.json;
+  const int steps_per_variant = a.warmup + 1 + a.iters;
+  ProgressBar progress("bench layer", static_cast<std::int64_t>(variants.size()) * steps_per_variant, show);
+  std::int64_t step = 0;
+  std::vector<VariantResult> results;
+  double sgemm_gflops = 0;
+  for (const Variant& v : variants) {
+    MoeLayerConfig config = base;
+    config.dispatch = v.dispatch;
+    ImposedRouting routing = imposed;
+    if (v.prune_devices > 0) {
+      config.prune.max_devices = v.prune_devices;
+      config.prune.scheme = parse_prune_scheme_flag(a.prune_scheme);
+      config.prune.similarity = similarity;
+      if (!a.routing_trace.empty()) {
+        // The imposed routing bypasses the router, so prune it here with the same rules.
+        agree_on_errors(comm, [&] {
+          PruneConfig pc;
+          pc.num_experts = static_cast<int>(E);
+          pc.top_k = static_cast<int>(k);
+          pc.num_devices = D;
+          pc.max_devices = v.prune_devices;
+          pc.scheme = config.prune.scheme;
+          PruneWorkspace ws;
+          prune_routing(routing.ids, routing.weights, routing.probs, T, e2d, similarity, pc, ws);
+        });
+      }
+    }
+    MoeLayer layer(comm, config, e2d);
+    layer.init_random(a.seed, 1.0f / std::sqrt(static_cast<float>(H)));
+    auto run_once = [&](bool backward) {
+      if (a.routing_trace.empty()) {
+        layer.forward(x, T, y);
+      } else {
+        layer.forward_with_routing(x, T, routing.ids, routing.weights, y);
+      }
+      if (backward) layer.backward(dy, {}, dx);
+    };
+    for (int w = 0; w < a.warmup; ++w) {
+      run_once(a.backward);
+      progress.update(++step, v.name + " warm-up");
+    }
+    comm.bytes().reset();
+    run_once(a.backward);
+    progress.update(++step, v.name + " bytes");
+    VariantResult r;
+    r.variant = v;
+    r.bytes = sum_over_ranks(comm);
+    std::vector<double> distinct = {0.0};
+    for (std::int64_t t = 0; t < T; ++t) {
+      std::vector<int> devices;
+      for (std::int64_t s = 0; s < k; ++s) devices.push_back(e2d[layer.topk_ids()[t * k + s]]);
+      std::sort(devices.begin(), devices.end());
+      distinct[0] += static_cast<double>(std::unique(devices.begin(), devices.end()) - devices.begin());
+    }
+    comm.all_reduce_sum(distinct);
+    r.replicas_per_token = T > 0 ? distinct[0] / (static_cast<double>(T) * D) : 0;
+
+    std::vector<double> fwd, bwd, gflops, bwd_gflops;
+    for (int it = 0; it < a.iters; ++it) {
+      comm.barrier();
+      auto t0 = std::chrono::steady_clock::now();
+      if (a.routing_trace.empty()) {
+        layer.forward(x, T, y);
+      } else {
+        layer.forward_with_routing(x, T, routing.ids, routing.weights, y);
+      }
+      // [time, expert flops, expert seconds] of the slowest rank / summed over ranks.
+      std::vector<double> slowest = {seconds_since(t0)};
+      std::vector<double> work = {layer.forward_expert_flops(), layer.timings().forward_experts, 0, 0};
+      if (a.backward) {
+        comm.barrier();
+        t0 = std::chrono::steady_clock::now();
+        layer.backward(dy, {}, dx);
+        slowest.push_back(seconds_since(t0));
+        work[2] = layer.backward_expert_flops();
+        work[3] = layer.timings().backward_experts;
+      }
+      comm.all_reduce_max(slowest);
+      comm.all_reduce_sum(work);
+      fwd.push_back(slowest[0] * 1e3);
+      if (a.backward) bwd.push_back(slowest[1] * 1e3);
+      if (work[1] > 0) gflops.push_back(work[0] / work[1] / 1e9);
+      if (work[3] > 0) bwd_gflops.push_back(work[2] / work[3] / 1e9);
+      progress.update(++step, fmt::format("{} fwd {:.2f} ms", v.name, fwd.back()));
+    }
+    r.forward_ms = median(fwd);
+    r.backward_ms = median(bwd);
+    r.expert_gflops = median(gflops);
+    r.backward_expert_gflops = median(bwd_gflops);
+    std::vector<double> rss = {peak_rss_mb()};
+    comm.all_reduce_max(rss);
+    r.peak_rss_mb = rss[0];
+    if (v.dispatch == DispatchKind::kStandard && v.prune_devices == 0) {
+      // The sgemm ceiling for the shapes this rank's experts just computed.
+      const ReceivePlan& rp = layer.receive_plan();
+      std::vector<std::int64_t> rows_per_expert;
+      for (int l = 0; l < rp.num_local_experts; ++l) rows_per_expert.push_back(rp.expert_offsets[l + 1] - rp.expert_offsets[l]);
+      std::vector<double> rate = {sgemm_baseline_gflops(rows_per_expert, a.hidden, a.ffn, a.iters)};
+      comm.all_reduce_sum(rate);
+      sgemm_gflops = rate[0] / D;
+    }
+    results.push_back(r);
+  }
+  progress.finish();
+  const double base_ms = results[0].forward_ms + results[0].backward_ms;
+  for (auto& r : results) r.speedup = (r.forward_ms + r.backward_ms) > 0 ? base_ms / (r.forward_ms + r.backward_ms) : 0;
+  if (rank != 0) return;
+
+  if (a.json) {
+    nlohmann::json doc;
+    doc["num_devices"] = D;
+    doc["experts"] = a.experts;
+    doc["top_k"] = a.top_k;
+    doc["hidden"] = a.hidden;
+    doc["ffn"] = a.ffn;
+    doc["tokens_per_rank"] = a.tokens_per_rank;
+    doc["iters"] = a.iters;
+    doc["routing_trace"] = a.routing_trace;
+    doc["placement"] = a.placement.empty() ? "contiguous" : a.placement;
+    doc["sgemm_gflops"] = sgemm_gflops;
+    doc["variants"] = nlohmann::json::array();
+    for (const auto& r : results) {
+      nlohmann::json v;
+      v["name"] = r.variant.name;
+      v["dispatch"] = dispatch_kind_name(r.variant.dispatch);
+      v["prune_devices"] = r.variant.prune_devices;
+      v["replicas_per_token"] = r.replicas_per_token;
+      nlohmann::json bytes, remote;
+      for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
+        bytes[name] = r.bytes.at(name).total_bytes();
+        remote[name] = r.bytes.at(name).remote_bytes;
+      }
+      v["bytes"] = bytes;
+      v["remote_bytes"] = remote;
+      v["metadata_bytes"] = r.bytes.at(kExchangeMetadata).total_bytes();
+      v["forward_ms"] = r.forward_ms;
+      v["backward_ms"] = r.backward_ms;
+      v["speedup"] = r.speedup;
+      v["expert_gflops"] = r.expert_gflops;
+      v["backward_expert_gflops"] = r.backward_expert_gflops;
+      v["expert_vs_sgemm"] = sgemm_gflops > 0 ? r.expert_gflops / sgemm_gflops : 0;
+      v["peak_rss_mb"] = r.peak_rss_mb;
+      doc["variants"].push_back(v);
+    }
+    std::cout << doc.dump(2) << "\n";
+    return;
+  }
+  fmt::print("MoE layer: E={} k={} H={} F={}, {} tokens/rank on {} ranks, placement {}, routing {}\n", a.experts,
+             a.top_k, a.hidden, a.ffn, T, D, a.placement.empty() ? "contiguous" : a.placement,
+             a.routing_trace.empty() ? "random router" : a.routing_trace);
+  TextTable table({"variant", "C_T", "dispatch MB", "remote MB", "combine MB", "bwd disp MB", "bwd comb MB",
+                   "fwd ms", "bwd ms", "speed-up", "expert GF/s", "% sgemm", "RSS MB"});
+  auto mb = [](std::int64_t b) { return fmt::format("{:.2f}", b / 1e6); };
+  for (const auto& r : results) {
+    table.add_row({r.variant.name, fmt::format("{:.3f}", r.replicas_per_token),
+                   mb(r.bytes.at(kExchangeDispatch).total_bytes()), mb(r.bytes.at(kExchangeDispatch).remote_bytes),
+                   mb(r.bytes.at(kExchangeCombine).total_bytes()),
+                   mb(r.bytes.at(kExchangeBackwardDispatch).total_bytes()),
+                   mb(r.bytes.at(kExchangeBackwardCombine).total_bytes()), fmt::format("{:.2f}", r.forward_ms),
+                   a.backward ? fmt::format("{:.2f}", r.backward_ms) : "-", fmt::format("{:.2f}x", r.speedup),
+                   fmt::format("{:.1f}", r.expert_gflops),
+                   sgemm_gflops > 0 ? fmt::format("{:.0f}%", 100 * r.expert_gflops / sgemm_gflops) : "-",
+                   fmt::format("{:.0f}", r.peak_rss_mb)});
+  }
+  std::cout << table.render();
+  fmt::print("sgemm on the same shapes: {:.1f} GFLOP/s per rank; bytes summed over ranks, one iteration; times are "
+             "medians of {} iterations (slowest rank)\n", sgemm_gflops, a.iters);
+}
+
+void setup(CLI::App& root) {
+  CLI::App& group = command_group(root, "bench", "Benchmarks");
+  auto args = std::make_shared<BenchLayerArgs>();
+  CLI::App* cmd = group.add_subcommand("layer", "Standard vs occult dispatch on one MoE layer (under mpirun)");
+  cmd->add_option("--experts", args->experts, "E")->capture_default_str();
+  cmd->add_option("--top-k", args->top_k, "k")->capture_default_str();
+  cmd->add_option("--hidden", args->hidden, "H")->capture_default_str();
+  cmd->add_option("--ffn", args->ffn, "F, each expert's SwiGLU width")->capture_default_str();
+  cmd->add_option("--tokens-per-rank", args->tokens_per_rank, "tokens each rank holds")->capture_default_str();
+  cmd->add_option("--placement", args->placement, "placement JSON (default: contiguous)");
+  cmd->add_option("--layer", args->layer, "layer of the placement and the trace")->capture_default_str();
+  cmd->add_option("--routing-trace", args->routing_trace,
+                  "impose a real trace layer's top-k ids and weights instead of the random router");
+  cmd->add_flag("--backward", args->backward, "also time the backward pass");
+  cmd->add_flag("--norm-topk-prob", args->norm_topk_prob, "normalise the top-k probabilities");
+  cmd->add_option("--iters", args->iters, "timed iterations (medians are reported)")->capture_default_str();
+  cmd->add_option("--warmup", args->warmup, "untimed iterations first")->capture_default_str();
+  cmd->add_option("--prune-devices", args->prune_devices, "add a pruned occult variant per M (repeatable)");
+  cmd->add_option("--prune-scheme", args->prune_scheme, "score, similarity or device-limited")->capture_default_str();
+  cmd->add_option("--seed", args->seed, "weights and inputs seed")->capture_default_str();
+  cmd->add_flag("--json", args->json, "print JSON on stdout instead of the table");
+  cmd->callback([args] { run_on_world([&](Communicator& comm) { run_bench(*args, comm); }); });
+}
+
+OCCULT_REGISTER_COMMAND("bench layer", setup);
+
+}  // namespace
+}  // namespace occult::cli
