@@ -171,6 +171,7 @@ void run_prune(const PruneArgs& args) {
   PruneWorkspace workspace;
   Trace pruned_trace;
   std::vector<std::vector<LayerResult>> results(budgets.size());
+  std::vector<std::string> infeasible(budgets.size());  // non-empty: why budget b cannot be met
   double prune_seconds = 0;
   std::int64_t pruned_tokens = 0;
   ProgressBar progress("prune", static_cast<std::int64_t>(budgets.size()) * trace.num_layers(), !args.json);
@@ -185,6 +186,20 @@ void run_prune(const PruneArgs& args) {
     config.scheme = *scheme;
     config.weights = *weights;
     config.norm_topk_prob = args.norm_topk_prob;
+    if (all) {
+      // Under `all`, a budget whose devices cannot hold k experts in some layer is reported
+      // as infeasible rather than aborting the table (a single M is a hard error).
+      std::string why;
+      for (int l = 0; l < trace.num_layers() && why.empty(); ++l) {
+        const int capacity = min_kept_capacity(config, placement.layer(l).expert_to_device);
+        if (capacity < k) why = fmt::format("layer {}: kept devices may hold only {} < k={} experts", l, capacity, k);
+      }
+      if (!why.empty()) {
+        infeasible[b] = why;
+        progress.update(static_cast<std::int64_t>(b + 1) * trace.num_layers(), fmt::format("M={} infeasible", budgets[b]));
+        continue;
+      }
+    }
     Trace pruned = trace;
     for (int l = 0; l < trace.num_layers(); ++l) {
       LayerRouting& layer = pruned.layers[l];
@@ -224,6 +239,13 @@ void run_prune(const PruneArgs& args) {
     return h;
   }());
   for (std::size_t b = 0; b < budgets.size(); ++b) {
+    if (!infeasible[b].empty()) {
+      out["results"].push_back({{"max_devices", budgets[b]}, {"infeasible", infeasible[b]}});
+      std::vector<std::string> cells = {std::to_string(budgets[b]), "infeasible: " + infeasible[b]};
+      cells.resize(kColumns.size() + 1, "-");
+      budget_table.add_row(cells);
+      continue;
+    }
     std::vector<Row> rows;
     for (const LayerResult& r : results[b]) rows.push_back(row_of(r, k));
     const Row mean = mean_of(rows);
