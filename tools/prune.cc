@@ -241,8 +241,9 @@ void run_prune(const PruneArgs& args) {
   for (std::size_t b = 0; b < budgets.size(); ++b) {
     if (!infeasible[b].empty()) {
       out["results"].push_back({{"max_devices", budgets[b]}, {"infeasible", infeasible[b]}});
-      std::vector<std::string> cells = {std::to_string(budgets[b]), "infeasible: " + infeasible[b]};
-      cells.resize(kColumns.size() + 1, "-");
+      std::vector<std::string> cells(kColumns.size() + 1, "-");
+      cells[0] = std::to_string(budgets[b]);
+      cells[2] = "infeasible";
       budget_table.add_row(cells);
       continue;
     }
@@ -285,7 +286,12 @@ void run_prune(const PruneArgs& args) {
     std::cout << out.dump(2) << "\n";
     return;
   }
-  if (all) fmt::print("{}", budget_table.render());
+  if (all) {
+    fmt::print("{}", budget_table.render());
+    for (std::size_t b = 0; b < budgets.size(); ++b) {
+      if (!infeasible[b].empty()) fmt::print("M={} infeasible: {}\n", budgets[b], infeasible[b]);
+    }
+  }
   fmt::print("pruned {} layers x {} tokens (top-{} of {} experts, {} devices) with scheme '{}', weights '{}'{}{}; "
              "{:.2e} tokens/s; {}{:.2f} s\n",
              trace.num_layers(), trace.num_tokens(), k, e, d, args.scheme, args.weights,
