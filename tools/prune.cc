@@ -219,7 +219,13 @@ void run_prune(const PruneArgs& args) {
       progress.update(static_cast<std::int64_t>(b) * trace.num_layers() + l + 1,
                       fmt::format("M={} layer {}", budgets[b], l));
     }
-    if (!all) pruned_trace = std::move(pruned);
+    if (!all) {
+      // Provenance: the pruned trace says how it was made (free text, read by nobody's code).
+      pruned.dataset = fmt::format("{} | occult prune --max-devices {} --scheme {} --weights {}{}", trace.dataset,
+                                   budgets[b], args.scheme, args.weights,
+                                   args.max_nodes > 0 ? fmt::format(" --max-nodes {}", args.max_nodes) : "");
+      pruned_trace = std::move(pruned);
+    }
   }
   progress.finish(fmt::format("{:.0f} tokens/s", prune_seconds > 0 ? pruned_tokens / prune_seconds : 0.0));
 
