@@ -19,7 +19,7 @@ mpirun --allow-run-as-root --oversubscribe -x OPENBLAS_NUM_THREADS=1 -np "$ranks
     --config "$here/configs/demo.json" \
     --data "$here/data/corpus/tinyshakespeare.txt" \
     --dispatch occult \
-    --steps 300 --batch 16 --seq-len 128 --lr 3e-3 --warmup 30 \
+    --steps 400 --batch 16 --seq-len 128 --lr 3e-3 --warmup 30 \
     --eval-every 100 --eval-sequences 64 --seed 1234 \
     --save "$out/checkpoint" --log "$out/train.jsonl" "$@"
 
