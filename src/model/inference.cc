@@ -1,5 +1,6 @@
 #include "occult/model/inference.h"
 
+#include <cblas.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -76,6 +77,39 @@ void attention_decode_row(float* out, float* scores, const float* q, const float
       const float a = scores[s] * inv;
       const float* vh = values + static_cast<std::int64_t>(s) * C + h * hs;
       for (int i = 0; i < hs; ++i) oh[i] += a * vh[i];
+    }
+  }
+}
+
+// Causal attention of one prompt in blocks of `block` query rows: q,k,v,out [len, C] with row
+// stride C (heads in columns); scratch [block, len]. Per block and head: scores = scale * Q K^T
+// over the keys up to the block's last row, causal softmax as attention_forward, out = P V.
+void attention_prefill_blocked(float* out, float* scratch, const float* q, const float* k, const float* v,
+                               int len, int C, int NH, int block) {
+  const int hs = C / NH;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  for (int h = 0; h < NH; ++h) {
+    for (int r0 = 0; r0 < len; r0 += block) {
+      const int rows = std::min(block, len - r0);
+      const int keys = r0 + rows;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
+                  q + static_cast<std::int64_t>(r0) * C + h * hs, C, k + h * hs, C, 0.0f, scratch, keys);
+      for (int i = 0; i < rows; ++i) {
+        float* row = scratch + static_cast<std::int64_t>(i) * keys;
+        const int t = r0 + i;
+        float maxv = row[0];
+        for (int s = 1; s <= t; ++s) maxv = std::max(maxv, row[s]);
+        float sum = 0.0f;
+        for (int s = 0; s <= t; ++s) {
+          row[s] = std::exp(row[s] - maxv);
+          sum += row[s];
+        }
+        const float inv = 1.0f / sum;
+        for (int s = 0; s <= t; ++s) row[s] *= inv;
+        for (int s = t + 1; s < keys; ++s) row[s] = 0.0f;
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f, scratch, keys, v + h * hs, C,
+                  0.0f, out + static_cast<std::int64_t>(r0) * C + h * hs, C);
     }
   }
 }
@@ -217,9 +251,13 @@ void InferenceEngine::forward_rows(bool prefill) {
   const std::int64_t n_out = static_cast<std::int64_t>(out_rows_.size());
   grow(lnf_, n_out * H);
   grow(logits_, n_out * V);
+  const int block = options_.attention_block_rows > 0 ? options_.attention_block_rows : kDefaultAttentionBlockRows;
   int longest = 0;
   for (const auto& seg : segments_) longest = std::max(longest, seg.length);
-  grow(att_, prefill ? static_cast<std::int64_t>(NH) * longest * longest : T);
+  const std::int64_t att_floats = !prefill              ? T
+                                  : longest <= block ? static_cast<std::int64_t>(NH) * longest * longest
+                                                     : static_cast<std::int64_t>(block) * longest;
+  grow(att_, att_floats);
 
   float* x = x_.data();
   embedding_forward(x, tokens_.data(), embed_, N, H);
@@ -232,13 +270,19 @@ void InferenceEngine::forward_rows(bool prefill) {
     matmul_forward(k_.data(), ln_.data(), w.k, N, H, H);
     matmul_forward(v_.data(), ln_.data(), w.v, N, H, H);
     if (prefill) {
-      // Each prompt starts at position 0: the model's own RoPE and attention kernels per prompt.
+      // Each prompt starts at position 0: the model's own RoPE and attention kernels per prompt
+      // (blocked attention, same arithmetic per score, for prompts longer than a block).
       for (const auto& seg : segments_) {
         const std::int64_t off = seg.first_row * H;
         rope_forward(q_.data() + off, 1, seg.length, NH, hs, c.rope_theta);
         rope_forward(k_.data() + off, 1, seg.length, NH, hs, c.rope_theta);
-        attention_forward(atty_.data() + off, att_.data(), q_.data() + off, k_.data() + off, v_.data() + off, 1,
-                          seg.length, H, NH);
+        if (seg.length <= block) {
+          attention_forward(atty_.data() + off, att_.data(), q_.data() + off, k_.data() + off, v_.data() + off, 1,
+                            seg.length, H, NH);
+        } else {
+          attention_prefill_blocked(atty_.data() + off, att_.data(), q_.data() + off, k_.data() + off,
+                                    v_.data() + off, seg.length, H, NH, block);
+        }
       }
     } else {
       rope_at_positions(q_.data(), row_pos_.data(), N, NH, hs, c.rope_theta);

@@ -17,6 +17,10 @@
 #include "occult/model/inference.h"
 
 namespace occult {
+
+// Test names and failure lines print the dispatch by name.
+void PrintTo(Dispatch dispatch, std::ostream* os) { *os << dispatch_name(dispatch); }
+
 namespace {
 
 constexpr std::uint64_t kSeed = 11;
@@ -72,18 +76,21 @@ class InferenceMpiTest : public ::testing::TestWithParam<Dispatch> {
   MpiCommunicator comm{MPI_COMM_WORLD};
 };
 
-TEST_P(InferenceMpiTest, KvCacheDecodeReproducesTheFullForwardAtEveryPosition) {
+// Prefills each test sequence's first prompt_lengths[s] tokens, decodes the rest one token at a
+// time, and compares every returned logits row with the full forward; returns the rows checked
+// over all ranks in *rows_checked.
+void check_cached_decoding(Communicator& comm, Dispatch dispatch, const std::vector<int>& prompt_lengths,
+                           int attention_block_rows, std::int64_t* rows_checked) {
   const ModelConfig config = test_config();
   SelfCommunicator self;
   MoeTransformer reference(config, self, {}, /*local_reference=*/true);
   reference.init_weights(kSeed);
   ParallelOptions parallel;
-  parallel.dispatch = GetParam();
+  parallel.dispatch = dispatch;
   MoeTransformer model(config, comm, parallel);
   model.init_weights(kSeed);
 
   const auto seqs = test_sequences(config.vocab_size);
-  const std::vector<int> prompt_lengths = {1, 4, 5, 3, 6};  // sequence 2 is all prompt
   const Share share = rank_share(static_cast<std::int64_t>(seqs.size()), comm.rank(), comm.size());
   std::vector<std::vector<std::int32_t>> prompts;
   std::vector<std::vector<float>> expected;
@@ -92,7 +99,9 @@ TEST_P(InferenceMpiTest, KvCacheDecodeReproducesTheFullForwardAtEveryPosition) {
     expected.push_back(full_forward_logits(reference, seqs[s]));
   }
   const int n = static_cast<int>(prompts.size());
-  InferenceEngine engine(model, {.max_sequences = n, .max_length = config.max_position_embeddings});
+  InferenceEngine engine(model, {.max_sequences = n,
+                                 .max_length = config.max_position_embeddings,
+                                 .attention_block_rows = attention_block_rows});
   const int V = config.vocab_size;
   const auto row = [&](const std::vector<float>& logits, int t) {
     return std::span<const float>(logits).subspan(static_cast<std::size_t>(t) * V, V);
@@ -134,7 +143,23 @@ TEST_P(InferenceMpiTest, KvCacheDecodeReproducesTheFullForwardAtEveryPosition) {
   }
   std::int64_t total = checked;
   comm.all_reduce_sum(std::span<std::int64_t>(&total, 1));
-  EXPECT_EQ(total, 8 + 8 + 0 + 13 + 1);  // every non-prompt position was decoded once
+  *rows_checked = total;
+}
+
+TEST_P(InferenceMpiTest, KvCacheDecodeReproducesTheFullForwardAtEveryPosition) {
+  // Sequence lengths 9, 12, 5, 16, 7; sequence 2 is all prompt. Every non-prompt position is
+  // decoded once: 8 + 8 + 0 + 13 + 1.
+  std::int64_t rows = 0;
+  check_cached_decoding(comm, GetParam(), {1, 4, 5, 3, 6}, 0, &rows);
+  EXPECT_EQ(rows, 30);
+}
+
+TEST_P(InferenceMpiTest, BlockedPrefillAttentionMatchesTheFullForward) {
+  // Blocks of 2 query rows: every prompt but the 1-token one takes the blocked path, and the
+  // decode steps after it read the keys and values it cached.
+  std::int64_t rows = 0;
+  check_cached_decoding(comm, GetParam(), {9, 7, 1, 10, 6}, 2, &rows);
+  EXPECT_EQ(rows, 0 + 5 + 4 + 6 + 1);
 }
 
 TEST_P(InferenceMpiTest, GenerationIsDeterministicAndMatchesTheOneRankRun) {

@@ -33,7 +33,14 @@ struct InferenceOptions {
   std::int64_t max_sequences = 1;  // KV-cache slots on this rank (its share of the batch)
   int max_length = 0;              // positions per slot, prompt + generated; 0 = max_position_embeddings
   std::int64_t memory_limit_bytes = kDefaultKvMemoryLimitBytes;  // KV-cache budget of this rank
+  // Prefill attention: prompts longer than this many tokens are processed in blocks of this many
+  // query rows, so the score scratch is O(block x len) instead of the whole-prompt kernel's
+  // O(NH x len^2) (4 GiB for one 16k-token prompt with 4 heads). 0 = kDefaultAttentionBlockRows.
+  int attention_block_rows = 0;
 };
+
+// Query rows per prefill attention block when InferenceOptions::attention_block_rows is 0.
+inline constexpr int kDefaultAttentionBlockRows = 1024;
 
 // Bytes of a KV cache of `sequences` slots x `max_length` positions: 2 (K, V) * L * H floats each.
 std::int64_t kv_cache_bytes(const ModelConfig& config, std::int64_t sequences, int max_length);
