@@ -197,6 +197,61 @@ TEST(MoeLayerPayload, EveryRowLandsWhereThePlanSays) {
   }
 }
 
+// Standard dispatch with a capacity factor drops assignments beyond ceil(c*T*k/E) per expert
+// and rank; the result must equal the reference with the dropped slots' weights set to zero
+// (per-token arithmetic, so each rank checks its own tokens against the reference).
+TEST(MoeLayerCapacity, DroppedSlotsContributeNothing) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  MoeLayerConfig c;
+  c.num_experts = 4;
+  c.top_k = 2;
+  c.hidden_size = 3;
+  c.ffn_size = 2;
+  c.dispatch = DispatchKind::kStandard;
+  c.capacity_factor = 0.5;
+  const std::vector<int> placement = make_placement(4, D, true);
+  const std::int64_t n = 6 + rank, H = 3, k = 2;
+  // Every token picks experts 0 and (t % 3) + 1: expert 0 overflows its capacity of 3.
+  std::vector<std::int32_t> ids;
+  std::vector<float> weights;
+  for (std::int64_t t = 0; t < n; ++t) {
+    ids.insert(ids.end(), {0, static_cast<std::int32_t>(t % 3 + 1)});
+    weights.insert(weights.end(), {0.75f, 0.25f});
+  }
+  const auto x = random_values(n * H, 30 + rank), dy = random_values(n * H, 40 + rank);
+  MoeLayer layer(comm, c, placement);
+  layer.init_random(8, 0.5f);
+  std::vector<float> y(n * H), dx(n * H);
+  layer.forward_with_routing(x, n, ids, weights, y);
+  layer.backward(dy, {}, dx);
+  const std::int64_t capacity = (n * k + 4 * 2 - 1) / (4 * 2);  // ceil(0.5 * n * k / E)
+  std::int64_t dropped = 0;
+  std::vector<float> kept = weights;
+  for (std::int64_t i = 0; i < n * k; ++i) {
+    if (layer.plan().dropped[i]) {
+      kept[i] = 0.0f;
+      ++dropped;
+    }
+  }
+  std::vector<std::int64_t> load(4, 0);
+  for (std::int32_t id : ids) ++load[id];
+  std::int64_t expected_dropped = 0;
+  for (std::int64_t l : load) expected_dropped += std::max<std::int64_t>(0, l - capacity);
+  EXPECT_EQ(dropped, expected_dropped);
+  EXPECT_GE(dropped, n - capacity);  // expert 0 alone overflows
+  MoeLayerConfig rc = c;
+  rc.capacity_factor = 0;
+  ReferenceMoeWeights w = ReferenceMoeWeights::random(rc, 8, 0.5f);
+  ReferenceMoeState s;
+  std::vector<float> y_ref(n * H), dx_ref(n * H);
+  reference_moe_forward_with_routing(rc, w, x, n, ids, kept, s, y_ref);
+  ReferenceMoeWeights g = ReferenceMoeWeights::zeros(rc);
+  reference_moe_backward(rc, w, s, x, dy, {}, dx_ref, g);
+  EXPECT_LT(relative_error(y, y_ref), 1e-5);
+  EXPECT_LT(relative_error(dx, dx_ref), 1e-5);
+}
+
 // Expects `call` to throw occult::Error on this rank with `fragment` in the message.
 template <typename F>
 void expect_collective_error(F&& call, const std::string& fragment) {
