@@ -73,6 +73,34 @@ TEST_F(TrainMpiTest, DispatchersMatchTheOneRankRunFor20Steps) {
   }
 }
 
+TEST_F(TrainMpiTest, InterleavedPlacementGivesTheSameLossAsTheOneRankRun) {
+  SelfCommunicator self;
+  TrainOptions o = tiny_options(Dispatch::kOccult);
+  o.steps = 10;
+  const auto reference = losses(train(o, self));
+  // Expert e on device e % D: non-contiguous, every device still holds floor or ceil(E/D).
+  const int D = comm.size(), E = o.config.num_experts;
+  Placement p = contiguous_placement(E, D, o.config.num_hidden_layers);
+  p.strategy = "interleaved";
+  for (auto& layer : p.layers) {
+    for (int e = 0; e < E; ++e) layer.expert_to_device[e] = e % D;
+  }
+  const std::string path = shared_dir("interleaved", D) + ".json";
+  if (comm.rank() == 0) save_placement(p, path);
+  comm.barrier();
+  o.placement_path = path;
+  for (Dispatch d : {Dispatch::kStandard, Dispatch::kOccult}) {
+    o.dispatch = d;
+    const auto got = losses(train(o, comm));
+    ASSERT_EQ(got.size(), reference.size());
+    for (std::size_t i = 0; i < got.size(); ++i) {
+      EXPECT_NEAR(got[i], reference[i], 1e-4 * std::abs(reference[i])) << dispatch_name(d) << " step " << i + 1;
+    }
+  }
+  comm.barrier();
+  if (comm.rank() == 0) fs::remove(path);
+}
+
 TEST_F(TrainMpiTest, ResumeAfter10Of20StepsReproducesTheUninterruptedRun) {
   const auto full = losses(train(tiny_options(Dispatch::kOccult), comm));
   const std::string dir = shared_dir("resume", comm.size());
