@@ -45,6 +45,8 @@ struct LayerCase {
   bool prune;
   std::int64_t global_tokens;
   ScoreFunction score = ScoreFunction::kSoftmax;
+  PruneScheme prune_scheme = PruneScheme::kScore;
+  PruneWeights prune_weights = PruneWeights::kKeep;
 };
 
 class MoeLayerVsReference : public ::testing::TestWithParam<LayerCase> {};
@@ -61,7 +63,11 @@ TEST_P(MoeLayerVsReference, OutputsGradientsAndBytesMatch) {
   c.norm_topk_prob = lc.norm;
   c.score_function = lc.score;
   c.dispatch = lc.dispatch;
-  if (lc.prune) c.prune.max_devices = std::max(1, D / 2);
+  if (lc.prune) {
+    c.prune.max_devices = std::max(1, D / 2);
+    c.prune.scheme = lc.prune_scheme;
+    c.prune.weights = lc.prune_weights;
+  }
   const std::vector<int> placement = make_placement(c.num_experts, D, lc.scattered);
   const std::int64_t T = lc.global_tokens, H = c.hidden_size, E = c.num_experts, k = c.top_k;
   const std::int64_t lo = first_token(T, rank, D), n = first_token(T, rank + 1, D) - lo;
@@ -140,7 +146,11 @@ INSTANTIATE_TEST_SUITE_P(
                       // Fewer tokens than ranks: some ranks have none.
                       LayerCase{"occult_few_tokens", DispatchKind::kOccult, false, true, 5, 2, false, 2},
                       LayerCase{"occult_pruned", DispatchKind::kOccult, true, true, 8, 2, true, 12},
-                      LayerCase{"standard_pruned", DispatchKind::kStandard, false, false, 8, 2, true, 12}),
+                      LayerCase{"standard_pruned", DispatchKind::kStandard, false, false, 8, 2, true, 12},
+                      LayerCase{"occult_pruned_recompute", DispatchKind::kOccult, true, true, 8, 2, true, 12,
+                                ScoreFunction::kSoftmax, PruneScheme::kScore, PruneWeights::kRecompute},
+                      LayerCase{"occult_pruned_device_limited", DispatchKind::kOccult, false, false, 8, 2, true, 12,
+                                ScoreFunction::kSoftmax, PruneScheme::kDeviceLimited, PruneWeights::kKeep}),
     [](const auto& info) { return std::string(info.param.name); });
 
 // x[t][c] = t * H + c for the global token t: every received row names its source token, and
