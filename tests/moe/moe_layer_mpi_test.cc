@@ -119,6 +119,12 @@ TEST_P(MoeLayerVsReference, OutputsGradientsAndBytesMatch) {
       std::sort(devices.begin(), devices.end());
       devices.erase(std::unique(devices.begin(), devices.end()), devices.end());
     }
+    if (lc.prune) {
+      std::vector<int> distinct = devices;
+      std::sort(distinct.begin(), distinct.end());
+      distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+      EXPECT_LE(static_cast<int>(distinct.size()), c.prune.max_devices) << "token " << t;
+    }
     rows_total += static_cast<std::int64_t>(devices.size());
     rows_remote += std::count_if(devices.begin(), devices.end(), [&](int d) { return d != home; });
   }
