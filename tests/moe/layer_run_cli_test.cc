@@ -91,6 +91,7 @@ struct CliCase {
   const char* dispatch;
   bool norm;
   bool placement;
+  int prune_devices = 0;
 };
 
 class LayerRunCli : public ::testing::TestWithParam<CliCase> {};
@@ -103,6 +104,7 @@ TEST_P(LayerRunCli, WritesTheReferenceOutputsAndGradients) {
   std::string args = "--weights " + f.weights + " --input " + f.input + " --dispatch " + cc.dispatch +
                      " --grad-output " + f.grad + " --out " + f.out;
   if (cc.norm) args += " --norm-topk-prob";
+  if (cc.prune_devices > 0) args += " --prune-devices " + std::to_string(cc.prune_devices);
   if (cc.placement) {
     Placement p;
     p.num_experts = kE;
@@ -118,6 +120,7 @@ TEST_P(LayerRunCli, WritesTheReferenceOutputsAndGradients) {
   ASSERT_EQ(run(cc.ranks, args, f), 0) << read_text(f.err);
 
   MoeLayerConfig c = config(cc.norm);
+  c.prune.max_devices = cc.prune_devices;
   ReferenceMoeWeights w = ReferenceMoeWeights::random(c, 5, 0.7f);
   const auto x = random_values(kT * kH, 6), dy = random_values(kT * kH, 7);
   ReferenceMoeState s;
@@ -157,7 +160,8 @@ TEST_P(LayerRunCli, WritesTheReferenceOutputsAndGradients) {
 INSTANTIATE_TEST_SUITE_P(Runs, LayerRunCli,
                          ::testing::Values(CliCase{"standard_1", 1, "standard", false, false},
                                            CliCase{"occult_3_placement", 3, "occult", true, true},
-                                           CliCase{"standard_3", 3, "standard", false, false}),
+                                           CliCase{"standard_3", 3, "standard", false, false},
+                                           CliCase{"occult_3_pruned", 3, "occult", true, true, 1}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(LayerRunCli, PlacementForAnotherDeviceCountFailsWithOneMessage) {
