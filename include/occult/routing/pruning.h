@@ -124,7 +124,10 @@ int min_kept_capacity(const PruneConfig& config, std::span<const int> expert_to_
 // empty: then p is known for the selected experts only (their weight, or 1 each for ids only)
 // and every other candidate ranks below all recorded ones, by ascending expert id.
 // similarity[E, E]: expert similarity, needed by kSimilarity only. kRecompute needs
-// router_probs and weights. With kKeep a replacement takes the slot and weight of the expert
+// router_probs and weights. Replaced experts are taken in descending p; under kScore and
+// kDeviceLimited the i-th best candidate replaces the i-th of them. When a node budget stops
+// the walk short of devices holding k experts, the kept nodes' other devices join, lowest id
+// first, until they do (at most M devices in all). With kKeep a replacement takes the slot and weight of the expert
 // it replaces (rows stay in descending weight); with kRecompute each changed row is re-sorted
 // by new weight, descending, ties to the lower id. Tokens already within budget are unchanged.
 // Throws occult::Error naming the token on bad ids and on NaN probabilities.
