@@ -94,6 +94,24 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
       validate_prune_config(pc, expert_to_device_, config_.prune.similarity);
     }
   });
+  {
+    // Every rank must build the same layer: a hash of what the exchanges depend on, compared
+    // as max == min over ranks (one reduction), catches a rank given another config or placement.
+    std::uint64_t h = 1469598103934665603ull;
+    auto mix = [&](std::int64_t v) { h = (h ^ static_cast<std::uint64_t>(v)) * 1099511628211ull; };
+    for (std::int64_t v : {std::int64_t(config_.num_experts), std::int64_t(config_.top_k),
+                           std::int64_t(config_.hidden_size), std::int64_t(config_.ffn_size),
+                           std::int64_t(config_.dispatch), std::int64_t(config_.prune.max_devices)}) {
+      mix(v);
+    }
+    for (int d : expert_to_device_) mix(d);
+    const auto hash = static_cast<std::int64_t>(h >> 2);
+    std::vector<std::int64_t> extremes = {hash, -hash};
+    comm_.all_reduce_max(extremes);
+    OCCULT_CHECK(extremes[0] == -extremes[1],
+                 "MoE layer: the ranks were given different layer configs or placements (E, k, H, F, dispatch, "
+                 "prune devices and expert_to_device must be identical on every rank)");
+  }
   local_index_of_.assign(config_.num_experts, -1);
   for (int e = 0; e < config_.num_experts; ++e) {
     if (expert_to_device_[e] == comm_.rank()) {

@@ -295,6 +295,12 @@ TEST(MoeLayerErrors, BadInputFailsOnEveryRankWithOneMessage) {
   expect_collective_error([&] { MoeLayer layer(comm, c, make_placement(5, D, false)); },
                           "the placement has 5 experts, the layer has E = 6");
 
+  if (D > 1) {
+    // Rank 0 alone gets another (valid) placement: the ranks would disagree on every plan.
+    expect_collective_error([&] { MoeLayer layer(comm, c, make_placement(6, D, rank == 0)); },
+                            "the ranks were given different layer configs or placements");
+  }
+
   MoeLayer layer(comm, c, make_placement(6, D, false));
   layer.init_random(3, 0.5f);
   const std::int64_t n = 2;
