@@ -15,7 +15,8 @@ namespace occult::cli {
 namespace {
 
 struct TrainFlags {
-  std::string config, data, dispatch = "occult", placement, prune_scheme = "score", save, resume, log;
+  std::string config, data, dispatch = "occult", placement, prune_scheme = "score", save, resume, init, log;
+  std::vector<std::string> train_only;
   int prune_devices = 0, steps = 100, stop_at = 0, seq_len = 0, eval_every = 0, warmup = -1;
   std::int64_t batch = 0, eval_sequences = 64;
   std::uint64_t seed = 0;
@@ -82,6 +83,8 @@ void run_train(const TrainFlags& f, CLI::App& app) {
     o.eval_sequences = f.eval_sequences;
     o.save_dir = f.save;
     o.resume_dir = f.resume;
+    o.init_dir = f.init;
+    o.train_only = f.train_only;
     o.log_path = f.log;
     o.progress = !f.json && !f.no_progress;
     const TrainResult result = train(o, comm);
@@ -131,6 +134,10 @@ void setup(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--save", flags->save, "checkpoint directory (written at the end and at every evaluation)");
   cmd->add_option("--resume", flags->resume, "continue the run saved in this checkpoint directory exactly");
+  cmd->add_option("--init", flags->init, "fine-tune: start from this checkpoint's weights with a fresh optimizer");
+  cmd->add_option("--train-only", flags->train_only,
+                  "train only these groups (comma-separated): experts, router, shared, attention, norms, embeddings")
+      ->delimiter(',');
   cmd->add_option("--seed", flags->seed, "seed of the initialisation and of the batches (default 1234)");
   cmd->add_option("--log", flags->log, "JSONL log: one object per step and per evaluation");
   cmd->add_flag("--json", flags->json, "print the result as JSON instead of the summary table");

@@ -1,6 +1,8 @@
 #include "occult/model/optimizer.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <span>
 
 #include "occult/comm/communicator.h"
@@ -18,19 +20,46 @@ float learning_rate(const AdamWOptions& o, int step) {
   return static_cast<float>(min_lr + 0.5 * (o.lr - min_lr) * (1.0 + std::cos(M_PI * progress)));
 }
 
-double global_grad_norm(MoeTransformer& model) {
-  double dense = 0.0;
-  for (float g : model.dense_grads()) dense += static_cast<double>(g) * g;
-  double expert = 0.0;
-  for (const auto& t : model.tensors()) {
-    if (!t.expert) continue;
-    for (float g : t.grad) expert += static_cast<double>(g) * g;
+double global_grad_norm(MoeTransformer& model, const std::vector<bool>& trainable) {
+  double dense = 0.0, expert = 0.0;
+  const auto& tensors = model.tensors();
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    if (!trainable.empty() && !trainable[i]) continue;
+    double sum = 0.0;
+    for (float g : tensors[i].grad) sum += static_cast<double>(g) * g;
+    (tensors[i].expert ? expert : dense) += sum;
   }
   model.comm().all_reduce_sum(std::span<double>(&expert, 1));
   return std::sqrt(dense + expert);
 }
 
-AdamW::AdamW(MoeTransformer& model, const AdamWOptions& options) : model_(model), options_(options) {
+std::vector<bool> trainable_tensors(const MoeTransformer& model, const std::vector<std::string>& groups) {
+  static const char* kGroups[] = {"experts", "router", "shared", "attention", "norms", "embeddings"};
+  for (const auto& g : groups) {
+    OCCULT_CHECK(std::find(std::begin(kGroups), std::end(kGroups), g) != std::end(kGroups),
+                 "--train-only: unknown group \"{}\" (expected experts, router, shared, attention, norms, "
+                 "embeddings)",
+                 g);
+  }
+  auto has = [&](const char* g) { return groups.empty() || std::find(groups.begin(), groups.end(), g) != groups.end(); };
+  std::vector<bool> out;
+  for (const auto& t : model.tensors()) {
+    const std::string& n = t.name;
+    const char* group = t.expert                              ? "experts"
+                        : n.ends_with("mlp.gate.weight")       ? "router"
+                        : n.find(".shared_experts.") != std::string::npos ? "shared"
+                        : n.find(".self_attn.") != std::string::npos      ? "attention"
+                        : t.shape.size() == 1                  ? "norms"
+                                                               : "embeddings";
+    out.push_back(has(group));
+  }
+  return out;
+}
+
+AdamW::AdamW(MoeTransformer& model, const AdamWOptions& options, std::vector<bool> trainable)
+    : model_(model), options_(options), trainable_(std::move(trainable)) {
+  OCCULT_CHECK(trainable_.empty() || trainable_.size() == model.tensors().size(),
+               "AdamW: {} trainable flags for {} tensors", trainable_.size(), model.tensors().size());
   OCCULT_CHECK(options.lr > 0.0f, "--lr must be > 0, got {}", options.lr);
   OCCULT_CHECK(options.total_steps >= 1, "--steps must be >= 1, got {}", options.total_steps);
   OCCULT_CHECK(options.warmup_steps >= 0, "--warmup must be >= 0, got {}", options.warmup_steps);
@@ -41,7 +70,7 @@ AdamW::AdamW(MoeTransformer& model, const AdamWOptions& options) : model_(model)
 }
 
 double AdamW::step() {
-  const double norm = global_grad_norm(model_);
+  const double norm = global_grad_norm(model_, trainable_);
   const float clip = options_.grad_clip > 0.0f && norm > options_.grad_clip
                          ? static_cast<float>(options_.grad_clip / norm)
                          : 1.0f;
@@ -54,6 +83,7 @@ double AdamW::step() {
   const auto& tensors = model_.tensors();
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const auto& t = tensors[i];
+    if (!trainable_.empty() && !trainable_[i]) continue;
     float* p = t.value.data();
     const float* g = t.grad.data();
     float* m = m_[i].data();

@@ -61,12 +61,13 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
   const int rank = comm.rank(), ranks = comm.size();
   TrainOptions o = options;
   nlohmann::json resume_state;
-  if (!o.resume_dir.empty()) {
-    // The checkpoint's config must be the model's; its seed and batch shape continue the run.
+  for (const auto& [flag, dir] : {std::pair{"--resume", o.resume_dir}, std::pair{"--init", o.init_dir}}) {
+    if (dir.empty()) continue;
+    // The checkpoint's config must be the model's (for --resume its seed and batch shape continue the run).
     agree_on_errors(comm, [&] {
-      const ModelConfig saved = load_checkpoint_config(o.resume_dir);
+      const ModelConfig saved = load_checkpoint_config(dir);
       OCCULT_CHECK(same_architecture(saved, o.config),
-                   "--resume {}: the checkpoint was trained with another model config than {}: {}", o.resume_dir,
+                   "{} {}: the checkpoint was trained with another model config than {}: {}", flag, dir,
                    o.config_source, describe_config_difference(saved, o.config));
     });
   }
@@ -78,6 +79,9 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     OCCULT_CHECK(o.steps >= 1, "--steps must be >= 1, got {}", o.steps);
     OCCULT_CHECK(o.stop_at >= 0 && o.stop_at <= o.steps, "--stop-at must be in [0, --steps = {}], got {}", o.steps,
                  o.stop_at);
+    OCCULT_CHECK(o.init_dir.empty() || o.resume_dir.empty(),
+                 "--init and --resume exclude each other: --init starts a new run from a checkpoint's weights, "
+                 "--resume continues one");
     OCCULT_CHECK(o.prune_devices >= 0 && o.prune_devices <= ranks,
                  "--prune-devices must be in [0, {} ranks], got {}", ranks, o.prune_devices);
     apply_placement(o, ranks, parallel);
@@ -91,7 +95,9 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
   MoeTransformer model(o.config, comm, parallel);
   AdamWOptions adamw = o.adamw;
   adamw.total_steps = o.steps;
-  AdamW optimizer(model, adamw);
+  std::vector<bool> trainable;
+  agree_on_errors(comm, [&] { trainable = trainable_tensors(model, o.train_only); });
+  AdamW optimizer(model, adamw, o.train_only.empty() ? std::vector<bool>{} : trainable);
 
   std::uint64_t seed = o.seed.value_or(1234);
   std::int64_t batch = o.batch.value_or(8);
@@ -119,6 +125,8 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
       OCCULT_CHECK(first_step == optimizer.step_count() + 1, "--resume {}: trainer state step {} != optimizer step {}",
                    o.resume_dir, first_step - 1, optimizer.step_count());
     });
+  } else if (!o.init_dir.empty()) {
+    load_checkpoint(o.init_dir, model, nullptr);
   } else {
     model.init_weights(seed);
   }

@@ -9,6 +9,7 @@
 
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
+#include "occult/core/safetensors.h"
 #include "occult/model/trainer.h"
 #include "occult/placement/placement.h"
 #include "test_util.h"
@@ -44,6 +45,17 @@ std::vector<double> losses(const TrainResult& r) {
 // A directory every rank agrees on: mpirun's process is the common parent.
 std::string shared_dir(const std::string& name, int ranks) {
   return (fs::temp_directory_path() / fmt::format("occult_model_{}_{}_{}", name, getppid(), ranks)).string();
+}
+
+// Runs `body` expecting an occult::Error on every rank whose message contains `needle`.
+template <typename Body>
+void expect_error(Body body, const std::string& needle) {
+  try {
+    body();
+    ADD_FAILURE() << "expected an error containing: " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find(needle), std::string::npos) << e.message();
+  }
 }
 
 class TrainMpiTest : public ::testing::Test {
@@ -130,14 +142,45 @@ TEST_F(TrainMpiTest, PrunedTrainingStaysWithinMDevicesAndLearns) {
   EXPECT_LT(r.steps.back().cross_entropy, r.steps.front().cross_entropy - 0.5);
 }
 
-// Runs `body` expecting an occult::Error on every rank whose message contains `needle`.
-template <typename Body>
-void expect_error(Body body, const std::string& needle) {
-  try {
-    body();
-    ADD_FAILURE() << "expected an error containing: " << needle;
-  } catch (const Error& e) {
-    EXPECT_NE(e.message().find(needle), std::string::npos) << e.message();
+TEST_F(TrainMpiTest, InitLoadsTheCheckpointAndTrainOnlyFreezesTheRest) {
+  const std::string base = shared_dir("init_base", comm.size());
+  const std::string tuned = shared_dir("init_tuned", comm.size());
+  TrainOptions first = tiny_options(Dispatch::kOccult);
+  first.steps = 3;
+  first.save_dir = base;
+  train(first, comm);
+  TrainOptions fine = tiny_options(Dispatch::kOccult);
+  fine.steps = 3;
+  fine.seed = 99;  // another init seed: only --init can make the frozen tensors equal the base's
+  fine.init_dir = base;
+  fine.train_only = {"experts", "router"};
+  fine.save_dir = tuned;
+  train(fine, comm);
+  comm.barrier();
+  const auto a = SafetensorsReader::open(base + "/model.safetensors");
+  const auto b = SafetensorsReader::open(tuned + "/model.safetensors");
+  int frozen = 0, moved = 0;
+  for (const auto& t : a.tensors()) {
+    const auto x = a.read_f32(t.name), y = b.read_f32(t.name);
+    const bool trained = t.name.find(".mlp.experts.") != std::string::npos || t.name.ends_with("mlp.gate.weight");
+    if (trained) {
+      moved += x != y ? 1 : 0;
+    } else {
+      EXPECT_EQ(x, y) << t.name << " is frozen but moved (or was not loaded from --init)";
+      ++frozen;
+    }
+  }
+  EXPECT_GT(frozen, 0);
+  EXPECT_GT(moved, 0);
+  // The router of every layer and most experts moved (an expert no token chose may not).
+  EXPECT_GE(moved, first.config.num_hidden_layers * 2);
+  TrainOptions bad = fine;
+  bad.train_only = {"experts", "routers"};
+  expect_error([&] { train(bad, comm); }, "--train-only: unknown group \"routers\"");
+  comm.barrier();
+  if (comm.rank() == 0) {
+    fs::remove_all(base);
+    fs::remove_all(tuned);
   }
 }
 

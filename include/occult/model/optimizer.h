@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "occult/model/model.h"
@@ -28,12 +29,19 @@ float learning_rate(const AdamWOptions& options, int step);
 // Collective. The L2 norm of every gradient of the model: dense gradients are identical on
 // every rank (already all-reduced) so they count once; each expert's gradient lives on one
 // rank only, so their squares are summed over ranks.
-double global_grad_norm(MoeTransformer& model);
+// `trainable` (one flag per model.tensors() entry; empty = all) restricts it to trained tensors.
+double global_grad_norm(MoeTransformer& model, const std::vector<bool>& trainable = {});
+
+// Which tensors a fine-tuning run trains: `groups` is a subset of experts, router, shared,
+// attention, norms, embeddings (empty = everything). Throws naming an unknown group.
+std::vector<bool> trainable_tensors(const MoeTransformer& model, const std::vector<std::string>& groups);
 
 // AdamW state for one model instance (first and second moments mirror the model's tensors).
 class AdamW {
  public:
-  AdamW(MoeTransformer& model, const AdamWOptions& options);
+  // `trainable` (one flag per model.tensors() entry; empty = all): frozen tensors are neither
+  // updated nor decayed, and their gradients do not count in the clipping norm.
+  AdamW(MoeTransformer& model, const AdamWOptions& options, std::vector<bool> trainable = {});
   // Collective. Clips to options.grad_clip, updates every parameter with the lr of step()+1,
   // advances the step. Returns the gradient norm before clipping.
   double step();
@@ -51,6 +59,7 @@ class AdamW {
   AdamWOptions options_;
   int step_ = 0;
   float last_lr_ = 0.0f;
+  std::vector<bool> trainable_;
   std::vector<std::vector<float>> m_, v_;
 };
 

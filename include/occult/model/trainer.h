@@ -36,6 +36,8 @@ struct TrainOptions {
   std::int64_t eval_sequences = 64;     // validation windows per evaluation
   std::string save_dir;                 // checkpoint at the end (and at every eval when set)
   std::string resume_dir;               // continue this checkpoint's run exactly
+  std::string init_dir;                 // fine-tune: start from this checkpoint's weights, fresh optimizer
+  std::vector<std::string> train_only;  // tensor groups to train (trainable_tensors); empty = all
   std::string log_path;                 // JSONL, one object per step and per evaluation
   bool progress = true;                 // progress bar on rank 0
 };
