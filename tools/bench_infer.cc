@@ -6,6 +6,8 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -26,6 +28,7 @@ using Clock = std::chrono::steady_clock;
 struct BenchFlags {
   ModelFlags model;
   std::string dispatches = "standard,occult";
+  std::string data;  // prompts from this text instead of random ids
   std::int64_t batch = 8;
   int prompt_tokens = 128, decode_steps = 16, repeats = 3, warmup = 1;
   double kv_memory_gib = 8.0;
@@ -164,10 +167,26 @@ void run_bench(const BenchFlags& f) {
         }
       }
     });
-    // The same prompts for every variant: ids from (seed, sequence, position); this rank's share.
+    // The same prompts for every variant: consecutive windows of --data, or ids drawn from
+    // (seed, sequence, position); this rank's share.
     const Share share = rank_share(f.batch, comm.rank(), comm.size());
     std::vector<std::vector<std::int32_t>> prompts;
-    for (std::int64_t s = share.begin; s < share.end; ++s) {
+    if (!f.data.empty()) {
+      agree_on_errors(comm, [&] {
+        OCCULT_CHECK(config.vocab_size >= 256, "--data prompts are bytes: the model needs vocab_size >= 256");
+        std::ifstream in(f.data, std::ios::binary);
+        OCCULT_CHECK(in.good(), "cannot read --data {}", f.data);
+        const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        const std::int64_t needed = f.batch * f.prompt_tokens;
+        OCCULT_CHECK(static_cast<std::int64_t>(text.size()) >= needed,
+                     "--data {} has {} bytes, fewer than --batch {} x --prompt-tokens {} = {}", f.data, text.size(),
+                     f.batch, f.prompt_tokens, needed);
+        for (std::int64_t s = share.begin; s < share.end; ++s) {
+          prompts.push_back(byte_tokenize(std::string_view(text).substr(s * f.prompt_tokens, f.prompt_tokens)));
+        }
+      });
+    }
+    for (std::int64_t s = share.begin; s < share.end && f.data.empty(); ++s) {
       SplitMix64 rng(f.model.seed ^ (0x51ED2701ull * static_cast<std::uint64_t>(s + 1)));
       std::vector<std::int32_t> p(f.prompt_tokens);
       for (auto& t : p) t = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(config.vocab_size)));
@@ -239,6 +258,7 @@ void setup(CLI::App& root) {
   cmd->add_option("--prompt-tokens", f->prompt_tokens, "prompt length of every sequence")->capture_default_str();
   cmd->add_option("--decode-steps", f->decode_steps, "decode steps after the prefill")->capture_default_str();
   cmd->add_option("--dispatch", f->dispatches, "comma-separated: standard,occult")->capture_default_str();
+  cmd->add_option("--data", f->data, "prompts: consecutive --prompt-tokens windows of this text (default random ids)");
   cmd->add_option("--placement", f->model.placement, "placement JSON; default contiguous");
   cmd->add_option("--prune-devices", f->model.prune_devices,
                   "also run every dispatch with collaboration pruning to M devices (0 = no)")

@@ -77,13 +77,11 @@ void run_generate(const GenerateFlags& f) {
       if (P > 1) fmt::print("{}=== prompt {}/{} ===\n", i > 0 ? "\n" : "", i + 1, P);
       std::fwrite(texts[i].data(), 1, texts[i].size(), stdout);
     };
-    if (stream) {
-      header(0);
-      std::fflush(stdout);
-    }
-    // Prompt 0 streams token by token; the others (which finish at the same step) follow in order.
-    const GenerateResult r = generate(*model, prompts, o, [&](int, std::span<const std::int32_t> tokens) {
+    // Prompt 0 streams token by token (its text is printed with the first token, once the input
+    // has been validated); the others, which finish at the same step, follow in order.
+    const GenerateResult r = generate(*model, prompts, o, [&](int step, std::span<const std::int32_t> tokens) {
       if (!stream) return;
+      if (step == 0) header(0);
       write_bytes({tokens[0]});
       std::fflush(stdout);
     });

@@ -63,6 +63,11 @@ for key in name dispatch prune_devices prefill_ms decode_ms_per_step tokens_per_
   grep -q "\"$key\":" b.json || fail "bench infer --json lacks $key: $(cat b.json)"
 done
 grep -q '"name":"occult+prune1"' b.json || fail "pruned variant missing: $(cat b.json)"
+# With trained weights, text prompts and the profiled placement: occult moves fewer bytes.
+$mpi -np 2 "$occult" bench infer --checkpoint ckpt --placement place.json --data "$corpus" --batch 4 \
+  --prompt-tokens 32 --decode-steps 2 --repeats 1 --warmup 0 --dispatch occult --json > bc.json 2> err.txt \
+  || fail "bench infer --checkpoint --data: $(cat err.txt)"
+grep -q '"name":"occult"' bc.json || fail "bench infer --dispatch occult: $(cat bc.json)"
 
 # Bad input: one error line from rank 0, exit status 1, no hang (timeout 60 s each).
 expect_error() {
