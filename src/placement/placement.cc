@@ -49,8 +49,6 @@ void validate_placement(const Placement& placement, const std::string& source) {
   OCCULT_CHECK(n >= 1 && n <= d && d % n == 0,
                "{}: num_nodes must divide num_devices ({}) and lie in [1, {}], got {}", source, d,
                d, n);
-  OCCULT_CHECK(d <= e, "{}: num_devices ({}) exceeds num_experts ({}): a device would hold no expert",
-               source, d, e);
   OCCULT_CHECK(!placement.layers.empty(), "{}: the placement has no layers", source);
   const int floor_count = e / d;
   const int ceil_count = (e + d - 1) / d;
