@@ -138,10 +138,12 @@ InferenceEngine::InferenceEngine(MoeTransformer& model, const InferenceOptions& 
                  options_.max_length, c.max_position_embeddings);
     const std::int64_t bytes = cache_bytes();
     OCCULT_CHECK(bytes <= options_.memory_limit_bytes,
-                 "the KV cache for {} sequences x {} positions x {} layers x hidden {} needs {:.3f} GiB, above the "
-                 "limit of {:.3f} GiB per rank: lower the batch or the length, or raise the limit",
+                 "the KV cache for {} sequences x {} positions x {} layers x hidden {} needs {:.1f} MiB, above the "
+                 "limit of {:.1f} MiB (--kv-memory-gib {:.4g}) per rank: lower the batch or the length, or raise "
+                 "the limit",
                  options_.max_sequences, options_.max_length, c.num_hidden_layers, c.hidden_size,
-                 static_cast<double>(bytes) / (1 << 30), static_cast<double>(options_.memory_limit_bytes) / (1 << 30));
+                 static_cast<double>(bytes) / (1 << 20), static_cast<double>(options_.memory_limit_bytes) / (1 << 20),
+                 static_cast<double>(options_.memory_limit_bytes) / (1 << 30));
   });
   auto W = [&](const std::string& name) -> const float* { return model_.param(name).data(); };
   for (int l = 0; l < c.num_hidden_layers; ++l) {

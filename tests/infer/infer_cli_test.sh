@@ -88,6 +88,6 @@ expect_error "another model config" $mpi -np 2 "$occult" generate --checkpoint c
 expect_error "experts" $mpi -np 2 "$occult" generate --checkpoint ckpt --placement big.json --prompt "A" --max-new-tokens 2
 expect_error "2 devices, but the run has 1 ranks" "$occult" profile --checkpoint ckpt --data "$corpus" --tokens 100 \
   --placement place.json --out x.safetensors
-expect_error "GiB" $mpi -np 2 "$occult" bench infer --config "$src/configs/tiny.json" --batch 4000 --prompt-tokens 60 \
+expect_error "above the limit of 1.0 MiB (--kv-memory-gib 0.001)" $mpi -np 2 "$occult" bench infer --config "$src/configs/tiny.json" --batch 4000 --prompt-tokens 60 \
   --decode-steps 4 --kv-memory-gib 0.001
 echo "infer CLI OK"

@@ -307,6 +307,8 @@ TEST_P(InferenceMpiTest, BadInputFailsOnEveryRankWithoutHanging) {
   GenerateOptions o;
   o.max_new_tokens = 10;
   expect_error([&] { generate(model, {std::vector<std::int32_t>(8, 1)}, o); }, "needs 17 positions");
+  // 2 (K, V) x L=2 x 3 sequences x 10 positions x H=8 floats.
+  EXPECT_EQ(kv_cache_bytes(config, 3, 10), 2 * 2 * 3 * 10 * 8 * 4);
   // A KV cache larger than the memory limit (on the last rank only: every rank fails).
   expect_error(
       [&] {
@@ -314,7 +316,7 @@ TEST_P(InferenceMpiTest, BadInputFailsOnEveryRankWithoutHanging) {
                                        .max_length = 16,
                                        .memory_limit_bytes = 1 << 20});
       },
-      "GiB");
+      "needs 2.0 MiB, above the limit of 1.0 MiB");
   InferenceEngine engine(model, {.max_sequences = 2, .max_length = 8});
   // A prompt longer than the cache on the last rank only.
   expect_error(
