@@ -5,6 +5,7 @@
 #include "occult/core/error.h"
 #include "occult/placement/graph.h"
 #include "occult/placement/partitioner.h"
+#include "occult/placement/place.h"
 #include "test_traces.h"
 
 namespace occult {
@@ -75,6 +76,39 @@ TEST(PlacementMetrics, ConnectivityAgreesWithReplicas) {
   EXPECT_EQ(hypergraph_objective(g, kHandPlacement, 4, 1), 9);
   EXPECT_DOUBLE_EQ(load_imbalance(g, kHandPlacement, 4), 4.0 / 3);
   EXPECT_EQ(device_loads(g, kHandPlacement, 4), (std::vector<std::int64_t>{4, 3, 2, 3}));
+}
+
+TEST(PlaceExperts, WholeTracePlacementCarriesItsMetrics) {
+  Trace trace;
+  trace.num_experts = 8;
+  trace.top_k = 3;
+  trace.layers = {hand_routing(), hand_routing()};
+  PartitionOptions o;
+  o.num_devices = 4;
+  o.num_nodes = 2;
+  o.max_imbalance = 2.0;
+  const Placement p = place_experts(trace, "contiguous", o);
+  ASSERT_EQ(p.layers.size(), 2u);
+  EXPECT_EQ(p.layers[1].expert_to_device, kHandPlacement);  // contiguous is floor(e*4/8)
+  EXPECT_DOUBLE_EQ(p.layers[1].metrics["replicas_per_token"].get<double>(), 9.0 / 4);
+  EXPECT_DOUBLE_EQ(p.layers[1].metrics["nodes_per_token"].get<double>(), 7.0 / 4);
+  EXPECT_TRUE(p.layers[1].metrics.contains("seconds"));
+  const std::vector<PlacementMetrics> m = evaluate_placement(trace, p);
+  EXPECT_DOUBLE_EQ(mean_metrics(m).load_imbalance, 4.0 / 3);
+  // A placement for a different expert count, or missing a layer, is refused by name.
+  Placement other = p;
+  other.num_experts = 9;
+  EXPECT_THROW(evaluate_placement(trace, other, "other.json", "t.safetensors"), Error);
+  Placement short_one = p;
+  short_one.layers.pop_back();
+  try {
+    evaluate_placement(trace, short_one, "short.json", "t.safetensors");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("short.json has no placement for layer 1 of t.safetensors"),
+              std::string::npos)
+        << e.message();
+  }
 }
 
 TEST(PlacementMetrics, BadInputIsAClearError) {

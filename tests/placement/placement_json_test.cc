@@ -95,6 +95,17 @@ TEST(PlacementJson, ContiguousIsBalanced) {
   EXPECT_EQ(p.layers[1].expert_to_device[8], 1);  // floor(8*8/60) = 1
 }
 
+TEST(PlacementJson, MoreDevicesThanExpertsIsBalancedWithEmptyDevices) {
+  // floor(4/8) = 0 and ceil(4/8) = 1: four devices hold one expert, four hold none.
+  Placement p;
+  p.num_experts = 4;
+  p.num_devices = 8;
+  p.layers = {LayerPlacement{0, {0, 2, 4, 6}, nlohmann::json::object(), {}}};
+  EXPECT_NO_THROW(validate_placement(p, "sparse"));
+  p.layers[0].expert_to_device = {0, 0, 4, 6};
+  EXPECT_THROW(validate_placement(p, "sparse"), Error);
+}
+
 TEST(PlacementJson, MalformedInputNamesFileLayerAndField) {
   const std::string head =
       R"({"format": "occult-placement/1", "num_experts": 4, "num_devices": 2, "num_nodes": 1, )"
