@@ -151,13 +151,18 @@ void setup_place(CLI::App& root) {
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--devices", args->devices, "Expert-parallel devices D")->required();
-  cmd->add_option("--nodes", args->nodes, "Nodes N (devices [n*D/N, (n+1)*D/N) form node n)");
+  cmd->add_option("--nodes", args->nodes, "Nodes N (devices [n*D/N, (n+1)*D/N) form node n)")
+      ->capture_default_str();
   cmd->add_option("--strategy", args->strategy,
-                  "contiguous | random | greedy-fps | metis | hypergraph (default) | all");
+                  "contiguous | random | greedy-fps | metis | hypergraph (default) | all")
+      ->capture_default_str();
   cmd->add_option("--max-imbalance", args->max_imbalance,
-                  "hypergraph: max device load / mean on the calibration traces");
-  cmd->add_option("--seed", args->seed, "Seed for random, metis and hypergraph");
-  cmd->add_option("--restarts", args->restarts, "hypergraph: perturb-and-refine rounds per layer");
+                  "hypergraph: max device load / mean on the calibration traces")
+      ->capture_default_str();
+  cmd->add_option("--seed", args->seed, "Seed for random, metis and hypergraph")
+      ->capture_default_str();
+  cmd->add_option("--restarts", args->restarts, "hypergraph: perturb-and-refine rounds per layer")
+      ->capture_default_str();
   cmd->add_flag("--cross-layer", args->cross_layer,
                 "hypergraph: also start each layer from the previous layer's placement");
   cmd->add_flag("--json", args->json, "Machine-readable summary on stdout");
