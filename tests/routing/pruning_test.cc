@@ -428,7 +428,8 @@ TEST(Pruning, PropertiesOverRandomRoutingMatchTheReferenceTwin) {
     // Fast path == reference twin, exactly.
     ASSERT_EQ(fast.ids, slow.ids);
     ASSERT_EQ(fast.weights.size(), slow.weights.size());
-    ASSERT_EQ(0, std::memcmp(fast.weights.data(), slow.weights.data(), fast.weights.size() * sizeof(float)));
+    ASSERT_TRUE(fast.weights.empty() ||
+                std::memcmp(fast.weights.data(), slow.weights.data(), fast.weights.size() * sizeof(float)) == 0);
     ASSERT_EQ(fs.tokens_changed, ss.tokens_changed);
     ASSERT_EQ(fs.selections_replaced, ss.selections_replaced);
     ASSERT_EQ(fs.devices_before, ss.devices_before);
