@@ -63,8 +63,10 @@ std::vector<int> partition_greedy_fps(const CollaborationGraph& graph, const Par
 // by the moves that add the least cut.
 std::vector<int> partition_metis(const CollaborationGraph& graph, const PartitionOptions& options);
 // Ours: minimises the connectivity objective (distinct devices per token; with nodes, distinct
-// nodes first) under balanced counts and the load limit, by swap/move refinement from the best
-// of the other strategies, with seeded perturbation restarts.
+// nodes first) under balanced counts and the load limit max_imbalance * T*k/D (best effort when
+// no balanced placement reaches it). Refines the two best of the other strategies' placements
+// (and any warm start) with FM-style swap/move descent, adds a penalised path from the best
+// unconstrained optimum to the limit, then perturb-and-descend restarts; keeps the best.
 std::vector<int> partition_hypergraph(const CollaborationGraph& graph, const PartitionOptions& options);
 
 // The combined objective the hypergraph strategy minimises: with one node, the connectivity;
