@@ -83,7 +83,8 @@ double timed(Communicator& comm, Body&& body) {
 }
 
 void run_variant(Variant& v, const BenchFlags& f, const ModelConfig& config, Communicator& comm,
-                 const std::vector<std::vector<std::int32_t>>& prompts, ProgressBar& bar, std::int64_t& done) {
+                 const std::vector<std::vector<std::int32_t>>& prompts, ProgressBar& bar,
+                 std::int64_t& done) {
   ModelFlags mf = f.model;
   mf.prune_devices = v.prune_devices;
   const ParallelOptions parallel = resolve_parallel_options(mf, config, comm, v.dispatch);
@@ -132,7 +133,8 @@ void run_variant(Variant& v, const BenchFlags& f, const ModelConfig& config, Com
   const double total_prompt = static_cast<double>(f.batch) * f.prompt_tokens;
   v.prefill_ms = 1e3 * median(prefill_s);
   v.decode_ms_per_step = 1e3 * median(decode_s);
-  v.tokens_per_s = v.decode_ms_per_step > 0 ? static_cast<double>(f.batch) / (v.decode_ms_per_step / 1e3) : 0.0;
+  v.tokens_per_s =
+      v.decode_ms_per_step > 0 ? static_cast<double>(f.batch) / (v.decode_ms_per_step / 1e3) : 0.0;
   v.prefill_tokens_per_s = v.prefill_ms > 0 ? total_prompt / (v.prefill_ms / 1e3) : 0.0;
   v.bytes_prefill = prefill_bytes;
   v.bytes_per_decode_step = decode_bytes;
@@ -146,13 +148,15 @@ void run_bench(const BenchFlags& f) {
       OCCULT_CHECK(f.batch >= 1, "--batch must be >= 1 (global sequences), got {}", f.batch);
       OCCULT_CHECK(f.prompt_tokens >= 1, "--prompt-tokens must be >= 1, got {}", f.prompt_tokens);
       OCCULT_CHECK(f.decode_steps >= 0, "--decode-steps must be >= 0, got {}", f.decode_steps);
-      OCCULT_CHECK(f.repeats >= 1 && f.warmup >= 0, "--repeats must be >= 1 and --warmup >= 0, got {} and {}",
-                   f.repeats, f.warmup);
+      OCCULT_CHECK(f.repeats >= 1 && f.warmup >= 0,
+                   "--repeats must be >= 1 and --warmup >= 0, got {} and {}", f.repeats, f.warmup);
       OCCULT_CHECK(f.prompt_tokens + f.decode_steps <= config.max_position_embeddings,
-                   "--prompt-tokens {} + --decode-steps {} exceed the model's context max_position_embeddings = {}",
+                   "--prompt-tokens {} + --decode-steps {} exceed the model's context "
+                   "max_position_embeddings = {}",
                    f.prompt_tokens, f.decode_steps, config.max_position_embeddings);
       OCCULT_CHECK(f.model.prune_devices >= 0 && f.model.prune_devices <= comm.size(),
-                   "--prune-devices must be in [0, {} ranks], got {}", comm.size(), f.model.prune_devices);
+                   "--prune-devices must be in [0, {} ranks], got {}", comm.size(),
+                   f.model.prune_devices);
       const auto names = split_list(f.dispatches);
       OCCULT_CHECK(!names.empty(), "--dispatch needs at least one of standard, occult");
       for (const auto& d : names) {
@@ -173,27 +177,32 @@ void run_bench(const BenchFlags& f) {
     std::vector<std::vector<std::int32_t>> prompts;
     if (!f.data.empty()) {
       agree_on_errors(comm, [&] {
-        OCCULT_CHECK(config.vocab_size >= 256, "--data prompts are bytes: the model needs vocab_size >= 256");
+        OCCULT_CHECK(config.vocab_size >= 256,
+                     "--data prompts are bytes: the model needs vocab_size >= 256");
         std::ifstream in(f.data, std::ios::binary);
         OCCULT_CHECK(in.good(), "cannot read --data {}", f.data);
-        const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        const std::string text((std::istreambuf_iterator<char>(in)),
+                               std::istreambuf_iterator<char>());
         const std::int64_t needed = f.batch * f.prompt_tokens;
         OCCULT_CHECK(static_cast<std::int64_t>(text.size()) >= needed,
-                     "--data {} has {} bytes, fewer than --batch {} x --prompt-tokens {} = {}", f.data, text.size(),
-                     f.batch, f.prompt_tokens, needed);
+                     "--data {} has {} bytes, fewer than --batch {} x --prompt-tokens {} = {}",
+                     f.data, text.size(), f.batch, f.prompt_tokens, needed);
         for (std::int64_t s = share.begin; s < share.end; ++s) {
-          prompts.push_back(byte_tokenize(std::string_view(text).substr(s * f.prompt_tokens, f.prompt_tokens)));
+          prompts.push_back(
+              byte_tokenize(std::string_view(text).substr(s * f.prompt_tokens, f.prompt_tokens)));
         }
       });
     }
     for (std::int64_t s = share.begin; s < share.end && f.data.empty(); ++s) {
       SplitMix64 rng(f.model.seed ^ (0x51ED2701ull * static_cast<std::uint64_t>(s + 1)));
       std::vector<std::int32_t> p(f.prompt_tokens);
-      for (auto& t : p) t = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(config.vocab_size)));
+      for (auto& t : p)
+        t = static_cast<std::int32_t>(rng.below(static_cast<std::uint64_t>(config.vocab_size)));
       prompts.push_back(std::move(p));
     }
     const bool root = comm.rank() == 0;
-    ProgressBar bar("bench infer", static_cast<std::int64_t>(variants.size()) * (f.warmup + f.repeats),
+    ProgressBar bar("bench infer",
+                    static_cast<std::int64_t>(variants.size()) * (f.warmup + f.repeats),
                     root && !f.json && !f.no_progress);
     std::int64_t done = 0;
     for (auto& v : variants) run_variant(v, f, config, comm, prompts, bar, done);
@@ -205,7 +214,8 @@ void run_bench(const BenchFlags& f) {
     }
     for (auto& v : variants) {
       v.prefill_speedup = v.prefill_ms > 0 ? base->prefill_ms / v.prefill_ms : 0.0;
-      v.decode_speedup = v.decode_ms_per_step > 0 ? base->decode_ms_per_step / v.decode_ms_per_step : 0.0;
+      v.decode_speedup =
+          v.decode_ms_per_step > 0 ? base->decode_ms_per_step / v.decode_ms_per_step : 0.0;
     }
     if (!root) return;
     if (f.json) {
@@ -225,18 +235,22 @@ void run_bench(const BenchFlags& f) {
       fmt::print("{}\n", nlohmann::json{{"variants", list}}.dump());
       return;
     }
-    fmt::print("bench infer: {} ranks, batch {} x {} prompt tokens, {} decode steps, {} repeats after {} warm-up; "
-               "H={} L={} E={} k={} F={}\n",
-               comm.size(), f.batch, f.prompt_tokens, f.decode_steps, f.repeats, f.warmup, config.hidden_size,
-               config.num_hidden_layers, config.num_experts, config.num_experts_per_tok,
-               config.moe_intermediate_size);
-    TextTable table({"variant", "prefill ms", "prefill tok/s", "decode ms/step", "decode tok/s", "bytes prefill",
-                     "bytes/decode step", "prefill speed-up", "decode speed-up"});
+    fmt::print(
+        "bench infer: {} ranks, batch {} x {} prompt tokens, {} decode steps, {} repeats after {} "
+        "warm-up; "
+        "H={} L={} E={} k={} F={}\n",
+        comm.size(), f.batch, f.prompt_tokens, f.decode_steps, f.repeats, f.warmup,
+        config.hidden_size, config.num_hidden_layers, config.num_experts,
+        config.num_experts_per_tok, config.moe_intermediate_size);
+    TextTable table({"variant", "prefill ms", "prefill tok/s", "decode ms/step", "decode tok/s",
+                     "bytes prefill", "bytes/decode step", "prefill speed-up", "decode speed-up"});
     for (const auto& v : variants) {
-      table.add_row({v.name, fmt::format("{:.2f}", v.prefill_ms), fmt::format("{:.0f}", v.prefill_tokens_per_s),
-                     fmt::format("{:.3f}", v.decode_ms_per_step), fmt::format("{:.0f}", v.tokens_per_s),
-                     human_bytes(v.bytes_prefill), human_bytes(v.bytes_per_decode_step),
-                     fmt::format("{:.2f}x", v.prefill_speedup), fmt::format("{:.2f}x", v.decode_speedup)});
+      table.add_row(
+          {v.name, fmt::format("{:.2f}", v.prefill_ms),
+           fmt::format("{:.0f}", v.prefill_tokens_per_s),
+           fmt::format("{:.3f}", v.decode_ms_per_step), fmt::format("{:.0f}", v.tokens_per_s),
+           human_bytes(v.bytes_prefill), human_bytes(v.bytes_per_decode_step),
+           fmt::format("{:.2f}x", v.prefill_speedup), fmt::format("{:.2f}x", v.decode_speedup)});
     }
     fmt::print("{}", table.render());
   });
@@ -244,21 +258,30 @@ void run_bench(const BenchFlags& f) {
 
 void setup(CLI::App& root) {
   auto f = std::make_shared<BenchFlags>();
-  CLI::App& bench = command_group(root, "bench", "Benchmarks (run under mpirun for expert parallelism).");
+  CLI::App& bench =
+      command_group(root, "bench", "Benchmarks (run under mpirun for expert parallelism).");
   CLI::App* cmd = bench.add_subcommand(
       "infer",
-      "Prefill and decode latency of KV-cache inference per dispatch (medians over --repeats after --warmup),\n"
+      "Prefill and decode latency of KV-cache inference per dispatch (medians over --repeats after "
+      "--warmup),\n"
       "decode tokens/s, MoE exchange bytes and the speed-up over standard dispatch. --json prints\n"
-      "{\"variants\": [{name, dispatch, prune_devices, prefill_ms, decode_ms_per_step, tokens_per_s,\n"
+      "{\"variants\": [{name, dispatch, prune_devices, prefill_ms, decode_ms_per_step, "
+      "tokens_per_s,\n"
       "bytes_prefill, bytes_per_decode_step, prefill_speedup, decode_speedup}]}.");
   auto* config = cmd->add_option("--config", f->model.config, "model config.json (random weights)");
-  auto* checkpoint = cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (trained weights)");
+  auto* checkpoint = cmd->add_option("--checkpoint", f->model.checkpoint,
+                                     "checkpoint directory (trained weights)");
   config->excludes(checkpoint);
-  cmd->add_option("--batch", f->batch, "global sequences (spread over ranks)")->capture_default_str();
-  cmd->add_option("--prompt-tokens", f->prompt_tokens, "prompt length of every sequence")->capture_default_str();
-  cmd->add_option("--decode-steps", f->decode_steps, "decode steps after the prefill")->capture_default_str();
-  cmd->add_option("--dispatch", f->dispatches, "comma-separated: standard,occult")->capture_default_str();
-  cmd->add_option("--data", f->data, "prompts: consecutive --prompt-tokens windows of this text (default random ids)");
+  cmd->add_option("--batch", f->batch, "global sequences (spread over ranks)")
+      ->capture_default_str();
+  cmd->add_option("--prompt-tokens", f->prompt_tokens, "prompt length of every sequence")
+      ->capture_default_str();
+  cmd->add_option("--decode-steps", f->decode_steps, "decode steps after the prefill")
+      ->capture_default_str();
+  cmd->add_option("--dispatch", f->dispatches, "comma-separated: standard,occult")
+      ->capture_default_str();
+  cmd->add_option("--data", f->data,
+                  "prompts: consecutive --prompt-tokens windows of this text (default random ids)");
   cmd->add_option("--placement", f->model.placement, "placement JSON; default contiguous");
   cmd->add_option("--prune-devices", f->model.prune_devices,
                   "also run every dispatch with collaboration pruning to M devices (0 = no)")
@@ -268,7 +291,8 @@ void setup(CLI::App& root) {
   cmd->add_option("--repeats", f->repeats, "measured repeats (medians)")->capture_default_str();
   cmd->add_option("--warmup", f->warmup, "unmeasured warm-up repeats")->capture_default_str();
   cmd->add_option("--seed", f->model.seed, "random weights and prompt ids")->capture_default_str();
-  cmd->add_option("--kv-memory-gib", f->kv_memory_gib, "KV-cache budget per rank")->capture_default_str();
+  cmd->add_option("--kv-memory-gib", f->kv_memory_gib, "KV-cache budget per rank")
+      ->capture_default_str();
   cmd->add_flag("--json", f->json, "print the variants as JSON");
   cmd->add_flag("--no-progress", f->no_progress, "do not draw the progress bar");
   cmd->callback([f] { run_bench(*f); });

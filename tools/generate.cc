@@ -54,11 +54,14 @@ void run_generate(const GenerateFlags& f) {
     agree_on_errors(comm, [&] { texts = read_prompts(f); });
     const ModelConfig config = resolve_model_config(f.model, comm, /*allow_random=*/false);
     agree_on_errors(comm, [&] {
-      OCCULT_CHECK(config.vocab_size >= 256, "generate reads and writes bytes: the model needs vocab_size >= 256, "
-                                             "its config has {}", config.vocab_size);
+      OCCULT_CHECK(config.vocab_size >= 256,
+                   "generate reads and writes bytes: the model needs vocab_size >= 256, "
+                   "its config has {}",
+                   config.vocab_size);
       OCCULT_CHECK(f.kv_memory_gib > 0, "--kv-memory-gib must be > 0, got {}", f.kv_memory_gib);
     });
-    const ParallelOptions parallel = resolve_parallel_options(f.model, config, comm, f.model.dispatch);
+    const ParallelOptions parallel =
+        resolve_parallel_options(f.model, config, comm, f.model.dispatch);
     const auto model = build_model(f.model, config, parallel, comm);
 
     std::vector<std::vector<std::int32_t>> prompts;
@@ -79,21 +82,25 @@ void run_generate(const GenerateFlags& f) {
     };
     // Prompt 0 streams token by token (its text is printed with the first token, once the input
     // has been validated); the others, which finish at the same step, follow in order.
-    const GenerateResult r = generate(*model, prompts, o, [&](int step, std::span<const std::int32_t> tokens) {
-      if (!stream) return;
-      if (step == 0) header(0);
-      write_bytes({tokens[0]});
-      std::fflush(stdout);
-    });
+    const GenerateResult r =
+        generate(*model, prompts, o, [&](int step, std::span<const std::int32_t> tokens) {
+          if (!stream) return;
+          if (step == 0) header(0);
+          write_bytes({tokens[0]});
+          std::fflush(stdout);
+        });
     if (!root) return;
     const double decode_steps = std::max(1, f.max_new_tokens - 1);
     const double decode_ms = 1e3 * r.decode_seconds / decode_steps;
     const double tokens_per_s =
-        r.decode_seconds > 0 ? static_cast<double>(P) * (f.max_new_tokens - 1) / r.decode_seconds : 0.0;
+        r.decode_seconds > 0 ? static_cast<double>(P) * (f.max_new_tokens - 1) / r.decode_seconds
+                             : 0.0;
     if (f.json) {
       nlohmann::json gens = nlohmann::json::array();
       for (std::size_t i = 0; i < P; ++i) {
-        gens.push_back({{"prompt", texts[i]}, {"text", byte_detokenize(r.tokens[i])}, {"tokens", r.tokens[i]}});
+        gens.push_back({{"prompt", texts[i]},
+                        {"text", byte_detokenize(r.tokens[i])},
+                        {"tokens", r.tokens[i]}});
       }
       const nlohmann::json j{{"dispatch", f.model.dispatch},
                              {"ranks", comm.size()},
@@ -122,7 +129,8 @@ void run_generate(const GenerateFlags& f) {
     table.add_row({"prefill (ms)", fmt::format("{:.2f}", 1e3 * r.prefill_seconds)});
     table.add_row({"decode (ms/step)", fmt::format("{:.2f}", decode_ms)});
     table.add_row({"decode tokens/s", fmt::format("{:.0f}", tokens_per_s)});
-    table.add_row({"MoE exchange bytes (all ranks)", human_bytes(static_cast<double>(r.exchange_bytes))});
+    table.add_row(
+        {"MoE exchange bytes (all ranks)", human_bytes(static_cast<double>(r.exchange_bytes))});
     fmt::print(stderr, "{}", table.render());
   });
 }
@@ -131,26 +139,35 @@ void setup(CLI::App& root) {
   auto f = std::make_shared<GenerateFlags>();
   CLI::App* cmd = root.add_subcommand(
       "generate",
-      "Generate text from a checkpoint with the KV-cache engine (run under mpirun; prompts are spread over\n"
-      "ranks, experts stay expert-parallel). Streams the first prompt's text as it is produced, then prints\n"
+      "Generate text from a checkpoint with the KV-cache engine (run under mpirun; prompts are "
+      "spread over\n"
+      "ranks, experts stay expert-parallel). Streams the first prompt's text as it is produced, "
+      "then prints\n"
       "the others in order, and a summary on stderr; --json prints one object at the end.");
-  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")->required();
+  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")
+      ->required();
   cmd->add_option("--config", f->model.config, "config.json the checkpoint must match (optional)");
   cmd->add_option("--prompt", f->prompt, "prompt text (bytes)");
   cmd->add_option("--prompt-file", f->prompt_file, "more prompts, one per non-empty line");
-  cmd->add_option("--max-new-tokens", f->max_new_tokens, "tokens generated per prompt")->capture_default_str();
+  cmd->add_option("--max-new-tokens", f->max_new_tokens, "tokens generated per prompt")
+      ->capture_default_str();
   cmd->add_option("--temperature", f->temperature, "0 = greedy")->capture_default_str();
   cmd->add_option("--top-p", f->top_p, "nucleus sampling mass in (0, 1]")->capture_default_str();
-  cmd->add_option("--seed", f->model.seed, "sampling seed (draws depend on seed, prompt index, step)")
+  cmd->add_option("--seed", f->model.seed,
+                  "sampling seed (draws depend on seed, prompt index, step)")
       ->capture_default_str();
   cmd->add_option("--dispatch", f->model.dispatch, "standard | occult")->capture_default_str();
-  cmd->add_option("--placement", f->model.placement, "placement JSON (occult place); default contiguous");
-  cmd->add_option("--prune-devices", f->model.prune_devices, "collaboration pruning budget M (0 = off)")
+  cmd->add_option("--placement", f->model.placement,
+                  "placement JSON (occult place); default contiguous");
+  cmd->add_option("--prune-devices", f->model.prune_devices,
+                  "collaboration pruning budget M (0 = off)")
       ->capture_default_str();
   cmd->add_option("--prune-scheme", f->model.prune_scheme, "score | similarity | device-limited")
       ->capture_default_str();
-  cmd->add_option("--kv-memory-gib", f->kv_memory_gib, "KV-cache budget per rank")->capture_default_str();
-  cmd->add_flag("--json", f->json, "print {generations, prefill_ms, decode_ms_per_step, ...} instead of streaming");
+  cmd->add_option("--kv-memory-gib", f->kv_memory_gib, "KV-cache budget per rank")
+      ->capture_default_str();
+  cmd->add_flag("--json", f->json,
+                "print {generations, prefill_ms, decode_ms_per_step, ...} instead of streaming");
   cmd->callback([f] { run_generate(*f); });
 }
 

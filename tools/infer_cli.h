@@ -38,9 +38,9 @@ void run_on_mpi_world(Body&& body) {
 // The flags every inference subcommand shares.
 struct ModelFlags {
   std::string checkpoint;  // checkpoint directory (occult train --save)
-  std::string config;      // config.json: random weights, or the architecture the checkpoint must have
+  std::string config;  // config.json: random weights, or the architecture the checkpoint must have
   std::string dispatch = "occult";
-  std::string placement;   // occult-placement/1 JSON; empty = contiguous
+  std::string placement;  // occult-placement/1 JSON; empty = contiguous
   int prune_devices = 0;
   std::string prune_scheme = "score";
   std::uint64_t seed = 1234;  // random weights (no checkpoint)
@@ -48,7 +48,8 @@ struct ModelFlags {
 
 // Collective. The model config: the checkpoint's, which must be --config's architecture when
 // both are given; or --config's alone when random weights are allowed.
-inline ModelConfig resolve_model_config(const ModelFlags& f, Communicator& comm, bool allow_random) {
+inline ModelConfig resolve_model_config(const ModelFlags& f, Communicator& comm,
+                                        bool allow_random) {
   ModelConfig config;
   agree_on_errors(comm, [&] {
     if (allow_random) {
@@ -64,10 +65,11 @@ inline ModelConfig resolve_model_config(const ModelFlags& f, Communicator& comm,
     config = load_checkpoint_config(f.checkpoint);
     if (!f.config.empty()) {
       const ModelConfig given = load_model_config(f.config);
-      OCCULT_CHECK(same_architecture(given, config),
-                   "--checkpoint {} was trained with another model config than --config {} (compare its "
-                   "config.json)",
-                   f.checkpoint, f.config);
+      OCCULT_CHECK(
+          same_architecture(given, config),
+          "--checkpoint {} was trained with another model config than --config {} (compare its "
+          "config.json)",
+          f.checkpoint, f.config);
     }
   });
   return config;
@@ -75,8 +77,8 @@ inline ModelConfig resolve_model_config(const ModelFlags& f, Communicator& comm,
 
 // Collective. The parallel options of the flags: the placement file checked against the model
 // (experts, layers) and the ranks, the pruning budget against the ranks.
-inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const ModelConfig& config, Communicator& comm,
-                                                const std::string& dispatch) {
+inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const ModelConfig& config,
+                                                Communicator& comm, const std::string& dispatch) {
   ParallelOptions parallel;
   agree_on_errors(comm, [&] {
     parallel.dispatch = parse_dispatch(dispatch);
@@ -86,15 +88,16 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
                  "--prune-devices must be in [0, {} ranks], got {}", comm.size(), f.prune_devices);
     if (f.placement.empty()) return;
     const Placement p = load_placement(f.placement);
-    OCCULT_CHECK(p.num_experts == config.num_experts,
-                 "--placement {} is for a model with {} experts, but this model has num_experts = {}", f.placement,
-                 p.num_experts, config.num_experts);
+    OCCULT_CHECK(
+        p.num_experts == config.num_experts,
+        "--placement {} is for a model with {} experts, but this model has num_experts = {}",
+        f.placement, p.num_experts, config.num_experts);
     OCCULT_CHECK(static_cast<int>(p.layers.size()) == config.num_hidden_layers,
-                 "--placement {} has {} layers, but this model has num_hidden_layers = {}", f.placement,
-                 p.layers.size(), config.num_hidden_layers);
+                 "--placement {} has {} layers, but this model has num_hidden_layers = {}",
+                 f.placement, p.layers.size(), config.num_hidden_layers);
     OCCULT_CHECK(p.num_devices == comm.size(),
-                 "--placement {} is for {} devices, but the run has {} ranks (mpirun -np {})", f.placement,
-                 p.num_devices, comm.size(), p.num_devices);
+                 "--placement {} is for {} devices, but the run has {} ranks (mpirun -np {})",
+                 f.placement, p.num_devices, comm.size(), p.num_devices);
     for (int l = 0; l < config.num_hidden_layers; ++l) {
       parallel.expert_to_device.push_back(p.layer(l).expert_to_device);
       parallel.similarity.push_back(p.layer(l).similarity);
@@ -105,7 +108,8 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
 
 // Collective. The model with the checkpoint's weights, or random weights from f.seed.
 inline std::unique_ptr<MoeTransformer> build_model(const ModelFlags& f, const ModelConfig& config,
-                                                   const ParallelOptions& parallel, Communicator& comm) {
+                                                   const ParallelOptions& parallel,
+                                                   Communicator& comm) {
   std::unique_ptr<MoeTransformer> model;
   agree_on_errors(comm, [&] { model = std::make_unique<MoeTransformer>(config, comm, parallel); });
   if (f.checkpoint.empty()) {

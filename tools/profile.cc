@@ -38,7 +38,8 @@ std::vector<std::int32_t> read_calibration(const std::string& path, std::int64_t
   OCCULT_CHECK(count >= 0, "--tokens must be >= 0 (0 = the whole file), got {}", count);
   OCCULT_CHECK(count <= static_cast<std::int64_t>(text.size()),
                "--data {} has {} tokens (bytes), fewer than --tokens {}", path, text.size(), count);
-  return byte_tokenize(count > 0 ? std::string_view(text).substr(0, count) : std::string_view(text));
+  return byte_tokenize(count > 0 ? std::string_view(text).substr(0, count)
+                                 : std::string_view(text));
 }
 
 void run_profile(const ProfileFlags& f) {
@@ -46,11 +47,14 @@ void run_profile(const ProfileFlags& f) {
     const ModelConfig config = resolve_model_config(f.model, comm, /*allow_random=*/false);
     std::vector<std::int32_t> tokens;
     agree_on_errors(comm, [&] {
-      OCCULT_CHECK(config.vocab_size >= 256, "the byte-level calibration text needs vocab_size >= 256, the "
-                                             "checkpoint's config has {}", config.vocab_size);
+      OCCULT_CHECK(config.vocab_size >= 256,
+                   "the byte-level calibration text needs vocab_size >= 256, the "
+                   "checkpoint's config has {}",
+                   config.vocab_size);
       tokens = read_calibration(f.data, f.tokens);
     });
-    const ParallelOptions parallel = resolve_parallel_options(f.model, config, comm, f.model.dispatch);
+    const ParallelOptions parallel =
+        resolve_parallel_options(f.model, config, comm, f.model.dispatch);
     const auto model = build_model(f.model, config, parallel, comm);
     ProfileOptions o;
     o.seq_len = f.seq_len;
@@ -60,7 +64,8 @@ void run_profile(const ProfileFlags& f) {
     o.progress = !f.json && !f.no_progress;
     const auto start = std::chrono::steady_clock::now();
     const Trace trace = profile_routing(*model, tokens, o);
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     agree_on_errors(comm, [&] {
       if (comm.rank() == 0) save_trace(trace, f.out);
     });
@@ -81,13 +86,14 @@ void run_profile(const ProfileFlags& f) {
     }
     TextTable table({"metric", "value"});
     table.add_row({"trace", f.out});
-    table.add_row({"tokens (sequences x length)", fmt::format("{} ({} x <= {})", trace.num_tokens(),
-                                                              trace.sequence_lengths.size(),
-                                                              trace.sequence_lengths.front())});
-    table.add_row({"MoE layers / experts / top-k",
-                   fmt::format("{} / {} / {}", trace.num_layers(), trace.num_experts, trace.top_k)});
+    table.add_row({"tokens (sequences x length)",
+                   fmt::format("{} ({} x <= {})", trace.num_tokens(), trace.sequence_lengths.size(),
+                               trace.sequence_lengths.front())});
+    table.add_row({"MoE layers / experts / top-k", fmt::format("{} / {} / {}", trace.num_layers(),
+                                                               trace.num_experts, trace.top_k)});
     table.add_row({"ranks / dispatch", fmt::format("{} / {}", comm.size(), f.model.dispatch)});
-    table.add_row({"prefill tokens/s", fmt::format("{:.0f}", static_cast<double>(trace.num_tokens()) / seconds)});
+    table.add_row({"prefill tokens/s",
+                   fmt::format("{:.0f}", static_cast<double>(trace.num_tokens()) / seconds)});
     table.add_row({"file size", human_bytes(static_cast<double>(file_bytes))});
     fmt::print("{}", table.render());
   });
@@ -95,15 +101,18 @@ void run_profile(const ProfileFlags& f) {
 
 void setup(CLI::App& root) {
   auto f = std::make_shared<ProfileFlags>();
-  CLI::App* cmd = root.add_subcommand(
-      "profile",
-      "Prefill a checkpoint over calibration text (under mpirun: sequences spread over ranks) and write the\n"
-      "routing of every MoE layer as a trace: top-k ids, weights, router_probs, sequence_lengths. Feed it to\n"
-      "occult place / evaluate / prune.");
-  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")->required();
+  CLI::App* cmd = root.add_subcommand("profile",
+                                      "Prefill a checkpoint over calibration text (under mpirun: "
+                                      "sequences spread over ranks) and write the\n"
+                                      "routing of every MoE layer as a trace: top-k ids, weights, "
+                                      "router_probs, sequence_lengths. Feed it to\n"
+                                      "occult place / evaluate / prune.");
+  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")
+      ->required();
   cmd->add_option("--config", f->model.config, "config.json the checkpoint must match (optional)");
   cmd->add_option("--data", f->data, "calibration text (bytes are tokens)")->required();
-  cmd->add_option("--tokens", f->tokens, "first N tokens of --data (0 = all)")->capture_default_str();
+  cmd->add_option("--tokens", f->tokens, "first N tokens of --data (0 = all)")
+      ->capture_default_str();
   cmd->add_option("--seq-len", f->seq_len, "tokens per sequence (default max_position_embeddings)");
   cmd->add_option("--batch", f->batch, "sequences per prefill per rank")->capture_default_str();
   cmd->add_option("--out", f->out, "output trace (.safetensors)")->required();

@@ -27,7 +27,8 @@ double seconds_since(Clock::time_point start) {
 
 // Rotates each row's heads x[n, NH, hs] by RoPE at position positions[n]: the arithmetic of
 // ops.cc's rope_forward (angle in double, cos/sin rounded to float, rotate_half pairs).
-void rope_at_positions(float* x, const int* positions, std::int64_t N, int NH, int hs, float theta) {
+void rope_at_positions(float* x, const int* positions, std::int64_t N, int NH, int hs,
+                       float theta) {
   const int half = hs / 2;
   std::vector<float> cosv(half), sinv(half);
   for (std::int64_t n = 0; n < N; ++n) {
@@ -51,8 +52,8 @@ void rope_at_positions(float* x, const int* positions, std::int64_t N, int NH, i
 
 // One decode row's attention: q[C] at position `pos` against keys/values [pos+1, C] of its
 // slot; out[C] (overwrites). Softmax as ops.cc's attention_forward (float max, exp, 1/sum).
-void attention_decode_row(float* out, float* scores, const float* q, const float* keys, const float* values,
-                          int pos, int C, int NH) {
+void attention_decode_row(float* out, float* scores, const float* q, const float* keys,
+                          const float* values, int pos, int C, int NH) {
   const int hs = C / NH;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   for (int h = 0; h < NH; ++h) {
@@ -84,8 +85,8 @@ void attention_decode_row(float* out, float* scores, const float* q, const float
 // Causal attention of one prompt in blocks of `block` query rows: q,k,v,out [len, C] with row
 // stride C (heads in columns); scratch [block, len]. Per block and head: scores = scale * Q K^T
 // over the keys up to the block's last row, causal softmax as attention_forward, out = P V.
-void attention_prefill_blocked(float* out, float* scratch, const float* q, const float* k, const float* v,
-                               int len, int C, int NH, int block) {
+void attention_prefill_blocked(float* out, float* scratch, const float* q, const float* k,
+                               const float* v, int len, int C, int NH, int block) {
   const int hs = C / NH;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   for (int h = 0; h < NH; ++h) {
@@ -93,7 +94,8 @@ void attention_prefill_blocked(float* out, float* scratch, const float* q, const
       const int rows = std::min(block, len - r0);
       const int keys = r0 + rows;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
-                  q + static_cast<std::int64_t>(r0) * C + h * hs, C, k + h * hs, C, 0.0f, scratch, keys);
+                  q + static_cast<std::int64_t>(r0) * C + h * hs, C, k + h * hs, C, 0.0f, scratch,
+                  keys);
       for (int i = 0; i < rows; ++i) {
         float* row = scratch + static_cast<std::int64_t>(i) * keys;
         const int t = r0 + i;
@@ -108,8 +110,8 @@ void attention_prefill_blocked(float* out, float* scratch, const float* q, const
         for (int s = 0; s <= t; ++s) row[s] *= inv;
         for (int s = t + 1; s < keys; ++s) row[s] = 0.0f;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f, scratch, keys, v + h * hs, C,
-                  0.0f, out + static_cast<std::int64_t>(r0) * C + h * hs, C);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f, scratch, keys,
+                  v + h * hs, C, 0.0f, out + static_cast<std::int64_t>(r0) * C + h * hs, C);
     }
   }
 }
@@ -133,22 +135,26 @@ InferenceEngine::InferenceEngine(MoeTransformer& model, const InferenceOptions& 
   agree_on_errors(model_.comm(), [&] {
     OCCULT_CHECK(options_.max_sequences >= 0, "the KV cache needs max_sequences >= 0, got {}",
                  options_.max_sequences);
-    OCCULT_CHECK(options_.max_length >= 1 && options_.max_length <= c.max_position_embeddings,
-                 "the KV cache length {} is outside [1, the model's context max_position_embeddings = {}]",
-                 options_.max_length, c.max_position_embeddings);
+    OCCULT_CHECK(
+        options_.max_length >= 1 && options_.max_length <= c.max_position_embeddings,
+        "the KV cache length {} is outside [1, the model's context max_position_embeddings = {}]",
+        options_.max_length, c.max_position_embeddings);
     const std::int64_t bytes = cache_bytes();
     OCCULT_CHECK(bytes <= options_.memory_limit_bytes,
-                 "the KV cache for {} sequences x {} positions x {} layers x hidden {} needs {:.1f} MiB, above the "
-                 "limit of {:.1f} MiB (--kv-memory-gib {:.4g}) per rank: lower the batch or the length, or raise "
+                 "the KV cache for {} sequences x {} positions x {} layers x hidden {} needs "
+                 "{:.1f} MiB, above the "
+                 "limit of {:.1f} MiB (--kv-memory-gib {:.4g}) per rank: lower the batch or the "
+                 "length, or raise "
                  "the limit",
                  options_.max_sequences, options_.max_length, c.num_hidden_layers, c.hidden_size,
-                 static_cast<double>(bytes) / (1 << 20), static_cast<double>(options_.memory_limit_bytes) / (1 << 20),
+                 static_cast<double>(bytes) / (1 << 20),
+                 static_cast<double>(options_.memory_limit_bytes) / (1 << 20),
                  static_cast<double>(options_.memory_limit_bytes) / (1 << 30));
   });
   auto W = [&](const std::string& name) -> const float* { return model_.param(name).data(); };
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
-    LayerWeights w{W(p + "input_layernorm.weight"), W(p + "self_attn.q_proj.weight"),
+    LayerWeights w{W(p + "input_layernorm.weight"),  W(p + "self_attn.q_proj.weight"),
                    W(p + "self_attn.k_proj.weight"), W(p + "self_attn.v_proj.weight"),
                    W(p + "self_attn.o_proj.weight"), W(p + "post_attention_layernorm.weight"),
                    W(p + "mlp.gate.weight")};
@@ -162,27 +168,30 @@ InferenceEngine::InferenceEngine(MoeTransformer& model, const InferenceOptions& 
   embed_ = W("model.embed_tokens.weight");
   final_norm_ = W("model.norm.weight");
   lm_head_ = c.tie_word_embeddings ? embed_ : W("lm_head.weight");
-  const std::size_t floats = static_cast<std::size_t>(cache_bytes() / 2 / static_cast<std::int64_t>(sizeof(float)));
+  const std::size_t floats =
+      static_cast<std::size_t>(cache_bytes() / 2 / static_cast<std::int64_t>(sizeof(float)));
   k_cache_.assign(floats, 0.0f);
   v_cache_.assign(floats, 0.0f);
 }
 
-std::span<const float> InferenceEngine::prefill(const std::vector<std::vector<std::int32_t>>& prompts) {
+std::span<const float> InferenceEngine::prefill(
+    const std::vector<std::vector<std::int32_t>>& prompts) {
   const ModelConfig& c = model_.config();
   agree_on_errors(model_.comm(), [&] {
     OCCULT_CHECK(static_cast<std::int64_t>(prompts.size()) <= options_.max_sequences,
-                 "prefill got {} prompts but the KV cache holds {} sequences on rank {}", prompts.size(),
-                 options_.max_sequences, model_.comm().rank());
+                 "prefill got {} prompts but the KV cache holds {} sequences on rank {}",
+                 prompts.size(), options_.max_sequences, model_.comm().rank());
     for (std::size_t i = 0; i < prompts.size(); ++i) {
       OCCULT_CHECK(!prompts[i].empty(), "prompt {} is empty: a prompt needs at least one token", i);
-      OCCULT_CHECK(static_cast<std::int64_t>(prompts[i].size()) <= options_.max_length,
-                   "prompt {} has {} tokens, longer than the KV cache length {} (the model's context is "
-                   "max_position_embeddings = {})",
-                   i, prompts[i].size(), options_.max_length, c.max_position_embeddings);
+      OCCULT_CHECK(
+          static_cast<std::int64_t>(prompts[i].size()) <= options_.max_length,
+          "prompt {} has {} tokens, longer than the KV cache length {} (the model's context is "
+          "max_position_embeddings = {})",
+          i, prompts[i].size(), options_.max_length, c.max_position_embeddings);
       for (std::size_t t = 0; t < prompts[i].size(); ++t) {
         OCCULT_CHECK(prompts[i][t] >= 0 && prompts[i][t] < c.vocab_size,
-                     "token {} of prompt {} is {}, outside the vocabulary [0, {})", t, i, prompts[i][t],
-                     c.vocab_size);
+                     "token {} of prompt {} is {}, outside the vocabulary [0, {})", t, i,
+                     prompts[i][t], c.vocab_size);
       }
     }
   });
@@ -208,22 +217,25 @@ std::span<const float> InferenceEngine::prefill(const std::vector<std::vector<st
   return {logits_.data(), out_rows_.size() * static_cast<std::size_t>(c.vocab_size)};
 }
 
-std::span<const float> InferenceEngine::decode(std::span<const int> slots, std::span<const std::int32_t> tokens) {
+std::span<const float> InferenceEngine::decode(std::span<const int> slots,
+                                               std::span<const std::int32_t> tokens) {
   const ModelConfig& c = model_.config();
   agree_on_errors(model_.comm(), [&] {
-    OCCULT_CHECK(slots.size() == tokens.size(), "decode got {} slots but {} tokens", slots.size(), tokens.size());
+    OCCULT_CHECK(slots.size() == tokens.size(), "decode got {} slots but {} tokens", slots.size(),
+                 tokens.size());
     std::vector<char> seen(lengths_.size(), 0);
     for (std::size_t i = 0; i < slots.size(); ++i) {
       const int s = slots[i];
-      OCCULT_CHECK(s >= 0 && s < num_sequences(), "decode slot {} is not a prefilled sequence (there are {})", s,
-                   num_sequences());
+      OCCULT_CHECK(s >= 0 && s < num_sequences(),
+                   "decode slot {} is not a prefilled sequence (there are {})", s, num_sequences());
       OCCULT_CHECK(!seen[s], "decode got slot {} twice in one step", s);
       seen[s] = 1;
-      OCCULT_CHECK(lengths_[s] < options_.max_length,
-                   "sequence {} already holds {} tokens, the KV cache length (context {}): it cannot grow", s,
-                   lengths_[s], options_.max_length);
-      OCCULT_CHECK(tokens[i] >= 0 && tokens[i] < c.vocab_size, "decode token {} is outside the vocabulary [0, {})",
-                   tokens[i], c.vocab_size);
+      OCCULT_CHECK(
+          lengths_[s] < options_.max_length,
+          "sequence {} already holds {} tokens, the KV cache length (context {}): it cannot grow",
+          s, lengths_[s], options_.max_length);
+      OCCULT_CHECK(tokens[i] >= 0 && tokens[i] < c.vocab_size,
+                   "decode token {} is outside the vocabulary [0, {})", tokens[i], c.vocab_size);
     }
   });
   segments_.clear();
@@ -243,8 +255,8 @@ std::span<const float> InferenceEngine::decode(std::span<const int> slots, std::
 
 void InferenceEngine::forward_rows(bool prefill) {
   const ModelConfig& c = model_.config();
-  const int L = c.num_hidden_layers, H = c.hidden_size, V = c.vocab_size, NH = c.num_attention_heads,
-            S = c.shared_intermediate_size(), hs = c.head_dim();
+  const int L = c.num_hidden_layers, H = c.hidden_size, V = c.vocab_size,
+            NH = c.num_attention_heads, S = c.shared_intermediate_size(), hs = c.head_dim();
   const std::int64_t N = rows_;
   const std::int64_t T = options_.max_length;
   for (auto* buf : {&x_, &ln_, &q_, &k_, &v_, &atty_, &tmp_}) grow(*buf, N * H);
@@ -253,12 +265,14 @@ void InferenceEngine::forward_rows(bool prefill) {
   const std::int64_t n_out = static_cast<std::int64_t>(out_rows_.size());
   grow(lnf_, n_out * H);
   grow(logits_, n_out * V);
-  const int block = options_.attention_block_rows > 0 ? options_.attention_block_rows : kDefaultAttentionBlockRows;
+  const int block = options_.attention_block_rows > 0 ? options_.attention_block_rows
+                                                      : kDefaultAttentionBlockRows;
   int longest = 0;
   for (const auto& seg : segments_) longest = std::max(longest, seg.length);
-  const std::int64_t att_floats = !prefill              ? T
-                                  : longest <= block ? static_cast<std::int64_t>(NH) * longest * longest
-                                                     : static_cast<std::int64_t>(block) * longest;
+  const std::int64_t att_floats = !prefill ? T
+                                  : longest <= block
+                                      ? static_cast<std::int64_t>(NH) * longest * longest
+                                      : static_cast<std::int64_t>(block) * longest;
   grow(att_, att_floats);
 
   float* x = x_.data();
@@ -279,11 +293,11 @@ void InferenceEngine::forward_rows(bool prefill) {
         rope_forward(q_.data() + off, 1, seg.length, NH, hs, c.rope_theta);
         rope_forward(k_.data() + off, 1, seg.length, NH, hs, c.rope_theta);
         if (seg.length <= block) {
-          attention_forward(atty_.data() + off, att_.data(), q_.data() + off, k_.data() + off, v_.data() + off, 1,
-                            seg.length, H, NH);
+          attention_forward(atty_.data() + off, att_.data(), q_.data() + off, k_.data() + off,
+                            v_.data() + off, 1, seg.length, H, NH);
         } else {
-          attention_prefill_blocked(atty_.data() + off, att_.data(), q_.data() + off, k_.data() + off,
-                                    v_.data() + off, seg.length, H, NH, block);
+          attention_prefill_blocked(atty_.data() + off, att_.data(), q_.data() + off,
+                                    k_.data() + off, v_.data() + off, seg.length, H, NH, block);
         }
       }
     } else {
@@ -299,8 +313,8 @@ void InferenceEngine::forward_rows(bool prefill) {
     if (!prefill) {
       for (std::int64_t n = 0; n < N; ++n) {
         const std::int64_t base = static_cast<std::int64_t>(row_slot_[n]) * T * H;
-        attention_decode_row(atty_.data() + n * H, att_.data(), q_.data() + n * H, kc + base, vc + base,
-                             row_pos_[n], H, NH);
+        attention_decode_row(atty_.data() + n * H, att_.data(), q_.data() + n * H, kc + base,
+                             vc + base, row_pos_[n], H, NH);
       }
     }
     matmul_forward(tmp_.data(), atty_.data(), w.o, N, H, H);
@@ -346,9 +360,10 @@ LayerRouting InferenceEngine::routing(int layer) {
   return r;
 }
 
-GenerateResult generate(MoeTransformer& model, const std::vector<std::vector<std::int32_t>>& prompts,
-                        const GenerateOptions& options,
-                        const std::function<void(int step, std::span<const std::int32_t> tokens)>& on_step) {
+GenerateResult generate(
+    MoeTransformer& model, const std::vector<std::vector<std::int32_t>>& prompts,
+    const GenerateOptions& options,
+    const std::function<void(int step, std::span<const std::int32_t> tokens)>& on_step) {
   Communicator& comm = model.comm();
   const ModelConfig& c = model.config();
   const std::int64_t P = static_cast<std::int64_t>(prompts.size());
@@ -356,20 +371,23 @@ GenerateResult generate(MoeTransformer& model, const std::vector<std::vector<std
   agree_on_errors(comm, [&] {
     validate_sampling_options(options.sampling);
     OCCULT_CHECK(P >= 1, "generation needs at least one prompt");
-    OCCULT_CHECK(options.max_new_tokens >= 1, "--max-new-tokens must be >= 1, got {}", options.max_new_tokens);
+    OCCULT_CHECK(options.max_new_tokens >= 1, "--max-new-tokens must be >= 1, got {}",
+                 options.max_new_tokens);
     for (std::int64_t i = 0; i < P; ++i) {
       const auto len = static_cast<std::int64_t>(prompts[i].size());
       OCCULT_CHECK(len >= 1, "prompt {} is empty: a prompt needs at least one token", i + 1);
       const std::int64_t needed = len + options.max_new_tokens - 1;
       OCCULT_CHECK(needed <= c.max_position_embeddings,
-                   "prompt {} has {} tokens; with --max-new-tokens {} generation needs {} positions but the model's "
+                   "prompt {} has {} tokens; with --max-new-tokens {} generation needs {} "
+                   "positions but the model's "
                    "context (max_position_embeddings) is {}",
                    i + 1, len, options.max_new_tokens, needed, c.max_position_embeddings);
       positions = std::max(positions, static_cast<int>(needed));
     }
   });
   const Share share = rank_share(P, comm.rank(), comm.size());
-  const std::vector<std::vector<std::int32_t>> local(prompts.begin() + share.begin, prompts.begin() + share.end);
+  const std::vector<std::vector<std::int32_t>> local(prompts.begin() + share.begin,
+                                                     prompts.begin() + share.end);
   const int n = static_cast<int>(local.size());
   InferenceOptions io;
   io.max_sequences = n;
@@ -393,8 +411,9 @@ GenerateResult generate(MoeTransformer& model, const std::vector<std::vector<std
     std::fill(step_tokens.begin(), step_tokens.end(), 0);
     for (int i = 0; i < n; ++i) {
       const std::int64_t global = share.begin + i;
-      local_tokens[i] = sample_token(logits.subspan(static_cast<std::size_t>(i) * config.vocab_size, config.vocab_size),
-                                     options.sampling, global, step, &scratch);
+      local_tokens[i] = sample_token(
+          logits.subspan(static_cast<std::size_t>(i) * config.vocab_size, config.vocab_size),
+          options.sampling, global, step, &scratch);
       step_tokens[static_cast<std::size_t>(global)] = local_tokens[i];
     }
     comm.all_reduce_sum(std::span<std::int64_t>(step_tokens));
@@ -426,15 +445,16 @@ GenerateResult generate(MoeTransformer& model, const std::vector<std::vector<std
   return result;
 }
 
-Trace profile_routing(MoeTransformer& model, std::span<const std::int32_t> tokens, const ProfileOptions& options) {
+Trace profile_routing(MoeTransformer& model, std::span<const std::int32_t> tokens,
+                      const ProfileOptions& options) {
   Communicator& comm = model.comm();
   const ModelConfig& c = model.config();
   const int seq_len = options.seq_len > 0 ? options.seq_len : c.max_position_embeddings;
   agree_on_errors(comm, [&] {
     OCCULT_CHECK(!tokens.empty(), "profiling needs at least one calibration token");
     OCCULT_CHECK(seq_len >= 1 && seq_len <= c.max_position_embeddings,
-                 "--seq-len {} is outside [1, the model's context max_position_embeddings = {}]", seq_len,
-                 c.max_position_embeddings);
+                 "--seq-len {} is outside [1, the model's context max_position_embeddings = {}]",
+                 seq_len, c.max_position_embeddings);
     OCCULT_CHECK(options.sequences_per_batch >= 1, "sequences per prefill must be >= 1, got {}",
                  options.sequences_per_batch);
   });
@@ -442,7 +462,8 @@ Trace profile_routing(MoeTransformer& model, std::span<const std::int32_t> token
   const std::int64_t num_seqs = (T + seq_len - 1) / seq_len;
   const Share share = rank_share(num_seqs, comm.rank(), comm.size());
   const std::int64_t local_seqs = share.end - share.begin;
-  std::int64_t rounds = (local_seqs + options.sequences_per_batch - 1) / options.sequences_per_batch;
+  std::int64_t rounds =
+      (local_seqs + options.sequences_per_batch - 1) / options.sequences_per_batch;
   comm.all_reduce_max(std::span<std::int64_t>(&rounds, 1));
 
   InferenceOptions io;
@@ -477,8 +498,8 @@ Trace profile_routing(MoeTransformer& model, std::span<const std::int32_t> token
 
   // Ranks hold consecutive sequences in rank order: gathering in rank order restores token order.
   Trace trace;
-  const auto lengths = gather_rows_to_root<std::int32_t>(comm, local_lengths,
-                                                         static_cast<std::int64_t>(local_lengths.size()), 1);
+  const auto lengths = gather_rows_to_root<std::int32_t>(
+      comm, local_lengths, static_cast<std::int64_t>(local_lengths.size()), 1);
   std::vector<LayerRouting> layers(L);
   for (int l = 0; l < L; ++l) {
     const auto& acc = local[l];
@@ -495,7 +516,8 @@ Trace profile_routing(MoeTransformer& model, std::span<const std::int32_t> token
   trace.sequence_lengths = lengths;
   trace.model = options.model_name;
   trace.dataset = options.dataset;
-  trace.extra_metadata["source"] = fmt::format("occult profile: prefill of {} tokens in sequences of {}", T, seq_len);
+  trace.extra_metadata["source"] =
+      fmt::format("occult profile: prefill of {} tokens in sequences of {}", T, seq_len);
   validate_trace(trace, "the profiled routing");
   return trace;
 }

@@ -11,9 +11,12 @@ namespace occult {
 
 void validate_sampling_options(const SamplingOptions& options) {
   OCCULT_CHECK(std::isfinite(options.temperature) && options.temperature >= 0.0f,
-               "--temperature must be a finite number >= 0 (0 = greedy), got {}", options.temperature);
-  OCCULT_CHECK(options.top_p > 0.0f && options.top_p <= 1.0f, "--top-p must be in (0, 1], got {}", options.top_p);
-  OCCULT_CHECK(options.vocab_limit >= 0, "the sampling vocabulary limit must be >= 0, got {}", options.vocab_limit);
+               "--temperature must be a finite number >= 0 (0 = greedy), got {}",
+               options.temperature);
+  OCCULT_CHECK(options.top_p > 0.0f && options.top_p <= 1.0f, "--top-p must be in (0, 1], got {}",
+               options.top_p);
+  OCCULT_CHECK(options.vocab_limit >= 0, "the sampling vocabulary limit must be >= 0, got {}",
+               options.vocab_limit);
 }
 
 double sampling_uniform(std::uint64_t seed, std::int64_t sequence, std::int64_t step) {
@@ -29,10 +32,12 @@ std::int32_t sample_from_probs(std::span<const float> probs, float top_p, double
   OCCULT_CHECK(!probs.empty(), "cannot sample from an empty probability row");
   std::vector<std::int32_t> order(probs.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](std::int32_t a, std::int32_t b) { return probs[a] > probs[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::int32_t a, std::int32_t b) { return probs[a] > probs[b]; });
   double total = 0.0;
   for (float p : probs) total += p;
-  OCCULT_CHECK(total > 0.0 && std::isfinite(total), "probabilities sum to {}, cannot sample", total);
+  OCCULT_CHECK(total > 0.0 && std::isfinite(total), "probabilities sum to {}, cannot sample",
+               total);
   // The nucleus: the shortest descending prefix reaching top_p of the mass (at least one id).
   const double target = static_cast<double>(top_p) * total;
   double kept = 0.0;
@@ -52,10 +57,11 @@ std::int32_t sample_from_probs(std::span<const float> probs, float top_p, double
   return order[n - 1];
 }
 
-std::int32_t sample_token(std::span<const float> logits, const SamplingOptions& options, std::int64_t sequence,
-                          std::int64_t step, std::vector<float>* scratch) {
-  const std::size_t V = options.vocab_limit > 0 ? std::min<std::size_t>(logits.size(), options.vocab_limit)
-                                                : logits.size();
+std::int32_t sample_token(std::span<const float> logits, const SamplingOptions& options,
+                          std::int64_t sequence, std::int64_t step, std::vector<float>* scratch) {
+  const std::size_t V = options.vocab_limit > 0
+                            ? std::min<std::size_t>(logits.size(), options.vocab_limit)
+                            : logits.size();
   OCCULT_CHECK(V > 0, "cannot sample from an empty logits row");
   if (options.temperature == 0.0f) {
     std::size_t best = 0;

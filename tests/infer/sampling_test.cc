@@ -1,18 +1,20 @@
 // Sampling: greedy ties, the nucleus cut and the cumulative intervals on hand-computed dyadic
 // probabilities (exact in float), counter-based determinism, and flag validation.
+#include "occult/model/sampling.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <vector>
 
 #include "occult/core/error.h"
-#include "occult/model/sampling.h"
 
 namespace occult {
 namespace {
 
 TEST(SampleFromProbs, WalksTheDescendingCumulativeIntervals) {
-  // Descending order is id 1 (0.5), id 2 (0.375), id 0 (0.125): intervals [0,.5) [.5,.875) [.875,1).
+  // Descending order is id 1 (0.5), id 2 (0.375), id 0 (0.125): intervals [0,.5) [.5,.875)
+  // [.875,1).
   const std::vector<float> p = {0.125f, 0.5f, 0.375f};
   EXPECT_EQ(sample_from_probs(p, 1.0f, 0.0), 1);
   EXPECT_EQ(sample_from_probs(p, 1.0f, 0.25), 1);
@@ -27,8 +29,8 @@ TEST(SampleFromProbs, TopPKeepsTheShortestPrefixReachingTheMass) {
   // top_p 0.5: id 1 alone reaches it.
   for (double u : {0.0, 0.3, 0.7, 0.999}) EXPECT_EQ(sample_from_probs(p, 0.5f, u), 1) << u;
   // top_p 0.75: ids 1 and 2 (mass 0.875), renormalised: id 1 below u = 0.5/0.875 = 4/7.
-  EXPECT_EQ(sample_from_probs(p, 0.75f, 0.5), 1);   // x = 0.4375 < 0.5
-  EXPECT_EQ(sample_from_probs(p, 0.75f, 0.6), 2);   // x = 0.525
+  EXPECT_EQ(sample_from_probs(p, 0.75f, 0.5), 1);    // x = 0.4375 < 0.5
+  EXPECT_EQ(sample_from_probs(p, 0.75f, 0.6), 2);    // x = 0.525
   EXPECT_EQ(sample_from_probs(p, 0.75f, 0.999), 2);  // id 0 is outside the nucleus
 }
 

@@ -31,7 +31,7 @@ inline constexpr std::int64_t kDefaultKvMemoryLimitBytes = std::int64_t{8} << 30
 // How much KV cache one rank holds.
 struct InferenceOptions {
   std::int64_t max_sequences = 1;  // KV-cache slots on this rank (its share of the batch)
-  int max_length = 0;              // positions per slot, prompt + generated; 0 = max_position_embeddings
+  int max_length = 0;  // positions per slot, prompt + generated; 0 = max_position_embeddings
   std::int64_t memory_limit_bytes = kDefaultKvMemoryLimitBytes;  // KV-cache budget of this rank
   // Prefill attention: prompts longer than this many tokens are processed in blocks of this many
   // query rows, so the score scratch is O(block x len) instead of the whole-prompt kernel's
@@ -55,7 +55,9 @@ class InferenceEngine {
   const InferenceOptions& options() const { return options_; }
   MoeTransformer& model() { return model_; }
   // Bytes this rank's KV cache occupies.
-  std::int64_t cache_bytes() const { return kv_cache_bytes(model_.config(), options_.max_sequences, options_.max_length); }
+  std::int64_t cache_bytes() const {
+    return kv_cache_bytes(model_.config(), options_.max_sequences, options_.max_length);
+  }
 
   // Collective. Forgets every cached sequence, then runs this rank's prompts (possibly none;
   // at most max_sequences, each 1..max_length ids in [0, V)) at positions 0..len-1 in one
@@ -97,14 +99,14 @@ class InferenceEngine {
 
   // The rows of the current call. N = rows_.
   std::int64_t rows_ = 0;
-  std::vector<std::int32_t> tokens_;  // [N]
+  std::vector<std::int32_t> tokens_;     // [N]
   std::vector<int> row_slot_, row_pos_;  // [N] slot and position of each row
   struct Segment {
     int slot = 0;
     std::int64_t first_row = 0;
     int length = 0;
   };
-  std::vector<Segment> segments_;     // prefill: one per prompt
+  std::vector<Segment> segments_;       // prefill: one per prompt
   std::vector<std::int64_t> out_rows_;  // rows whose logits are returned
   // Activations [N, H] / [N, S] / [n, V] and attention scratch.
   std::vector<float> x_, ln_, q_, k_, v_, atty_, tmp_, sh1_, sh3_, shh_, rstd_, att_, lnf_, logits_;
@@ -133,17 +135,18 @@ struct GenerateResult {
 // set, is called on every rank after step j with the new token of every prompt (streaming).
 // Throws on every rank for an empty prompt list or prompt, max_new_tokens < 1, ids outside
 // the vocabulary, or a prompt whose len + max_new_tokens - 1 positions exceed the context.
-GenerateResult generate(MoeTransformer& model, const std::vector<std::vector<std::int32_t>>& prompts,
-                        const GenerateOptions& options,
-                        const std::function<void(int step, std::span<const std::int32_t> tokens)>& on_step = {});
+GenerateResult generate(
+    MoeTransformer& model, const std::vector<std::vector<std::int32_t>>& prompts,
+    const GenerateOptions& options,
+    const std::function<void(int step, std::span<const std::int32_t> tokens)>& on_step = {});
 
 // Options of profile_routing().
 struct ProfileOptions {
-  int seq_len = 0;                      // tokens per calibration sequence; 0 = max_position_embeddings
+  int seq_len = 0;  // tokens per calibration sequence; 0 = max_position_embeddings
   std::int64_t sequences_per_batch = 8;  // sequences one prefill runs per rank
-  std::string model_name;               // trace metadata "model"
-  std::string dataset;                  // trace metadata "dataset"
-  bool progress = false;                // progress bar on rank 0
+  std::string model_name;                // trace metadata "model"
+  std::string dataset;                   // trace metadata "dataset"
+  bool progress = false;                 // progress bar on rank 0
 };
 
 // Collective. Cuts `tokens` (the same on every rank) into consecutive sequences of seq_len
@@ -151,6 +154,7 @@ struct ProfileOptions {
 // returns on rank 0 the routing of every MoE layer (top-k ids, weights, full router_probs,
 // sequence_lengths, metadata) in token order; other ranks get an empty trace. The model must
 // run without pruning (the trace records its own routing). Throws on every rank for bad input.
-Trace profile_routing(MoeTransformer& model, std::span<const std::int32_t> tokens, const ProfileOptions& options);
+Trace profile_routing(MoeTransformer& model, std::span<const std::int32_t> tokens,
+                      const ProfileOptions& options);
 
 }  // namespace occult

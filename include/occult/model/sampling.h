@@ -11,10 +11,10 @@ namespace occult {
 
 // How the next token is chosen from a row of logits.
 struct SamplingOptions {
-  float temperature = 0.0f;  // 0 = greedy (argmax, ties to the lower id); > 0 divides the logits
-  float top_p = 1.0f;        // nucleus: smallest prefix of descending probabilities reaching top_p
+  float temperature = 0.0f;   // 0 = greedy (argmax, ties to the lower id); > 0 divides the logits
+  float top_p = 1.0f;         // nucleus: smallest prefix of descending probabilities reaching top_p
   std::uint64_t seed = 1234;  // with (sequence, step) it names the random number of each draw
-  int vocab_limit = 0;       // > 0: only ids below it may be drawn (byte-level text: 256)
+  int vocab_limit = 0;        // > 0: only ids below it may be drawn (byte-level text: 256)
 };
 
 // Throws occult::Error naming the flag unless temperature >= 0 and finite, top_p in (0, 1],
@@ -33,7 +33,8 @@ std::int32_t sample_from_probs(std::span<const float> probs, float top_p, double
 // The next token of sequence `sequence` at generation step `step` from logits [V]
 // (vocab_limit applied first): argmax when temperature is 0, else softmax(logits / T) then
 // sample_from_probs with sampling_uniform(seed, sequence, step). `scratch` avoids allocation.
-std::int32_t sample_token(std::span<const float> logits, const SamplingOptions& options, std::int64_t sequence,
-                          std::int64_t step, std::vector<float>* scratch = nullptr);
+std::int32_t sample_token(std::span<const float> logits, const SamplingOptions& options,
+                          std::int64_t sequence, std::int64_t step,
+                          std::vector<float>* scratch = nullptr);
 
 }  // namespace occult
