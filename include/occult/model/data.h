@@ -36,8 +36,11 @@ class TextDataset {
  public:
   // Reads `path`; throws naming it when it cannot be read or is too short to split.
   TextDataset(const std::string& path, double val_fraction = 0.1);
+  // Tokens in the training split (the first 1 - val_fraction of the file).
   std::int64_t train_tokens() const { return static_cast<std::int64_t>(train_.size()); }
+  // Tokens in the validation split (the rest).
   std::int64_t val_tokens() const { return static_cast<std::int64_t>(val_.size()); }
+  // The file this dataset was read from.
   const std::string& path() const { return path_; }
 
   // Training batch of 1-based step `step`: `global_batch` windows of seq_len+1 tokens at

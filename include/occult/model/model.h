@@ -83,11 +83,14 @@ class MoeTransformer {
   // as the reference the expert-parallel layer is compared against).
   MoeTransformer(const ModelConfig& config, Communicator& comm, const ParallelOptions& options,
                  bool local_reference = false);
+  // Releases the arenas and the MoE layers (not collective).
   ~MoeTransformer();
   MoeTransformer(const MoeTransformer&) = delete;
   MoeTransformer& operator=(const MoeTransformer&) = delete;
 
+  // The architecture this model was built for.
   const ModelConfig& config() const { return config_; }
+  // The ranks this model spans (dense gradients are summed over them).
   Communicator& comm() { return comm_; }
 
   // Every parameter of this rank (dense ones, then this rank's experts), in checkpoint order.

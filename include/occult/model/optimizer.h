@@ -47,11 +47,14 @@ class AdamW {
   double step();
   // Number of updates done so far.
   int step_count() const { return step_; }
+  // Restores the update count (resume), so bias correction and the schedule continue.
   void set_step_count(int step) { step_ = step; }
   // First/second moments of tensor i of model.tensors().
   std::vector<float>& exp_avg(std::size_t i) { return m_[i]; }
   std::vector<float>& exp_avg_sq(std::size_t i) { return v_[i]; }
+  // The hyper-parameters this optimizer was built with.
   const AdamWOptions& options() const { return options_; }
+  // The learning rate the last step() used.
   float last_lr() const { return last_lr_; }
 
  private:
