@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <new>
 
 #include "model/moe_block.h"
 #include "occult/comm/communicator.h"
@@ -170,8 +171,17 @@ InferenceEngine::InferenceEngine(MoeTransformer& model, const InferenceOptions& 
   lm_head_ = c.tie_word_embeddings ? embed_ : W("lm_head.weight");
   const std::size_t floats =
       static_cast<std::size_t>(cache_bytes() / 2 / static_cast<std::int64_t>(sizeof(float)));
-  k_cache_.assign(floats, 0.0f);
-  v_cache_.assign(floats, 0.0f);
+  // An allocation failure on one rank must fail every rank, not leave the others waiting.
+  agree_on_errors(model_.comm(), [&] {
+    try {
+      k_cache_.assign(floats, 0.0f);
+      v_cache_.assign(floats, 0.0f);
+    } catch (const std::bad_alloc&) {
+      OCCULT_FAIL(
+          "cannot allocate the KV cache of {:.1f} MiB on rank {}: lower the batch or the length",
+          static_cast<double>(cache_bytes()) / (1 << 20), model_.comm().rank());
+    }
+  });
 }
 
 std::span<const float> InferenceEngine::prefill(
