@@ -362,7 +362,7 @@ void setup(CLI::App& root) {
   cmd->add_option("--prune-scheme", args->prune_scheme, "score, similarity or device-limited")->capture_default_str();
   cmd->add_option("--seed", args->seed, "weights and inputs seed")->capture_default_str();
   cmd->add_flag("--json", args->json, "print JSON on stdout instead of the table");
-  cmd->callback([args] { run_on_world([&](Communicator& comm) { run_bench(*args, comm); }); });
+  cmd->callback([args] { run_on_mpi_world([&](Communicator& comm) { run_bench(*args, comm); }); });
 }
 
 OCCULT_REGISTER_COMMAND("bench layer", setup);

@@ -12,6 +12,7 @@
 
 #include "occult/comm/communicator.h"
 #include "occult/comm/mpi_communicator.h"
+#include "mpi_cli.h"
 #include "occult/core/error.h"
 #include "occult/model/checkpoint.h"
 #include "occult/model/config.h"
@@ -19,21 +20,6 @@
 #include "occult/placement/placement.h"
 
 namespace occult::cli {
-
-// Runs `body(comm)` on MPI_COMM_WORLD (MPI initialised for the command if nobody has). An
-// occult::Error, agreed on by every rank through agree_on_errors, is reported once by rank 0
-// (main prints it); the other ranks exit with status 1 silently.
-template <typename Body>
-void run_on_mpi_world(Body&& body) {
-  MpiSession session;
-  MpiCommunicator comm(MPI_COMM_WORLD);
-  try {
-    body(comm);
-  } catch (const Error&) {
-    if (comm.rank() == 0) throw;
-    throw CLI::RuntimeError(1);
-  }
-}
 
 // The flags every inference subcommand shares.
 struct ModelFlags {

@@ -204,7 +204,7 @@ void setup(CLI::App& root) {
   cmd->add_option("--capacity-factor", args->capacity_factor, "standard only: drop beyond c*T*k/E per expert (0 = dropless)");
   cmd->add_option("--grad-output", args->grad_output, "safetensors with grad_output [T,H]: also run backward");
   cmd->add_option("--out", args->out, "output safetensors (written by rank 0)")->required();
-  cmd->callback([args] { run_on_world([&](Communicator& comm) { run_layer(*args, comm); }); });
+  cmd->callback([args] { run_on_mpi_world([&](Communicator& comm) { run_layer(*args, comm); }); });
 }
 
 OCCULT_REGISTER_COMMAND("layer run", setup);

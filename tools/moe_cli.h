@@ -1,31 +1,16 @@
-// Pieces shared by the MoE-layer subcommands (`layer run`, `bench layer`): MPI setup, the
-// rank-0-only error report, flag parsing for dispatch and pruning.
+// Pieces shared by the MoE-layer subcommands (`layer run`, `bench layer`): flag parsing for
+// dispatch and pruning (MPI set-up and error reporting live in mpi_cli.h).
 #pragma once
 
 #include <CLI/CLI.hpp>
 
 #include <string>
 
-#include "occult/comm/mpi_communicator.h"
+#include "mpi_cli.h"
 #include "occult/core/error.h"
 #include "occult/routing/pruning.h"
 
 namespace occult::cli {
-
-// Runs `body(comm)` on MPI_COMM_WORLD inside an MpiSession. An occult::Error (agreed on by
-// every rank through agree_on_errors) is reported once, by rank 0; other ranks exit with
-// status 1 silently (CLI11 prints nothing for CLI::RuntimeError).
-template <typename Body>
-void run_on_world(Body&& body) {
-  MpiSession session;
-  MpiCommunicator comm(MPI_COMM_WORLD);
-  try {
-    body(comm);
-  } catch (const Error&) {
-    if (comm.rank() == 0) throw;
-    throw CLI::RuntimeError(1);
-  }
-}
 
 // Parses --prune-scheme; throws naming the flag and the accepted values.
 inline PruneScheme parse_prune_scheme_flag(const std::string& text) {
