@@ -52,7 +52,7 @@ void rope_at_positions(float* x, const int* positions, std::int64_t N, int NH, i
 }
 
 // One decode row's attention: q[C] at position `pos` against keys/values [pos+1, C] of its
-// slot; out[C] (overwrites). Softmax as ops.cc's attention_forward (float max, exp, 1/sum).
+// slot; out[C] (overwrites). The softmax is causal_softmax_row, as in attention_forward.
 void attention_decode_row(float* out, float* scores, const float* q, const float* keys,
                           const float* values, int pos, int C, int NH) {
   const int hs = C / NH;
@@ -65,18 +65,11 @@ void attention_decode_row(float* out, float* scores, const float* q, const float
       for (int i = 0; i < hs; ++i) dot += qh[i] * kh[i];
       scores[s] = scale * dot;
     }
-    float maxv = scores[0];
-    for (int s = 1; s <= pos; ++s) maxv = std::max(maxv, scores[s]);
-    float sum = 0.0f;
-    for (int s = 0; s <= pos; ++s) {
-      scores[s] = std::exp(scores[s] - maxv);
-      sum += scores[s];
-    }
-    const float inv = 1.0f / sum;
+    causal_softmax_row(scores, pos, pos + 1);
     float* oh = out + h * hs;
     std::fill(oh, oh + hs, 0.0f);
     for (int s = 0; s <= pos; ++s) {
-      const float a = scores[s] * inv;
+      const float a = scores[s];
       const float* vh = values + static_cast<std::int64_t>(s) * C + h * hs;
       for (int i = 0; i < hs; ++i) oh[i] += a * vh[i];
     }
@@ -98,18 +91,7 @@ void attention_prefill_blocked(float* out, float* scratch, const float* q, const
                   q + static_cast<std::int64_t>(r0) * C + h * hs, C, k + h * hs, C, 0.0f, scratch,
                   keys);
       for (int i = 0; i < rows; ++i) {
-        float* row = scratch + static_cast<std::int64_t>(i) * keys;
-        const int t = r0 + i;
-        float maxv = row[0];
-        for (int s = 1; s <= t; ++s) maxv = std::max(maxv, row[s]);
-        float sum = 0.0f;
-        for (int s = 0; s <= t; ++s) {
-          row[s] = std::exp(row[s] - maxv);
-          sum += row[s];
-        }
-        const float inv = 1.0f / sum;
-        for (int s = 0; s <= t; ++s) row[s] *= inv;
-        for (int s = t + 1; s < keys; ++s) row[s] = 0.0f;
+        causal_softmax_row(scratch + static_cast<std::int64_t>(i) * keys, r0 + i, keys);
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f, scratch, keys,
                   v + h * hs, C, 0.0f, out + static_cast<std::int64_t>(r0) * C + h * hs, C);

@@ -109,6 +109,19 @@ void rope_backward(float* dx, std::int64_t B, int T, int NH, int hs, float theta
   rope_apply(dx, B, T, NH, hs, theta, -1.0f);
 }
 
+void causal_softmax_row(float* row, int last, int len) {
+  float maxv = row[0];
+  for (int s = 1; s <= last; ++s) maxv = std::max(maxv, row[s]);
+  float sum = 0.0f;
+  for (int s = 0; s <= last; ++s) {
+    row[s] = std::exp(row[s] - maxv);
+    sum += row[s];
+  }
+  const float inv = 1.0f / sum;
+  for (int s = 0; s <= last; ++s) row[s] *= inv;
+  for (int s = last + 1; s < len; ++s) row[s] = 0.0f;
+}
+
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
                        std::int64_t B, int T, int C, int NH) {
   const int hs = C / NH;
@@ -120,19 +133,7 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
       // a = scale * Q_bh @ K_bh^T, then causal softmax row by row.
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q + base, C, k + base, C, 0.0f, a,
                   T);
-      for (int t = 0; t < T; ++t) {
-        float* row = a + static_cast<std::int64_t>(t) * T;
-        float maxv = row[0];
-        for (int s = 1; s <= t; ++s) maxv = std::max(maxv, row[s]);
-        float sum = 0.0f;
-        for (int s = 0; s <= t; ++s) {
-          row[s] = std::exp(row[s] - maxv);
-          sum += row[s];
-        }
-        const float inv = 1.0f / sum;
-        for (int s = 0; s <= t; ++s) row[s] *= inv;
-        for (int s = t + 1; s < T; ++s) row[s] = 0.0f;
-      }
+      for (int t = 0; t < T; ++t) causal_softmax_row(a + static_cast<std::int64_t>(t) * T, t, T);
       // out_bh[T,hs] = a @ V_bh.
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, v + base, C, 0.0f,
                   out + base, C);

@@ -34,6 +34,11 @@ void rope_forward(float* x, std::int64_t B, int T, int NH, int hs, float theta);
 // The adjoint of rope_forward (rotation by the opposite angle), in place on dx[B,T,NH,hs].
 void rope_backward(float* dx, std::int64_t B, int T, int NH, int hs, float theta);
 
+// In place over row[len]: row[0..last] becomes its softmax (max-subtracted, float), row(last, len)
+// becomes 0. The one causal softmax every attention path (training, prefill, decode) shares, so
+// cached decoding reproduces the full forward's arithmetic exactly.
+void causal_softmax_row(float* row, int last, int len);
+
 // Causal multi-head attention. q,k,v[B,T,C] with heads in columns (C = NH*hs); writes
 // att[B,NH,T,T] (softmax probabilities, zero above the diagonal) and out[B,T,C] (overwrites).
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
