@@ -56,8 +56,15 @@ void run_place(const PlaceArgs& args) {
   // The written placement: the chosen strategy, or the default one under `all`.
   Placement written;
   nlohmann::json json_out;
-  TextTable comparison({"strategy", "C_T", "remote C_T", "intra ratio", "imbalance mean",
-                        "imbalance max", with_nodes ? "nodes/token" : "-", "seconds"});
+  // The nodes/token column appears only when the placement has several nodes; it goes just
+  // before the last (time) column.
+  auto node_column = [with_nodes](std::vector<std::string> row, std::string node_cell) {
+    if (with_nodes) row.insert(row.end() - 1, std::move(node_cell));
+    return row;
+  };
+  TextTable comparison(node_column({"strategy", "C_T", "remote C_T", "intra ratio",
+                                    "imbalance mean", "imbalance max", "seconds"},
+                                   "nodes/token"));
   for (const std::string& strategy : strategies) {
     ProgressBar progress(fmt::format("place {}", strategy), trace.num_layers(), !args.json);
     const auto t0 = std::chrono::steady_clock::now();
@@ -83,9 +90,11 @@ void run_place(const PlaceArgs& args) {
     for (const PlacementMetrics& m : per_layer) max_imbalance = std::max(max_imbalance, m.load_imbalance);
 
     if (all) {
-      comparison.add_row({strategy, f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
-                          f3(mean.intra_collab_ratio), f3(mean.load_imbalance), f3(max_imbalance),
-                          with_nodes ? f3(mean.nodes_per_token) : "-", fmt::format("{:.2f}", seconds)});
+      comparison.add_row(node_column(
+          {strategy, f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
+           f3(mean.intra_collab_ratio), f3(mean.load_imbalance), f3(max_imbalance),
+           fmt::format("{:.2f}", seconds)},
+          f3(mean.nodes_per_token)));
       nlohmann::json entry = {{"strategy", strategy},
                               {"mean", metrics_to_json(mean, with_nodes)},
                               {"max_load_imbalance", max_imbalance},
@@ -103,20 +112,22 @@ void run_place(const PlaceArgs& args) {
       json_out["max_load_imbalance"] = max_imbalance;
       json_out["seconds"] = seconds;
       if (!args.json) {
-        TextTable table({"layer", "C_T", "remote C_T", "intra ratio", "imbalance",
-                         with_nodes ? "nodes/token" : "-", "ms"});
+        TextTable table(
+            node_column({"layer", "C_T", "remote C_T", "intra ratio", "imbalance", "ms"}, "nodes/token"));
         for (std::size_t l = 0; l < placement.layers.size(); ++l) {
           const PlacementMetrics& m = per_layer[l];
-          table.add_row({std::to_string(placement.layers[l].layer), f3(m.replicas_per_token),
-                         f3(m.remote_replicas_per_token), f3(m.intra_collab_ratio),
-                         f3(m.load_imbalance), with_nodes ? f3(m.nodes_per_token) : "-",
-                         fmt::format("{:.1f}", 1e3 * placement.layers[l].metrics["seconds"].get<double>())});
+          table.add_row(node_column(
+              {std::to_string(placement.layers[l].layer), f3(m.replicas_per_token),
+               f3(m.remote_replicas_per_token), f3(m.intra_collab_ratio), f3(m.load_imbalance),
+               fmt::format("{:.1f}", 1e3 * placement.layers[l].metrics["seconds"].get<double>())},
+              f3(m.nodes_per_token)));
         }
         table.add_rule();
-        table.add_row({"mean", f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
-                       f3(mean.intra_collab_ratio), f3(mean.load_imbalance),
-                       with_nodes ? f3(mean.nodes_per_token) : "-",
-                       fmt::format("{:.1f}", 1e3 * seconds / placement.layers.size())});
+        table.add_row(node_column(
+            {"mean", f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
+             f3(mean.intra_collab_ratio), f3(mean.load_imbalance),
+             fmt::format("{:.1f}", 1e3 * seconds / placement.layers.size())},
+            f3(mean.nodes_per_token)));
         fmt::print("{}", table.render());
       }
     }
