@@ -181,7 +181,7 @@ with open(f"{out}/points.dat", "w") as f:
 series = ", ".join(f'"{out}/points.dat" every ::{i}::{i} using 2:3:4 with yerrorbars pt {5 + i} ps 1.4 lw 1.5 '
                    f'title "{name}"' for i, (name, _, _, _) in enumerate(points))
 open(f"{out}/plot.gp", "w").write(f"""set terminal pngcairo size 800,520 font ",10" noenhanced
-set title "Fine-tuned on gsm8k-train ({steps} steps, seeds {' '.join(seeds)}), tested on gsm8k-test; base model: {base['loss']:.3f} at C_T {base['replicas_per_token']:.2f}"
+set title "gsm8k-test loss vs C_T after {steps} fine-tuning steps on gsm8k-train (seeds {' '.join(seeds)})\\nbase model before fine-tuning: {base['loss']:.3f} nats/byte at C_T {base['replicas_per_token']:.2f}"
 set xlabel "replicas per token C_T on the test text (devices a token touches)"
 set ylabel "test loss (nats/byte), mean and sd over seeds"
 set grid
