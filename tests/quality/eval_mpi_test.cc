@@ -160,6 +160,15 @@ TEST_F(EvalMpiTest, PruningRoutesEveryTokenWithinMDevicesIdenticallyForBothDispa
     }
     EXPECT_NEAR(losses[0], losses[1], 1e-6 * losses[0]) << scheme;
   }
+  // A budget of all D devices prunes nothing: the unpruned numbers exactly.
+  ParallelOptions all;
+  all.prune_devices = comm.size();
+  MoeTransformer model(config, comm, all);
+  model.init_weights(7);
+  const EvalResult r = evaluate_text(model, tokens, options());
+  EXPECT_EQ(r.tokens_changed, 0.0);
+  EXPECT_EQ(r.replicas_per_token, base.replicas_per_token);
+  EXPECT_NEAR(r.loss, base.loss, 1e-12 * base.loss);
 }
 
 TEST_F(EvalMpiTest, BadInputFailsOnEveryRankNamingTheOption) {
