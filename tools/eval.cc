@@ -1,6 +1,8 @@
 // `occult eval`: validation loss (nats per byte) and perplexity of a checkpoint over a whole text
 // file under a given routing (dispatcher, placement, collaboration pruning), with the routing
 // statistics; the evaluation step of issue 7's profile -> place -> fine-tune -> evaluate workflow.
+#include "occult/model/eval.h"
+
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -13,7 +15,6 @@
 #include "infer_cli.h"
 #include "occult/core/table.h"
 #include "occult/model/data.h"
-#include "occult/model/eval.h"
 
 namespace occult::cli {
 namespace {
@@ -33,11 +34,13 @@ std::vector<std::int32_t> read_text(const std::string& path, std::int64_t count)
   OCCULT_CHECK(in.good(), "cannot read --data {}: no such file or not readable", path);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   OCCULT_CHECK(count >= 0, "--tokens must be >= 0 (0 = the whole file), got {}", count);
-  OCCULT_CHECK(count <= static_cast<std::int64_t>(text.size()), "--data {} has {} tokens (bytes), fewer than --tokens {}",
-               path, text.size(), count);
-  OCCULT_CHECK(text.size() >= 2, "--data {} has {} bytes; evaluation needs at least 2 (one to predict)", path,
+  OCCULT_CHECK(count <= static_cast<std::int64_t>(text.size()),
+               "--data {} has {} tokens (bytes), fewer than --tokens {}", path, text.size(), count);
+  OCCULT_CHECK(text.size() >= 2,
+               "--data {} has {} bytes; evaluation needs at least 2 (one to predict)", path,
                text.size());
-  return byte_tokenize(count > 0 ? std::string_view(text).substr(0, count) : std::string_view(text));
+  return byte_tokenize(count > 0 ? std::string_view(text).substr(0, count)
+                                 : std::string_view(text));
 }
 
 // Like run_on_mpi_world, but rank 0 prints the error BEFORE any rank exits: a rank that exits
@@ -53,7 +56,8 @@ void run_reporting_errors_first(Body&& body) {
       fmt::print(stderr, "occult: error: {}\n", e.message());
       std::fflush(stderr);
     }
-    comm.barrier();  // every rank is here: the error was agreed on (or raised identically everywhere)
+    comm.barrier();  // every rank is here: the error was agreed on (or raised identically
+                     // everywhere)
     throw CLI::RuntimeError(1);
   }
 }
@@ -64,13 +68,17 @@ void run_eval(const EvalFlags& f) {
     std::vector<std::int32_t> tokens;
     agree_on_errors(comm, [&] {
       OCCULT_CHECK(config.vocab_size >= 256,
-                   "the byte-level text needs vocab_size >= 256, the checkpoint's config has {}", config.vocab_size);
+                   "the byte-level text needs vocab_size >= 256, the checkpoint's config has {}",
+                   config.vocab_size);
       OCCULT_CHECK(f.model.prune_devices == 0 || f.model.prune_scheme == "score" ||
-                       f.model.prune_scheme == "similarity" || f.model.prune_scheme == "device-limited",
-                   "--prune-scheme must be score, similarity or device-limited, got \"{}\"", f.model.prune_scheme);
+                       f.model.prune_scheme == "similarity" ||
+                       f.model.prune_scheme == "device-limited",
+                   "--prune-scheme must be score, similarity or device-limited, got \"{}\"",
+                   f.model.prune_scheme);
       tokens = read_text(f.data, f.tokens);
     });
-    const ParallelOptions parallel = resolve_parallel_options(f.model, config, comm, f.model.dispatch);
+    const ParallelOptions parallel =
+        resolve_parallel_options(f.model, config, comm, f.model.dispatch);
     const auto model = build_model(f.model, config, parallel, comm);
     EvalOptions o;
     o.seq_len = f.seq_len;
@@ -84,20 +92,23 @@ void run_eval(const EvalFlags& f) {
     }
     TextTable table({"metric", "value"});
     table.add_row({"checkpoint", f.model.checkpoint});
-    table.add_row({"text", fmt::format("{} ({} tokens predicted, {} windows of <= {})", f.data, r.tokens, r.windows,
-                                       r.seq_len)});
+    table.add_row({"text", fmt::format("{} ({} tokens predicted, {} windows of <= {})", f.data,
+                                       r.tokens, r.windows, r.seq_len)});
     table.add_row({"ranks / dispatch", fmt::format("{} / {}", comm.size(), f.model.dispatch)});
-    table.add_row({"placement", f.model.placement.empty() ? std::string("contiguous") : f.model.placement});
+    table.add_row(
+        {"placement", f.model.placement.empty() ? std::string("contiguous") : f.model.placement});
     table.add_row({"pruning", f.model.prune_devices > 0
                                   ? fmt::format("M = {} devices, {} scheme", f.model.prune_devices,
                                                 f.model.prune_scheme)
                                   : std::string("off")});
     table.add_row({"loss (nats/byte)", fmt::format("{:.4f}", r.loss)});
     table.add_row({"perplexity (per byte)", fmt::format("{:.4f}", r.perplexity)});
-    table.add_row({"replicas per token C_T (per layer)",
-                   fmt::format("{:.3f} ({:.3f})", r.replicas_per_token, fmt::join(r.layer_replicas, ", "))});
+    table.add_row(
+        {"replicas per token C_T (per layer)",
+         fmt::format("{:.3f} ({:.3f})", r.replicas_per_token, fmt::join(r.layer_replicas, ", "))});
     table.add_row({"most devices one token touched", std::to_string(r.max_devices_per_token)});
-    table.add_row({"tokens whose routing pruning changed", fmt::format("{:.2f}%", 100.0 * r.tokens_changed)});
+    table.add_row(
+        {"tokens whose routing pruning changed", fmt::format("{:.2f}%", 100.0 * r.tokens_changed)});
     table.add_row({"tokens/s (forward)", fmt::format("{:.0f}", r.tokens_per_s)});
     fmt::print("{}", table.render());
   });
@@ -107,25 +118,35 @@ void setup(CLI::App& root) {
   auto f = std::make_shared<EvalFlags>();
   CLI::App* cmd = root.add_subcommand(
       "eval",
-      "Validation loss (nats per byte) and perplexity of a checkpoint over a whole text file under the\n"
-      "given routing, plus the routing statistics (run under mpirun; also at 1 rank). The text is cut\n"
+      "Validation loss (nats per byte) and perplexity of a checkpoint over a whole text file under "
+      "the\n"
+      "given routing, plus the routing statistics (run under mpirun; also at 1 rank). The text is "
+      "cut\n"
       "into windows of --seq-len that share their boundary byte, so every byte but the first is\n"
-      "predicted once. --json prints {loss, perplexity, tokens, replicas_per_token, tokens_changed}.");
-  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")->required();
+      "predicted once. --json prints {loss, perplexity, tokens, replicas_per_token, "
+      "tokens_changed}.");
+  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")
+      ->required();
   cmd->add_option("--config", f->model.config, "config.json the checkpoint must match (optional)");
   cmd->add_option("--data", f->data, "text to evaluate on (bytes are tokens)")->required();
-  cmd->add_option("--tokens", f->tokens, "evaluate only the first N tokens (bytes) of --data (0 = all)")
+  cmd->add_option("--tokens", f->tokens,
+                  "evaluate only the first N tokens (bytes) of --data (0 = all)")
       ->capture_default_str();
   cmd->add_option("--dispatch", f->model.dispatch, "standard | occult")->capture_default_str();
-  cmd->add_option("--placement", f->model.placement, "placement JSON (occult place); default contiguous");
-  cmd->add_option("--prune-devices", f->model.prune_devices, "collaboration pruning budget M (0 = off)")
+  cmd->add_option("--placement", f->model.placement,
+                  "placement JSON (occult place); default contiguous");
+  cmd->add_option("--prune-devices", f->model.prune_devices,
+                  "collaboration pruning budget M (0 = off)")
       ->capture_default_str();
   cmd->add_option("--prune-scheme", f->model.prune_scheme,
                   "score | similarity (needs the similarity in --placement) | device-limited")
       ->capture_default_str();
-  cmd->add_option("--seq-len", f->seq_len, "window length (default min(128, max_position_embeddings))");
-  cmd->add_option("--batch", f->batch, "windows per forward pass, over all ranks")->capture_default_str();
-  cmd->add_flag("--json", f->json, "print {loss, perplexity, tokens, replicas_per_token, tokens_changed}");
+  cmd->add_option("--seq-len", f->seq_len,
+                  "window length (default min(128, max_position_embeddings))");
+  cmd->add_option("--batch", f->batch, "windows per forward pass, over all ranks")
+      ->capture_default_str();
+  cmd->add_flag("--json", f->json,
+                "print {loss, perplexity, tokens, replicas_per_token, tokens_changed}");
   cmd->add_flag("--no-progress", f->no_progress, "do not draw the progress bar");
   cmd->callback([f] { run_eval(*f); });
 }

@@ -31,7 +31,8 @@ struct RoutingCounters {
 // "changed" means exactly "collaboration pruning replaced at least one expert".
 void count_routing(MoeTransformer& model, std::int64_t N, RoutingCounters& c) {
   const ModelConfig& cfg = model.config();
-  const int L = cfg.num_hidden_layers, E = cfg.num_experts, K = cfg.num_experts_per_tok, D = model.comm().size();
+  const int L = cfg.num_hidden_layers, E = cfg.num_experts, K = cfg.num_experts_per_tok,
+            D = model.comm().size();
   GatingConfig gating;
   gating.num_experts = E;
   gating.top_k = K;
@@ -45,8 +46,8 @@ void count_routing(MoeTransformer& model, std::int64_t N, RoutingCounters& c) {
     MoeBlock& block = model.moe_block(l);
     const std::int32_t* ids = block.topk_ids();
     if (N > 0) {
-      select_topk(std::span<const float>(block.router_probs(), static_cast<std::size_t>(N) * E), {}, N, gating,
-                  plain, plain_weights);
+      select_topk(std::span<const float>(block.router_probs(), static_cast<std::size_t>(N) * E), {},
+                  N, gating, plain, plain_weights);
     }
     for (std::int64_t t = 0; t < N; ++t) {
       std::fill(seen.begin(), seen.end(), 0);
@@ -81,15 +82,19 @@ std::vector<int> eval_window_lengths(std::int64_t num_tokens, int seq_len) {
   return lengths;
 }
 
-EvalResult evaluate_text(MoeTransformer& model, std::span<const std::int32_t> tokens, const EvalOptions& options) {
+EvalResult evaluate_text(MoeTransformer& model, std::span<const std::int32_t> tokens,
+                         const EvalOptions& options) {
   Communicator& comm = model.comm();
   const ModelConfig& cfg = model.config();
   const int T = options.seq_len > 0 ? options.seq_len : std::min(128, cfg.max_position_embeddings);
   agree_on_errors(comm, [&] {
     OCCULT_CHECK(T >= 1 && T <= cfg.max_position_embeddings,
-                 "--seq-len must be in [1, max_position_embeddings = {}], got {}", cfg.max_position_embeddings, T);
-    OCCULT_CHECK(options.batch >= 1, "--batch (windows per forward pass) must be >= 1, got {}", options.batch);
-    OCCULT_CHECK(tokens.size() >= 2, "the evaluation text has {} tokens (bytes); it needs at least 2 to predict one",
+                 "--seq-len must be in [1, max_position_embeddings = {}], got {}",
+                 cfg.max_position_embeddings, T);
+    OCCULT_CHECK(options.batch >= 1, "--batch (windows per forward pass) must be >= 1, got {}",
+                 options.batch);
+    OCCULT_CHECK(tokens.size() >= 2,
+                 "the evaluation text has {} tokens (bytes); it needs at least 2 to predict one",
                  tokens.size());
   });
   const std::vector<int> lengths = eval_window_lengths(static_cast<std::int64_t>(tokens.size()), T);
@@ -121,7 +126,8 @@ EvalResult evaluate_text(MoeTransformer& model, std::span<const std::int32_t> to
     }
     const auto begin = std::chrono::steady_clock::now();
     const LossParts loss = model.forward(in, out, share.end - share.begin, len);
-    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
+    double elapsed =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count();
     comm.all_reduce_max(std::span<double>(&elapsed, 1));
     seconds += elapsed;
     // forward() returns the global mean; times its token count it is the global sum again.
@@ -129,7 +135,8 @@ EvalResult evaluate_text(MoeTransformer& model, std::span<const std::int32_t> to
     predicted += loss.tokens;
     count_routing(model, (share.end - share.begin) * len, counters);
     w += count;
-    bar.update(w, fmt::format("{} tokens | loss {:.4f}", predicted, ce_sum / static_cast<double>(predicted)));
+    bar.update(w, fmt::format("{} tokens | loss {:.4f}", predicted,
+                              ce_sum / static_cast<double>(predicted)));
   }
 
   // One reduction for all counters: devices[L], changed[L], tokens; and the max separately.
@@ -147,7 +154,8 @@ EvalResult evaluate_text(MoeTransformer& model, std::span<const std::int32_t> to
   r.loss = ce_sum / static_cast<double>(predicted);
   r.perplexity = std::exp(r.loss);
   const std::int64_t routed = sums[2 * L];
-  OCCULT_CHECK(routed == predicted, "internal: {} tokens routed but {} predicted", routed, predicted);
+  OCCULT_CHECK(routed == predicted, "internal: {} tokens routed but {} predicted", routed,
+               predicted);
   std::int64_t all_devices = 0, all_changed = 0;
   for (int l = 0; l < L; ++l) {
     r.layer_replicas.push_back(static_cast<double>(sums[l]) / static_cast<double>(routed));

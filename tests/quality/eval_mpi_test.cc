@@ -8,17 +8,19 @@
 #include <fstream>
 #include <iterator>
 
+#include "model/test_util.h"
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
 #include "occult/model/data.h"
 #include "occult/model/eval.h"
 #include "occult/model/reference.h"
-#include "model/test_util.h"
 
 namespace occult {
 namespace {
 
-ModelConfig tiny() { return load_model_config(testing::source_dir() + "/configs/tiny.json"); }
+ModelConfig tiny() {
+  return load_model_config(testing::source_dir() + "/configs/tiny.json");
+}
 
 // The first `n` bytes of the shipped corpus as tokens.
 std::vector<std::int32_t> corpus_prefix(std::size_t n) {
@@ -180,7 +182,8 @@ TEST_F(EvalMpiTest, BadInputFailsOnEveryRankNamingTheOption) {
                "--seq-len must be in [1, max_position_embeddings = 64], got 65");
   o = options();
   o.batch = 0;
-  expect_error([&] { evaluate_text(model, corpus_prefix(100), o); }, "--batch (windows per forward pass) must be >= 1");
+  expect_error([&] { evaluate_text(model, corpus_prefix(100), o); },
+               "--batch (windows per forward pass) must be >= 1");
   expect_error([&] { evaluate_text(model, corpus_prefix(1), options()); },
                "the evaluation text has 1 tokens (bytes); it needs at least 2");
   // The model is still usable afterwards (no rank is left inside a collective).
