@@ -43,27 +43,8 @@ std::vector<std::int32_t> read_text(const std::string& path, std::int64_t count)
                                  : std::string_view(text));
 }
 
-// Like run_on_mpi_world, but rank 0 prints the error BEFORE any rank exits: a rank that exits
-// non-zero first makes mpirun kill the job, and rank 0 could die with its message unprinted.
-template <typename Body>
-void run_reporting_errors_first(Body&& body) {
-  MpiSession session;
-  MpiCommunicator comm(MPI_COMM_WORLD);
-  try {
-    body(comm);
-  } catch (const Error& e) {
-    if (comm.rank() == 0) {
-      fmt::print(stderr, "occult: error: {}\n", e.message());
-      std::fflush(stderr);
-    }
-    comm.barrier();  // every rank is here: the error was agreed on (or raised identically
-                     // everywhere)
-    throw CLI::RuntimeError(1);
-  }
-}
-
 void run_eval(const EvalFlags& f) {
-  run_reporting_errors_first([&](Communicator& comm) {
+  run_on_mpi_world([&](Communicator& comm) {
     const ModelConfig config = resolve_model_config(f.model, comm, /*allow_random=*/false);
     std::vector<std::int32_t> tokens;
     agree_on_errors(comm, [&] {

@@ -1,11 +1,11 @@
 // `occult train`: train the MoE transformer under mpirun with expert parallelism.
 #include <fmt/format.h>
-#include <mpi.h>
 
 #include <CLI/CLI.hpp>
 #include <memory>
 
 #include "command_registry.h"
+#include "mpi_cli.h"
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
 #include "occult/core/table.h"
@@ -53,14 +53,9 @@ void print_summary(const TrainResult& r, const TrainOptions& o, int ranks) {
 }
 
 void run_train(const TrainFlags& f, CLI::App& app) {
-  int initialized = 0;
-  MPI_Initialized(&initialized);
-  if (!initialized) MPI_Init(nullptr, nullptr);
-  int rank = 0, ranks = 1;
-  try {
-    MpiCommunicator comm(MPI_COMM_WORLD);
-    rank = comm.rank();
-    ranks = comm.size();
+  run_on_mpi_world([&](Communicator& comm) {
+    const int rank = comm.rank();
+    const int ranks = comm.size();
     TrainOptions o;
     o.config = load_model_config(f.config);
     o.config_source = f.config;
@@ -95,14 +90,7 @@ void run_train(const TrainFlags& f, CLI::App& app) {
         print_summary(result, o, ranks);
       }
     }
-  } catch (const occult::Error&) {
-    // Input errors are agreed on by every rank (agree_on_errors) or identical on every rank
-    // (the same file read everywhere): report once, from rank 0, then leave MPI cleanly.
-    MPI_Finalize();
-    if (rank == 0) throw;
-    throw CLI::RuntimeError(1);
-  }
-  MPI_Finalize();
+  });
 }
 
 void setup(CLI::App& root) {
