@@ -1,5 +1,5 @@
 #!/bin/sh
-# The `occult bench infer` runs recorded in bench/results/infer.md: 4 ranks, random weights of
+# The `occult bench infer` runs recorded in bench/RESULTS.md ("Inference"): 4 ranks, random weights of
 # bench/infer/model.json (H=256, L=2, E=16, k=4, F=256), standard vs occult dispatch (+ pruning
 # to M=2 devices). Prefill: 16 prompts x 512 tokens = 8192 prompt tokens; decode: batch 256.
 # Usage: bench/infer/run.sh [BUILD_DIR]   (from the repository root)

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The comm-bound `occult bench infer` runs of bench/results/infer.md, section 2: 4 ranks over a
+# The comm-bound `occult bench infer` runs of bench/RESULTS.md ("Inference"), section 2: 4 ranks over a
 # 160 Mbit/s htb-shaped loopback (bench/cluster.sh; needs root). Prefill 8192 prompt tokens; decode
 # batch 256. Usage: bench/infer/run_cluster.sh [BUILD_DIR] [RATE]   (from the repository root)
 set -eu

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the figures of bench/results/moe.md (run from the repository root, as root for
+# Reproduces the figures of bench/RESULTS.md ("Expert-parallel MoE layer") (run from the repository root, as root for
 # the cluster emulation). BUILD defaults to build/. Each step prints a table; --json variants
 # are easy to add. Takes a few minutes on a 2-core VM.
 set -euo pipefail
