@@ -106,22 +106,12 @@ void setup(CLI::App& root) {
       "into windows of --seq-len that share their boundary byte, so every byte but the first is\n"
       "predicted once. --json prints {loss, perplexity, tokens, replicas_per_token, "
       "tokens_changed}.");
-  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")
-      ->required();
-  cmd->add_option("--config", f->model.config, "config.json the checkpoint must match (optional)");
+  add_checkpoint_flags(cmd, f->model);
   cmd->add_option("--data", f->data, "text to evaluate on (bytes are tokens)")->required();
   cmd->add_option("--tokens", f->tokens,
                   "evaluate only the first N tokens (bytes) of --data (0 = all)")
       ->capture_default_str();
-  cmd->add_option("--dispatch", f->model.dispatch, "standard | occult")->capture_default_str();
-  cmd->add_option("--placement", f->model.placement,
-                  "placement JSON (occult place); default contiguous");
-  cmd->add_option("--prune-devices", f->model.prune_devices,
-                  "collaboration pruning budget M (0 = off)")
-      ->capture_default_str();
-  cmd->add_option("--prune-scheme", f->model.prune_scheme,
-                  "score | similarity (needs the similarity in --placement) | device-limited")
-      ->capture_default_str();
+  add_routing_flags(cmd, f->model);
   cmd->add_option("--seq-len", f->seq_len,
                   "window length (default min(128, max_position_embeddings))");
   cmd->add_option("--batch", f->batch, "windows per forward pass, over all ranks")

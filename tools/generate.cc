@@ -144,9 +144,7 @@ void setup(CLI::App& root) {
       "ranks, experts stay expert-parallel). Streams the first prompt's text as it is produced, "
       "then prints\n"
       "the others in order, and a summary on stderr; --json prints one object at the end.");
-  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")
-      ->required();
-  cmd->add_option("--config", f->model.config, "config.json the checkpoint must match (optional)");
+  add_checkpoint_flags(cmd, f->model);
   cmd->add_option("--prompt", f->prompt, "prompt text (bytes)");
   cmd->add_option("--prompt-file", f->prompt_file, "more prompts, one per non-empty line");
   cmd->add_option("--max-new-tokens", f->max_new_tokens, "tokens generated per prompt")
@@ -156,14 +154,7 @@ void setup(CLI::App& root) {
   cmd->add_option("--seed", f->model.seed,
                   "sampling seed (draws depend on seed, prompt index, step)")
       ->capture_default_str();
-  cmd->add_option("--dispatch", f->model.dispatch, "standard | occult")->capture_default_str();
-  cmd->add_option("--placement", f->model.placement,
-                  "placement JSON (occult place); default contiguous");
-  cmd->add_option("--prune-devices", f->model.prune_devices,
-                  "collaboration pruning budget M (0 = off)")
-      ->capture_default_str();
-  cmd->add_option("--prune-scheme", f->model.prune_scheme, "score | similarity | device-limited")
-      ->capture_default_str();
+  add_routing_flags(cmd, f->model);
   cmd->add_option("--kv-memory-gib", f->kv_memory_gib, "KV-cache budget per rank")
       ->capture_default_str();
   cmd->add_flag("--json", f->json,

@@ -32,6 +32,24 @@ struct ModelFlags {
   std::uint64_t seed = 1234;  // random weights (no checkpoint)
 };
 
+// Adds --checkpoint (required) and --config (optional, must match): the model a command runs.
+inline void add_checkpoint_flags(CLI::App* cmd, ModelFlags& f) {
+  cmd->add_option("--checkpoint", f.checkpoint, "checkpoint directory (occult train --save)")
+      ->required();
+  cmd->add_option("--config", f.config, "config.json the checkpoint must match (optional)");
+}
+
+// Adds --dispatch, --placement, --prune-devices and --prune-scheme: how the MoE layers route.
+inline void add_routing_flags(CLI::App* cmd, ModelFlags& f) {
+  cmd->add_option("--dispatch", f.dispatch, "standard | occult")->capture_default_str();
+  cmd->add_option("--placement", f.placement, "placement JSON (occult place); default contiguous");
+  cmd->add_option("--prune-devices", f.prune_devices, "collaboration pruning budget M (0 = off)")
+      ->capture_default_str();
+  cmd->add_option("--prune-scheme", f.prune_scheme,
+                  "score | similarity (needs the similarity in --placement) | device-limited")
+      ->capture_default_str();
+}
+
 // Collective. The model config: the checkpoint's, which must be --config's architecture when
 // both are given; or --config's alone when random weights are allowed.
 inline ModelConfig resolve_model_config(const ModelFlags& f, Communicator& comm,

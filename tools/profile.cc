@@ -107,9 +107,7 @@ void setup(CLI::App& root) {
                                       "routing of every MoE layer as a trace: top-k ids, weights, "
                                       "router_probs, sequence_lengths. Feed it to\n"
                                       "occult place / evaluate / prune.");
-  cmd->add_option("--checkpoint", f->model.checkpoint, "checkpoint directory (occult train --save)")
-      ->required();
-  cmd->add_option("--config", f->model.config, "config.json the checkpoint must match (optional)");
+  add_checkpoint_flags(cmd, f->model);
   cmd->add_option("--data", f->data, "calibration text (bytes are tokens)")->required();
   cmd->add_option("--tokens", f->tokens, "first N tokens of --data (0 = all)")
       ->capture_default_str();
