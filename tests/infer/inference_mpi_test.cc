@@ -64,16 +64,7 @@ std::vector<float> full_forward_logits(MoeTransformer& reference,
   return {logits.begin(), logits.end()};
 }
 
-// Expects `body` to throw occult::Error whose message contains `needle`, on this rank.
-template <typename Body>
-void expect_error(Body&& body, const std::string& needle) {
-  try {
-    body();
-    ADD_FAILURE() << "expected an occult::Error containing \"" << needle << "\"";
-  } catch (const Error& e) {
-    EXPECT_NE(e.message().find(needle), std::string::npos) << e.message();
-  }
-}
+using testing::expect_error;
 
 class InferenceMpiTest : public ::testing::TestWithParam<Dispatch> {
  protected:

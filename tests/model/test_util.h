@@ -1,10 +1,14 @@
-// Shared helpers of the model tests: tiny configs and the double-precision parameter copy.
+// Shared helpers of the model, inference and eval tests: tiny configs, the double-precision
+// parameter copy, and the error expectation.
 #pragma once
+
+#include <gtest/gtest.h>
 
 #include <cstdlib>
 #include <string>
 #include <vector>
 
+#include "occult/core/error.h"
 #include "occult/model/config.h"
 #include "occult/model/model.h"
 #include "occult/model/reference.h"
@@ -41,6 +45,18 @@ inline ReferenceParams to_reference(const MoeTransformer& model) {
 inline std::string source_dir() {
   const char* dir = std::getenv("OCCULT_SOURCE_DIR");
   return dir != nullptr ? dir : ".";
+}
+
+// Expects `body` to throw occult::Error whose message contains `needle`, on this rank (MPI tests
+// call it on every rank, so a rank that does not fail is reported).
+template <typename Body>
+void expect_error(Body&& body, const std::string& needle) {
+  try {
+    body();
+    ADD_FAILURE() << "expected an occult::Error containing \"" << needle << "\"";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find(needle), std::string::npos) << e.message();
+  }
 }
 
 }  // namespace occult::testing

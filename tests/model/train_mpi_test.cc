@@ -48,16 +48,7 @@ std::string shared_dir(const std::string& name, int ranks) {
   return (fs::temp_directory_path() / fmt::format("occult_model_{}_{}_{}", name, getppid(), ranks)).string();
 }
 
-// Runs `body` expecting an occult::Error on every rank whose message contains `needle`.
-template <typename Body>
-void expect_error(Body body, const std::string& needle) {
-  try {
-    body();
-    ADD_FAILURE() << "expected an error containing: " << needle;
-  } catch (const Error& e) {
-    EXPECT_NE(e.message().find(needle), std::string::npos) << e.message();
-  }
-}
+using testing::expect_error;
 
 class TrainMpiTest : public ::testing::Test {
  protected:

@@ -47,16 +47,7 @@ double reference_text_loss(const ModelConfig& config, const ReferenceParams& par
   return sum / static_cast<double>(count);
 }
 
-// Runs `body` expecting an occult::Error on every rank whose message contains `needle`.
-template <typename Body>
-void expect_error(Body body, const std::string& needle) {
-  try {
-    body();
-    ADD_FAILURE() << "expected an error containing: " << needle;
-  } catch (const Error& e) {
-    EXPECT_NE(e.message().find(needle), std::string::npos) << e.message();
-  }
-}
+using testing::expect_error;
 
 class EvalMpiTest : public ::testing::Test {
  protected:
