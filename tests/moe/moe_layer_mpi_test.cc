@@ -322,7 +322,9 @@ TEST(MoeLayerErrors, BadInputFailsOnEveryRankWithOneMessage) {
   layer.backward(dy, {}, dx);
   // Asking for a remote expert's weights names where it lives.
   for (int e = 0; e < 6; ++e) {
-    if (!layer.is_local(e)) EXPECT_THROW(layer.gate_proj(e), Error);
+    if (!layer.is_local(e)) {
+      EXPECT_THROW(layer.gate_proj(e), Error);
+    }
   }
 }
 

@@ -321,7 +321,9 @@ TEST(Hypergraph, RespectsTheLoadLimitAndBeatsEveryFeasibleStart) {
       EXPECT_LE(cost, hypergraph_objective(g, repaired, 4, 1)) << s;
     }
     // The case is only a test of the limit if some strategy that ignores load breaks it.
-    if (limit < 1.2) EXPECT_GT(violating, 0);
+    if (limit < 1.2) {
+      EXPECT_GT(violating, 0);
+    }
   }
 }
 
@@ -344,7 +346,7 @@ TEST(Hypergraph, UnreachableLimitIsBestEffortNotAHang) {
   EXPECT_TRUE(is_balanced(p, 4));
   EXPECT_GT(load_imbalance(g, p, 4), 1.0);
   double best_repaired = 1e9;
-  for (const std::string& s : {"greedy-fps", "metis"}) {
+  for (const char* s : {"greedy-fps", "metis"}) {
     best_repaired = std::min(best_repaired,
                              load_imbalance(g, repair_load(g, make_partitioner(s)->partition(g, o), o), 4));
   }
