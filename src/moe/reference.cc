@@ -148,21 +148,13 @@ void reference_route(const MoeLayerConfig& c, std::span<const float> logits, std
   gate_weights(c, s);
 }
 
-void reference_moe_forward(const MoeLayerConfig& c, const ReferenceMoeWeights& w, std::span<const float> x,
-                           std::int64_t T, std::span<const int> expert_to_device, ReferenceMoeState& s,
-                           std::span<float> y) {
-  check_common(c, w, x, T);
-  const int E = c.num_experts, H = c.hidden_size, k = c.top_k;
-  OCCULT_CHECK(y.size() == x.size(), "reference MoE: y holds {} floats, expected {}", y.size(), x.size());
-  std::vector<float> logits(static_cast<std::size_t>(T) * E);
-  for (std::int64_t t = 0; t < T; ++t) {
-    for (int e = 0; e < E; ++e) {
-      double acc = 0;
-      for (int i = 0; i < H; ++i) acc += static_cast<double>(w.router[static_cast<std::size_t>(e) * H + i]) * x[t * H + i];
-      logits[t * E + e] = static_cast<float>(acc);
-    }
-  }
-  reference_route(c, logits, T, expert_to_device, s);
+namespace {
+
+// y[t] = sum_j g_{t,j} * expert_{id_{t,j}}(x[t]) in double, over the routing in `s`: the mix
+// both reference forwards (own router or imposed routing) end with.
+void mix_expert_outputs(const MoeLayerConfig& c, const ReferenceMoeWeights& w, std::span<const float> x,
+                        std::int64_t T, const ReferenceMoeState& s, std::span<float> y) {
+  const int H = c.hidden_size, k = c.top_k;
   std::vector<double> a1, a3, ye;
   for (std::int64_t t = 0; t < T; ++t) {
     std::vector<double> acc(H, 0.0);
@@ -174,12 +166,32 @@ void reference_moe_forward(const MoeLayerConfig& c, const ReferenceMoeWeights& w
   }
 }
 
+}  // namespace
+
+void reference_moe_forward(const MoeLayerConfig& c, const ReferenceMoeWeights& w, std::span<const float> x,
+                           std::int64_t T, std::span<const int> expert_to_device, ReferenceMoeState& s,
+                           std::span<float> y) {
+  check_common(c, w, x, T);
+  const int E = c.num_experts, H = c.hidden_size;
+  OCCULT_CHECK(y.size() == x.size(), "reference MoE: y holds {} floats, expected {}", y.size(), x.size());
+  std::vector<float> logits(static_cast<std::size_t>(T) * E);
+  for (std::int64_t t = 0; t < T; ++t) {
+    for (int e = 0; e < E; ++e) {
+      double acc = 0;
+      for (int i = 0; i < H; ++i) acc += static_cast<double>(w.router[static_cast<std::size_t>(e) * H + i]) * x[t * H + i];
+      logits[t * E + e] = static_cast<float>(acc);
+    }
+  }
+  reference_route(c, logits, T, expert_to_device, s);
+  mix_expert_outputs(c, w, x, T, s, y);
+}
+
 void reference_moe_forward_with_routing(const MoeLayerConfig& c, const ReferenceMoeWeights& w,
                                         std::span<const float> x, std::int64_t T,
                                         std::span<const std::int32_t> topk_ids, std::span<const float> topk_weights,
                                         ReferenceMoeState& s, std::span<float> y) {
   check_common(c, w, x, T);
-  const int H = c.hidden_size, k = c.top_k;
+  const int k = c.top_k;
   OCCULT_CHECK(topk_ids.size() == static_cast<std::size_t>(T) * k && topk_weights.size() == topk_ids.size(),
                "reference MoE: imposed routing holds {} ids and {} weights, expected T*k = {}*{}", topk_ids.size(),
                topk_weights.size(), T, k);
@@ -193,15 +205,7 @@ void reference_moe_forward_with_routing(const MoeLayerConfig& c, const Reference
   s.topk_ids.assign(topk_ids.begin(), topk_ids.end());
   s.weight_source = s.topk_ids;
   s.topk_weights.assign(topk_weights.begin(), topk_weights.end());
-  std::vector<double> a1, a3, ye;
-  for (std::int64_t t = 0; t < T; ++t) {
-    std::vector<double> acc(H, 0.0);
-    for (int j = 0; j < k; ++j) {
-      expert_apply(c, w, s.topk_ids[t * k + j], x.data() + t * H, a1, a3, ye);
-      for (int i = 0; i < H; ++i) acc[i] += s.topk_weights[t * k + j] * ye[i];
-    }
-    for (int i = 0; i < H; ++i) y[t * H + i] = static_cast<float>(acc[i]);
-  }
+  mix_expert_outputs(c, w, x, T, s, y);
 }
 
 void reference_moe_backward(const MoeLayerConfig& c, const ReferenceMoeWeights& w, const ReferenceMoeState& s,
