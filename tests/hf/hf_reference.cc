@@ -1,0 +1,449 @@
+#include "hf/hf_reference.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <set>
+
+#include "occult/core/error.h"
+#include "occult/core/safetensors.h"
+
+namespace occult::hf {
+
+void rms_norm(std::span<double> out, std::span<const double> x, std::span<const double> weight,
+              double eps) {
+  OCCULT_CHECK(out.size() == x.size() && weight.size() == x.size(),
+               "rms_norm: x has {} values, weight {}, out {}", x.size(), weight.size(), out.size());
+  double sum_sq = 0.0;
+  for (double v : x) sum_sq += v * v;
+  const double scale = 1.0 / std::sqrt(sum_sq / static_cast<double>(x.size()) + eps);
+  for (std::size_t i = 0; i < x.size(); ++i) out[i] = x[i] * scale * weight[i];
+}
+
+void linear(std::span<double> out, std::span<const double> x, std::span<const double> w,
+            std::span<const double> bias, int rows, int cols) {
+  OCCULT_CHECK(static_cast<int>(out.size()) == rows && static_cast<int>(x.size()) == cols &&
+                   w.size() == static_cast<std::size_t>(rows) * cols &&
+                   (bias.empty() || static_cast<int>(bias.size()) == rows),
+               "linear: shapes do not match [{}, {}]", rows, cols);
+  for (int r = 0; r < rows; ++r) {
+    double acc = bias.empty() ? 0.0 : bias[r];
+    for (int c = 0; c < cols; ++c) acc += w[static_cast<std::size_t>(r) * cols + c] * x[c];
+    out[r] = acc;
+  }
+}
+
+void apply_rope(std::span<double> head, int position, double theta) {
+  const int dim = static_cast<int>(head.size());
+  OCCULT_CHECK(dim % 2 == 0, "apply_rope: head_dim {} is odd", dim);
+  const int half = dim / 2;
+  for (int i = 0; i < half; ++i) {
+    const double inv_freq = std::pow(theta, -2.0 * i / dim);
+    const double angle = position * inv_freq;
+    const double c = std::cos(angle);
+    const double s = std::sin(angle);
+    const double a = head[i];
+    const double b = head[i + half];
+    head[i] = a * c - b * s;
+    head[i + half] = b * c + a * s;
+  }
+}
+
+void causal_attention(std::span<double> out, std::span<const double> q, std::span<const double> k,
+                      std::span<const double> v, int seq, int heads, int kv_heads, int head_dim) {
+  OCCULT_CHECK(kv_heads >= 1 && heads % kv_heads == 0,
+               "causal_attention: {} heads are not a multiple of {} kv heads", heads, kv_heads);
+  const std::size_t q_width = static_cast<std::size_t>(heads) * head_dim;
+  const std::size_t kv_width = static_cast<std::size_t>(kv_heads) * head_dim;
+  OCCULT_CHECK(q.size() == seq * q_width && out.size() == q.size() && k.size() == seq * kv_width &&
+                   v.size() == k.size(),
+               "causal_attention: buffer sizes do not match seq {}", seq);
+  const int group = heads / kv_heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  std::vector<double> scores(seq);
+  for (int h = 0; h < heads; ++h) {
+    const int kvh = h / group;
+    for (int t = 0; t < seq; ++t) {
+      const double* qt = &q[t * q_width + h * head_dim];
+      double max_score = -INFINITY;
+      for (int s = 0; s <= t; ++s) {
+        const double* ks = &k[s * kv_width + kvh * head_dim];
+        double dot = 0.0;
+        for (int d = 0; d < head_dim; ++d) dot += qt[d] * ks[d];
+        scores[s] = dot * scale;
+        max_score = std::max(max_score, scores[s]);
+      }
+      double denom = 0.0;
+      for (int s = 0; s <= t; ++s) {
+        scores[s] = std::exp(scores[s] - max_score);
+        denom += scores[s];
+      }
+      double* ot = &out[t * q_width + h * head_dim];
+      for (int d = 0; d < head_dim; ++d) ot[d] = 0.0;
+      for (int s = 0; s <= t; ++s) {
+        const double* vs = &v[s * kv_width + kvh * head_dim];
+        for (int d = 0; d < head_dim; ++d) ot[d] += scores[s] / denom * vs[d];
+      }
+    }
+  }
+}
+
+void swiglu_mlp(std::span<double> out, std::span<const double> x, std::span<const double> gate,
+                std::span<const double> up, std::span<const double> down, int hidden, int ffn) {
+  std::vector<double> g(ffn), u(ffn);
+  linear(g, x, gate, {}, ffn, hidden);
+  linear(u, x, up, {}, ffn, hidden);
+  for (int i = 0; i < ffn; ++i) g[i] = g[i] / (1.0 + std::exp(-g[i])) * u[i];
+  linear(out, g, down, {}, hidden, ffn);
+}
+
+std::vector<RoutedExpert> route_top_k(std::span<const double> router_logits, int k,
+                                      bool renormalize) {
+  const int n = static_cast<int>(router_logits.size());
+  OCCULT_CHECK(k >= 1 && k <= n, "route_top_k: k = {} with {} experts", k, n);
+  const double max_logit = *std::max_element(router_logits.begin(), router_logits.end());
+  std::vector<double> prob(n);
+  double denom = 0.0;
+  for (int e = 0; e < n; ++e) {
+    prob[e] = std::exp(router_logits[e] - max_logit);
+    denom += prob[e];
+  }
+  for (double& p : prob) p /= denom;
+  std::vector<int> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return prob[a] > prob[b]; });
+  std::vector<RoutedExpert> chosen;
+  double sum = 0.0;
+  for (int i = 0; i < k; ++i) {
+    chosen.push_back({order[i], prob[order[i]]});
+    sum += prob[order[i]];
+  }
+  if (renormalize) {
+    for (RoutedExpert& c : chosen) c.weight /= sum;
+  }
+  return chosen;
+}
+
+namespace {
+
+// The logit gap between the k-th and (k+1)-th expert (infinite when every expert is chosen).
+double top_k_gap(std::span<const double> router_logits, int k) {
+  if (k >= static_cast<int>(router_logits.size())) return INFINITY;
+  std::vector<double> sorted(router_logits.begin(), router_logits.end());
+  std::sort(sorted.begin(), sorted.end(), std::greater<>());
+  return sorted[k - 1] - sorted[k];
+}
+
+const nlohmann::json& require(const nlohmann::json& cfg, const char* key, const std::string& path) {
+  OCCULT_CHECK(cfg.contains(key) && !cfg[key].is_null(), "{}: missing key \"{}\"", path, key);
+  return cfg[key];
+}
+
+template <typename T>
+T get_or(const nlohmann::json& cfg, const char* key, T fallback) {
+  if (!cfg.contains(key) || cfg[key].is_null()) return fallback;
+  return cfg[key].get<T>();
+}
+
+}  // namespace
+
+HfConfig read_hf_config(const std::string& dir) {
+  const std::string path = (std::filesystem::path(dir) / "config.json").string();
+  std::ifstream in(path);
+  OCCULT_CHECK(in.good(), "cannot open {}", path);
+  const nlohmann::json cfg = nlohmann::json::parse(in);
+  HfConfig c;
+  c.model_type = require(cfg, "model_type", path).get<std::string>();
+  c.vocab_size = require(cfg, "vocab_size", path).get<int>();
+  c.hidden_size = require(cfg, "hidden_size", path).get<int>();
+  c.num_layers = require(cfg, "num_hidden_layers", path).get<int>();
+  c.num_heads = require(cfg, "num_attention_heads", path).get<int>();
+  c.num_kv_heads = get_or<int>(cfg, "num_key_value_heads", c.num_heads);
+  c.head_dim = c.hidden_size / c.num_heads;
+  c.rms_norm_eps = require(cfg, "rms_norm_eps", path).get<double>();
+  c.rope_theta = require(cfg, "rope_theta", path).get<double>();
+  c.tie_word_embeddings = get_or<bool>(cfg, "tie_word_embeddings", false);
+  c.o_bias = c.qkv_bias = get_or<bool>(cfg, "attention_bias", false);
+  c.dense_ffn = get_or<int>(cfg, "intermediate_size", 0);
+  c.top_k = require(cfg, "num_experts_per_tok", path).get<int>();
+  OCCULT_CHECK(!cfg.contains("rope_scaling") || cfg["rope_scaling"].is_null(),
+               "{}: rope_scaling is not modelled by the reference", path);
+  c.sparse.assign(c.num_layers, true);
+
+  // Qwen2/Qwen3-MoE decoder layers: sparse unless listed in mlp_only_layers, and only every
+  // decoder_sparse_step-th layer counting from 1.
+  auto qwen_sparse_layers = [&] {
+    const std::vector<int> mlp_only = get_or<std::vector<int>>(cfg, "mlp_only_layers", {});
+    const std::set<int> dense(mlp_only.begin(), mlp_only.end());
+    const int step = get_or<int>(cfg, "decoder_sparse_step", 1);
+    for (int l = 0; l < c.num_layers; ++l) {
+      c.sparse[l] = !dense.count(l) && c.num_experts > 0 && (l + 1) % step == 0;
+    }
+  };
+
+  if (c.model_type == "olmoe") {
+    c.num_experts = require(cfg, "num_experts", path).get<int>();
+    c.expert_ffn = require(cfg, "intermediate_size", path).get<int>();
+    c.renormalize = get_or<bool>(cfg, "norm_topk_prob", false);
+    OCCULT_CHECK(get_or<double>(cfg, "clip_qkv", 0.0) == 0.0, "{}: clip_qkv is not modelled", path);
+  } else if (c.model_type == "qwen2_moe") {
+    c.qkv_bias = true;  // Qwen2MoeAttention: q/k/v always carry a bias, o_proj never.
+    c.o_bias = false;
+    c.num_experts = require(cfg, "num_experts", path).get<int>();
+    c.expert_ffn = require(cfg, "moe_intermediate_size", path).get<int>();
+    c.shared_ffn = require(cfg, "shared_expert_intermediate_size", path).get<int>();
+    c.shared_gate = true;
+    c.renormalize = get_or<bool>(cfg, "norm_topk_prob", false);
+    OCCULT_CHECK(!get_or<bool>(cfg, "use_sliding_window", false),
+                 "{}: use_sliding_window is not modelled", path);
+    qwen_sparse_layers();
+  } else if (c.model_type == "qwen3_moe") {
+    c.head_dim = get_or<int>(cfg, "head_dim", c.head_dim);
+    c.num_experts = require(cfg, "num_experts", path).get<int>();
+    c.expert_ffn = require(cfg, "moe_intermediate_size", path).get<int>();
+    c.renormalize = get_or<bool>(cfg, "norm_topk_prob", false);
+    OCCULT_CHECK(!get_or<bool>(cfg, "use_sliding_window", false),
+                 "{}: use_sliding_window is not modelled", path);
+    qwen_sparse_layers();
+  } else if (c.model_type == "deepseek") {
+    const bool has_routed = cfg.contains("n_routed_experts") && !cfg["n_routed_experts"].is_null();
+    c.num_experts = has_routed ? cfg["n_routed_experts"].get<int>() : 0;
+    c.expert_ffn = require(cfg, "moe_intermediate_size", path).get<int>();
+    c.shared_ffn = get_or<int>(cfg, "n_shared_experts", 0) * c.expert_ffn;
+    // DeepSeek's MoEGate renormalises only when more than one expert is chosen.
+    c.renormalize = get_or<bool>(cfg, "norm_topk_prob", false) && c.top_k > 1;
+    OCCULT_CHECK(get_or<std::string>(cfg, "scoring_func", "softmax") == "softmax",
+                 "{}: scoring_func other than softmax is not modelled", path);
+    const int first_dense = get_or<int>(cfg, "first_k_dense_replace", 0);
+    const int freq = get_or<int>(cfg, "moe_layer_freq", 1);
+    for (int l = 0; l < c.num_layers; ++l) {
+      c.sparse[l] = has_routed && l >= first_dense && l % freq == 0;
+    }
+  } else if (c.model_type == "mixtral") {
+    c.head_dim = get_or<int>(cfg, "head_dim", c.head_dim);
+    c.num_experts = require(cfg, "num_local_experts", path).get<int>();
+    c.expert_ffn = require(cfg, "intermediate_size", path).get<int>();
+    c.renormalize = true;  // MixtralSparseMoeBlock always renormalises the top-k weights.
+    c.qkv_bias = c.o_bias = false;
+    OCCULT_CHECK(
+        get_or<int>(cfg, "sliding_window", 0) == 0 ||
+            get_or<int>(cfg, "sliding_window", 0) >= get_or<int>(cfg, "max_position_embeddings", 0),
+        "{}: an active sliding_window is not modelled", path);
+  } else {
+    OCCULT_FAIL("{}: model_type \"{}\" is not one the reference knows", path, c.model_type);
+  }
+  return c;
+}
+
+std::span<const double> HfModel::optional(const std::string& name,
+                                          std::vector<std::int64_t> shape) const {
+  auto it = tensors.find(name);
+  if (it == tensors.end()) return {};
+  OCCULT_CHECK(it->second.shape == shape, "tensor {} has shape [{}], expected [{}]", name,
+               fmt::join(it->second.shape, ", "), fmt::join(shape, ", "));
+  return it->second.data;
+}
+
+std::span<const double> HfModel::at(const std::string& name,
+                                    std::vector<std::int64_t> shape) const {
+  OCCULT_CHECK(tensors.count(name), "the model has no tensor {}", name);
+  return optional(name, std::move(shape));
+}
+
+HfModel load_hf_model(const std::string& dir) {
+  HfModel model;
+  model.config = read_hf_config(dir);
+  const std::filesystem::path root(dir);
+  std::vector<std::string> files;
+  if (std::filesystem::exists(root / "model.safetensors.index.json")) {
+    std::ifstream in(root / "model.safetensors.index.json");
+    const nlohmann::json index = nlohmann::json::parse(in);
+    std::set<std::string> unique;
+    for (const auto& [name, file] : index.at("weight_map").items())
+      unique.insert(file.get<std::string>());
+    files.assign(unique.begin(), unique.end());
+  } else {
+    files.push_back("model.safetensors");
+  }
+  for (const std::string& file : files) {
+    const SafetensorsReader reader = SafetensorsReader::open((root / file).string());
+    for (const TensorInfo& info : reader.tensors()) {
+      const std::vector<float> values = reader.read_f32(info.name);
+      Tensor t{info.shape, std::vector<double>(values.begin(), values.end())};
+      OCCULT_CHECK(model.tensors.emplace(info.name, std::move(t)).second,
+                   "tensor {} is stored twice (again in {})", info.name, file);
+    }
+  }
+  return model;
+}
+
+namespace {
+
+// The tensor-name prefix of layer l's MLP block and the names of its parts, per architecture.
+struct MoeNames {
+  std::string router, expert_gate, expert_up, expert_down;  // expert names take the index
+};
+
+MoeNames moe_names(const std::string& model_type, int layer, int expert) {
+  const std::string l = fmt::format("model.layers.{}.", layer);
+  if (model_type == "mixtral") {
+    const std::string e = fmt::format("{}block_sparse_moe.experts.{}.", l, expert);
+    return {l + "block_sparse_moe.gate.weight", e + "w1.weight", e + "w3.weight", e + "w2.weight"};
+  }
+  const std::string e = fmt::format("{}mlp.experts.{}.", l, expert);
+  return {l + "mlp.gate.weight", e + "gate_proj.weight", e + "up_proj.weight",
+          e + "down_proj.weight"};
+}
+
+// The MLP of one layer for one token: dense SwiGLU or the sparse MoE block.
+void mlp_forward(std::span<double> out, std::span<const double> x, const HfModel& m, int layer,
+                 ForwardStats* stats) {
+  const HfConfig& c = m.config;
+  const std::int64_t h = c.hidden_size;
+  const std::string l = fmt::format("model.layers.{}.mlp.", layer);
+  std::fill(out.begin(), out.end(), 0.0);
+  if (!c.sparse[layer]) {
+    const std::int64_t f = c.dense_ffn;
+    swiglu_mlp(out, x, m.at(l + "gate_proj.weight", {f, h}), m.at(l + "up_proj.weight", {f, h}),
+               m.at(l + "down_proj.weight", {h, f}), c.hidden_size, c.dense_ffn);
+    return;
+  }
+  const std::int64_t e = c.num_experts;
+  const std::int64_t f = c.expert_ffn;
+  std::vector<double> router(e);
+  linear(router, x, m.at(moe_names(c.model_type, layer, 0).router, {e, h}), {}, c.num_experts,
+         c.hidden_size);
+  if (stats) stats->min_top_k_gap = std::min(stats->min_top_k_gap, top_k_gap(router, c.top_k));
+  std::vector<double> y(h);
+  for (const RoutedExpert& r : route_top_k(router, c.top_k, c.renormalize)) {
+    const MoeNames n = moe_names(c.model_type, layer, r.expert);
+    swiglu_mlp(y, x, m.at(n.expert_gate, {f, h}), m.at(n.expert_up, {f, h}),
+               m.at(n.expert_down, {h, f}), c.hidden_size, c.expert_ffn);
+    for (int i = 0; i < h; ++i) out[i] += r.weight * y[i];
+  }
+  if (c.shared_ffn > 0) {
+    const std::int64_t s = c.shared_ffn;
+    const std::string p = l + (c.model_type == "qwen2_moe" ? "shared_expert." : "shared_experts.");
+    swiglu_mlp(y, x, m.at(p + "gate_proj.weight", {s, h}), m.at(p + "up_proj.weight", {s, h}),
+               m.at(p + "down_proj.weight", {h, s}), c.hidden_size, c.shared_ffn);
+    double scale = 1.0;
+    if (c.shared_gate) {
+      double g = 0.0;
+      linear(std::span<double>(&g, 1), x, m.at(l + "shared_expert_gate.weight", {1, h}), {}, 1,
+             c.hidden_size);
+      scale = 1.0 / (1.0 + std::exp(-g));
+    }
+    for (int i = 0; i < h; ++i) out[i] += scale * y[i];
+  }
+}
+
+// Self-attention of one layer over one sequence; x_norm [T, H] in, out [T, H].
+void attention_forward(std::span<double> out, std::span<const double> x_norm, const HfModel& m,
+                       int layer, int seq) {
+  const HfConfig& c = m.config;
+  const std::int64_t h = c.hidden_size;
+  const std::int64_t qw = static_cast<std::int64_t>(c.num_heads) * c.head_dim;
+  const std::int64_t kw = static_cast<std::int64_t>(c.num_kv_heads) * c.head_dim;
+  const std::string p = fmt::format("model.layers.{}.self_attn.", layer);
+  auto bias = [&](const char* name, std::int64_t n, bool has) {
+    return has ? m.at(p + name, {n}) : std::span<const double>{};
+  };
+  const auto wq = m.at(p + "q_proj.weight", {qw, h});
+  const auto wk = m.at(p + "k_proj.weight", {kw, h});
+  const auto wv = m.at(p + "v_proj.weight", {kw, h});
+  const auto wo = m.at(p + "o_proj.weight", {h, qw});
+  const auto bq = bias("q_proj.bias", qw, c.qkv_bias);
+  const auto bk = bias("k_proj.bias", kw, c.qkv_bias);
+  const auto bv = bias("v_proj.bias", kw, c.qkv_bias);
+  const auto bo = bias("o_proj.bias", h, c.o_bias);
+  std::vector<double> q(seq * qw), k(seq * kw), v(seq * kw), attn(seq * qw);
+  for (int t = 0; t < seq; ++t) {
+    auto xt = x_norm.subspan(t * h, h);
+    std::span<double> qt(&q[t * qw], qw), kt(&k[t * kw], kw), vt(&v[t * kw], kw);
+    linear(qt, xt, wq, bq, qw, h);
+    linear(kt, xt, wk, bk, kw, h);
+    linear(vt, xt, wv, bv, kw, h);
+    if (c.model_type == "olmoe") {
+      // OLMoE normalises the whole q and k projections before splitting heads.
+      rms_norm(qt, qt, m.at(p + "q_norm.weight", {qw}), c.rms_norm_eps);
+      rms_norm(kt, kt, m.at(p + "k_norm.weight", {kw}), c.rms_norm_eps);
+    } else if (c.model_type == "qwen3_moe") {
+      // Qwen3-MoE normalises each head separately with one [head_dim] weight.
+      const auto qn = m.at(p + "q_norm.weight", {c.head_dim});
+      const auto kn = m.at(p + "k_norm.weight", {c.head_dim});
+      for (int hd = 0; hd < c.num_heads; ++hd) {
+        auto s = qt.subspan(hd * c.head_dim, c.head_dim);
+        rms_norm(s, s, qn, c.rms_norm_eps);
+      }
+      for (int hd = 0; hd < c.num_kv_heads; ++hd) {
+        auto s = kt.subspan(hd * c.head_dim, c.head_dim);
+        rms_norm(s, s, kn, c.rms_norm_eps);
+      }
+    }
+    for (int hd = 0; hd < c.num_heads; ++hd) {
+      apply_rope(qt.subspan(hd * c.head_dim, c.head_dim), t, c.rope_theta);
+    }
+    for (int hd = 0; hd < c.num_kv_heads; ++hd) {
+      apply_rope(kt.subspan(hd * c.head_dim, c.head_dim), t, c.rope_theta);
+    }
+  }
+  causal_attention(attn, q, k, v, seq, c.num_heads, c.num_kv_heads, c.head_dim);
+  for (int t = 0; t < seq; ++t) {
+    linear(out.subspan(t * h, h), std::span<const double>(&attn[t * qw], qw), wo, bo, h, qw);
+  }
+}
+
+}  // namespace
+
+std::vector<double> hf_forward(const HfModel& m, std::span<const std::int64_t> input_ids, int batch,
+                               int seq, ForwardStats* stats) {
+  const HfConfig& c = m.config;
+  const std::int64_t h = c.hidden_size;
+  const std::int64_t vocab = c.vocab_size;
+  OCCULT_CHECK(input_ids.size() == static_cast<std::size_t>(batch) * seq,
+               "input_ids has {} values, expected {} x {}", input_ids.size(), batch, seq);
+  const auto embed = m.at("model.embed_tokens.weight", {vocab, h});
+  const auto final_norm = m.at("model.norm.weight", {h});
+  const auto lm_head = c.tie_word_embeddings ? embed : m.at("lm_head.weight", {vocab, h});
+  std::vector<double> logits(static_cast<std::size_t>(batch) * seq * vocab);
+  std::vector<double> x(seq * h), x_norm(seq * h), delta(seq * h);
+  for (int b = 0; b < batch; ++b) {
+    for (int t = 0; t < seq; ++t) {
+      const std::int64_t id = input_ids[b * seq + t];
+      OCCULT_CHECK(id >= 0 && id < vocab, "input id {} outside [0, {})", id, vocab);
+      std::copy_n(&embed[id * h], h, &x[t * h]);
+    }
+    for (int l = 0; l < c.num_layers; ++l) {
+      const std::string p = fmt::format("model.layers.{}.", l);
+      const auto in_norm = m.at(p + "input_layernorm.weight", {h});
+      const auto post_norm = m.at(p + "post_attention_layernorm.weight", {h});
+      for (int t = 0; t < seq; ++t) {
+        rms_norm(std::span(&x_norm[t * h], h), std::span<const double>(&x[t * h], h), in_norm,
+                 c.rms_norm_eps);
+      }
+      attention_forward(delta, x_norm, m, l, seq);
+      for (std::size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
+      for (int t = 0; t < seq; ++t) {
+        std::span<double> xn(&x_norm[t * h], h);
+        rms_norm(xn, std::span<const double>(&x[t * h], h), post_norm, c.rms_norm_eps);
+        mlp_forward(std::span(&delta[t * h], h), xn, m, l, stats);
+      }
+      for (std::size_t i = 0; i < x.size(); ++i) x[i] += delta[i];
+    }
+    for (int t = 0; t < seq; ++t) {
+      std::span<double> xn(&x_norm[t * h], h);
+      rms_norm(xn, std::span<const double>(&x[t * h], h), final_norm, c.rms_norm_eps);
+      linear(std::span(&logits[(static_cast<std::size_t>(b) * seq + t) * vocab], vocab), xn,
+             lm_head, {}, vocab, h);
+    }
+  }
+  return logits;
+}
+
+}  // namespace occult::hf
