@@ -193,7 +193,8 @@ HfConfig read_hf_config(const std::string& dir) {
     c.renormalize = get_or<bool>(cfg, "norm_topk_prob", false);
     OCCULT_CHECK(get_or<double>(cfg, "clip_qkv", 0.0) == 0.0, "{}: clip_qkv is not modelled", path);
   } else if (c.model_type == "qwen2_moe") {
-    c.qkv_bias = true;  // Qwen2MoeAttention: q/k/v always carry a bias, o_proj never.
+    // Qwen2MoeAttention: q/k/v carry a bias (newer configs may say so with qkv_bias), o_proj never.
+    c.qkv_bias = get_or<bool>(cfg, "qkv_bias", true);
     c.o_bias = false;
     c.num_experts = require(cfg, "num_experts", path).get<int>();
     c.expert_ffn = require(cfg, "moe_intermediate_size", path).get<int>();
