@@ -232,10 +232,10 @@ HfConfig read_hf_config(const std::string& dir) {
     c.expert_ffn = require(cfg, "intermediate_size", path).get<int>();
     c.renormalize = true;  // MixtralSparseMoeBlock always renormalises the top-k weights.
     c.qkv_bias = c.o_bias = false;
-    OCCULT_CHECK(
-        get_or<int>(cfg, "sliding_window", 0) == 0 ||
-            get_or<int>(cfg, "sliding_window", 0) >= get_or<int>(cfg, "max_position_embeddings", 0),
-        "{}: an active sliding_window is not modelled", path);
+    // A window at least as long as any sequence the model can see never masks anything.
+    const int window = get_or<int>(cfg, "sliding_window", 0);
+    OCCULT_CHECK(window == 0 || window >= get_or<int>(cfg, "max_position_embeddings", 0),
+                 "{}: an active sliding_window ({}) is not modelled", path, window);
   } else {
     OCCULT_FAIL("{}: model_type \"{}\" is not one the reference knows", path, c.model_type);
   }
