@@ -11,6 +11,8 @@ packages=(
   libcli11-dev                     # command-line parsing
   nlohmann-json3-dev               # placement / config JSON, safetensors headers
   libfmt-dev                       # formatting of messages and tables
+  libpcre2-dev                     # tokenizer pre-tokenizer regexes (PCRE2, JIT)
+  libutf8proc-dev                  # tokenizer NFC normalization
   libgtest-dev libgmock-dev        # unit tests
   libbenchmark-dev                 # micro-benchmarks under bench/
   iproute2                         # bench/cluster.sh: network namespaces + htb shaping
