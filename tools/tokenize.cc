@@ -1,0 +1,133 @@
+// `occult tokenize`: the ids a model's own Hugging Face tokenizer gives a text file, or the text
+// of an ids file (--decode); the same tokenizer the model commands read real text with.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <CLI/CLI.hpp>
+#include <cctype>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "command_registry.h"
+#include "occult/core/error.h"
+#include "occult/text/tokenizer.h"
+
+namespace occult::cli {
+namespace {
+
+struct TokenizeArgs {
+  std::string tokenizer;
+  std::string text_file;
+  std::string ids_file;
+  bool decode = false;
+  bool json = false;
+  bool add_special_tokens = false;
+  bool skip_special_tokens = false;
+};
+
+std::string read_all(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  OCCULT_CHECK(in.good(), "cannot open {}", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Ids from a file of whitespace-separated integers or a JSON object with "ids" (what
+// `occult tokenize --json` prints) or a JSON list.
+std::vector<std::int32_t> read_ids(const std::string& path) {
+  const std::string text = read_all(path);
+  const std::size_t first = text.find_first_not_of(" \t\r\n");
+  if (first != std::string::npos && (text[first] == '{' || text[first] == '[')) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(text);
+    } catch (const nlohmann::json::exception& e) {
+      OCCULT_FAIL("{} is not valid JSON: {}", path, e.what());
+    }
+    const nlohmann::json& ids = j.is_object() ? j.value("ids", nlohmann::json()) : j;
+    OCCULT_CHECK(ids.is_array(), "{}: expected a JSON list of ids or an object with \"ids\"", path);
+    std::vector<std::int32_t> out;
+    for (const auto& id : ids) {
+      OCCULT_CHECK(id.is_number_integer(), "{}: id {} is not an integer", path, id.dump());
+      out.push_back(id.get<std::int32_t>());
+    }
+    return out;
+  }
+  std::vector<std::int32_t> out;
+  std::istringstream in(text);
+  std::string word;
+  while (in >> word) {
+    std::size_t used = 0;
+    long long value = 0;
+    try {
+      value = std::stoll(word, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    OCCULT_CHECK(used == word.size() && value >= INT32_MIN && value <= INT32_MAX,
+                 "{}: '{}' is not an integer id (expected whitespace-separated integers)", path,
+                 word);
+    out.push_back(static_cast<std::int32_t>(value));
+  }
+  return out;
+}
+
+void run_tokenize(const TokenizeArgs& args) {
+  const Tokenizer tokenizer = Tokenizer::load(args.tokenizer);
+  if (args.decode) {
+    OCCULT_CHECK(!args.ids_file.empty(), "--decode needs --ids-file");
+    const std::string text = tokenizer.decode(read_ids(args.ids_file), args.skip_special_tokens);
+    if (args.json) {
+      fmt::print("{}\n", nlohmann::json{{"text", text}}.dump());
+    } else {
+      fmt::print("{}", text);
+    }
+    return;
+  }
+  OCCULT_CHECK(!args.text_file.empty(), "give --text-file (or --decode --ids-file)");
+  const std::string text = read_all(args.text_file);
+  std::vector<std::int32_t> ids;
+  try {
+    ids = tokenizer.encode(text, args.add_special_tokens);
+  } catch (const Error& e) {
+    OCCULT_FAIL("{}: {}", args.text_file, e.message());
+  }
+  if (args.json) {
+    const nlohmann::json j = {{"ids", ids}, {"tokens", ids.size()}, {"bytes", text.size()}};
+    fmt::print("{}\n", j.dump());
+  } else {
+    fmt::print("{}\n", fmt::join(ids, " "));
+  }
+}
+
+void setup_tokenize(CLI::App& root) {
+  CLI::App* cmd = root.add_subcommand(
+      "tokenize", "Encode a text file with a Hugging Face tokenizer.json, or decode ids");
+  auto args = std::make_shared<TokenizeArgs>();
+  cmd->add_option("--tokenizer", args->tokenizer,
+                  "tokenizer.json, or a model directory that holds one")
+      ->required();
+  cmd->add_option("--text-file", args->text_file, "UTF-8 text to encode");
+  cmd->add_flag(
+      "--json", args->json,
+      "Print {\"ids\": [...], \"tokens\": N, \"bytes\": B} (with --decode: {\"text\": ...})");
+  cmd->add_flag("--add-special-tokens", args->add_special_tokens,
+                "Apply the tokenizer's post-processor template (e.g. BOS)");
+  cmd->add_flag("--decode", args->decode, "Decode the ids of --ids-file to text");
+  cmd->add_option("--ids-file", args->ids_file,
+                  "Ids to decode: whitespace-separated integers or JSON with \"ids\"");
+  cmd->add_flag("--skip-special-tokens", args->skip_special_tokens,
+                "With --decode: leave out special added tokens");
+  cmd->callback([args] { run_tokenize(*args); });
+}
+
+}  // namespace
+
+OCCULT_REGISTER_COMMAND("tokenize", setup_tokenize);
+
+}  // namespace occult::cli
