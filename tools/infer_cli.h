@@ -23,7 +23,7 @@ namespace occult::cli {
 
 // The flags every inference subcommand shares.
 struct ModelFlags {
-  std::string checkpoint;  // checkpoint directory (occult train --save)
+  std::string checkpoint;  // model directory: Hugging Face (config.json + safetensors) or occult's
   std::string config;  // config.json: random weights, or the architecture the checkpoint must have
   std::string dispatch = "occult";
   std::string placement;  // occult-placement/1 JSON; empty = contiguous
@@ -32,9 +32,12 @@ struct ModelFlags {
   std::uint64_t seed = 1234;  // random weights (no checkpoint)
 };
 
-// Adds --checkpoint (required) and --config (optional, must match): the model a command runs.
+// Adds --model (alias --checkpoint; required) and --config (optional, must match): the model a
+// command runs.
 inline void add_checkpoint_flags(CLI::App* cmd, ModelFlags& f) {
-  cmd->add_option("--checkpoint", f.checkpoint, "checkpoint directory (occult train --save)")
+  cmd->add_option("--model,--checkpoint", f.checkpoint,
+                  "model directory: a Hugging Face one (config.json + model.safetensors or shards) or "
+                  "occult train --save")
       ->required();
   cmd->add_option("--config", f.config, "config.json the checkpoint must match (optional)");
 }
@@ -58,9 +61,9 @@ inline ModelConfig resolve_model_config(const ModelFlags& f, Communicator& comm,
   agree_on_errors(comm, [&] {
     if (allow_random) {
       OCCULT_CHECK(!f.checkpoint.empty() || !f.config.empty(),
-                   "give --checkpoint DIR (trained weights) or --config FILE (random weights)");
+                   "give --model DIR (trained weights) or --config FILE (random weights)");
     } else {
-      OCCULT_CHECK(!f.checkpoint.empty(), "give --checkpoint DIR");
+      OCCULT_CHECK(!f.checkpoint.empty(), "give --model DIR");
     }
     if (f.checkpoint.empty()) {
       config = load_model_config(f.config);
@@ -71,7 +74,7 @@ inline ModelConfig resolve_model_config(const ModelFlags& f, Communicator& comm,
       const ModelConfig given = load_model_config(f.config);
       OCCULT_CHECK(
           same_architecture(given, config),
-          "--checkpoint {} was trained with another model config than --config {} (compare its "
+          "--model {} was trained with another model config than --config {} (compare its "
           "config.json)",
           f.checkpoint, f.config);
     }
@@ -96,13 +99,13 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
         p.num_experts == config.num_experts,
         "--placement {} is for a model with {} experts, but this model has num_experts = {}",
         f.placement, p.num_experts, config.num_experts);
-    OCCULT_CHECK(static_cast<int>(p.layers.size()) == config.num_hidden_layers,
-                 "--placement {} has {} layers, but this model has num_hidden_layers = {}",
-                 f.placement, p.layers.size(), config.num_hidden_layers);
+    OCCULT_CHECK(static_cast<int>(p.layers.size()) == config.num_moe_layers(),
+                 "--placement {} has {} layers, but this model has {} MoE layers", f.placement,
+                 p.layers.size(), config.num_moe_layers());
     OCCULT_CHECK(p.num_devices == comm.size(),
                  "--placement {} is for {} devices, but the run has {} ranks (mpirun -np {})",
                  f.placement, p.num_devices, comm.size(), p.num_devices);
-    for (int l = 0; l < config.num_hidden_layers; ++l) {
+    for (int l = 0; l < config.num_moe_layers(); ++l) {
       parallel.expert_to_device.push_back(p.layer(l).expert_to_device);
       parallel.similarity.push_back(p.layer(l).similarity);
     }

@@ -8,6 +8,8 @@
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
 #include "occult/core/safetensors.h"
+#include "occult/model/arch.h"
+#include "occult/model/model_dir.h"
 
 namespace occult {
 
@@ -42,20 +44,19 @@ Gathered gather(MoeTransformer& model, Source source) {
     g.shapes.push_back(tensors[i].shape);
     g.values.emplace_back(s.begin(), s.end());
   }
-  const char* kinds[3] = {"gate_proj", "up_proj", "down_proj"};
   for (int l = 0; l < L; ++l) {
+    if (!c.is_moe_layer(l)) continue;
     std::vector<float> buffer(static_cast<std::size_t>(E) * 3 * FH, 0.0f);  // [E,3,F*H]
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       const auto& t = tensors[i];
       if (!t.expert || t.layer != l) continue;
-      const int kind = t.name.ends_with("gate_proj.weight") ? 0 : t.name.ends_with("up_proj.weight") ? 1 : 2;
       const auto s = source(i);
-      std::copy(s.begin(), s.end(), buffer.begin() + (static_cast<std::int64_t>(t.expert_id) * 3 + kind) * FH);
+      std::copy(s.begin(), s.end(), buffer.begin() + (static_cast<std::int64_t>(t.expert_id) * 3 + t.expert_kind) * FH);
     }
     model.comm().all_reduce_sum(std::span<float>(buffer));
     for (int e = 0; e < E; ++e) {
       for (int kind = 0; kind < 3; ++kind) {
-        g.names.push_back(fmt::format("model.layers.{}.mlp.experts.{}.{}.weight", l, e, kinds[kind]));
+        g.names.push_back(expert_tensor_name(c, l, e, kind));
         g.shapes.push_back(kind < 2 ? std::vector<std::int64_t>{c.moe_intermediate_size, c.hidden_size}
                                     : std::vector<std::int64_t>{c.hidden_size, c.moe_intermediate_size});
         const auto begin = buffer.begin() + (static_cast<std::int64_t>(e) * 3 + kind) * FH;
@@ -141,9 +142,9 @@ void save_checkpoint(const std::string& dir, MoeTransformer& model, AdamW* optim
 }
 
 ModelConfig load_checkpoint_config(const std::string& dir) {
-  OCCULT_CHECK(fs::is_directory(dir), "checkpoint {} does not exist or is not a directory", dir);
+  OCCULT_CHECK(fs::is_directory(dir), "model directory {} does not exist or is not a directory", dir);
   const fs::path path = fs::path(dir) / "config.json";
-  OCCULT_CHECK(fs::exists(path), "{} is not a checkpoint: it has no config.json", dir);
+  OCCULT_CHECK(fs::exists(path), "{} is not a model directory: it has no config.json", dir);
   return parse_model_config(read_json(path), path.string());
 }
 
@@ -154,12 +155,8 @@ nlohmann::json load_checkpoint(const std::string& dir, MoeTransformer& model, Ad
     OCCULT_CHECK(same_architecture(saved, model.config()),
                  "checkpoint {} was trained with another model config: {}", dir,
                  describe_config_difference(saved, model.config()));
-    const auto reader = SafetensorsReader::open((fs::path(dir) / "model.safetensors").string());
-    for (const auto& t : model.tensors()) {
-      reader.expect_shape(t.name, t.shape);
-      const auto values = reader.read_f32(t.name);
-      std::copy(values.begin(), values.end(), t.value.begin());
-    }
+    const ModelWeights weights = ModelWeights::open(dir);
+    for (const auto& t : model.tensors()) weights.read(t.name, t.shape, t.value);
     if (optimizer != nullptr) {
       const fs::path opt_path = fs::path(dir) / "optimizer.safetensors";
       OCCULT_CHECK(fs::exists(opt_path), "checkpoint {} has no optimizer.safetensors: it cannot be resumed", dir);

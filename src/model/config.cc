@@ -3,78 +3,54 @@
 #include <fstream>
 #include <sstream>
 
+#include "model/arch/families.h"
 #include "occult/core/error.h"
+#include "occult/model/arch.h"
 
 namespace occult {
 
-namespace {
-
-// Keys every config must give: there is no sensible default for the model's shape.
-constexpr const char* kRequiredKeys[] = {"hidden_size",         "num_hidden_layers",
-                                         "num_attention_heads", "num_experts",
-                                         "num_experts_per_tok", "moe_intermediate_size",
-                                         "max_position_embeddings"};
-
-int get_int(const nlohmann::json& json, const char* key, int fallback, const std::string& source) {
-  if (!json.contains(key)) return fallback;
-  const auto& v = json.at(key);
-  OCCULT_CHECK(v.is_number_integer(), "{}: config key \"{}\" must be an integer, got {}", source, key,
-               v.dump());
-  const auto value = v.get<std::int64_t>();
-  OCCULT_CHECK(value >= -(1ll << 31) && value < (1ll << 31), "{}: config key \"{}\" = {} is out of range",
-               source, key, value);
-  return static_cast<int>(value);
+bool ModelConfig::is_moe_layer(int l) const {
+  if (num_experts <= 0) return false;
+  for (int dense : mlp_only_layers) {
+    if (dense == l) return false;
+  }
+  return l >= first_k_dense_replace && (l + 1) % decoder_sparse_step == 0 && l % moe_layer_freq == 0;
 }
 
-float get_float(const nlohmann::json& json, const char* key, float fallback, const std::string& source) {
-  if (!json.contains(key)) return fallback;
-  const auto& v = json.at(key);
-  OCCULT_CHECK(v.is_number(), "{}: config key \"{}\" must be a number, got {}", source, key, v.dump());
-  return v.get<float>();
+int ModelConfig::num_moe_layers() const {
+  int n = 0;
+  for (int l = 0; l < num_hidden_layers; ++l) n += is_moe_layer(l) ? 1 : 0;
+  return n;
 }
 
-bool get_bool(const nlohmann::json& json, const char* key, bool fallback, const std::string& source) {
-  if (!json.contains(key)) return fallback;
-  const auto& v = json.at(key);
-  OCCULT_CHECK(v.is_boolean(), "{}: config key \"{}\" must be true or false, got {}", source, key,
-               v.dump());
-  return v.get<bool>();
+int ModelConfig::moe_index(int l) const {
+  if (!is_moe_layer(l)) return -1;
+  int m = 0;
+  for (int i = 0; i < l; ++i) m += is_moe_layer(i) ? 1 : 0;
+  return m;
 }
 
-}  // namespace
+int ModelConfig::moe_layer(int m) const {
+  for (int l = 0, seen = 0; l < num_hidden_layers; ++l) {
+    if (is_moe_layer(l) && seen++ == m) return l;
+  }
+  OCCULT_FAIL("MoE layer {} is outside [0, {}): the model has {} MoE layers", m, num_moe_layers(), num_moe_layers());
+}
 
 ModelConfig parse_model_config(const nlohmann::json& json, const std::string& source) {
-  OCCULT_CHECK(json.is_object(), "{}: a model config must be a JSON object", source);
-  for (const char* key : kRequiredKeys) {
-    OCCULT_CHECK(json.contains(key), "{}: config key \"{}\" is missing", source, key);
-  }
+  ConfigReader reader(json, source);
   ModelConfig c;
-  c.vocab_size = get_int(json, "vocab_size", c.vocab_size, source);
-  c.hidden_size = get_int(json, "hidden_size", 0, source);
-  c.num_hidden_layers = get_int(json, "num_hidden_layers", 0, source);
-  c.num_attention_heads = get_int(json, "num_attention_heads", 0, source);
-  c.num_experts = get_int(json, "num_experts", 0, source);
-  c.num_experts_per_tok = get_int(json, "num_experts_per_tok", 0, source);
-  c.moe_intermediate_size = get_int(json, "moe_intermediate_size", 0, source);
-  c.n_shared_experts = get_int(json, "n_shared_experts", 0, source);
-  c.norm_topk_prob = get_bool(json, "norm_topk_prob", c.norm_topk_prob, source);
-  c.router_aux_loss_coef = get_float(json, "router_aux_loss_coef", c.router_aux_loss_coef, source);
-  c.rope_theta = get_float(json, "rope_theta", c.rope_theta, source);
-  c.max_position_embeddings = get_int(json, "max_position_embeddings", 0, source);
-  c.tie_word_embeddings = get_bool(json, "tie_word_embeddings", c.tie_word_embeddings, source);
-  c.rms_norm_eps = get_float(json, "rms_norm_eps", c.rms_norm_eps, source);
-  c.initializer_range = get_float(json, "initializer_range", c.initializer_range, source);
-  // Keys of other MoE families that would change the math silently if ignored.
-  if (json.contains("num_key_value_heads")) {
-    OCCULT_CHECK(get_int(json, "num_key_value_heads", 0, source) == c.num_attention_heads,
-                 "{}: config key \"num_key_value_heads\" must equal num_attention_heads ({}): grouped-"
-                 "query attention is not supported",
-                 source, c.num_attention_heads);
-  }
-  if (json.contains("hidden_act")) {
-    OCCULT_CHECK(json.at("hidden_act") == "silu", "{}: config key \"hidden_act\" must be \"silu\", got {}",
-                 source, json.at("hidden_act").dump());
-  }
+  c.model_type = reader.get_string("model_type", c.model_type);
+  const ArchSpec& spec = [&]() -> const ArchSpec& {
+    try {
+      return arch_spec(c.model_type);
+    } catch (const Error& e) {
+      OCCULT_FAIL("{}: config key \"model_type\": {}", source, e.message());
+    }
+  }();
+  read_common_keys(reader, c);
+  spec.read(reader, c);
+  reader.finish(spec.strict);
   validate_model_config(c, source);
   return c;
 }
@@ -96,12 +72,41 @@ void validate_model_config(const ModelConfig& c, const std::string& source) {
   OCCULT_CHECK(c.num_experts_per_tok <= c.num_experts,
                "{}: config key \"num_experts_per_tok\" ({}) must not exceed \"num_experts\" ({})", source,
                c.num_experts_per_tok, c.num_experts);
-  OCCULT_CHECK(c.hidden_size % c.num_attention_heads == 0,
+  OCCULT_CHECK(c.explicit_head_dim > 0 || c.hidden_size % c.num_attention_heads == 0,
                "{}: config key \"hidden_size\" ({}) must be divisible by \"num_attention_heads\" ({})",
                source, c.hidden_size, c.num_attention_heads);
-  OCCULT_CHECK(c.head_dim() % 2 == 0,
-               "{}: head size hidden_size/num_attention_heads = {} must be even for RoPE", source,
-               c.head_dim());
+  OCCULT_CHECK(c.explicit_head_dim >= 0, "{}: config key \"head_dim\" must be >= 1, got {}", source,
+               c.explicit_head_dim);
+  OCCULT_CHECK(c.head_dim() % 2 == 0, "{}: head size {} = {} must be even for RoPE", source,
+               c.explicit_head_dim > 0 ? "head_dim" : "hidden_size/num_attention_heads", c.head_dim());
+  OCCULT_CHECK(c.num_key_value_heads >= 0 && c.num_attention_heads % c.kv_heads() == 0,
+               "{}: config key \"num_key_value_heads\" ({}) must divide \"num_attention_heads\" ({})", source,
+               c.num_key_value_heads, c.num_attention_heads);
+  OCCULT_CHECK(c.decoder_sparse_step >= 1, "{}: config key \"decoder_sparse_step\" must be >= 1, got {}", source,
+               c.decoder_sparse_step);
+  OCCULT_CHECK(c.moe_layer_freq >= 1, "{}: config key \"moe_layer_freq\" must be >= 1, got {}", source,
+               c.moe_layer_freq);
+  OCCULT_CHECK(c.first_k_dense_replace >= 0, "{}: config key \"first_k_dense_replace\" must be >= 0, got {}",
+               source, c.first_k_dense_replace);
+  for (int l : c.mlp_only_layers) {
+    OCCULT_CHECK(l >= 0 && l < c.num_hidden_layers,
+                 "{}: config key \"mlp_only_layers\" names layer {}, outside [0, num_hidden_layers = {})", source, l,
+                 c.num_hidden_layers);
+  }
+  OCCULT_CHECK(c.shared_expert_intermediate_size >= 0,
+               "{}: config key \"shared_expert_intermediate_size\" must be >= 0, got {}", source,
+               c.shared_expert_intermediate_size);
+  OCCULT_CHECK(c.num_moe_layers() >= 1, "{}: no layer has an MoE block (check {}): occult runs MoE models", source,
+               "mlp_only_layers, decoder_sparse_step, first_k_dense_replace, moe_layer_freq");
+  if (c.num_moe_layers() < c.num_hidden_layers) {
+    OCCULT_CHECK(c.intermediate_size >= 1,
+                 "{}: config key \"intermediate_size\" must be >= 1: layer {} has a dense MLP of that width", source,
+                 [&] {
+                   int l = 0;
+                   while (c.is_moe_layer(l)) ++l;
+                   return l;
+                 }());
+  }
   OCCULT_CHECK(c.rope_theta > 1.0f, "{}: config key \"rope_theta\" must be > 1, got {}", source,
                c.rope_theta);
   OCCULT_CHECK(c.router_aux_loss_coef >= 0.0f,
@@ -128,29 +133,42 @@ ModelConfig load_model_config(const std::string& path) {
 }
 
 nlohmann::json model_config_to_json(const ModelConfig& c) {
-  return nlohmann::json{{"model_type", "occult_moe"},
-                        {"architectures", {"OccultMoeForCausalLM"}},
-                        {"vocab_size", c.vocab_size},
-                        {"hidden_size", c.hidden_size},
-                        {"num_hidden_layers", c.num_hidden_layers},
-                        {"num_attention_heads", c.num_attention_heads},
-                        {"num_key_value_heads", c.num_attention_heads},
-                        {"num_experts", c.num_experts},
-                        {"num_experts_per_tok", c.num_experts_per_tok},
-                        {"moe_intermediate_size", c.moe_intermediate_size},
-                        {"n_shared_experts", c.n_shared_experts},
-                        {"norm_topk_prob", c.norm_topk_prob},
-                        {"router_aux_loss_coef", c.router_aux_loss_coef},
-                        {"rope_theta", c.rope_theta},
-                        {"max_position_embeddings", c.max_position_embeddings},
-                        {"tie_word_embeddings", c.tie_word_embeddings},
-                        {"rms_norm_eps", c.rms_norm_eps},
-                        {"initializer_range", c.initializer_range},
-                        {"hidden_act", "silu"}};
+  const ArchSpec& spec = arch_spec(c.model_type);
+  nlohmann::json j{{"model_type", c.model_type},
+                   {"architectures", {spec.architecture}},
+                   {"vocab_size", c.vocab_size},
+                   {"hidden_size", c.hidden_size},
+                   {"num_hidden_layers", c.num_hidden_layers},
+                   {"num_attention_heads", c.num_attention_heads},
+                   {"num_key_value_heads", c.kv_heads()},
+                   {"router_aux_loss_coef", c.router_aux_loss_coef},
+                   {"rope_theta", c.rope_theta},
+                   {"max_position_embeddings", c.max_position_embeddings},
+                   {"tie_word_embeddings", c.tie_word_embeddings},
+                   {"rms_norm_eps", c.rms_norm_eps},
+                   {"initializer_range", c.initializer_range},
+                   {"hidden_act", "silu"}};
+  if (c.explicit_head_dim > 0) j["head_dim"] = c.explicit_head_dim;
+  if (!c.eos_token_ids.empty()) {
+    j["eos_token_id"] = c.eos_token_ids.size() == 1 ? nlohmann::json(c.eos_token_ids[0]) : nlohmann::json(c.eos_token_ids);
+  }
+  if (c.bos_token_id >= 0) j["bos_token_id"] = c.bos_token_id;
+  spec.write(c, j);
+  return j;
 }
 
 bool same_architecture(const ModelConfig& a, const ModelConfig& b) {
-  return a.vocab_size == b.vocab_size && a.hidden_size == b.hidden_size &&
+  return a.model_type == b.model_type && a.kv_heads() == b.kv_heads() &&
+         a.head_dim() == b.head_dim() && a.shared_intermediate_size() == b.shared_intermediate_size() &&
+         a.shared_expert_gate == b.shared_expert_gate && a.intermediate_size == b.intermediate_size &&
+         a.attention_qkv_bias == b.attention_qkv_bias && a.attention_o_bias == b.attention_o_bias &&
+         a.qk_norm == b.qk_norm && [&] {
+           for (int l = 0; l < a.num_hidden_layers; ++l) {
+             if (a.is_moe_layer(l) != b.is_moe_layer(l)) return false;
+           }
+           return true;
+         }() &&
+         a.vocab_size == b.vocab_size && a.hidden_size == b.hidden_size &&
          a.num_hidden_layers == b.num_hidden_layers && a.num_attention_heads == b.num_attention_heads &&
          a.num_experts == b.num_experts && a.num_experts_per_tok == b.num_experts_per_tok &&
          a.moe_intermediate_size == b.moe_intermediate_size && a.n_shared_experts == b.n_shared_experts &&

@@ -31,7 +31,7 @@ struct RoutingCounters {
 // "changed" means exactly "collaboration pruning replaced at least one expert".
 void count_routing(MoeTransformer& model, std::int64_t N, RoutingCounters& c) {
   const ModelConfig& cfg = model.config();
-  const int L = cfg.num_hidden_layers, E = cfg.num_experts, K = cfg.num_experts_per_tok,
+  const int L = cfg.num_moe_layers(), E = cfg.num_experts, K = cfg.num_experts_per_tok,
             D = model.comm().size();
   GatingConfig gating;
   gating.num_experts = E;
@@ -99,7 +99,7 @@ EvalResult evaluate_text(MoeTransformer& model, std::span<const std::int32_t> to
   });
   const std::vector<int> lengths = eval_window_lengths(static_cast<std::int64_t>(tokens.size()), T);
   const std::int64_t W = static_cast<std::int64_t>(lengths.size());
-  const int L = cfg.num_hidden_layers;
+  const int L = cfg.num_moe_layers();
 
   RoutingCounters counters;
   counters.devices.assign(L, 0);

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <new>
 
+#include "model/layers/blocks.h"
 #include "model/moe_block.h"
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
@@ -51,16 +52,18 @@ void rope_at_positions(float* x, const int* positions, std::int64_t N, int NH, i
   }
 }
 
-// One decode row's attention: q[C] at position `pos` against keys/values [pos+1, C] of its
-// slot; out[C] (overwrites). The softmax is causal_softmax_row, as in attention_forward.
+// One decode row's attention: q[NH*hs] at position `pos` against the keys/values [pos+1, NKV*hs]
+// of its slot; out[NH*hs] (overwrites); query head h reads key/value head h / (NH/NKV). The
+// softmax is causal_softmax_row, as in attention_forward.
 void attention_decode_row(float* out, float* scores, const float* q, const float* keys,
-                          const float* values, int pos, int C, int NH) {
-  const int hs = C / NH;
+                          const float* values, int pos, int NH, int NKV, int hs) {
+  const int KC = NKV * hs, group = NH / NKV;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   for (int h = 0; h < NH; ++h) {
     const float* qh = q + h * hs;
+    const int kvh = h / group;
     for (int s = 0; s <= pos; ++s) {
-      const float* kh = keys + static_cast<std::int64_t>(s) * C + h * hs;
+      const float* kh = keys + static_cast<std::int64_t>(s) * KC + kvh * hs;
       float dot = 0.0f;
       for (int i = 0; i < hs; ++i) dot += qh[i] * kh[i];
       scores[s] = scale * dot;
@@ -70,31 +73,33 @@ void attention_decode_row(float* out, float* scores, const float* q, const float
     std::fill(oh, oh + hs, 0.0f);
     for (int s = 0; s <= pos; ++s) {
       const float a = scores[s];
-      const float* vh = values + static_cast<std::int64_t>(s) * C + h * hs;
+      const float* vh = values + static_cast<std::int64_t>(s) * KC + kvh * hs;
       for (int i = 0; i < hs; ++i) oh[i] += a * vh[i];
     }
   }
 }
 
-// Causal attention of one prompt in blocks of `block` query rows: q,k,v,out [len, C] with row
-// stride C (heads in columns); scratch [block, len]. Per block and head: scores = scale * Q K^T
-// over the keys up to the block's last row, causal softmax as attention_forward, out = P V.
+// Causal attention of one prompt in blocks of `block` query rows: q, out [len, NH*hs] and k, v
+// [len, NKV*hs] (heads in columns); scratch [block, len]. Per block and head: scores =
+// scale * Q K^T over the keys up to the block's last row, causal softmax as attention_forward,
+// out = P V.
 void attention_prefill_blocked(float* out, float* scratch, const float* q, const float* k,
-                               const float* v, int len, int C, int NH, int block) {
-  const int hs = C / NH;
+                               const float* v, int len, int NH, int NKV, int hs, int block) {
+  const int QC = NH * hs, KC = NKV * hs, group = NH / NKV;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   for (int h = 0; h < NH; ++h) {
+    const int kvh = h / group;
     for (int r0 = 0; r0 < len; r0 += block) {
       const int rows = std::min(block, len - r0);
       const int keys = r0 + rows;
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, keys, hs, scale,
-                  q + static_cast<std::int64_t>(r0) * C + h * hs, C, k + h * hs, C, 0.0f, scratch,
-                  keys);
+                  q + static_cast<std::int64_t>(r0) * QC + h * hs, QC, k + kvh * hs, KC, 0.0f,
+                  scratch, keys);
       for (int i = 0; i < rows; ++i) {
         causal_softmax_row(scratch + static_cast<std::int64_t>(i) * keys, r0 + i, keys);
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, hs, keys, 1.0f, scratch, keys,
-                  v + h * hs, C, 0.0f, out + static_cast<std::int64_t>(r0) * C + h * hs, C);
+                  v + kvh * hs, KC, 0.0f, out + static_cast<std::int64_t>(r0) * QC + h * hs, QC);
     }
   }
 }
@@ -108,7 +113,7 @@ void grow(std::vector<T>& v, std::int64_t n) {
 
 std::int64_t kv_cache_bytes(const ModelConfig& config, std::int64_t sequences, int max_length) {
   return 2 * static_cast<std::int64_t>(config.num_hidden_layers) * sequences * max_length *
-         static_cast<std::int64_t>(config.hidden_size) * static_cast<std::int64_t>(sizeof(float));
+         static_cast<std::int64_t>(config.kv_dim()) * static_cast<std::int64_t>(sizeof(float));
 }
 
 InferenceEngine::InferenceEngine(MoeTransformer& model, const InferenceOptions& options)
@@ -134,20 +139,8 @@ InferenceEngine::InferenceEngine(MoeTransformer& model, const InferenceOptions& 
                  static_cast<double>(options_.memory_limit_bytes) / (1 << 20),
                  static_cast<double>(options_.memory_limit_bytes) / (1 << 30));
   });
+  for (int l = 0; l < c.num_hidden_layers; ++l) layer_weights_.push_back(model_.layer_weights(l));
   auto W = [&](const std::string& name) -> const float* { return model_.param(name).data(); };
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const std::string p = fmt::format("model.layers.{}.", l);
-    LayerWeights w{W(p + "input_layernorm.weight"),  W(p + "self_attn.q_proj.weight"),
-                   W(p + "self_attn.k_proj.weight"), W(p + "self_attn.v_proj.weight"),
-                   W(p + "self_attn.o_proj.weight"), W(p + "post_attention_layernorm.weight"),
-                   W(p + "mlp.gate.weight")};
-    if (c.shared_intermediate_size() > 0) {
-      w.shared_gate = W(p + "mlp.shared_experts.gate_proj.weight");
-      w.shared_up = W(p + "mlp.shared_experts.up_proj.weight");
-      w.shared_down = W(p + "mlp.shared_experts.down_proj.weight");
-    }
-    layer_weights_.push_back(w);
-  }
   embed_ = W("model.embed_tokens.weight");
   final_norm_ = W("model.norm.weight");
   lm_head_ = c.tie_word_embeddings ? embed_ : W("lm_head.weight");
@@ -245,15 +238,24 @@ std::span<const float> InferenceEngine::decode(std::span<const int> slots,
   return {logits_.data(), out_rows_.size() * static_cast<std::size_t>(c.vocab_size)};
 }
 
+InferenceEngine::~InferenceEngine() = default;
+
 void InferenceEngine::forward_rows(bool prefill) {
   const ModelConfig& c = model_.config();
-  const int L = c.num_hidden_layers, H = c.hidden_size, V = c.vocab_size,
-            NH = c.num_attention_heads, S = c.shared_intermediate_size(), hs = c.head_dim();
+  const int L = c.num_hidden_layers, H = c.hidden_size, V = c.vocab_size, NH = c.num_attention_heads,
+            NKV = c.kv_heads(), hs = c.head_dim(), QD = c.q_dim(), KD = c.kv_dim();
   const std::int64_t N = rows_;
   const std::int64_t T = options_.max_length;
-  for (auto* buf : {&x_, &ln_, &q_, &k_, &v_, &atty_, &tmp_}) grow(*buf, N * H);
-  for (auto* buf : {&sh1_, &sh3_, &shh_}) grow(*buf, N * S);
+  int F = 0;
+  for (int l = 0; l < L; ++l) F = std::max(F, model_.mlp_width(l));
+  for (auto* buf : {&x_, &ln_, &tmp_, &y_}) grow(*buf, N * H);
+  for (auto* buf : {&q_, &q_pre_, &atty_}) grow(*buf, N * QD);
+  for (auto* buf : {&k_, &k_pre_, &v_}) grow(*buf, N * KD);
+  for (auto* buf : {&h1_, &h3_, &hh_}) grow(*buf, N * F);
   grow(rstd_, N);
+  grow(sig_, N);
+  grow(q_rstd_, N * NH);
+  grow(k_rstd_, N * NKV);
   const std::int64_t n_out = static_cast<std::int64_t>(out_rows_.size());
   grow(lnf_, n_out * H);
   grow(logits_, n_out * V);
@@ -270,57 +272,57 @@ void InferenceEngine::forward_rows(bool prefill) {
   float* x = x_.data();
   embedding_forward(x, tokens_.data(), embed_, N, H);
   for (int l = 0; l < L; ++l) {
-    const LayerWeights& w = layer_weights_[l];
-    float* kc = k_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * H;
-    float* vc = v_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * H;
+    const LayerParams<const float*>& w = layer_weights_[l];
+    float* kc = k_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
+    float* vc = v_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
     rmsnorm_forward(ln_.data(), rstd_.data(), x, w.ln1, N, H, c.rms_norm_eps);
-    matmul_forward(q_.data(), ln_.data(), w.q, N, H, H);
-    matmul_forward(k_.data(), ln_.data(), w.k, N, H, H);
-    matmul_forward(v_.data(), ln_.data(), w.v, N, H, H);
+    qkv_forward(c, w, ln_.data(), N, q_.data(), k_.data(), v_.data(),
+                {q_pre_.data(), k_pre_.data(), q_rstd_.data(), k_rstd_.data()});
     if (prefill) {
       // Each prompt starts at position 0: the model's own RoPE and attention kernels per prompt
       // (blocked attention, same arithmetic per score, for prompts longer than a block).
       for (const auto& seg : segments_) {
-        const std::int64_t off = seg.first_row * H;
-        rope_forward(q_.data() + off, 1, seg.length, NH, hs, c.rope_theta);
-        rope_forward(k_.data() + off, 1, seg.length, NH, hs, c.rope_theta);
+        float* q = q_.data() + seg.first_row * QD;
+        float* k = k_.data() + seg.first_row * KD;
+        const float* v = v_.data() + seg.first_row * KD;
+        float* out = atty_.data() + seg.first_row * QD;
+        rope_forward(q, 1, seg.length, NH, hs, c.rope_theta);
+        rope_forward(k, 1, seg.length, NKV, hs, c.rope_theta);
         if (seg.length <= block) {
-          attention_forward(atty_.data() + off, att_.data(), q_.data() + off, k_.data() + off,
-                            v_.data() + off, 1, seg.length, H, NH);
+          attention_forward(out, att_.data(), q, k, v, 1, seg.length, NH, NKV, hs);
         } else {
-          attention_prefill_blocked(atty_.data() + off, att_.data(), q_.data() + off,
-                                    k_.data() + off, v_.data() + off, seg.length, H, NH, block);
+          attention_prefill_blocked(out, att_.data(), q, k, v, seg.length, NH, NKV, hs, block);
         }
       }
     } else {
       rope_at_positions(q_.data(), row_pos_.data(), N, NH, hs, c.rope_theta);
-      rope_at_positions(k_.data(), row_pos_.data(), N, NH, hs, c.rope_theta);
+      rope_at_positions(k_.data(), row_pos_.data(), N, NKV, hs, c.rope_theta);
     }
     // Append this call's keys and values to each row's slot.
     for (std::int64_t n = 0; n < N; ++n) {
-      const std::int64_t at = (static_cast<std::int64_t>(row_slot_[n]) * T + row_pos_[n]) * H;
-      std::memcpy(kc + at, k_.data() + n * H, sizeof(float) * H);
-      std::memcpy(vc + at, v_.data() + n * H, sizeof(float) * H);
+      const std::int64_t at = (static_cast<std::int64_t>(row_slot_[n]) * T + row_pos_[n]) * KD;
+      std::memcpy(kc + at, k_.data() + n * KD, sizeof(float) * KD);
+      std::memcpy(vc + at, v_.data() + n * KD, sizeof(float) * KD);
     }
     if (!prefill) {
       for (std::int64_t n = 0; n < N; ++n) {
-        const std::int64_t base = static_cast<std::int64_t>(row_slot_[n]) * T * H;
-        attention_decode_row(atty_.data() + n * H, att_.data(), q_.data() + n * H, kc + base,
-                             vc + base, row_pos_[n], H, NH);
+        const std::int64_t base = static_cast<std::int64_t>(row_slot_[n]) * T * KD;
+        attention_decode_row(atty_.data() + n * QD, att_.data(), q_.data() + n * QD, kc + base,
+                             vc + base, row_pos_[n], NH, NKV, hs);
       }
     }
-    matmul_forward(tmp_.data(), atty_.data(), w.o, N, H, H);
+    output_projection_forward(c, w, atty_.data(), N, tmp_.data());
     residual_forward(x, x, tmp_.data(), N * H);
     rmsnorm_forward(ln_.data(), rstd_.data(), x, w.ln2, N, H, c.rms_norm_eps);
-    // Collective even with N = 0: this rank's experts serve the other ranks' tokens.
-    model_.moe_block(l).forward(w.router, ln_.data(), N, tmp_.data());
-    residual_forward(x, x, tmp_.data(), N * H);
-    if (S > 0) {
-      matmul_forward(sh1_.data(), ln_.data(), w.shared_gate, N, H, S);
-      matmul_forward(sh3_.data(), ln_.data(), w.shared_up, N, H, S);
-      swiglu_forward(shh_.data(), sh1_.data(), sh3_.data(), N, S);
-      matmul_forward(tmp_.data(), shh_.data(), w.shared_down, N, S, H);
+    const int m = model_.moe_index(l);
+    if (m >= 0) {
+      // Collective even with N = 0: this rank's experts serve the other ranks' tokens.
+      model_.moe_block(m).forward(w.router, ln_.data(), N, tmp_.data());
       residual_forward(x, x, tmp_.data(), N * H);
+    }
+    if (model_.mlp_width(l) > 0) {
+      mlp_forward(w, ln_.data(), N, H, model_.mlp_width(l), x,
+                  {h1_.data(), h3_.data(), hh_.data(), y_.data(), sig_.data()}, tmp_.data());
     }
   }
   // Only the rows whose next token is wanted go through the final norm and the LM head.
@@ -462,7 +464,7 @@ Trace profile_routing(MoeTransformer& model, std::span<const std::int32_t> token
   io.max_sequences = options.sequences_per_batch;
   io.max_length = seq_len;
   InferenceEngine engine(model, io);
-  const int L = c.num_hidden_layers, E = c.num_experts, K = c.num_experts_per_tok;
+  const int L = c.num_moe_layers(), E = c.num_experts, K = c.num_experts_per_tok;
   std::vector<LayerRouting> local(L);
   std::vector<std::int32_t> local_lengths;
   ProgressBar bar("profile", rounds, options.progress && comm.rank() == 0);

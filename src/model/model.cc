@@ -5,10 +5,12 @@
 #include <cstring>
 #include <numeric>
 
+#include "model/layers/blocks.h"
 #include "model/moe_block.h"
 #include "model/rng.h"
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
+#include "occult/model/arch.h"
 #include "occult/model/ops.h"
 
 namespace occult {
@@ -25,9 +27,36 @@ const char* dispatch_name(Dispatch dispatch) {
 
 namespace {
 
-// Index of one layer's dense tensors inside tensors_ (built in build_tensors order).
+// Index of one layer's dense tensors inside tensors_ (build_tensors order); -1 where the layer
+// has no such tensor.
 struct LayerSlots {
-  int ln1, q, k, v, o, ln2, router, shared_gate = -1, shared_up = -1, shared_down = -1;
+  int ln1 = -1, q = -1, k = -1, v = -1, o = -1, q_bias = -1, k_bias = -1, v_bias = -1, o_bias = -1;
+  int q_norm = -1, k_norm = -1, ln2 = -1, router = -1;
+  int mlp_gate = -1, mlp_up = -1, mlp_down = -1, shared_gate = -1;
+};
+
+// One layer's saved activations, views into the activation arena. N = B*T, QD = NH*hd,
+// KD = NKV*hd, F = the layer's dense SwiGLU width (dense MLP or shared expert; 0 when none).
+struct LayerActs {
+  float* ln1;     // [N, H]
+  float* rstd1;   // [N]
+  float* q_pre;   // [N, QD] before QK-norm
+  float* k_pre;   // [N, KD]
+  float* q_rstd;  // [N * NH]
+  float* k_rstd;  // [N * NKV]
+  float* q;       // [N, QD] after QK-norm and RoPE
+  float* k;       // [N, KD]
+  float* v;       // [N, KD]
+  float* att;     // [B, NH, T, T]
+  float* atty;    // [N, QD] attention output before o_proj
+  float* mid;     // [N, H] after the attention residual
+  float* ln2;     // [N, H] MLP / MoE input
+  float* rstd2;   // [N]
+  float* h1;      // [N, F]
+  float* h3;      // [N, F]
+  float* hh;      // [N, F]
+  float* y;       // [N, H] gated shared expert output before its gate
+  float* sig;     // [N] its sigmoid gate
 };
 
 }  // namespace
@@ -35,48 +64,41 @@ struct LayerSlots {
 struct MoeTransformer::Impl {
   int embed = 0, final_norm = 0, lm_head = -1;
   std::vector<LayerSlots> layers;
-  std::vector<std::unique_ptr<MoeBlock>> moe;
+  std::vector<int> moe_of_layer;  // [L] MoE ordinal of each layer, -1 for a dense layer
+  std::vector<int> mlp_width;     // [L] width of the layer's dense SwiGLU branch (0 = none)
+  std::vector<std::unique_ptr<MoeBlock>> moe;  // [Lm] by MoE ordinal
 
-  // Activation arena (sized from B, T) and its views. Shapes in comments; N = B*T.
+  // Activation arena (sized from B, T) and its views.
   std::int64_t B = -1;
   int T = -1;
   std::vector<float> acts;
-  float* resid;      // [L+1, N, H] residual stream at each layer's input (resid[L] = final)
-  float* ln1;        // [L, N, H]
-  float* rstd1;      // [L, N]
-  float* q;          // [L, N, H] after RoPE
-  float* k;          // [L, N, H] after RoPE
-  float* v;          // [L, N, H]
-  float* att;        // [L, B, NH, T, T]
-  float* atty;       // [L, N, H] attention output before o_proj
-  float* resid_mid;  // [L, N, H] after the attention residual
-  float* ln2;        // [L, N, H] MoE input
-  float* rstd2;      // [L, N]
-  float* sh1;        // [L, N, S] shared-expert gate_proj output
-  float* sh3;        // [L, N, S] shared-expert up_proj output
-  float* shh;        // [L, N, S] silu(sh1) * sh3
-  float* lnf;        // [N, H]
-  float* rstdf;      // [N]
-  float* logits;     // [N, V]
-  float* probs;      // [N, V]
+  float* resid;  // [L+1, N, H] residual stream at each layer's input (resid[L] = final)
+  std::vector<LayerActs> la;
+  float* lnf;      // [N, H]
+  float* rstdf;    // [N]
+  float* logits;   // [N, V]
+  float* probs;    // [N, V]
   // Backward scratch.
-  float* tmp;        // [N, H]
-  float* tmp2;       // [N, H]
-  float* dresid;     // [N, H]
-  float* dq;         // [N, H]
-  float* dk;         // [N, H]
-  float* dv;         // [N, H]
-  float* datt;       // [T, T]
-  float* dsh1;       // [N, S]
-  float* dsh3;       // [N, S]
-  float* dshh;       // [N, S]
-  float* dlogits;    // [N, V]
-  float* dprobs;     // [N, E] aux-loss gradient on router probabilities
+  float* tmp;      // [N, H]
+  float* tmp2;     // [N, H]
+  float* dresid;   // [N, H]
+  float* datty;    // [N, QD]
+  float* dq;       // [N, QD]
+  float* dk;       // [N, KD]
+  float* dv;       // [N, KD]
+  float* dq_pre;   // [N, QD]
+  float* dk_pre;   // [N, KD]
+  float* datt;     // [T, T]
+  float* dh1;      // [N, Fmax]
+  float* dh3;      // [N, Fmax]
+  float* dhh;      // [N, Fmax]
+  float* dlogits;  // [N, V]
+  float* dprobs;   // [N, E] aux-loss gradient on router probabilities
   std::vector<std::int32_t> tokens, targets;  // [N]
 
   // Global statistics of the last forward.
   LossParts loss;
-  std::vector<double> expert_fraction;  // [L, E] f_e: share of the global top-k assignments
+  std::vector<double> expert_fraction;  // [Lm, E] f_e: share of the global top-k assignments
   bool forward_done = false;
   bool backward_done = false;
 };
@@ -85,18 +107,19 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
                                bool local_reference)
     : config_(config), comm_(comm), options_(options), impl_(std::make_unique<Impl>()) {
   validate_model_config(config_, "model config");
-  const int L = config_.num_hidden_layers, E = config_.num_experts, D = comm_.size();
+  const int L = config_.num_hidden_layers, Lm = config_.num_moe_layers(), E = config_.num_experts,
+            D = comm_.size();
   if (options_.expert_to_device.empty()) {
-    expert_to_device_.assign(L, std::vector<int>(E));
-    for (int l = 0; l < L; ++l) {
+    expert_to_device_.assign(Lm, std::vector<int>(E));
+    for (int l = 0; l < Lm; ++l) {
       for (int e = 0; e < E; ++e) expert_to_device_[l][e] = static_cast<int>(static_cast<std::int64_t>(e) * D / E);
     }
   } else {
-    OCCULT_CHECK(static_cast<int>(options_.expert_to_device.size()) == L,
-                 "the placement has {} layers but the model config has num_hidden_layers = {}",
-                 options_.expert_to_device.size(), L);
+    OCCULT_CHECK(static_cast<int>(options_.expert_to_device.size()) == Lm,
+                 "the placement has {} layers but the model has {} MoE layers", options_.expert_to_device.size(),
+                 Lm);
     expert_to_device_ = options_.expert_to_device;
-    for (int l = 0; l < L; ++l) {
+    for (int l = 0; l < Lm; ++l) {
       const auto& map = expert_to_device_[l];
       OCCULT_CHECK(static_cast<int>(map.size()) == E,
                    "the placement's layer {} places {} experts but the model config has num_experts = {}", l,
@@ -118,10 +141,16 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
   }
   OCCULT_CHECK(E >= D, "num_experts = {} is smaller than the {} ranks: every rank must hold an expert", E, D);
   OCCULT_CHECK(!local_reference || D == 1, "the single-process reference MoE block runs on 1 rank, not {}", D);
-  impl_->moe.resize(L);
+  impl_->moe.resize(Lm);
+  impl_->moe_of_layer.assign(L, -1);
+  impl_->mlp_width.assign(L, 0);
   for (int l = 0; l < L; ++l) {
-    impl_->moe[l] = local_reference ? make_local_moe_block(config_)
-                                    : make_moe_block(config_, comm_, options_, l, expert_to_device_[l]);
+    const int m = config_.moe_index(l);
+    impl_->moe_of_layer[l] = m;
+    impl_->mlp_width[l] = m >= 0 ? config_.shared_intermediate_size() : config_.intermediate_size;
+    if (m < 0) continue;
+    impl_->moe[m] = local_reference ? make_local_moe_block(config_)
+                                    : make_moe_block(config_, comm_, options_, m, expert_to_device_[m]);
   }
   build_tensors();
 }
@@ -129,8 +158,9 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
 MoeTransformer::~MoeTransformer() = default;
 
 void MoeTransformer::build_tensors() {
-  const int V = config_.vocab_size, H = config_.hidden_size, L = config_.num_hidden_layers,
-            E = config_.num_experts, F = config_.moe_intermediate_size, S = config_.shared_intermediate_size();
+  const ModelConfig& c = config_;
+  const int V = c.vocab_size, H = c.hidden_size, L = c.num_hidden_layers, E = c.num_experts,
+            F = c.moe_intermediate_size, QD = c.q_dim(), KD = c.kv_dim(), hd = c.head_dim();
   std::int64_t dense_size = 0;
   auto add = [&](std::string name, std::vector<std::int64_t> shape, int layer, bool decay) {
     ParamTensor t;
@@ -148,22 +178,44 @@ void MoeTransformer::build_tensors() {
   impl_->layers.resize(L);
   for (int l = 0; l < L; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
+    const std::string a = p + "self_attn.";
     auto& s = impl_->layers[l];
     s.ln1 = add(p + "input_layernorm.weight", {H}, l, false);
-    s.q = add(p + "self_attn.q_proj.weight", {H, H}, l, true);
-    s.k = add(p + "self_attn.k_proj.weight", {H, H}, l, true);
-    s.v = add(p + "self_attn.v_proj.weight", {H, H}, l, true);
-    s.o = add(p + "self_attn.o_proj.weight", {H, H}, l, true);
+    s.q = add(a + "q_proj.weight", {QD, H}, l, true);
+    s.k = add(a + "k_proj.weight", {KD, H}, l, true);
+    s.v = add(a + "v_proj.weight", {KD, H}, l, true);
+    if (c.attention_qkv_bias) {
+      s.q_bias = add(a + "q_proj.bias", {QD}, l, false);
+      s.k_bias = add(a + "k_proj.bias", {KD}, l, false);
+      s.v_bias = add(a + "v_proj.bias", {KD}, l, false);
+    }
+    s.o = add(a + "o_proj.weight", {H, QD}, l, true);
+    if (c.attention_o_bias) s.o_bias = add(a + "o_proj.bias", {H}, l, false);
+    if (c.qk_norm == QkNorm::kFull) {
+      s.q_norm = add(a + "q_norm.weight", {QD}, l, false);
+      s.k_norm = add(a + "k_norm.weight", {KD}, l, false);
+    } else if (c.qk_norm == QkNorm::kPerHead) {
+      s.q_norm = add(a + "q_norm.weight", {hd}, l, false);
+      s.k_norm = add(a + "k_norm.weight", {hd}, l, false);
+    }
     s.ln2 = add(p + "post_attention_layernorm.weight", {H}, l, false);
-    s.router = add(p + "mlp.gate.weight", {E, H}, l, true);
-    if (S > 0) {
-      s.shared_gate = add(p + "mlp.shared_experts.gate_proj.weight", {S, H}, l, true);
-      s.shared_up = add(p + "mlp.shared_experts.up_proj.weight", {S, H}, l, true);
-      s.shared_down = add(p + "mlp.shared_experts.down_proj.weight", {H, S}, l, true);
+    const std::int64_t W = impl_->mlp_width[l];
+    if (impl_->moe_of_layer[l] >= 0) {
+      s.router = add(router_tensor_name(c, l), {E, H}, l, true);
+      if (W > 0) {
+        s.mlp_gate = add(shared_tensor_name(c, l, 0), {W, H}, l, true);
+        s.mlp_up = add(shared_tensor_name(c, l, 1), {W, H}, l, true);
+        s.mlp_down = add(shared_tensor_name(c, l, 2), {H, W}, l, true);
+        if (c.shared_expert_gate) s.shared_gate = add(shared_gate_tensor_name(c, l), {1, H}, l, true);
+      }
+    } else {
+      s.mlp_gate = add(dense_mlp_tensor_name(c, l, 0), {W, H}, l, true);
+      s.mlp_up = add(dense_mlp_tensor_name(c, l, 1), {W, H}, l, true);
+      s.mlp_down = add(dense_mlp_tensor_name(c, l, 2), {H, W}, l, true);
     }
   }
   impl_->final_norm = add("model.norm.weight", {H}, -1, false);
-  if (!config_.tie_word_embeddings) impl_->lm_head = add("lm_head.weight", {V, H}, -1, true);
+  if (!c.tie_word_embeddings) impl_->lm_head = add("lm_head.weight", {V, H}, -1, true);
 
   dense_params_.assign(dense_size, 0.0f);
   dense_grads_.assign(dense_size, 0.0f);
@@ -172,27 +224,68 @@ void MoeTransformer::build_tensors() {
     t.grad = std::span<float>(dense_grads_).subspan(t.offset, t.numel);
   }
   // This rank's experts, in the order of the checkpoint: layer, expert, gate/up/down.
-  const char* kinds[3] = {"gate_proj", "up_proj", "down_proj"};
   for (int l = 0; l < L; ++l) {
-    for (int e : impl_->moe[l]->local_experts()) {
+    const int m = impl_->moe_of_layer[l];
+    if (m < 0) continue;
+    for (int e : impl_->moe[m]->local_experts()) {
       for (int kind = 0; kind < 3; ++kind) {
         ParamTensor t;
-        t.name = fmt::format("model.layers.{}.mlp.experts.{}.{}.weight", l, e, kinds[kind]);
+        t.name = expert_tensor_name(c, l, e, kind);
         t.shape = kind < 2 ? std::vector<std::int64_t>{F, H} : std::vector<std::int64_t>{H, F};
         t.numel = static_cast<std::int64_t>(F) * H;
-        t.value = impl_->moe[l]->expert_weight(e, kind);
-        t.grad = impl_->moe[l]->expert_grad(e, kind);
+        t.value = impl_->moe[m]->expert_weight(e, kind);
+        t.grad = impl_->moe[m]->expert_grad(e, kind);
         OCCULT_CHECK(static_cast<std::int64_t>(t.value.size()) == t.numel && t.grad.size() == t.value.size(),
                      "MoE layer {} returned {} elements for {}, expected {}", l, t.value.size(), t.name, t.numel);
         t.expert = true;
         t.layer = l;
         t.expert_id = e;
+        t.expert_kind = kind;
         t.decay = true;
         tensors_.push_back(std::move(t));
       }
     }
   }
 }
+
+namespace {
+
+// The pointers of one layer's slots into an arena (weights or gradients).
+template <typename P>
+LayerParams<P> layer_params(const LayerSlots& s, const std::vector<ParamTensor>& tensors, P base) {
+  auto at = [&](int slot) -> P { return slot >= 0 ? base + tensors[slot].offset : nullptr; };
+  LayerParams<P> w;
+  w.ln1 = at(s.ln1);
+  w.q = at(s.q);
+  w.k = at(s.k);
+  w.v = at(s.v);
+  w.o = at(s.o);
+  w.q_bias = at(s.q_bias);
+  w.k_bias = at(s.k_bias);
+  w.v_bias = at(s.v_bias);
+  w.o_bias = at(s.o_bias);
+  w.q_norm = at(s.q_norm);
+  w.k_norm = at(s.k_norm);
+  w.ln2 = at(s.ln2);
+  w.router = at(s.router);
+  w.mlp_gate = at(s.mlp_gate);
+  w.mlp_up = at(s.mlp_up);
+  w.mlp_down = at(s.mlp_down);
+  w.shared_gate = at(s.shared_gate);
+  return w;
+}
+
+}  // namespace
+
+LayerParams<const float*> MoeTransformer::layer_weights(int layer) const {
+  OCCULT_CHECK(layer >= 0 && layer < config_.num_hidden_layers, "layer {} is outside [0, num_hidden_layers = {})",
+               layer, config_.num_hidden_layers);
+  return layer_params<const float*>(impl_->layers[layer], tensors_, dense_params_.data());
+}
+
+int MoeTransformer::mlp_width(int layer) const { return impl_->mlp_width.at(static_cast<std::size_t>(layer)); }
+
+int MoeTransformer::moe_index(int layer) const { return impl_->moe_of_layer.at(static_cast<std::size_t>(layer)); }
 
 const ParamTensor* MoeTransformer::find(const std::string& name) const {
   for (const auto& t : tensors_) {
@@ -216,7 +309,7 @@ std::span<float> MoeTransformer::grad(const std::string& name) {
 std::int64_t MoeTransformer::num_parameters() const {
   const std::int64_t expert = 3ll * config_.moe_intermediate_size * config_.hidden_size;
   return static_cast<std::int64_t>(dense_params_.size()) +
-         static_cast<std::int64_t>(config_.num_hidden_layers) * config_.num_experts * expert;
+         static_cast<std::int64_t>(config_.num_moe_layers()) * config_.num_experts * expert;
 }
 
 std::int64_t MoeTransformer::num_active_parameters() const {
@@ -224,7 +317,7 @@ std::int64_t MoeTransformer::num_active_parameters() const {
   // The embedding is a lookup, not a matmul; it is counted only when tied (as the LM head).
   std::int64_t active = static_cast<std::int64_t>(dense_params_.size());
   if (!config_.tie_word_embeddings) active -= static_cast<std::int64_t>(config_.vocab_size) * config_.hidden_size;
-  return active + static_cast<std::int64_t>(config_.num_hidden_layers) * config_.num_experts_per_tok * expert;
+  return active + static_cast<std::int64_t>(config_.num_moe_layers()) * config_.num_experts_per_tok * expert;
 }
 
 void MoeTransformer::init_weights(std::uint64_t seed) {
@@ -234,10 +327,12 @@ void MoeTransformer::init_weights(std::uint64_t seed) {
   for (const auto& t : tensors_) {
     float* data = t.value.data();
     if (t.shape.size() == 1) {
-      std::fill(data, data + t.numel, 1.0f);  // RMSNorm gains
+      // Biases start at 0, RMSNorm gains at 1.
+      std::fill(data, data + t.numel, t.name.ends_with(".bias") ? 0.0f : 1.0f);
       continue;
     }
-    const bool out_proj = t.name.ends_with("o_proj.weight") || t.name.ends_with("down_proj.weight");
+    const bool out_proj = t.name.ends_with("o_proj.weight") || t.name.ends_with("down_proj.weight") ||
+                          (t.expert && t.expert_kind == 2);
     // The stream depends only on the seed and the tensor's name, never on the rank count.
     SplitMix64 rng(seed ^ fnv1a64(t.name));
     const float s = out_proj ? out_std : std;
@@ -248,24 +343,38 @@ void MoeTransformer::init_weights(std::uint64_t seed) {
 void MoeTransformer::allocate_activations(std::int64_t B, int T) {
   auto& m = *impl_;
   if (m.B == B && m.T == T) return;
-  const std::int64_t L = config_.num_hidden_layers, H = config_.hidden_size, V = config_.vocab_size,
-                     NH = config_.num_attention_heads, S = config_.shared_intermediate_size(),
-                     E = config_.num_experts;
+  const ModelConfig& c = config_;
+  const std::int64_t L = c.num_hidden_layers, H = c.hidden_size, V = c.vocab_size, NH = c.num_attention_heads,
+                     NKV = c.kv_heads(), QD = c.q_dim(), KD = c.kv_dim(), E = c.num_experts;
   const std::int64_t N = B * T;
+  std::int64_t Fmax = 0;
+  for (int w : m.mlp_width) Fmax = std::max<std::int64_t>(Fmax, w);
   struct Slot {
     float** ptr;
     std::int64_t size;
   };
-  const Slot slots[] = {
-      {&m.resid, (L + 1) * N * H}, {&m.ln1, L * N * H}, {&m.rstd1, L * N},     {&m.q, L * N * H},
-      {&m.k, L * N * H},           {&m.v, L * N * H},   {&m.att, L * B * NH * T * T},
-      {&m.atty, L * N * H},        {&m.resid_mid, L * N * H}, {&m.ln2, L * N * H}, {&m.rstd2, L * N},
-      {&m.sh1, L * N * S},         {&m.sh3, L * N * S}, {&m.shh, L * N * S},   {&m.lnf, N * H},
-      {&m.rstdf, N},               {&m.logits, N * V},  {&m.probs, N * V},     {&m.tmp, N * H},
-      {&m.tmp2, N * H},            {&m.dresid, N * H},  {&m.dq, N * H},        {&m.dk, N * H},
-      {&m.dv, N * H},              {&m.datt, static_cast<std::int64_t>(T) * T}, {&m.dsh1, N * S},
-      {&m.dsh3, N * S},            {&m.dshh, N * S},    {&m.dlogits, N * V},   {&m.dprobs, N * E},
+  std::vector<Slot> slots = {
+      {&m.resid, (L + 1) * N * H}, {&m.lnf, N * H},     {&m.rstdf, N},       {&m.logits, N * V},
+      {&m.probs, N * V},           {&m.tmp, N * H},     {&m.tmp2, N * H},    {&m.dresid, N * H},
+      {&m.datty, N * QD},          {&m.dq, N * QD},     {&m.dk, N * KD},     {&m.dv, N * KD},
+      {&m.dq_pre, N * QD},         {&m.dk_pre, N * KD}, {&m.datt, static_cast<std::int64_t>(T) * T},
+      {&m.dh1, N * Fmax},          {&m.dh3, N * Fmax},  {&m.dhh, N * Fmax},  {&m.dlogits, N * V},
+      {&m.dprobs, N * E},
   };
+  m.la.assign(static_cast<std::size_t>(L), LayerActs{});
+  for (std::int64_t l = 0; l < L; ++l) {
+    LayerActs& a = m.la[l];
+    const std::int64_t F = m.mlp_width[l];
+    const bool gated = F > 0 && m.moe_of_layer[l] >= 0 && c.shared_expert_gate;
+    const Slot layer_slots[] = {
+        {&a.ln1, N * H},     {&a.rstd1, N},       {&a.q_pre, N * QD},  {&a.k_pre, N * KD},
+        {&a.q_rstd, N * NH}, {&a.k_rstd, N * NKV}, {&a.q, N * QD},     {&a.k, N * KD},
+        {&a.v, N * KD},      {&a.att, B * NH * T * T}, {&a.atty, N * QD}, {&a.mid, N * H},
+        {&a.ln2, N * H},     {&a.rstd2, N},       {&a.h1, N * F},      {&a.h3, N * F},
+        {&a.hh, N * F},      {&a.y, gated ? N * H : 0}, {&a.sig, gated ? N : 0},
+    };
+    slots.insert(slots.end(), std::begin(layer_slots), std::end(layer_slots));
+  }
   std::int64_t total = 0;
   for (const auto& s : slots) total += s.size;
   m.acts.assign(static_cast<std::size_t>(total), 0.0f);
@@ -281,15 +390,16 @@ void MoeTransformer::allocate_activations(std::int64_t B, int T) {
 LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets,
                                   std::int64_t B, int T) {
   auto& m = *impl_;
-  const int L = config_.num_hidden_layers, H = config_.hidden_size, V = config_.vocab_size,
-            NH = config_.num_attention_heads, S = config_.shared_intermediate_size(), E = config_.num_experts,
-            K = config_.num_experts_per_tok;
+  const ModelConfig& c = config_;
+  const int L = c.num_hidden_layers, Lm = c.num_moe_layers(), H = c.hidden_size, V = c.vocab_size,
+            NH = c.num_attention_heads, NKV = c.kv_heads(), hd = c.head_dim(), E = c.num_experts,
+            K = c.num_experts_per_tok;
   // Every rank checks its own batch, then all agree, so bad input fails everywhere.
   agree_on_errors(comm_, [&] {
     OCCULT_CHECK(B >= 0 && T >= 1, "batch shape B={} T={} is invalid", B, T);
-    OCCULT_CHECK(T <= config_.max_position_embeddings,
+    OCCULT_CHECK(T <= c.max_position_embeddings,
                  "sequence length {} exceeds the config's max_position_embeddings = {}", T,
-                 config_.max_position_embeddings);
+                 c.max_position_embeddings);
     OCCULT_CHECK(static_cast<std::int64_t>(tokens.size()) == B * T && static_cast<std::int64_t>(targets.size()) == B * T,
                  "tokens/targets hold {}/{} ids, expected B*T = {}", tokens.size(), targets.size(), B * T);
     for (std::size_t i = 0; i < tokens.size(); ++i) {
@@ -306,53 +416,42 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
   auto W = [&](int slot) { return P + tensors_[slot].offset; };
 
   embedding_forward(m.resid, m.tokens.data(), W(m.embed), N, H);
-  // Statistics all-reduced once after the forward: ce_sum, tokens, counts[L,E], prob sums[L,E].
-  std::vector<double> stats(2 + 2 * static_cast<std::size_t>(L) * E, 0.0);
+  // Statistics all-reduced once after the forward: ce_sum, tokens, counts[Lm,E], prob sums[Lm,E].
+  std::vector<double> stats(2 + 2 * static_cast<std::size_t>(Lm) * E, 0.0);
   for (int l = 0; l < L; ++l) {
-    const auto& s = m.layers[l];
-    float* x = m.resid + l * N * H;
-    float* ln1 = m.ln1 + l * N * H;
-    float* q = m.q + l * N * H;
-    float* k = m.k + l * N * H;
-    float* v = m.v + l * N * H;
-    float* att = m.att + l * B * NH * T * T;
-    float* atty = m.atty + l * N * H;
-    float* mid = m.resid_mid + l * N * H;
-    float* ln2 = m.ln2 + l * N * H;
+    const LayerParams<const float*> w = layer_params<const float*>(m.layers[l], tensors_, P);
+    const LayerActs& a = m.la[l];
+    const float* x = m.resid + l * N * H;
     float* out = m.resid + (l + 1) * N * H;
-    rmsnorm_forward(ln1, m.rstd1 + l * N, x, W(s.ln1), N, H, config_.rms_norm_eps);
-    matmul_forward(q, ln1, W(s.q), N, H, H);
-    matmul_forward(k, ln1, W(s.k), N, H, H);
-    matmul_forward(v, ln1, W(s.v), N, H, H);
-    rope_forward(q, B, T, NH, H / NH, config_.rope_theta);
-    rope_forward(k, B, T, NH, H / NH, config_.rope_theta);
-    attention_forward(atty, att, q, k, v, B, T, H, NH);
-    matmul_forward(m.tmp, atty, W(s.o), N, H, H);
-    residual_forward(mid, x, m.tmp, N * H);
-    rmsnorm_forward(ln2, m.rstd2 + l * N, mid, W(s.ln2), N, H, config_.rms_norm_eps);
-    m.moe[l]->forward(W(s.router), ln2, N, m.tmp);
-    residual_forward(out, mid, m.tmp, N * H);
-    if (S > 0) {
-      float* sh1 = m.sh1 + l * N * S;
-      float* sh3 = m.sh3 + l * N * S;
-      float* shh = m.shh + l * N * S;
-      matmul_forward(sh1, ln2, W(s.shared_gate), N, H, S);
-      matmul_forward(sh3, ln2, W(s.shared_up), N, H, S);
-      swiglu_forward(shh, sh1, sh3, N, S);
-      matmul_forward(m.tmp, shh, W(s.shared_down), N, S, H);
+    rmsnorm_forward(a.ln1, a.rstd1, x, w.ln1, N, H, c.rms_norm_eps);
+    qkv_forward(c, w, a.ln1, N, a.q, a.k, a.v, {a.q_pre, a.k_pre, a.q_rstd, a.k_rstd});
+    rope_forward(a.q, B, T, NH, hd, c.rope_theta);
+    rope_forward(a.k, B, T, NKV, hd, c.rope_theta);
+    attention_forward(a.atty, a.att, a.q, a.k, a.v, B, T, NH, NKV, hd);
+    output_projection_forward(c, w, a.atty, N, m.tmp);
+    residual_forward(a.mid, x, m.tmp, N * H);
+    rmsnorm_forward(a.ln2, a.rstd2, a.mid, w.ln2, N, H, c.rms_norm_eps);
+    std::copy(a.mid, a.mid + N * H, out);
+    const int mi = m.moe_of_layer[l];
+    if (mi >= 0) {
+      m.moe[mi]->forward(w.router, a.ln2, N, m.tmp);
       residual_forward(out, out, m.tmp, N * H);
     }
+    if (m.mlp_width[l] > 0) {
+      mlp_forward(w, a.ln2, N, H, m.mlp_width[l], out, {a.h1, a.h3, a.hh, a.y, a.sig}, m.tmp);
+    }
+    if (mi < 0) continue;
     // Load-balancing statistics of this layer's routing.
-    const float* probs = m.moe[l]->router_probs();
-    const std::int32_t* ids = m.moe[l]->topk_ids();
-    double* counts = stats.data() + 2 + static_cast<std::size_t>(l) * E;
-    double* psums = stats.data() + 2 + static_cast<std::size_t>(L) * E + static_cast<std::size_t>(l) * E;
+    const float* probs = m.moe[mi]->router_probs();
+    const std::int32_t* ids = m.moe[mi]->topk_ids();
+    double* counts = stats.data() + 2 + static_cast<std::size_t>(mi) * E;
+    double* psums = stats.data() + 2 + static_cast<std::size_t>(Lm) * E + static_cast<std::size_t>(mi) * E;
     for (std::int64_t t = 0; t < N; ++t) {
       for (int j = 0; j < K; ++j) counts[ids[t * K + j]] += 1.0;
       for (int e = 0; e < E; ++e) psums[e] += probs[t * E + e];
     }
   }
-  rmsnorm_forward(m.lnf, m.rstdf, m.resid + L * N * H, W(m.final_norm), N, H, config_.rms_norm_eps);
+  rmsnorm_forward(m.lnf, m.rstdf, m.resid + L * N * H, W(m.final_norm), N, H, c.rms_norm_eps);
   const float* head = m.lm_head >= 0 ? W(m.lm_head) : W(m.embed);
   matmul_forward(m.logits, m.lnf, head, N, H, V);
   stats[0] = N > 0 ? crossentropy_forward(m.probs, m.logits, m.targets.data(), N, V) : 0.0;
@@ -361,20 +460,20 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
 
   const double n_global = stats[1];
   OCCULT_CHECK(n_global > 0, "the global batch has no tokens");
-  m.expert_fraction.assign(static_cast<std::size_t>(L) * E, 0.0);
+  m.expert_fraction.assign(static_cast<std::size_t>(Lm) * E, 0.0);
   double aux = 0.0;
-  for (int l = 0; l < L; ++l) {
+  for (int l = 0; l < Lm; ++l) {
     double layer_aux = 0.0;
     for (int e = 0; e < E; ++e) {
       const double f = stats[2 + static_cast<std::size_t>(l) * E + e] / (n_global * K);
-      const double p = stats[2 + static_cast<std::size_t>(L) * E + static_cast<std::size_t>(l) * E + e] / n_global;
+      const double p = stats[2 + static_cast<std::size_t>(Lm) * E + static_cast<std::size_t>(l) * E + e] / n_global;
       m.expert_fraction[static_cast<std::size_t>(l) * E + e] = f;
       layer_aux += f * p;
     }
     aux += E * layer_aux;
   }
   m.loss.cross_entropy = stats[0] / n_global;
-  m.loss.aux = config_.router_aux_loss_coef * aux / L;
+  m.loss.aux = c.router_aux_loss_coef * aux / Lm;
   m.loss.total = m.loss.cross_entropy + m.loss.aux;
   m.loss.tokens = static_cast<std::int64_t>(n_global);
   m.forward_done = true;
@@ -385,8 +484,9 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
 void MoeTransformer::backward() {
   auto& m = *impl_;
   OCCULT_CHECK(m.forward_done, "backward() needs a forward() first");
-  const int L = config_.num_hidden_layers, H = config_.hidden_size, V = config_.vocab_size,
-            NH = config_.num_attention_heads, S = config_.shared_intermediate_size(), E = config_.num_experts;
+  const ModelConfig& c = config_;
+  const int L = c.num_hidden_layers, Lm = c.num_moe_layers(), H = c.hidden_size, V = c.vocab_size,
+            NH = c.num_attention_heads, NKV = c.kv_heads(), hd = c.head_dim(), E = c.num_experts;
   const std::int64_t B = m.B, N = m.B * m.T;
   const int T = m.T;
   std::fill(dense_grads_.begin(), dense_grads_.end(), 0.0f);
@@ -405,43 +505,39 @@ void MoeTransformer::backward() {
   rmsnorm_backward(m.dresid, dW(m.final_norm), m.tmp, m.resid + L * N * H, W(m.final_norm), m.rstdf, N, H);
 
   for (int l = L - 1; l >= 0; --l) {
-    const auto& s = m.layers[l];
+    const LayerParams<const float*> w = layer_params<const float*>(m.layers[l], tensors_, P);
+    const LayerParams<float*> g = layer_params<float*>(m.layers[l], tensors_, G);
+    const LayerActs& a = m.la[l];
     const float* x = m.resid + l * N * H;
-    const float* ln1 = m.ln1 + l * N * H;
-    const float* mid = m.resid_mid + l * N * H;
-    const float* ln2 = m.ln2 + l * N * H;
-    // resid[l+1] = mid + moe(ln2) + shared(ln2): dln2 collects both branches.
+    // resid[l+1] = mid + moe(ln2) + mlp(ln2): dln2 collects both branches.
     float* dln2 = m.tmp;
     std::fill(dln2, dln2 + N * H, 0.0f);
-    if (S > 0) {
-      std::fill(m.dshh, m.dshh + N * S, 0.0f);
-      matmul_backward(m.dshh, dW(s.shared_down), m.dresid, m.shh + l * N * S, W(s.shared_down), N, S, H);
-      swiglu_backward(m.dsh1, m.dsh3, m.dshh, m.sh1 + l * N * S, m.sh3 + l * N * S, N, S);
-      matmul_backward(dln2, dW(s.shared_gate), m.dsh1, ln2, W(s.shared_gate), N, H, S);
-      matmul_backward(dln2, dW(s.shared_up), m.dsh3, ln2, W(s.shared_up), N, H, S);
+    if (m.mlp_width[l] > 0) {
+      mlp_backward(w, g, a.ln2, N, H, m.mlp_width[l], m.dresid, {a.h1, a.h3, a.hh, a.y, a.sig}, dln2, m.dh1,
+                   m.dh3, m.dhh, m.tmp2);
     }
-    // Aux loss coef/L * E * sum_e f_e P_e with P_e = mean_t p[t,e]: d/dp[t,e] = coef/L * E * f_e / N.
-    const double scale = config_.router_aux_loss_coef / L * E / n_global;
-    for (int e = 0; e < E; ++e) {
-      const float g = static_cast<float>(scale * m.expert_fraction[static_cast<std::size_t>(l) * E + e]);
-      for (std::int64_t t = 0; t < N; ++t) m.dprobs[t * E + e] = g;
+    const int mi = m.moe_of_layer[l];
+    if (mi >= 0) {
+      // Aux loss coef/Lm * E * sum_e f_e P_e with P_e = mean_t p[t,e]: d/dp[t,e] = coef/Lm * E * f_e / N.
+      const double scale = c.router_aux_loss_coef / Lm * E / n_global;
+      for (int e = 0; e < E; ++e) {
+        const float ge = static_cast<float>(scale * m.expert_fraction[static_cast<std::size_t>(mi) * E + e]);
+        for (std::int64_t t = 0; t < N; ++t) m.dprobs[t * E + e] = ge;
+      }
+      m.moe[mi]->backward(m.dresid, m.dprobs, dln2, g.router);
     }
-    m.moe[l]->backward(m.dresid, m.dprobs, dln2, dW(s.router));
-    rmsnorm_backward(m.dresid, dW(s.ln2), dln2, mid, W(s.ln2), m.rstd2 + l * N, N, H);
+    rmsnorm_backward(m.dresid, g.ln2, dln2, a.mid, w.ln2, a.rstd2, N, H);
     // mid = x + o_proj(atty).
-    float* datty = m.tmp2;
-    std::fill(datty, datty + N * H, 0.0f);
-    matmul_backward(datty, dW(s.o), m.dresid, m.atty + l * N * H, W(s.o), N, H, H);
-    attention_backward(m.dq, m.dk, m.dv, m.datt, datty, m.att + l * B * NH * T * T, m.q + l * N * H,
-                       m.k + l * N * H, m.v + l * N * H, B, T, H, NH);
-    rope_backward(m.dq, B, T, NH, H / NH, config_.rope_theta);
-    rope_backward(m.dk, B, T, NH, H / NH, config_.rope_theta);
+    std::fill(m.datty, m.datty + N * c.q_dim(), 0.0f);
+    output_projection_backward(c, w, g, a.atty, N, m.dresid, m.datty);
+    attention_backward(m.dq, m.dk, m.dv, m.datt, m.datty, a.att, a.q, a.k, a.v, B, T, NH, NKV, hd);
+    rope_backward(m.dq, B, T, NH, hd, c.rope_theta);
+    rope_backward(m.dk, B, T, NKV, hd, c.rope_theta);
     float* dln1 = m.tmp;
     std::fill(dln1, dln1 + N * H, 0.0f);
-    matmul_backward(dln1, dW(s.q), m.dq, ln1, W(s.q), N, H, H);
-    matmul_backward(dln1, dW(s.k), m.dk, ln1, W(s.k), N, H, H);
-    matmul_backward(dln1, dW(s.v), m.dv, ln1, W(s.v), N, H, H);
-    rmsnorm_backward(m.dresid, dW(s.ln1), dln1, x, W(s.ln1), m.rstd1 + l * N, N, H);
+    qkv_backward(c, w, g, a.ln1, N, m.dq, m.dk, m.dv, {a.q_pre, a.k_pre, a.q_rstd, a.k_rstd}, dln1, m.dq_pre,
+                 m.dk_pre);
+    rmsnorm_backward(m.dresid, g.ln1, dln1, x, w.ln1, a.rstd1, N, H);
   }
   embedding_backward(dW(m.embed), m.dresid, m.tokens.data(), N, H);
   // Dense parameters are data-parallel: sum their gradients over ranks (router included).
@@ -452,12 +548,12 @@ void MoeTransformer::backward() {
 RoutingStats MoeTransformer::routing_stats() {
   auto& m = *impl_;
   OCCULT_CHECK(m.forward_done, "routing_stats() needs a forward() first");
-  const int L = config_.num_hidden_layers, K = config_.num_experts_per_tok, D = comm_.size();
+  const int Lm = config_.num_moe_layers(), K = config_.num_experts_per_tok, D = comm_.size();
   const std::int64_t N = m.B * m.T;
-  // Per layer: sum over local tokens of distinct devices.
-  std::vector<double> sums(L, 0.0);
+  // Per MoE layer: sum over local tokens of distinct devices.
+  std::vector<double> sums(Lm, 0.0);
   std::vector<char> seen(D);
-  for (int l = 0; l < L; ++l) {
+  for (int l = 0; l < Lm; ++l) {
     const std::int32_t* ids = m.moe[l]->topk_ids();
     for (std::int64_t t = 0; t < N; ++t) {
       std::fill(seen.begin(), seen.end(), 0);
@@ -474,9 +570,9 @@ RoutingStats MoeTransformer::routing_stats() {
   }
   comm_.all_reduce_sum(std::span<double>(sums));
   RoutingStats r;
-  for (int l = 0; l < L; ++l) {
+  for (int l = 0; l < Lm; ++l) {
     const double ct = sums[l] / static_cast<double>(m.loss.tokens);
-    r.replicas_per_token += ct / L;
+    r.replicas_per_token += ct / Lm;
     r.max_replicas_per_token = std::max(r.max_replicas_per_token, ct);
   }
   const auto totals = sum_over_ranks(comm_);
@@ -486,14 +582,15 @@ RoutingStats MoeTransformer::routing_stats() {
   }
   const int exchanges = m.backward_done ? 4 : 2;
   r.standard_bytes = m.loss.tokens * K * static_cast<std::int64_t>(config_.hidden_size) *
-                     static_cast<std::int64_t>(sizeof(float)) * L * exchanges;
+                     static_cast<std::int64_t>(sizeof(float)) * Lm * exchanges;
   return r;
 }
 
-MoeBlock& MoeTransformer::moe_block(int layer) {
-  OCCULT_CHECK(layer >= 0 && layer < config_.num_hidden_layers, "MoE layer {} is outside [0, num_hidden_layers = {})",
-               layer, config_.num_hidden_layers);
-  return *impl_->moe[layer];
+MoeBlock& MoeTransformer::moe_block(int moe_layer) {
+  OCCULT_CHECK(moe_layer >= 0 && moe_layer < config_.num_moe_layers(),
+               "MoE layer {} is outside [0, {}): the model has {} MoE layers", moe_layer, config_.num_moe_layers(),
+               config_.num_moe_layers());
+  return *impl_->moe[moe_layer];
 }
 
 std::span<const float> MoeTransformer::logits() const {

@@ -123,38 +123,41 @@ void causal_softmax_row(float* row, int last, int len) {
 }
 
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
-                       std::int64_t B, int T, int C, int NH) {
-  const int hs = C / NH;
+                       std::int64_t B, int T, int NH, int NKV, int hs) {
+  const int QC = NH * hs, KC = NKV * hs, group = NH / NKV;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
   for (std::int64_t b = 0; b < B; ++b) {
     for (int h = 0; h < NH; ++h) {
-      const std::int64_t base = b * T * C + h * hs;
+      const std::int64_t qbase = b * T * QC + h * hs, kbase = b * T * KC + (h / group) * hs;
       float* a = att + (b * NH + h) * static_cast<std::int64_t>(T) * T;  // [T,T]
       // a = scale * Q_bh @ K_bh^T, then causal softmax row by row.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q + base, C, k + base, C, 0.0f, a,
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, scale, q + qbase, QC, k + kbase, KC, 0.0f, a,
                   T);
       for (int t = 0; t < T; ++t) causal_softmax_row(a + static_cast<std::int64_t>(t) * T, t, T);
       // out_bh[T,hs] = a @ V_bh.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, v + base, C, 0.0f,
-                  out + base, C);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, v + kbase, KC, 0.0f,
+                  out + qbase, QC);
     }
   }
 }
 
 void attention_backward(float* dq, float* dk, float* dv, float* scratch, const float* dout,
                         const float* att, const float* q, const float* k, const float* v, std::int64_t B,
-                        int T, int C, int NH) {
-  const int hs = C / NH;
+                        int T, int NH, int NKV, int hs) {
+  const int QC = NH * hs, KC = NKV * hs, group = NH / NKV;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hs));
+  // Several query heads share a key/value head: their dK, dV add up.
+  std::fill(dk, dk + B * T * KC, 0.0f);
+  std::fill(dv, dv + B * T * KC, 0.0f);
   for (std::int64_t b = 0; b < B; ++b) {
     for (int h = 0; h < NH; ++h) {
-      const std::int64_t base = b * T * C + h * hs;
+      const std::int64_t qbase = b * T * QC + h * hs, kbase = b * T * KC + (h / group) * hs;
       const float* a = att + (b * NH + h) * static_cast<std::int64_t>(T) * T;
       float* da = scratch;  // [T,T]
-      // dV = a^T @ dO ; da = dO @ V^T.
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, dout + base, C, 0.0f,
-                  dv + base, C);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dout + base, C, v + base, C, 0.0f,
+      // dV += a^T @ dO ; da = dO @ V^T.
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, a, T, dout + qbase, QC, 1.0f,
+                  dv + kbase, KC);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hs, 1.0f, dout + qbase, QC, v + kbase, KC, 0.0f,
                   da, T);
       // Softmax backward: ds = a * (da - sum_s a*da), masked entries have a = 0.
       for (int t = 0; t < T; ++t) {
@@ -165,12 +168,26 @@ void attention_backward(float* dq, float* dk, float* dv, float* scratch, const f
         for (int s = 0; s <= t; ++s) drow[s] = arow[s] * (drow[s] - dot) * scale;
         for (int s = t + 1; s < T; ++s) drow[s] = 0.0f;
       }
-      // dQ = ds @ K ; dK = ds^T @ Q.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, da, T, k + base, C, 0.0f,
-                  dq + base, C);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, da, T, q + base, C, 0.0f,
-                  dk + base, C);
+      // dQ = ds @ K ; dK += ds^T @ Q.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hs, T, 1.0f, da, T, k + kbase, KC, 0.0f,
+                  dq + qbase, QC);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hs, T, 1.0f, da, T, q + qbase, QC, 1.0f,
+                  dk + kbase, KC);
     }
+  }
+}
+
+void bias_forward(float* out, const float* bias, std::int64_t N, int C) {
+  for (std::int64_t n = 0; n < N; ++n) {
+    float* row = out + n * C;
+    for (int c = 0; c < C; ++c) row[c] += bias[c];
+  }
+}
+
+void bias_backward(float* dbias, const float* dout, std::int64_t N, int C) {
+  for (std::int64_t n = 0; n < N; ++n) {
+    const float* row = dout + n * C;
+    for (int c = 0; c < C; ++c) dbias[c] += row[c];
   }
 }
 

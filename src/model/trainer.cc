@@ -40,10 +40,10 @@ void apply_placement(const TrainOptions& o, int ranks, ParallelOptions& parallel
                p.num_experts, o.config_source, o.config.num_experts);
   OCCULT_CHECK(p.num_devices == ranks, "placement {} is for {} devices but the run has {} ranks",
                o.placement_path, p.num_devices, ranks);
-  OCCULT_CHECK(static_cast<int>(p.layers.size()) == o.config.num_hidden_layers,
-               "placement {} has {} layers but the model config {} has num_hidden_layers = {}", o.placement_path,
-               p.layers.size(), o.config_source, o.config.num_hidden_layers);
-  for (int l = 0; l < o.config.num_hidden_layers; ++l) {
+  OCCULT_CHECK(static_cast<int>(p.layers.size()) == o.config.num_moe_layers(),
+               "placement {} has {} layers but the model config {} has {} MoE layers", o.placement_path,
+               p.layers.size(), o.config_source, o.config.num_moe_layers());
+  for (int l = 0; l < o.config.num_moe_layers(); ++l) {
     const auto& layer = p.layer(l);
     parallel.expert_to_device.push_back(layer.expert_to_device);
     parallel.similarity.push_back(layer.similarity);

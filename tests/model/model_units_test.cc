@@ -66,8 +66,72 @@ TEST(ConfigTest, InconsistentKeysAreRejected) {
   j["num_attention_heads"] = 8;  // head size 1: RoPE needs pairs
   EXPECT_EQ(config_error(j), "cfg.json: head size hidden_size/num_attention_heads = 1 must be even for RoPE");
   j = tiny_json();
-  j["num_key_value_heads"] = 1;
-  EXPECT_NE(config_error(j).find("grouped-query attention is not supported"), std::string::npos);
+  j["num_key_value_heads"] = 3;
+  EXPECT_EQ(config_error(j),
+            "cfg.json: config key \"num_key_value_heads\" (3) must divide \"num_attention_heads\" (2)");
+}
+
+// Hugging Face configs: model_type picks the family; keys that would change the arithmetic and
+// are not implemented, misspelt keys and unknown types are errors naming the key.
+nlohmann::json olmoe_json() {
+  return nlohmann::json{{"model_type", "olmoe"},       {"hidden_size", 8},         {"num_hidden_layers", 2},
+                        {"num_attention_heads", 2},    {"num_key_value_heads", 1}, {"num_experts", 4},
+                        {"num_experts_per_tok", 2},    {"intermediate_size", 6},   {"max_position_embeddings", 16},
+                        {"vocab_size", 32},            {"rope_scaling", nullptr},  {"torch_dtype", "bfloat16"}};
+}
+
+TEST(ArchConfigTest, FamiliesMapTheirKeys) {
+  const ModelConfig olmoe = parse_model_config(olmoe_json(), "cfg.json");
+  EXPECT_EQ(olmoe.moe_intermediate_size, 6);
+  EXPECT_EQ(olmoe.kv_heads(), 1);
+  EXPECT_EQ(olmoe.qk_norm, QkNorm::kFull);
+  EXPECT_EQ(olmoe.num_moe_layers(), 2);
+  auto ds = nlohmann::json{{"model_type", "deepseek"},   {"hidden_size", 8},       {"num_hidden_layers", 4},
+                           {"num_attention_heads", 2},   {"n_routed_experts", 4},  {"num_experts_per_tok", 2},
+                           {"moe_intermediate_size", 6}, {"n_shared_experts", 2},  {"intermediate_size", 10},
+                           {"first_k_dense_replace", 1}, {"moe_layer_freq", 2},    {"max_position_embeddings", 16}};
+  const ModelConfig d = parse_model_config(ds, "cfg.json");
+  // Layers 0 (below first_k_dense_replace), 1 and 3 (odd, off the moe_layer_freq grid) are dense.
+  EXPECT_FALSE(d.is_moe_layer(0));
+  EXPECT_FALSE(d.is_moe_layer(1));
+  EXPECT_TRUE(d.is_moe_layer(2));
+  EXPECT_FALSE(d.is_moe_layer(3));
+  EXPECT_EQ(d.num_moe_layers(), 1);
+  EXPECT_EQ(d.moe_index(2), 0);
+  EXPECT_EQ(d.moe_layer(0), 2);
+  EXPECT_EQ(d.shared_intermediate_size(), 12);
+  // Saved and read back, the config keeps the family's own key names.
+  const nlohmann::json saved = model_config_to_json(d);
+  EXPECT_EQ(saved.at("n_routed_experts"), 4);
+  EXPECT_FALSE(saved.contains("num_experts"));
+  EXPECT_TRUE(same_architecture(parse_model_config(saved, "saved"), d));
+}
+
+TEST(ArchConfigTest, UnsupportedMisspeltAndUnknownKeysNameTheKey) {
+  auto j = olmoe_json();
+  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  EXPECT_EQ(config_error(j).rfind("cfg.json: config key \"rope_scaling\" = ", 0), 0u) << config_error(j);
+  EXPECT_NE(config_error(j).find("is not supported"), std::string::npos);
+  j = olmoe_json();
+  j["norm_topk_porb"] = true;
+  EXPECT_EQ(config_error(j), "cfg.json: unknown config key \"norm_topk_porb\": did you mean \"norm_topk_prob\"?");
+  j = olmoe_json();
+  j["model_type"] = "llama";
+  EXPECT_EQ(config_error(j).rfind("cfg.json: config key \"model_type\": model_type \"llama\" is not supported", 0),
+            0u)
+      << config_error(j);
+  j = olmoe_json();
+  j["model_type"] = "mixtral";
+  j["sliding_window"] = 4096;
+  j["num_local_experts"] = 4;
+  EXPECT_NE(config_error(j).find("\"sliding_window\" = 4096 is not supported"), std::string::npos) << config_error(j);
+  // occult's own configs are strict: any unknown key is an error.
+  auto own = tiny_json();
+  own["n_shared_expert"] = 1;
+  EXPECT_EQ(config_error(own), "cfg.json: unknown config key \"n_shared_expert\": did you mean \"n_shared_experts\"?");
+  own = tiny_json();
+  own["flavour"] = "x";
+  EXPECT_EQ(config_error(own), "cfg.json: unknown config key \"flavour\"");
 }
 
 TEST(ConfigTest, MissingFileNamesThePath) {

@@ -46,7 +46,7 @@ TEST(OpsTest, CausalAttentionByHand) {
   // q1.k0/sqrt2 = 0 and q1.k1/sqrt2 = sqrt2 -> weights 1/(1+e^sqrt2), e^sqrt2/(1+e^sqrt2).
   const std::vector<float> q{0, 0, 1, 1}, k{0, 0, 1, 1}, v{1, 2, 3, 4};
   std::vector<float> out(4), att(4);
-  attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), 1, 2, 2, 1);
+  attention_forward(out.data(), att.data(), q.data(), k.data(), v.data(), 1, 2, 1, 1, 2);
   const float e = std::exp(std::sqrt(2.0f));
   const float a0 = 1 / (1 + e), a1 = e / (1 + e);
   EXPECT_FLOAT_EQ(att[0], 1.0f);
@@ -62,7 +62,7 @@ TEST(OpsTest, CausalAttentionByHand) {
   const std::vector<float> dout{1, 1, 0, 0};
   std::vector<float> dq(4), dk(4), dv(4), scratch(4);
   attention_backward(dq.data(), dk.data(), dv.data(), scratch.data(), dout.data(), att.data(), q.data(), k.data(),
-                     v.data(), 1, 2, 2, 1);
+                     v.data(), 1, 2, 1, 1, 2);
   EXPECT_FLOAT_EQ(dv[0], 1.0f);
   EXPECT_FLOAT_EQ(dv[2], 0.0f);
   for (float g : dq) EXPECT_FLOAT_EQ(g, 0.0f);

@@ -1,44 +1,88 @@
-// The MoE transformer's configuration, read from a Hugging Face style config.json
-// (OLMoE / Qwen-MoE / DeepSeek-MoE key names) and validated with errors naming the key.
+// The MoE transformer's configuration, read from a Hugging Face config.json. The config's
+// `model_type` selects the architecture family (include/occult/model/arch.h), which maps its own
+// key names onto these fields; every error names the file and the key.
 #pragma once
 
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace occult {
 
-// Architecture hyper-parameters of a decoder-only MoE transformer. Every layer has an MoE block.
-struct ModelConfig {
-  int vocab_size = 256;                  // V: byte-level by default
-  int hidden_size = 0;                   // H (C in the op signatures)
-  int num_hidden_layers = 0;             // L
-  int num_attention_heads = 0;           // NH; head size = H / NH (must be even for RoPE)
-  int num_experts = 0;                   // E
-  int num_experts_per_tok = 0;           // k
-  int moe_intermediate_size = 0;         // F: each routed expert's SwiGLU width
-  int n_shared_experts = 0;              // shared experts, fused into one dense SwiGLU of width n*F
-  bool norm_topk_prob = false;           // g_i = p_i / sum_{j in S} p_j when set
-  float router_aux_loss_coef = 0.01f;    // weight of the Switch load-balancing loss
-  float rope_theta = 10000.0f;           // RoPE base
-  int max_position_embeddings = 0;       // longest sequence the model accepts
-  bool tie_word_embeddings = false;      // LM head shares model.embed_tokens.weight
-  float rms_norm_eps = 1e-5f;            // RMSNorm epsilon
-  float initializer_range = 0.02f;       // std of the normal initialisation
+// Normalisation applied to the query and key projections before RoPE.
+enum class QkNorm : std::uint8_t {
+  kNone,     // no normalisation
+  kFull,     // one RMSNorm over the whole projection (OLMoE: weights [NH*hd] and [NKV*hd])
+  kPerHead,  // one RMSNorm per head (Qwen3-MoE: weights [hd], shared by every head)
+};
 
-  // Head size H / NH.
-  int head_dim() const { return hidden_size / num_attention_heads; }
-  // Width of the fused shared-expert SwiGLU (0 when there are none).
-  int shared_intermediate_size() const { return n_shared_experts * moe_intermediate_size; }
+// Architecture hyper-parameters of a decoder-only MoE transformer. Every layer has attention;
+// its MLP is either an MoE block (router, top-k routed SwiGLU experts, optional shared experts)
+// or a dense SwiGLU MLP (is_moe_layer decides).
+struct ModelConfig {
+  std::string model_type = "occult_moe";  // architecture family (arch.h); "occult_moe" is occult's own
+  int vocab_size = 256;                   // V: byte-level by default
+  int hidden_size = 0;                    // H (C in the op signatures)
+  int num_hidden_layers = 0;              // L
+  int num_attention_heads = 0;            // NH query heads
+  int num_key_value_heads = 0;            // NKV key/value heads (GQA); 0 = NH
+  int explicit_head_dim = 0;              // hd when set (Qwen3-MoE), else H / NH
+  int num_experts = 0;                    // E routed experts per MoE layer
+  int num_experts_per_tok = 0;            // k
+  int moe_intermediate_size = 0;          // F: each routed expert's SwiGLU width
+  int n_shared_experts = 0;               // DeepSeek style: shared experts fused into one MLP of n*F
+  int shared_expert_intermediate_size = 0;  // Qwen2-MoE style: one shared expert of this width
+  bool shared_expert_gate = false;        // shared output scaled by sigmoid(w . x), w [1,H]
+  int intermediate_size = 0;              // width of the dense MLP layers (0 when there are none)
+  std::vector<int> mlp_only_layers;       // layers with a dense MLP (Qwen-MoE)
+  int decoder_sparse_step = 1;            // MoE on layer l only when (l+1) % step == 0 (Qwen-MoE)
+  int first_k_dense_replace = 0;          // the first k layers are dense (DeepSeek)
+  int moe_layer_freq = 1;                 // MoE on layer l only when l % freq == 0 (DeepSeek)
+  bool attention_qkv_bias = false;        // q/k/v projections have biases
+  bool attention_o_bias = false;          // o projection has a bias
+  QkNorm qk_norm = QkNorm::kNone;         // normalisation of q and k before RoPE
+  bool norm_topk_prob = false;            // g_i = p_i / sum_{j in S} p_j when set
+  float router_aux_loss_coef = 0.01f;     // weight of the Switch load-balancing loss
+  float rope_theta = 10000.0f;            // RoPE base
+  int max_position_embeddings = 0;        // longest sequence the model accepts
+  bool tie_word_embeddings = false;       // LM head shares model.embed_tokens.weight
+  float rms_norm_eps = 1e-5f;             // RMSNorm epsilon
+  float initializer_range = 0.02f;        // std of the normal initialisation
+  std::vector<int> eos_token_ids;         // generation stops at any of these (may be empty)
+  int bos_token_id = -1;                  // -1 when the config names none
+
+  // Head size hd.
+  int head_dim() const { return explicit_head_dim > 0 ? explicit_head_dim : hidden_size / num_attention_heads; }
+  // Key/value heads (NKV).
+  int kv_heads() const { return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads; }
+  // Width of the query projection NH*hd and of each key/value projection NKV*hd.
+  int q_dim() const { return num_attention_heads * head_dim(); }
+  int kv_dim() const { return kv_heads() * head_dim(); }
+  // Width of the shared-expert SwiGLU of an MoE layer (0 when there is none).
+  int shared_intermediate_size() const {
+    return shared_expert_intermediate_size > 0 ? shared_expert_intermediate_size
+                                               : n_shared_experts * moe_intermediate_size;
+  }
+  // True when layer l (0 <= l < L) has an MoE block, false for a dense MLP layer.
+  bool is_moe_layer(int l) const;
+  // Number of MoE layers, and the ordinal of layer l among them (-1 for a dense layer). Routing
+  // traces and placements list MoE layers only, by this ordinal.
+  int num_moe_layers() const;
+  int moe_index(int l) const;
+  // The layer of the MoE block with ordinal m (inverse of moe_index).
+  int moe_layer(int m) const;
 };
 
 // Parses and validates a config object; `source` (a path) names it in errors, and every error
-// names the offending key and what was expected.
+// names the offending key and what was expected. The model_type (absent: occult's own) picks
+// the architecture family, whose key list decides what is read, what is deliberately ignored,
+// what is unsupported (an error naming the key) and what looks misspelt (an error naming both).
 ModelConfig parse_model_config(const nlohmann::json& json, const std::string& source);
 // Reads `path` (config.json) and parses it; throws naming the path when it cannot be read.
 ModelConfig load_model_config(const std::string& path);
-// The config as Hugging Face style JSON (what checkpoints store as config.json).
+// The config as Hugging Face JSON with the key names of its architecture family.
 nlohmann::json model_config_to_json(const ModelConfig& config);
 // Throws unless every field is in range and the fields are consistent with each other.
 void validate_model_config(const ModelConfig& config, const std::string& source);

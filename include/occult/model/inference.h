@@ -42,7 +42,8 @@ struct InferenceOptions {
 // Query rows per prefill attention block when InferenceOptions::attention_block_rows is 0.
 inline constexpr int kDefaultAttentionBlockRows = 1024;
 
-// Bytes of a KV cache of `sequences` slots x `max_length` positions: 2 (K, V) * L * H floats each.
+// Bytes of a KV cache of `sequences` slots x `max_length` positions: 2 (K, V) * L * NKV*hd floats
+// each.
 std::int64_t kv_cache_bytes(const ModelConfig& config, std::int64_t sequences, int max_length);
 
 // One rank's KV-cache inference engine over a model it does not own (the model must outlive it).
@@ -51,6 +52,7 @@ class InferenceEngine {
   // Collective. Allocates the KV cache; throws on every rank when max_length is outside
   // [1, max_position_embeddings], max_sequences < 0, or the cache exceeds memory_limit_bytes.
   InferenceEngine(MoeTransformer& model, const InferenceOptions& options);
+  ~InferenceEngine();
 
   const InferenceOptions& options() const { return options_; }
   MoeTransformer& model() { return model_; }
@@ -75,7 +77,7 @@ class InferenceEngine {
   // Tokens (this rank's rows) of the last prefill or decode.
   std::int64_t last_num_tokens() const { return rows_; }
 
-  // The routing of MoE layer `layer` for this rank's tokens of the last prefill/decode, in row
+  // The routing of MoE layer `layer` (an ordinal among MoE layers) for this rank's tokens of the last prefill/decode, in row
   // order (prompts concatenated): top-k ids, router_probs and the gate weights recomputed from
   // them by DESIGN.md's rule (p_i, or normalised over the k with norm_topk_prob). Those weights
   // are the model's own only when it runs without collaboration pruning.
@@ -88,13 +90,9 @@ class InferenceEngine {
   MoeTransformer& model_;
   InferenceOptions options_;
   // The model's dense weights, looked up once (the dense arena never moves).
-  struct LayerWeights {
-    const float *ln1, *q, *k, *v, *o, *ln2, *router;
-    const float *shared_gate = nullptr, *shared_up = nullptr, *shared_down = nullptr;
-  };
-  std::vector<LayerWeights> layer_weights_;
+  std::vector<LayerParams<const float*>> layer_weights_;
   const float *embed_ = nullptr, *final_norm_ = nullptr, *lm_head_ = nullptr;
-  std::vector<float> k_cache_, v_cache_;  // [L, S, T, H] each (S slots, T = max_length)
+  std::vector<float> k_cache_, v_cache_;  // [L, S, T, NKV*hd] each (S slots, T = max_length)
   std::vector<int> lengths_;              // [num_sequences] tokens cached per slot
 
   // The rows of the current call. N = rows_.
@@ -108,8 +106,9 @@ class InferenceEngine {
   };
   std::vector<Segment> segments_;       // prefill: one per prompt
   std::vector<std::int64_t> out_rows_;  // rows whose logits are returned
-  // Activations [N, H] / [N, S] / [n, V] and attention scratch.
-  std::vector<float> x_, ln_, q_, k_, v_, atty_, tmp_, sh1_, sh3_, shh_, rstd_, att_, lnf_, logits_;
+  // Activations of the rows ([N, H], [N, NH*hd], [N, NKV*hd], [N, F], [n, V]) and scratch.
+  std::vector<float> x_, ln_, q_, k_, v_, q_pre_, k_pre_, q_rstd_, k_rstd_, atty_, tmp_, h1_, h3_, hh_, y_,
+      sig_, rstd_, att_, lnf_, logits_;
 };
 
 // Options of generate().

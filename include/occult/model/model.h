@@ -1,7 +1,9 @@
-// The decoder-only MoE transformer (issue 5): token embedding, per layer RMSNorm -> causal
-// multi-head attention with RoPE -> residual -> RMSNorm -> MoE block (router, top-k routed
-// SwiGLU experts, optional dense shared experts) -> residual, then final RMSNorm, LM head
-// (optionally tied to the embedding) and cross-entropy plus the Switch load-balancing loss.
+// The decoder-only MoE transformer of every supported architecture family (arch.h): token
+// embedding; per layer RMSNorm -> causal attention (grouped-query heads, optional q/k/v/o
+// biases, optional QK-norm, RoPE) -> residual -> RMSNorm -> an MoE block (router, top-k routed
+// SwiGLU experts, optional shared expert with an optional sigmoid gate) or a dense SwiGLU MLP ->
+// residual; then the final RMSNorm, the LM head (optionally tied to the embedding) and
+// cross-entropy plus the Switch load-balancing loss over the MoE layers.
 //
 // Parallelism: every rank holds all dense parameters (data parallel: each rank runs its own
 // sequences and dense gradients are summed over ranks) and only the experts the placement
@@ -21,6 +23,8 @@ namespace occult {
 
 class Communicator;
 class MoeBlock;  // src/model/moe_block.h: the model's view of one MoE layer
+template <typename P>
+struct LayerParams;  // src/model/layers/blocks.h: one layer's dense tensors
 
 // How the MoE blocks move tokens (DESIGN.md): one copy per (token, expert) or per (token, device).
 enum class Dispatch { kStandard, kOccult };
@@ -33,12 +37,13 @@ const char* dispatch_name(Dispatch dispatch);
 // Expert-parallel options of a model instance.
 struct ParallelOptions {
   Dispatch dispatch = Dispatch::kOccult;
-  // expert_to_device[layer][e]; empty means the contiguous placement e -> floor(e*D/E).
+  // expert_to_device[m][e] for each MoE layer m (MoE layers only, in order; dense layers have no
+  // experts); empty means the contiguous placement e -> floor(e*D/E).
   std::vector<std::vector<int>> expert_to_device;
   // Collaboration pruning budget M (0 = off) and scheme ("score", "similarity", "device-limited").
   int prune_devices = 0;
   std::string prune_scheme = "score";
-  // Per-layer E x E expert similarity for the similarity scheme (may be empty).
+  // Per-MoE-layer E x E expert similarity for the similarity scheme (may be empty).
   std::vector<std::vector<float>> similarity;
 };
 
@@ -55,6 +60,7 @@ struct ParamTensor {
   bool expert = false;               // an expert weight, held by one rank only
   int layer = -1;                    // -1 for embedding, final norm, LM head
   int expert_id = -1;                // global expert id for expert tensors
+  int expert_kind = -1;              // expert tensors: 0 gate (W1), 1 up (W3), 2 down (W2)
   bool decay = false;                // AdamW weight decay applies (matrices, not norm gains)
 };
 
@@ -103,8 +109,15 @@ class MoeTransformer {
   // The values of one tensor of this rank (throws when the name is not held here).
   std::span<float> param(const std::string& name);
   std::span<float> grad(const std::string& name);
-  // The device that holds expert `e` of layer `layer`.
-  int expert_device(int layer, int e) const { return expert_to_device_[layer][e]; }
+  // The device that holds expert `e` of MoE layer `moe_layer` (an ordinal among MoE layers).
+  int expert_device(int moe_layer, int e) const { return expert_to_device_[moe_layer][e]; }
+  // The MoE ordinal of transformer layer `layer`, or -1 when it has a dense MLP.
+  int moe_index(int layer) const;
+  // Layer `layer`'s dense tensors (pointers into the dense arena; null where absent).
+  LayerParams<const float*> layer_weights(int layer) const;
+  // Width of layer `layer`'s dense SwiGLU branch: its dense MLP, or its MoE block's shared expert
+  // (0 when it has none).
+  int mlp_width(int layer) const;
   // Total parameter count of the whole model (all experts) and per token active count.
   std::int64_t num_parameters() const;
   std::int64_t num_active_parameters() const;
@@ -124,9 +137,10 @@ class MoeTransformer {
   RoutingStats routing_stats();
   // Logits [B,T,V] of the last forward (this rank's tokens).
   std::span<const float> logits() const;
-  // The MoE block of `layer` (0 <= layer < L), for code that runs the layers itself, e.g. the
-  // KV-cache inference engine (src/model/inference.cc); throws naming the layer when out of range.
-  MoeBlock& moe_block(int layer);
+  // The MoE block of MoE layer `moe_layer` (an ordinal in [0, num_moe_layers)), for code that
+  // runs the layers itself, e.g. the KV-cache inference engine (src/model/inference.cc); throws
+  // naming the layer when out of range.
+  MoeBlock& moe_block(int moe_layer);
 
  private:
   struct Impl;

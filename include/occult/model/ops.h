@@ -39,14 +39,21 @@ void rope_backward(float* dx, std::int64_t B, int T, int NH, int hs, float theta
 // cached decoding reproduces the full forward's arithmetic exactly.
 void causal_softmax_row(float* row, int last, int len);
 
-// Causal multi-head attention. q,k,v[B,T,C] with heads in columns (C = NH*hs); writes
-// att[B,NH,T,T] (softmax probabilities, zero above the diagonal) and out[B,T,C] (overwrites).
+// Causal multi-head attention with grouped-query heads: q[B,T,NH*hs], k,v[B,T,NKV*hs] with heads
+// in columns; query head h reads key/value head h / (NH/NKV) (NKV divides NH). Writes
+// att[B,NH,T,T] (softmax probabilities, zero above the diagonal) and out[B,T,NH*hs] (overwrites).
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v,
-                       std::int64_t B, int T, int C, int NH);
-// Overwrites dq, dk, dv[B,T,C] from dout[B,T,C] and the saved att, q, k, v; scratch[T,T].
+                       std::int64_t B, int T, int NH, int NKV, int hs);
+// Overwrites dq[B,T,NH*hs], dk, dv[B,T,NKV*hs] from dout[B,T,NH*hs] and the saved att, q, k, v;
+// scratch[T,T].
 void attention_backward(float* dq, float* dk, float* dv, float* scratch, const float* dout,
                         const float* att, const float* q, const float* k, const float* v, std::int64_t B,
-                        int T, int C, int NH);
+                        int T, int NH, int NKV, int hs);
+
+// out[N,C] += bias[C] (a linear layer's bias).
+void bias_forward(float* out, const float* bias, std::int64_t N, int C);
+// dbias[C] += sum over n of dout[n,:].
+void bias_backward(float* dbias, const float* dout, std::int64_t N, int C);
 
 // out[N,F] = silu(h1) * h3 (the SwiGLU gate; overwrites).
 void swiglu_forward(float* out, const float* h1, const float* h3, std::int64_t N, int F);

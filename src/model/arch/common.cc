@@ -1,0 +1,46 @@
+// Keys every family shares.
+#include "model/arch/families.h"
+#include "occult/core/error.h"
+
+namespace occult {
+
+void read_common_keys(ConfigReader& r, ModelConfig& c) {
+  for (const char* key : {"hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"}) {
+    r.require(key);
+  }
+  c.vocab_size = r.get_int("vocab_size", c.vocab_size);
+  c.hidden_size = r.get_int("hidden_size", 0);
+  c.num_hidden_layers = r.get_int("num_hidden_layers", 0);
+  c.num_attention_heads = r.get_int("num_attention_heads", 0);
+  c.num_key_value_heads = r.get_int("num_key_value_heads", 0);
+  c.explicit_head_dim = r.get_int("head_dim", 0);
+  c.max_position_embeddings = r.get_int("max_position_embeddings", 0);
+  c.rope_theta = r.get_float("rope_theta", c.rope_theta);
+  c.rms_norm_eps = r.get_float("rms_norm_eps", c.rms_norm_eps);
+  c.tie_word_embeddings = r.get_bool("tie_word_embeddings", c.tie_word_embeddings);
+  c.initializer_range = r.get_float("initializer_range", c.initializer_range);
+  c.router_aux_loss_coef = r.get_float("router_aux_loss_coef", c.router_aux_loss_coef);
+  c.eos_token_ids = r.get_int_list("eos_token_id");
+  c.bos_token_id = r.has("bos_token_id") ? r.get_int("bos_token_id", -1) : -1;
+  r.reject_unless("hidden_act", {"silu"}, "the experts and MLPs are SwiGLU (silu)");
+  r.reject_unless("rope_scaling", {}, "RoPE scaling changes the rotary frequencies (only plain RoPE is implemented)");
+  r.reject_unless("quantization_config", {}, "quantised checkpoints are not supported; give BF16, F16 or F32 weights");
+  r.reject_unless("pretraining_tp", {1}, "tensor-parallel pretraining slices (pretraining_tp > 1) change the "
+                                         "rounding of the projections");
+  // Present in real configs, irrelevant to the forward pass: bookkeeping, training-time dropout
+  // (occult trains without dropout), generation defaults, the padding id, loader hints.
+  r.ignore({"model_type", "architectures", "torch_dtype", "transformers_version", "use_cache", "attention_dropout",
+            "pad_token_id", "output_router_logits", "auto_map", "_name_or_path", "tokenizer_class",
+            "return_dict", "output_hidden_states", "output_attentions", "torchscript", "use_return_dict",
+            "dtype", "bos_token_id", "eos_token_id", "hidden_dropout", "attention_probs_dropout_prob"});
+}
+
+void reject_sliding_window(ConfigReader& r, bool enabled) {
+  if (enabled) {
+    r.reject_unless("sliding_window", {}, "sliding-window attention is not implemented (full causal attention only)");
+  } else {
+    r.ignore({"sliding_window", "max_window_layers"});
+  }
+}
+
+}  // namespace occult

@@ -1,0 +1,55 @@
+// DeepSeek-MoE (DeepseekForCausalLM): `n_routed_experts` with a softmax router, the shared
+// experts fused into one MLP of n_shared_experts * moe_intermediate_size, dense layers of
+// `intermediate_size` below `first_k_dense_replace` and off the `moe_layer_freq` grid.
+#include "model/arch/families.h"
+
+namespace occult {
+
+namespace {
+
+void read(ConfigReader& r, ModelConfig& c) {
+  for (const char* key : {"n_routed_experts", "num_experts_per_tok", "moe_intermediate_size"}) r.require(key);
+  r.reject_unless("q_lora_rank", {}, "multi-head latent attention (DeepSeek-V2/V3) is not implemented");
+  r.reject_unless("kv_lora_rank", {}, "multi-head latent attention (DeepSeek-V2/V3) is not implemented");
+  c.num_experts = r.get_int("n_routed_experts", 0);
+  c.num_experts_per_tok = r.get_int("num_experts_per_tok", 0);
+  c.moe_intermediate_size = r.get_int("moe_intermediate_size", 0);
+  c.n_shared_experts = r.get_int("n_shared_experts", 0);
+  c.intermediate_size = r.get_int("intermediate_size", 0);
+  c.first_k_dense_replace = r.get_int("first_k_dense_replace", 0);
+  c.moe_layer_freq = r.get_int("moe_layer_freq", 1);
+  // MoEGate renormalises only when k > 1; with k = 1 the flag has no effect either way.
+  c.norm_topk_prob = r.get_bool("norm_topk_prob", false) && c.num_experts_per_tok > 1;
+  c.attention_qkv_bias = c.attention_o_bias = r.get_bool("attention_bias", false);
+  c.router_aux_loss_coef = r.get_float("aux_loss_alpha", c.router_aux_loss_coef);
+  r.reject_unless("scoring_func", {"softmax"}, "only the softmax router is implemented for model_type deepseek");
+  r.reject_unless("topk_method", {"greedy"}, "only greedy top-k is implemented");
+  r.reject_unless("routed_scaling_factor", {1, 1.0}, "scaling the routed output is not implemented");
+  r.reject_unless("n_group", {1}, "group-limited routing is not implemented");
+  r.reject_unless("topk_group", {1}, "group-limited routing is not implemented");
+  // seq_aux selects the sequence-wise form of the training-only auxiliary loss.
+  r.ignore({"seq_aux", "ep_size"});
+}
+
+void write(const ModelConfig& c, nlohmann::json& j) {
+  j["n_routed_experts"] = c.num_experts;
+  j["num_experts_per_tok"] = c.num_experts_per_tok;
+  j["moe_intermediate_size"] = c.moe_intermediate_size;
+  j["n_shared_experts"] = c.n_shared_experts;
+  j["intermediate_size"] = c.intermediate_size;
+  j["first_k_dense_replace"] = c.first_k_dense_replace;
+  j["moe_layer_freq"] = c.moe_layer_freq;
+  j["norm_topk_prob"] = c.norm_topk_prob;
+  j["attention_bias"] = c.attention_qkv_bias;
+  j["scoring_func"] = "softmax";
+  j["aux_loss_alpha"] = c.router_aux_loss_coef;
+}
+
+}  // namespace
+
+const ArchSpec& deepseek_arch() {
+  static const ArchSpec spec{"deepseek", "DeepseekForCausalLM", ArchNames{}, &read, &write};
+  return spec;
+}
+
+}  // namespace occult

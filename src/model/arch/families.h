@@ -1,0 +1,22 @@
+// The architecture families of src/model/arch/, one file each (registry.cc lists them).
+#pragma once
+
+#include "occult/model/arch.h"
+
+namespace occult {
+
+// Keys every family shares (shapes, RoPE, norms, embeddings, token ids) read into `config`,
+// and the keys every Hugging Face config carries that do not change the arithmetic.
+void read_common_keys(ConfigReader& reader, ModelConfig& config);
+// Rejects a sliding window that is in use: `enabled` is the family's switch (or true when the
+// window applies whenever it is set).
+void reject_sliding_window(ConfigReader& reader, bool enabled);
+
+const ArchSpec& occult_moe_arch();
+const ArchSpec& olmoe_arch();
+const ArchSpec& qwen2_moe_arch();
+const ArchSpec& qwen3_moe_arch();
+const ArchSpec& deepseek_arch();
+const ArchSpec& mixtral_arch();
+
+}  // namespace occult

@@ -1,0 +1,33 @@
+// occult's own byte-level MoE transformer: OLMoE/Qwen-MoE tensor names, DeepSeek-style fused
+// shared experts ("n_shared_experts"), optional GQA. Strict: an unknown key is an error.
+#include "model/arch/families.h"
+
+namespace occult {
+
+namespace {
+
+void read(ConfigReader& r, ModelConfig& c) {
+  for (const char* key : {"num_experts", "num_experts_per_tok", "moe_intermediate_size"}) r.require(key);
+  c.num_experts = r.get_int("num_experts", 0);
+  c.num_experts_per_tok = r.get_int("num_experts_per_tok", 0);
+  c.moe_intermediate_size = r.get_int("moe_intermediate_size", 0);
+  c.n_shared_experts = r.get_int("n_shared_experts", 0);
+  c.norm_topk_prob = r.get_bool("norm_topk_prob", false);
+}
+
+void write(const ModelConfig& c, nlohmann::json& j) {
+  j["num_experts"] = c.num_experts;
+  j["num_experts_per_tok"] = c.num_experts_per_tok;
+  j["moe_intermediate_size"] = c.moe_intermediate_size;
+  j["n_shared_experts"] = c.n_shared_experts;
+  j["norm_topk_prob"] = c.norm_topk_prob;
+}
+
+}  // namespace
+
+const ArchSpec& occult_moe_arch() {
+  static const ArchSpec spec{"occult_moe", "OccultMoeForCausalLM", ArchNames{}, &read, &write, /*strict=*/true};
+  return spec;
+}
+
+}  // namespace occult

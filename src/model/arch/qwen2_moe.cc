@@ -1,0 +1,52 @@
+// Qwen1.5-MoE / Qwen2-MoE (Qwen2MoeForCausalLM): q/k/v biases, one shared expert of
+// `shared_expert_intermediate_size` scaled by sigmoid(shared_expert_gate(x)), dense layers of
+// `intermediate_size` chosen by `decoder_sparse_step` and `mlp_only_layers`.
+#include "model/arch/families.h"
+
+namespace occult {
+
+namespace {
+
+void read(ConfigReader& r, ModelConfig& c) {
+  for (const char* key : {"num_experts", "num_experts_per_tok", "moe_intermediate_size"}) r.require(key);
+  c.num_experts = r.get_int("num_experts", 0);
+  c.num_experts_per_tok = r.get_int("num_experts_per_tok", 0);
+  c.moe_intermediate_size = r.get_int("moe_intermediate_size", 0);
+  c.shared_expert_intermediate_size = r.get_int("shared_expert_intermediate_size", 0);
+  c.shared_expert_gate = c.shared_expert_intermediate_size > 0;
+  c.intermediate_size = r.get_int("intermediate_size", 0);
+  c.decoder_sparse_step = r.get_int("decoder_sparse_step", 1);
+  c.mlp_only_layers = r.get_int_list("mlp_only_layers");
+  c.norm_topk_prob = r.get_bool("norm_topk_prob", false);
+  c.attention_qkv_bias = r.get_bool("qkv_bias", true);
+  c.attention_o_bias = false;
+  reject_sliding_window(r, r.get_bool("use_sliding_window", false));
+}
+
+void write(const ModelConfig& c, nlohmann::json& j) {
+  j["num_experts"] = c.num_experts;
+  j["num_experts_per_tok"] = c.num_experts_per_tok;
+  j["moe_intermediate_size"] = c.moe_intermediate_size;
+  j["shared_expert_intermediate_size"] = c.shared_expert_intermediate_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["decoder_sparse_step"] = c.decoder_sparse_step;
+  j["mlp_only_layers"] = c.mlp_only_layers;
+  j["norm_topk_prob"] = c.norm_topk_prob;
+  j["qkv_bias"] = c.attention_qkv_bias;
+  j["use_sliding_window"] = false;
+}
+
+ArchNames names() {
+  ArchNames n;
+  n.shared_prefix = "mlp.shared_expert.";
+  return n;
+}
+
+}  // namespace
+
+const ArchSpec& qwen2_moe_arch() {
+  static const ArchSpec spec{"qwen2_moe", "Qwen2MoeForCausalLM", names(), &read, &write};
+  return spec;
+}
+
+}  // namespace occult

@@ -1,0 +1,140 @@
+#include "model/layers/blocks.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "occult/model/ops.h"
+
+namespace occult {
+
+namespace {
+
+// Rows and width of one QK-norm: the whole projection per token, or each head separately.
+struct NormShape {
+  std::int64_t rows;
+  int cols;
+};
+
+NormShape norm_shape(const ModelConfig& c, std::int64_t N, int heads) {
+  if (c.qk_norm == QkNorm::kPerHead) return {N * heads, c.head_dim()};
+  return {N, heads * c.head_dim()};
+}
+
+// out[N,OC] = x @ w^T (+ bias), the projection before any norm.
+void project(float* out, const float* x, const float* w, const float* bias, std::int64_t N, int IC, int OC) {
+  matmul_forward(out, x, w, N, IC, OC);
+  if (bias != nullptr) bias_forward(out, bias, N, OC);
+}
+
+// dx += dout @ w, dw += dout^T x, dbias += sum dout.
+void project_backward(float* dx, float* dw, float* dbias, const float* dout, const float* x, const float* w,
+                      std::int64_t N, int IC, int OC) {
+  if (dbias != nullptr) bias_backward(dbias, dout, N, OC);
+  matmul_backward(dx, dw, dout, x, w, N, IC, OC);
+}
+
+}  // namespace
+
+void qkv_forward(const ModelConfig& c, const LayerParams<const float*>& w, const float* x, std::int64_t N,
+                 float* q, float* k, float* v, const QkvSaved& saved) {
+  const int H = c.hidden_size, NH = c.num_attention_heads, NKV = c.kv_heads();
+  const int QD = c.q_dim(), KD = c.kv_dim();
+  const bool norm = c.qk_norm != QkNorm::kNone;
+  float* qp = norm ? saved.q_pre : q;
+  float* kp = norm ? saved.k_pre : k;
+  project(qp, x, w.q, w.q_bias, N, H, QD);
+  project(kp, x, w.k, w.k_bias, N, H, KD);
+  project(v, x, w.v, w.v_bias, N, H, KD);
+  if (!norm) return;
+  const NormShape qs = norm_shape(c, N, NH), ks = norm_shape(c, N, NKV);
+  rmsnorm_forward(q, saved.q_rstd, qp, w.q_norm, qs.rows, qs.cols, c.rms_norm_eps);
+  rmsnorm_forward(k, saved.k_rstd, kp, w.k_norm, ks.rows, ks.cols, c.rms_norm_eps);
+}
+
+void qkv_backward(const ModelConfig& c, const LayerParams<const float*>& w, const LayerParams<float*>& g,
+                  const float* x, std::int64_t N, const float* dq, const float* dk, const float* dv,
+                  const QkvSaved& saved, float* dx, float* scratch_q, float* scratch_k) {
+  const int H = c.hidden_size, NH = c.num_attention_heads, NKV = c.kv_heads();
+  const int QD = c.q_dim(), KD = c.kv_dim();
+  const float* dqp = dq;
+  const float* dkp = dk;
+  if (c.qk_norm != QkNorm::kNone) {
+    const NormShape qs = norm_shape(c, N, NH), ks = norm_shape(c, N, NKV);
+    std::fill(scratch_q, scratch_q + N * QD, 0.0f);
+    std::fill(scratch_k, scratch_k + N * KD, 0.0f);
+    rmsnorm_backward(scratch_q, g.q_norm, dq, saved.q_pre, w.q_norm, saved.q_rstd, qs.rows, qs.cols);
+    rmsnorm_backward(scratch_k, g.k_norm, dk, saved.k_pre, w.k_norm, saved.k_rstd, ks.rows, ks.cols);
+    dqp = scratch_q;
+    dkp = scratch_k;
+  }
+  project_backward(dx, g.q, g.q_bias, dqp, x, w.q, N, H, QD);
+  project_backward(dx, g.k, g.k_bias, dkp, x, w.k, N, H, KD);
+  project_backward(dx, g.v, g.v_bias, dv, x, w.v, N, H, KD);
+}
+
+void output_projection_forward(const ModelConfig& c, const LayerParams<const float*>& w, const float* atty,
+                               std::int64_t N, float* out) {
+  project(out, atty, w.o, w.o_bias, N, c.q_dim(), c.hidden_size);
+}
+
+void output_projection_backward(const ModelConfig& c, const LayerParams<const float*>& w,
+                                const LayerParams<float*>& g, const float* atty, std::int64_t N, const float* dout,
+                                float* datty) {
+  project_backward(datty, g.o, g.o_bias, dout, atty, w.o, N, c.q_dim(), c.hidden_size);
+}
+
+void mlp_forward(const LayerParams<const float*>& w, const float* x, std::int64_t N, int H, int F, float* out,
+                 const MlpSaved& s, float* tmp) {
+  matmul_forward(s.h1, x, w.mlp_gate, N, H, F);
+  matmul_forward(s.h3, x, w.mlp_up, N, H, F);
+  swiglu_forward(s.hh, s.h1, s.h3, N, F);
+  if (w.shared_gate == nullptr) {
+    matmul_forward(tmp, s.hh, w.mlp_down, N, F, H);
+    residual_forward(out, out, tmp, N * H);
+    return;
+  }
+  matmul_forward(s.y, s.hh, w.mlp_down, N, F, H);
+  for (std::int64_t n = 0; n < N; ++n) {
+    const float* xn = x + n * H;
+    double z = 0.0;
+    for (int h = 0; h < H; ++h) z += static_cast<double>(xn[h]) * w.shared_gate[h];
+    const float sig = static_cast<float>(1.0 / (1.0 + std::exp(-z)));
+    s.sig[n] = sig;
+    const float* yn = s.y + n * H;
+    float* on = out + n * H;
+    for (int h = 0; h < H; ++h) on[h] += sig * yn[h];
+  }
+}
+
+void mlp_backward(const LayerParams<const float*>& w, const LayerParams<float*>& g, const float* x, std::int64_t N,
+                  int H, int F, const float* dout, const MlpSaved& s, float* dx, float* dh1, float* dh3,
+                  float* dhh, float* dy) {
+  const float* dbranch = dout;
+  if (w.shared_gate != nullptr) {
+    // out += sig(z) * y with z = gate . x: dy = sig * dout, dz = sig (1 - sig) (dout . y).
+    for (std::int64_t n = 0; n < N; ++n) {
+      const float* dn = dout + n * H;
+      const float* yn = s.y + n * H;
+      const float* xn = x + n * H;
+      const float sig = s.sig[n];
+      double dot = 0.0;
+      for (int h = 0; h < H; ++h) dot += static_cast<double>(dn[h]) * yn[h];
+      const float dz = static_cast<float>(sig * (1.0 - sig) * dot);
+      float* dyn = dy + n * H;
+      float* dxn = dx + n * H;
+      for (int h = 0; h < H; ++h) {
+        dyn[h] = sig * dn[h];
+        g.shared_gate[h] += dz * xn[h];
+        dxn[h] += dz * w.shared_gate[h];
+      }
+    }
+    dbranch = dy;
+  }
+  std::fill(dhh, dhh + N * F, 0.0f);
+  matmul_backward(dhh, g.mlp_down, dbranch, s.hh, w.mlp_down, N, F, H);
+  swiglu_backward(dh1, dh3, dhh, s.h1, s.h3, N, F);
+  matmul_backward(dx, g.mlp_gate, dh1, x, w.mlp_gate, N, H, F);
+  matmul_backward(dx, g.mlp_up, dh3, x, w.mlp_up, N, H, F);
+}
+
+}  // namespace occult
