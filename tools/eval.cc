@@ -1,7 +1,7 @@
 // `occult eval`: validation loss (nats per byte) and perplexity of a checkpoint over a whole text
 // file under a given routing (dispatcher, placement, collaboration pruning), with the routing
 // statistics; the evaluation step of issue 7's profile -> place -> fine-tune -> evaluate workflow.
-#include "occult/model/eval.h"
+#include "occult/train/eval.h"
 
 #include <fmt/format.h>
 
@@ -14,7 +14,7 @@
 #include "command_registry.h"
 #include "infer_cli.h"
 #include "occult/core/table.h"
-#include "occult/model/data.h"
+#include "occult/text/bytes.h"
 
 namespace occult::cli {
 namespace {

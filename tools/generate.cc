@@ -11,8 +11,8 @@
 #include "command_registry.h"
 #include "infer_cli.h"
 #include "occult/core/table.h"
-#include "occult/model/data.h"
-#include "occult/model/inference.h"
+#include "occult/text/bytes.h"
+#include "occult/infer/inference.h"
 
 namespace occult::cli {
 namespace {

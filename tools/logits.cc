@@ -10,7 +10,7 @@
 #include "command_registry.h"
 #include "infer_cli.h"
 #include "occult/core/safetensors.h"
-#include "occult/model/data.h"
+#include "occult/text/bytes.h"
 
 namespace occult::cli {
 namespace {

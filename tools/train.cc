@@ -9,7 +9,7 @@
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
 #include "occult/core/table.h"
-#include "occult/model/trainer.h"
+#include "occult/train/trainer.h"
 
 namespace occult::cli {
 namespace {

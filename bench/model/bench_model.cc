@@ -17,7 +17,7 @@
 #include "occult/core/error.h"
 #include "occult/core/table.h"
 #include "occult/model/config.h"
-#include "occult/model/data.h"
+#include "occult/train/data.h"
 
 namespace {
 

@@ -6,6 +6,10 @@
 
 namespace occult {
 
+Share rank_share(std::int64_t global, int rank, int ranks) {
+  return {global * rank / ranks, global * (rank + 1) / ranks};
+}
+
 void ByteCounter::add(const std::string& name, std::int64_t bytes_to_self, std::int64_t bytes_to_peers) {
   ExchangeBytes& entry = counters_[name];
   entry.local_bytes += bytes_to_self;

@@ -7,7 +7,7 @@
 
 #include "model/layers/blocks.h"
 #include "model/moe_block.h"
-#include "model/rng.h"
+#include "occult/core/rng.h"
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
 #include "occult/model/arch.h"

@@ -13,8 +13,8 @@
 #include "model/test_util.h"
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
-#include "occult/model/data.h"
-#include "occult/model/inference.h"
+#include "occult/train/data.h"
+#include "occult/infer/inference.h"
 
 namespace occult {
 

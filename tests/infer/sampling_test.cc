@@ -1,6 +1,6 @@
 // Sampling: greedy ties, the nucleus cut and the cumulative intervals on hand-computed dyadic
 // probabilities (exact in float), counter-based determinism, and flag validation.
-#include "occult/model/sampling.h"
+#include "occult/infer/sampling.h"
 
 #include <gtest/gtest.h>
 

@@ -4,7 +4,7 @@
 
 #include <cmath>
 
-#include "model/rng.h"
+#include "occult/core/rng.h"
 #include "occult/comm/communicator.h"
 #include "occult/model/model.h"
 #include "occult/model/reference.h"

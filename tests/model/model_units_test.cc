@@ -11,7 +11,7 @@
 #include "occult/core/safetensors.h"
 #include "occult/model/checkpoint.h"
 #include "occult/model/config.h"
-#include "occult/model/data.h"
+#include "occult/train/data.h"
 #include "occult/model/optimizer.h"
 #include "test_util.h"
 

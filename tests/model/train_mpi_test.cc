@@ -10,8 +10,8 @@
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
 #include "occult/core/safetensors.h"
-#include "occult/model/data.h"
-#include "occult/model/trainer.h"
+#include "occult/train/data.h"
+#include "occult/train/trainer.h"
 #include "occult/placement/placement.h"
 #include "test_util.h"
 

@@ -11,8 +11,8 @@
 #include "model/test_util.h"
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
-#include "occult/model/data.h"
-#include "occult/model/eval.h"
+#include "occult/train/data.h"
+#include "occult/train/eval.h"
 #include "occult/model/reference.h"
 
 namespace occult {

@@ -13,6 +13,14 @@
 
 namespace occult {
 
+// The items [begin, end) of `global` items (sequences, rows) that rank `rank` of `ranks` takes:
+// begin = floor(rank*global/ranks), so ranks hold consecutive shares in rank order.
+struct Share {
+  std::int64_t begin = 0;
+  std::int64_t end = 0;
+};
+Share rank_share(std::int64_t global, int rank, int ranks);
+
 // Exchange names used by the MoE layer; byte accounting and reports use these spellings.
 inline constexpr const char* kExchangeDispatch = "dispatch";
 inline constexpr const char* kExchangeCombine = "combine";

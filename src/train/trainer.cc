@@ -1,4 +1,4 @@
-#include "occult/model/trainer.h"
+#include "occult/train/trainer.h"
 
 #include <fmt/format.h>
 
@@ -11,7 +11,7 @@
 #include "occult/core/error.h"
 #include "occult/core/progress.h"
 #include "occult/model/checkpoint.h"
-#include "occult/model/data.h"
+#include "occult/train/data.h"
 #include "occult/placement/placement.h"
 
 namespace occult {

@@ -1,31 +1,12 @@
-#include "occult/model/data.h"
+#include "occult/train/data.h"
 
 #include <fstream>
 #include <sstream>
 
-#include "model/rng.h"
+#include "occult/core/rng.h"
 #include "occult/core/error.h"
 
 namespace occult {
-
-std::vector<std::int32_t> byte_tokenize(std::string_view text) {
-  std::vector<std::int32_t> ids(text.size());
-  for (std::size_t i = 0; i < text.size(); ++i) ids[i] = static_cast<unsigned char>(text[i]);
-  return ids;
-}
-
-std::string byte_detokenize(const std::vector<std::int32_t>& ids) {
-  std::string text(ids.size(), '\0');
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    OCCULT_CHECK(ids[i] >= 0 && ids[i] < 256, "token id {} is not a byte", ids[i]);
-    text[i] = static_cast<char>(ids[i]);
-  }
-  return text;
-}
-
-Share rank_share(std::int64_t global, int rank, int ranks) {
-  return {global * rank / ranks, global * (rank + 1) / ranks};
-}
 
 TextDataset::TextDataset(const std::string& path, double val_fraction) : path_(path) {
   std::ifstream in(path, std::ios::binary);

@@ -1,6 +1,6 @@
-// Byte-level tokenizer and the text loader: a train/validation split of one file and batches
-// that depend only on (seed, step), never on the rank count: the global batch is the same for
-// every D and rank r takes a contiguous share of its sequences.
+// The training text loader: a train/validation split of one token stream and batches that
+// depend only on (seed, step), never on the rank count: the global batch is the same for every
+// D and rank r takes a contiguous share of its sequences.
 #pragma once
 
 #include <cstdint>
@@ -8,20 +8,10 @@
 #include <string_view>
 #include <vector>
 
+#include "occult/comm/communicator.h"  // Share, rank_share
+#include "occult/text/bytes.h"          // byte_tokenize (the byte-level default)
+
 namespace occult {
-
-// Bytes are tokens: vocabulary 256, id = the byte's unsigned value.
-std::vector<std::int32_t> byte_tokenize(std::string_view text);
-// The inverse of byte_tokenize (ids must be in [0, 256)).
-std::string byte_detokenize(const std::vector<std::int32_t>& ids);
-
-// The sequences [begin, end) of a global batch of `global` sequences that rank `rank` of
-// `ranks` takes: begin = floor(rank*global/ranks).
-struct Share {
-  std::int64_t begin = 0;
-  std::int64_t end = 0;
-};
-Share rank_share(std::int64_t global, int rank, int ranks);
 
 // One batch of this rank: tokens and next-token targets [B_local, T].
 struct Batch {

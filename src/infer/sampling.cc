@@ -1,10 +1,10 @@
-#include "occult/model/sampling.h"
+#include "occult/infer/sampling.h"
 
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
-#include "model/rng.h"
+#include "occult/core/rng.h"
 #include "occult/core/error.h"
 
 namespace occult {

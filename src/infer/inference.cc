@@ -1,4 +1,4 @@
-#include "occult/model/inference.h"
+#include "occult/infer/inference.h"
 
 #include <cblas.h>
 #include <fmt/format.h>
@@ -14,7 +14,6 @@
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
 #include "occult/core/progress.h"
-#include "occult/model/data.h"
 #include "occult/model/ops.h"
 
 namespace occult {

@@ -20,7 +20,7 @@
 
 #include "occult/model/config.h"
 #include "occult/model/model.h"
-#include "occult/model/sampling.h"
+#include "occult/infer/sampling.h"
 #include "occult/routing/trace.h"
 
 namespace occult {

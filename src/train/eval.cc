@@ -1,4 +1,4 @@
-#include "occult/model/eval.h"
+#include "occult/train/eval.h"
 
 #include <fmt/format.h>
 
@@ -11,7 +11,7 @@
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
 #include "occult/core/progress.h"
-#include "occult/model/data.h"
+#include "occult/train/data.h"
 #include "occult/routing/gating.h"
 
 namespace occult {
