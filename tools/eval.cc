@@ -1,4 +1,4 @@
-// `occult eval`: validation loss (nats per byte) and perplexity of a checkpoint over a whole text
+// `occult eval`: validation loss (nats per token) and perplexity of a model over a whole text
 // file under a given routing (dispatcher, placement, collaboration pruning), with the routing
 // statistics; the evaluation step of issue 7's profile -> place -> fine-tune -> evaluate workflow.
 #include "occult/train/eval.h"
@@ -14,49 +14,33 @@
 #include "command_registry.h"
 #include "infer_cli.h"
 #include "occult/core/table.h"
-#include "occult/text/bytes.h"
+#include "text_cli.h"
 
 namespace occult::cli {
 namespace {
 
 struct EvalFlags {
   ModelFlags model;
-  std::string data;
-  std::int64_t tokens = 0;
+  TextInputFlags text;
   int seq_len = 0;
   std::int64_t batch = 16;
   bool json = false, no_progress = false;
 };
 
-// The first `count` bytes of `path` as tokens (0 = the whole file).
-std::vector<std::int32_t> read_text(const std::string& path, std::int64_t count) {
-  std::ifstream in(path, std::ios::binary);
-  OCCULT_CHECK(in.good(), "cannot read --data {}: no such file or not readable", path);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  OCCULT_CHECK(count >= 0, "--tokens must be >= 0 (0 = the whole file), got {}", count);
-  OCCULT_CHECK(count <= static_cast<std::int64_t>(text.size()),
-               "--data {} has {} tokens (bytes), fewer than --tokens {}", path, text.size(), count);
-  OCCULT_CHECK(text.size() >= 2,
-               "--data {} has {} bytes; evaluation needs at least 2 (one to predict)", path,
-               text.size());
-  return byte_tokenize(count > 0 ? std::string_view(text).substr(0, count)
-                                 : std::string_view(text));
-}
-
 void run_eval(const EvalFlags& f) {
   run_on_mpi_world([&](Communicator& comm) {
     const ModelConfig config = resolve_model_config(f.model, comm, /*allow_random=*/false);
     std::vector<std::int32_t> tokens;
+    std::string unit;
     agree_on_errors(comm, [&] {
-      OCCULT_CHECK(config.vocab_size >= 256,
-                   "the byte-level text needs vocab_size >= 256, the checkpoint's config has {}",
-                   config.vocab_size);
       OCCULT_CHECK(f.model.prune_devices == 0 || f.model.prune_scheme == "score" ||
                        f.model.prune_scheme == "similarity" ||
                        f.model.prune_scheme == "device-limited",
                    "--prune-scheme must be score, similarity or device-limited, got \"{}\"",
                    f.model.prune_scheme);
-      tokens = read_text(f.data, f.tokens);
+      tokens = read_text_input(f.text, f.model.checkpoint, config.vocab_size, &unit);
+      OCCULT_CHECK(tokens.size() >= 2, "evaluation needs at least 2 tokens (one to predict), got {}",
+                   tokens.size());
     });
     const ParallelOptions parallel =
         resolve_parallel_options(f.model, config, comm, f.model.dispatch);
@@ -73,8 +57,9 @@ void run_eval(const EvalFlags& f) {
     }
     TextTable table({"metric", "value"});
     table.add_row({"checkpoint", f.model.checkpoint});
-    table.add_row({"text", fmt::format("{} ({} tokens predicted, {} windows of <= {})", f.data,
-                                       r.tokens, r.windows, r.seq_len)});
+    table.add_row({"text", fmt::format("{} ({} {}s predicted, {} windows of <= {})",
+                                       f.text.data.empty() ? f.text.input_ids : f.text.data, r.tokens,
+                                       unit, r.windows, r.seq_len)});
     table.add_row({"ranks / dispatch", fmt::format("{} / {}", comm.size(), f.model.dispatch)});
     table.add_row(
         {"placement", f.model.placement.empty() ? std::string("contiguous") : f.model.placement});
@@ -82,8 +67,8 @@ void run_eval(const EvalFlags& f) {
                                   ? fmt::format("M = {} devices, {} scheme", f.model.prune_devices,
                                                 f.model.prune_scheme)
                                   : std::string("off")});
-    table.add_row({"loss (nats/byte)", fmt::format("{:.4f}", r.loss)});
-    table.add_row({"perplexity (per byte)", fmt::format("{:.4f}", r.perplexity)});
+    table.add_row({fmt::format("loss (nats/{})", unit), fmt::format("{:.4f}", r.loss)});
+    table.add_row({fmt::format("perplexity (per {})", unit), fmt::format("{:.4f}", r.perplexity)});
     table.add_row(
         {"replicas per token C_T (per layer)",
          fmt::format("{:.3f} ({:.3f})", r.replicas_per_token, fmt::join(r.layer_replicas, ", "))});
@@ -99,18 +84,13 @@ void setup(CLI::App& root) {
   auto f = std::make_shared<EvalFlags>();
   CLI::App* cmd = root.add_subcommand(
       "eval",
-      "Validation loss (nats per byte) and perplexity of a checkpoint over a whole text file under "
-      "the\n"
-      "given routing, plus the routing statistics (run under mpirun; also at 1 rank). The text is "
-      "cut\n"
-      "into windows of --seq-len that share their boundary byte, so every byte but the first is\n"
-      "predicted once. --json prints {loss, perplexity, tokens, replicas_per_token, "
-      "tokens_changed}.");
+      "Validation loss (nats per token; per byte for byte-level models) and perplexity of a model\n"
+      "over a whole text under the given routing, plus the routing statistics (run under mpirun;\n"
+      "also at 1 rank). The tokens are cut into windows of --seq-len that share their boundary\n"
+      "token, so every token but the first is predicted once. --json prints {loss, perplexity,\n"
+      "tokens, replicas_per_token, tokens_changed}.");
   add_checkpoint_flags(cmd, f->model);
-  cmd->add_option("--data", f->data, "text to evaluate on (bytes are tokens)")->required();
-  cmd->add_option("--tokens", f->tokens,
-                  "evaluate only the first N tokens (bytes) of --data (0 = all)")
-      ->capture_default_str();
+  add_text_input_flags(cmd, f->text, "text to evaluate on");
   add_routing_flags(cmd, f->model);
   cmd->add_option("--seq-len", f->seq_len,
                   "window length (default min(128, max_position_embeddings))");

@@ -7,11 +7,12 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "command_registry.h"
 #include "infer_cli.h"
 #include "occult/core/table.h"
-#include "occult/text/bytes.h"
+#include "occult/text/token_source.h"
 #include "occult/infer/inference.h"
 
 namespace occult::cli {
@@ -23,7 +24,7 @@ struct GenerateFlags {
   int max_new_tokens = 64;
   float temperature = 0.8f, top_p = 0.95f;
   double kv_memory_gib = 8.0;
-  bool json = false;
+  bool json = false, ignore_eos = false;
 };
 
 // --prompt first, then one prompt per non-empty line of --prompt-file.
@@ -43,21 +44,16 @@ std::vector<std::string> read_prompts(const GenerateFlags& f) {
   return prompts;
 }
 
-void write_bytes(const std::vector<std::int32_t>& ids) {
-  const std::string text = byte_detokenize(ids);
-  std::fwrite(text.data(), 1, text.size(), stdout);
-}
+void write_text(const std::string& text) { std::fwrite(text.data(), 1, text.size(), stdout); }
 
 void run_generate(const GenerateFlags& f) {
   run_on_mpi_world([&](Communicator& comm) {
     std::vector<std::string> texts;
     agree_on_errors(comm, [&] { texts = read_prompts(f); });
     const ModelConfig config = resolve_model_config(f.model, comm, /*allow_random=*/false);
+    std::optional<TextCodec> codec;
     agree_on_errors(comm, [&] {
-      OCCULT_CHECK(config.vocab_size >= 256,
-                   "generate reads and writes bytes: the model needs vocab_size >= 256, "
-                   "its config has {}",
-                   config.vocab_size);
+      codec = TextCodec::for_model(f.model.checkpoint, config.vocab_size);
       OCCULT_CHECK(f.kv_memory_gib > 0, "--kv-memory-gib must be > 0, got {}", f.kv_memory_gib);
     });
     const ParallelOptions parallel =
@@ -65,13 +61,16 @@ void run_generate(const GenerateFlags& f) {
     const auto model = build_model(f.model, config, parallel, comm);
 
     std::vector<std::vector<std::int32_t>> prompts;
-    for (const auto& t : texts) prompts.push_back(byte_tokenize(t));
+    agree_on_errors(comm, [&] {
+      for (const auto& t : texts) prompts.push_back(codec->encode(t));
+    });
     GenerateOptions o;
     o.max_new_tokens = f.max_new_tokens;
     o.sampling.temperature = f.temperature;
     o.sampling.top_p = f.top_p;
     o.sampling.seed = f.model.seed;
-    o.sampling.vocab_limit = 256;
+    o.sampling.vocab_limit = std::min(codec->vocab_limit(), config.vocab_size);
+    if (!f.ignore_eos) o.stop_tokens = config.eos_token_ids;
     o.memory_limit_bytes = static_cast<std::int64_t>(f.kv_memory_gib * (1ll << 30));
     const bool root = comm.rank() == 0;
     const bool stream = root && !f.json;
@@ -80,26 +79,33 @@ void run_generate(const GenerateFlags& f) {
       if (P > 1) fmt::print("{}=== prompt {}/{} ===\n", i > 0 ? "\n" : "", i + 1, P);
       std::fwrite(texts[i].data(), 1, texts[i].size(), stdout);
     };
-    // Prompt 0 streams token by token (its text is printed with the first token, once the input
-    // has been validated); the others, which finish at the same step, follow in order.
+    // Prompt 0 streams as it is produced (its text is printed with the first token, once the
+    // input has been validated); the others follow in order. A token can end inside a UTF-8
+    // character, so the text printed is the decoded prefix, held back while it ends in one.
+    std::vector<std::int32_t> first;
+    std::size_t printed = 0;
     const GenerateResult r =
         generate(*model, prompts, o, [&](int step, std::span<const std::int32_t> tokens) {
-          if (!stream) return;
+          if (!stream || tokens[0] < 0) return;
           if (step == 0) header(0);
-          write_bytes({tokens[0]});
+          first.push_back(tokens[0]);
+          const std::string text = codec->decode(first);
+          if (text.ends_with("\xEF\xBF\xBD") || text.size() <= printed) return;
+          write_text(text.substr(printed));
+          printed = text.size();
           std::fflush(stdout);
         });
+    if (stream && codec->decode(first).size() > printed) write_text(codec->decode(first).substr(printed));
     if (!root) return;
-    const double decode_steps = std::max(1, f.max_new_tokens - 1);
-    const double decode_ms = 1e3 * r.decode_seconds / decode_steps;
+    const double decode_ms = 1e3 * r.decode_seconds / std::max(1, r.decode_steps);
     const double tokens_per_s =
-        r.decode_seconds > 0 ? static_cast<double>(P) * (f.max_new_tokens - 1) / r.decode_seconds
+        r.decode_seconds > 0 ? static_cast<double>(r.generated_tokens - static_cast<std::int64_t>(P)) / r.decode_seconds
                              : 0.0;
     if (f.json) {
       nlohmann::json gens = nlohmann::json::array();
       for (std::size_t i = 0; i < P; ++i) {
         gens.push_back({{"prompt", texts[i]},
-                        {"text", byte_detokenize(r.tokens[i])},
+                        {"text", codec->decode(r.tokens[i])},
                         {"tokens", r.tokens[i]}});
       }
       const nlohmann::json j{{"dispatch", f.model.dispatch},
@@ -118,7 +124,7 @@ void run_generate(const GenerateFlags& f) {
     for (std::size_t i = 1; i < P; ++i) {
       fmt::print("\n");
       header(i);
-      write_bytes(r.tokens[i]);
+      write_text(codec->decode(r.tokens[i]));
     }
     fmt::print("\n");
     std::fflush(stdout);
@@ -139,13 +145,14 @@ void setup(CLI::App& root) {
   auto f = std::make_shared<GenerateFlags>();
   CLI::App* cmd = root.add_subcommand(
       "generate",
-      "Generate text from a checkpoint with the KV-cache engine (run under mpirun; prompts are "
+      "Generate text from a model with the KV-cache engine (run under mpirun; prompts are "
       "spread over\n"
       "ranks, experts stay expert-parallel). Streams the first prompt's text as it is produced, "
       "then prints\n"
       "the others in order, and a summary on stderr; --json prints one object at the end.");
   add_checkpoint_flags(cmd, f->model);
-  cmd->add_option("--prompt", f->prompt, "prompt text (bytes)");
+  cmd->add_option("--prompt", f->prompt,
+                  "prompt text (read with the model's tokenizer.json when it has one, else bytes)");
   cmd->add_option("--prompt-file", f->prompt_file, "more prompts, one per non-empty line");
   cmd->add_option("--max-new-tokens", f->max_new_tokens, "tokens generated per prompt")
       ->capture_default_str();
@@ -157,6 +164,8 @@ void setup(CLI::App& root) {
   add_routing_flags(cmd, f->model);
   cmd->add_option("--kv-memory-gib", f->kv_memory_gib, "KV-cache budget per rank")
       ->capture_default_str();
+  cmd->add_flag("--ignore-eos", f->ignore_eos,
+                "keep generating past the config's eos_token_id (default: a prompt stops at it)");
   cmd->add_flag("--json", f->json,
                 "print {generations, prefill_ms, decode_ms_per_step, ...} instead of streaming");
   cmd->callback([f] { run_generate(*f); });

@@ -14,45 +14,28 @@
 #include "command_registry.h"
 #include "infer_cli.h"
 #include "occult/core/table.h"
-#include "occult/text/bytes.h"
 #include "occult/infer/inference.h"
+#include "text_cli.h"
 
 namespace occult::cli {
 namespace {
 
 struct ProfileFlags {
   ModelFlags model;
-  std::string data, out;
-  std::int64_t tokens = 16384;
+  TextInputFlags text{.tokens = 16384};
+  std::string out;
   int seq_len = 0;
   std::int64_t batch = 8;
   bool json = false, no_progress = false;
 };
 
-// The first `count` bytes of `path` as tokens (0 = the whole file).
-std::vector<std::int32_t> read_calibration(const std::string& path, std::int64_t count) {
-  std::ifstream in(path, std::ios::binary);
-  OCCULT_CHECK(in.good(), "cannot read --data {}", path);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  OCCULT_CHECK(!text.empty(), "--data {} is empty", path);
-  OCCULT_CHECK(count >= 0, "--tokens must be >= 0 (0 = the whole file), got {}", count);
-  OCCULT_CHECK(count <= static_cast<std::int64_t>(text.size()),
-               "--data {} has {} tokens (bytes), fewer than --tokens {}", path, text.size(), count);
-  return byte_tokenize(count > 0 ? std::string_view(text).substr(0, count)
-                                 : std::string_view(text));
-}
-
 void run_profile(const ProfileFlags& f) {
   run_on_mpi_world([&](Communicator& comm) {
     const ModelConfig config = resolve_model_config(f.model, comm, /*allow_random=*/false);
     std::vector<std::int32_t> tokens;
-    agree_on_errors(comm, [&] {
-      OCCULT_CHECK(config.vocab_size >= 256,
-                   "the byte-level calibration text needs vocab_size >= 256, the "
-                   "checkpoint's config has {}",
-                   config.vocab_size);
-      tokens = read_calibration(f.data, f.tokens);
-    });
+    std::string unit;
+    agree_on_errors(comm,
+                    [&] { tokens = read_text_input(f.text, f.model.checkpoint, config.vocab_size, &unit); });
     const ParallelOptions parallel =
         resolve_parallel_options(f.model, config, comm, f.model.dispatch);
     const auto model = build_model(f.model, config, parallel, comm);
@@ -60,7 +43,8 @@ void run_profile(const ProfileFlags& f) {
     o.seq_len = f.seq_len;
     o.sequences_per_batch = f.batch;
     o.model_name = f.model.checkpoint;
-    o.dataset = std::filesystem::path(f.data).filename().string();
+    o.dataset =
+        std::filesystem::path(f.text.data.empty() ? f.text.input_ids : f.text.data).filename().string();
     o.progress = !f.json && !f.no_progress;
     const auto start = std::chrono::steady_clock::now();
     const Trace trace = profile_routing(*model, tokens, o);
@@ -108,9 +92,7 @@ void setup(CLI::App& root) {
                                       "router_probs, sequence_lengths. Feed it to\n"
                                       "occult place / evaluate / prune.");
   add_checkpoint_flags(cmd, f->model);
-  cmd->add_option("--data", f->data, "calibration text (bytes are tokens)")->required();
-  cmd->add_option("--tokens", f->tokens, "first N tokens of --data (0 = all)")
-      ->capture_default_str();
+  add_text_input_flags(cmd, f->text, "calibration text");
   cmd->add_option("--seq-len", f->seq_len, "tokens per sequence (default max_position_embeddings)");
   cmd->add_option("--batch", f->batch, "sequences per prefill per rank")->capture_default_str();
   cmd->add_option("--out", f->out, "output trace (.safetensors)")->required();

@@ -14,6 +14,7 @@
 
 #include "command_registry.h"
 #include "occult/core/error.h"
+#include "occult/text/token_source.h"
 #include "occult/text/tokenizer.h"
 
 namespace occult::cli {
@@ -37,51 +38,11 @@ std::string read_all(const std::string& path) {
   return ss.str();
 }
 
-// Ids from a file of whitespace-separated integers or a JSON object with "ids" (what
-// `occult tokenize --json` prints) or a JSON list.
-std::vector<std::int32_t> read_ids(const std::string& path) {
-  const std::string text = read_all(path);
-  const std::size_t first = text.find_first_not_of(" \t\r\n");
-  if (first != std::string::npos && (text[first] == '{' || text[first] == '[')) {
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(text);
-    } catch (const nlohmann::json::exception& e) {
-      OCCULT_FAIL("{} is not valid JSON: {}", path, e.what());
-    }
-    const nlohmann::json& ids = j.is_object() ? j.value("ids", nlohmann::json()) : j;
-    OCCULT_CHECK(ids.is_array(), "{}: expected a JSON list of ids or an object with \"ids\"", path);
-    std::vector<std::int32_t> out;
-    for (const auto& id : ids) {
-      OCCULT_CHECK(id.is_number_integer(), "{}: id {} is not an integer", path, id.dump());
-      out.push_back(id.get<std::int32_t>());
-    }
-    return out;
-  }
-  std::vector<std::int32_t> out;
-  std::istringstream in(text);
-  std::string word;
-  while (in >> word) {
-    std::size_t used = 0;
-    long long value = 0;
-    try {
-      value = std::stoll(word, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    OCCULT_CHECK(used == word.size() && value >= INT32_MIN && value <= INT32_MAX,
-                 "{}: '{}' is not an integer id (expected whitespace-separated integers)", path,
-                 word);
-    out.push_back(static_cast<std::int32_t>(value));
-  }
-  return out;
-}
-
 void run_tokenize(const TokenizeArgs& args) {
   const Tokenizer tokenizer = Tokenizer::load(args.tokenizer);
   if (args.decode) {
     OCCULT_CHECK(!args.ids_file.empty(), "--decode needs --ids-file");
-    const std::string text = tokenizer.decode(read_ids(args.ids_file), args.skip_special_tokens);
+    const std::string text = tokenizer.decode(read_token_ids(args.ids_file), args.skip_special_tokens);
     if (args.json) {
       fmt::print("{}\n", nlohmann::json{{"text", text}}.dump());
     } else {

@@ -9,13 +9,15 @@
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
 #include "occult/core/table.h"
+#include "occult/model/checkpoint.h"
+#include "occult/text/token_source.h"
 #include "occult/train/trainer.h"
 
 namespace occult::cli {
 namespace {
 
 struct TrainFlags {
-  std::string config, data, dispatch = "occult", placement, prune_scheme = "score", save, resume, init, log;
+  std::string config, data, data_ids, token_cache, dispatch = "occult", placement, prune_scheme = "score", save, resume, init, log;
   std::vector<std::string> train_only;
   int prune_devices = 0, steps = 100, stop_at = 0, seq_len = 0, eval_every = 0, warmup = -1;
   std::int64_t batch = 0, eval_sequences = 64;
@@ -41,7 +43,7 @@ void print_summary(const TrainResult& r, const TrainOptions& o, int ranks) {
   table.add_row({"parameters (total / active)", fmt::format("{} / {}", r.num_parameters, r.num_active_parameters)});
   table.add_row({"steps", fmt::format("{}..{}", first.step, last.step)});
   table.add_row({"loss (first -> last step)", fmt::format("{:.4f} -> {:.4f}", first.loss, last.loss)});
-  table.add_row({"validation loss (nats/byte)", fmt::format("{:.4f}", r.val_loss)});
+  table.add_row({"validation loss (nats/token)", fmt::format("{:.4f}", r.val_loss)});
   table.add_row({"tokens/s", fmt::format("{:.0f}", r.tokens_per_s)});
   table.add_row({"model GFLOP/s", fmt::format("{:.2f}", r.tokens_per_s * r.flops_per_token / 1e9)});
   table.add_row({"bytes/step (dispatch, all ranks)", fmt::format("{:.0f}", bytes / n)});
@@ -57,9 +59,19 @@ void run_train(const TrainFlags& f, CLI::App& app) {
     const int rank = comm.rank();
     const int ranks = comm.size();
     TrainOptions o;
-    o.config = load_model_config(f.config);
-    o.config_source = f.config;
+    // The model: --config, or the config of the directory --init or --resume starts from (a
+    // --config given too must be the same architecture: train() checks it).
+    const std::string& from = !f.init.empty() ? f.init : f.resume;
+    agree_on_errors(comm, [&] {
+      OCCULT_CHECK(!f.config.empty() || !from.empty(),
+                   "give --config FILE (a new model) or --init / --resume DIR (its config.json is used)");
+      o.config = !f.config.empty() ? load_model_config(f.config) : load_checkpoint_config(from);
+    });
+    o.config_source = !f.config.empty() ? f.config : from + "/config.json";
     o.data_path = f.data;
+    o.data_ids_path = f.data_ids;
+    o.text_model_dir = from;
+    o.token_cache_dir = app.count("--token-cache") > 0 ? f.token_cache : default_token_cache_dir();
     o.dispatch = parse_dispatch(f.dispatch);
     o.placement_path = f.placement;
     o.prune_devices = f.prune_devices;
@@ -100,8 +112,17 @@ void setup(CLI::App& root) {
       "Train the MoE transformer on a text file (run under mpirun: dense parts data-parallel, experts\n"
       "expert-parallel by the placement). Prints a progress bar and a summary; --json prints\n"
       "{steps, loss[], val_loss, tokens_per_s, bytes_per_step, standard_bytes_per_step, replicas_per_token}.");
-  cmd->add_option("--config", flags->config, "model config.json (Hugging Face keys)")->required();
-  cmd->add_option("--data", flags->data, "text corpus; last 10% is validation")->required();
+  cmd->add_option("--config", flags->config,
+                  "model config.json (Hugging Face keys); default: the config of --init / --resume");
+  auto* data = cmd->add_option("--data", flags->data,
+                               "text corpus, last 10% is validation; read with the --init/--resume model's "
+                               "tokenizer.json when it has one, else bytes are tokens");
+  cmd->add_option("--data-ids", flags->data_ids,
+                  "token ids instead of --data (safetensors input_ids, a JSON list or integers)")
+      ->excludes(data);
+  cmd->add_option("--token-cache", flags->token_cache,
+                  "directory caching tokenized corpora (default $OCCULT_CACHE_DIR/tokens or ~/.cache/occult/tokens; "
+                  "\"\" = off)");
   cmd->add_option("--dispatch", flags->dispatch, "standard | occult")->capture_default_str();
   cmd->add_option("--placement", flags->placement, "placement JSON (occult place); default contiguous");
   cmd->add_option("--prune-devices", flags->prune_devices, "collaboration pruning budget M (0 = off)")
@@ -122,7 +143,9 @@ void setup(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--save", flags->save, "checkpoint directory (written at the end and at every evaluation)");
   cmd->add_option("--resume", flags->resume, "continue the run saved in this checkpoint directory exactly");
-  cmd->add_option("--init", flags->init, "fine-tune: start from this checkpoint's weights with a fresh optimizer");
+  cmd->add_option("--init", flags->init,
+                  "fine-tune: start from this model directory's weights (Hugging Face or occult) with a fresh "
+                  "optimizer");
   cmd->add_option("--train-only", flags->train_only,
                   "train only these groups (comma-separated): experts, router, shared, attention, norms, embeddings")
       ->delimiter(',');

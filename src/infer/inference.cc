@@ -395,23 +395,32 @@ GenerateResult generate(
   std::vector<float> scratch;
   std::vector<std::int64_t> step_tokens(static_cast<std::size_t>(P));
   std::vector<std::int32_t> local_tokens(static_cast<std::size_t>(n));
-  std::vector<int> slots(static_cast<std::size_t>(n));
-  for (int i = 0; i < n; ++i) slots[i] = i;
+  // Every rank sees every prompt's tokens, so all agree on which prompts stopped.
+  std::vector<char> stopped(static_cast<std::size_t>(P), 0);
   comm.bytes().reset();
 
-  // Samples each local sequence's token of `step` from logits [n, V], then shares them all.
-  auto take_step = [&](int step, std::span<const float> logits) {
+  // Samples the token of `step` of local sequences rows[j] from logits row j, then shares them.
+  auto take_step = [&](int step, std::span<const float> logits, std::span<const int> rows) {
     std::fill(step_tokens.begin(), step_tokens.end(), 0);
-    for (int i = 0; i < n; ++i) {
+    for (std::size_t j = 0; j < rows.size(); ++j) {
+      const int i = rows[j];
       const std::int64_t global = share.begin + i;
       local_tokens[i] = sample_token(
-          logits.subspan(static_cast<std::size_t>(i) * config.vocab_size, config.vocab_size),
+          logits.subspan(j * static_cast<std::size_t>(config.vocab_size), config.vocab_size),
           options.sampling, global, step, &scratch);
       step_tokens[static_cast<std::size_t>(global)] = local_tokens[i];
     }
     comm.all_reduce_sum(std::span<std::int64_t>(step_tokens));
     std::vector<std::int32_t> all(step_tokens.begin(), step_tokens.end());
-    for (std::int64_t i = 0; i < P; ++i) result.tokens[i].push_back(all[i]);
+    for (std::int64_t i = 0; i < P; ++i) {
+      if (stopped[i]) {
+        all[i] = -1;
+        continue;
+      }
+      result.tokens[i].push_back(all[i]);
+      stopped[i] = std::find(options.stop_tokens.begin(), options.stop_tokens.end(), all[i]) !=
+                   options.stop_tokens.end();
+    }
     if (on_step) on_step(step, all);
   };
 
@@ -420,16 +429,31 @@ GenerateResult generate(
   double t = seconds_since(start);
   comm.all_reduce_max(std::span<double>(&t, 1));
   result.prefill_seconds = t;
-  take_step(0, logits);
+  std::vector<int> all_rows(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) all_rows[i] = i;
+  take_step(0, logits, all_rows);
+  std::vector<int> slots;
+  std::vector<std::int32_t> slot_tokens;
   for (int step = 1; step < options.max_new_tokens; ++step) {
+    if (std::all_of(stopped.begin(), stopped.end(), [](char s) { return s != 0; })) break;
+    // Stopped prompts leave the batch; the logits rows follow the remaining slots.
+    slots.clear();
+    slot_tokens.clear();
+    for (int i = 0; i < n; ++i) {
+      if (stopped[share.begin + i]) continue;
+      slots.push_back(i);
+      slot_tokens.push_back(local_tokens[i]);
+    }
     start = Clock::now();
-    const auto out = engine.decode(slots, local_tokens);
+    const auto out = engine.decode(slots, slot_tokens);
     t = seconds_since(start);
     comm.all_reduce_max(std::span<double>(&t, 1));
     result.decode_seconds += t;
-    take_step(step, out);
+    ++result.decode_steps;
+    take_step(step, out, slots);
   }
-  result.generated_tokens = P * options.max_new_tokens;
+  result.generated_tokens = 0;
+  for (const auto& t : result.tokens) result.generated_tokens += static_cast<std::int64_t>(t.size());
   const auto totals = sum_over_ranks(comm);
   for (const char* name : {kExchangeDispatch, kExchangeCombine}) {
     const auto it = totals.find(name);

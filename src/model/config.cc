@@ -141,12 +141,12 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
                    {"num_hidden_layers", c.num_hidden_layers},
                    {"num_attention_heads", c.num_attention_heads},
                    {"num_key_value_heads", c.kv_heads()},
-                   {"router_aux_loss_coef", c.router_aux_loss_coef},
-                   {"rope_theta", c.rope_theta},
+                   {"router_aux_loss_coef", json_float(c.router_aux_loss_coef)},
+                   {"rope_theta", json_float(c.rope_theta)},
                    {"max_position_embeddings", c.max_position_embeddings},
                    {"tie_word_embeddings", c.tie_word_embeddings},
-                   {"rms_norm_eps", c.rms_norm_eps},
-                   {"initializer_range", c.initializer_range},
+                   {"rms_norm_eps", json_float(c.rms_norm_eps)},
+                   {"initializer_range", json_float(c.initializer_range)},
                    {"hidden_act", "silu"}};
   if (c.explicit_head_dim > 0) j["head_dim"] = c.explicit_head_dim;
   if (!c.eos_token_ids.empty()) {

@@ -8,19 +8,29 @@
 
 namespace occult {
 
-TextDataset::TextDataset(const std::string& path, double val_fraction) : path_(path) {
+namespace {
+
+std::vector<std::int32_t> read_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   OCCULT_CHECK(in.good(), "cannot read corpus {}: no such file or not readable", path);
   std::stringstream buffer;
   buffer << in.rdbuf();
-  const std::string text = buffer.str();
+  return byte_tokenize(buffer.str());
+}
+
+}  // namespace
+
+TextDataset::TextDataset(const std::string& path, double val_fraction)
+    : TextDataset(read_bytes(path), path, val_fraction) {}
+
+TextDataset::TextDataset(std::vector<std::int32_t> ids, std::string name, double val_fraction)
+    : path_(std::move(name)) {
   OCCULT_CHECK(val_fraction > 0.0 && val_fraction < 1.0, "validation fraction must be in (0, 1), got {}",
                val_fraction);
-  const auto ids = byte_tokenize(text);
   const auto split = static_cast<std::size_t>(static_cast<double>(ids.size()) * (1.0 - val_fraction));
   train_.assign(ids.begin(), ids.begin() + split);
   val_.assign(ids.begin() + split, ids.end());
-  OCCULT_CHECK(train_.size() >= 2 && val_.size() >= 2, "corpus {} has {} bytes: too short to split", path,
+  OCCULT_CHECK(train_.size() >= 2 && val_.size() >= 2, "corpus {} has {} tokens: too short to split", path_,
                ids.size());
 }
 

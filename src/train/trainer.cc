@@ -11,6 +11,7 @@
 #include "occult/core/error.h"
 #include "occult/core/progress.h"
 #include "occult/model/checkpoint.h"
+#include "occult/text/token_source.h"
 #include "occult/train/data.h"
 #include "occult/placement/placement.h"
 
@@ -88,7 +89,24 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
   });
   const TextDataset data = [&] {
     std::optional<TextDataset> d;
-    agree_on_errors(comm, [&] { d.emplace(o.data_path); });
+    agree_on_errors(comm, [&] {
+      OCCULT_CHECK(o.data_path.empty() != o.data_ids_path.empty(), "give --data TEXT or --data-ids FILE (one)");
+      if (!o.data_ids_path.empty()) {
+        std::vector<std::int32_t> ids = read_token_ids(o.data_ids_path);
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+          OCCULT_CHECK(ids[i] < o.config.vocab_size, "{}: token {} is id {}, outside the vocabulary [0, {})",
+                       o.data_ids_path, i, ids[i], o.config.vocab_size);
+        }
+        d.emplace(std::move(ids), o.data_ids_path);
+        return;
+      }
+      const TextCodec codec = TextCodec::for_model(o.text_model_dir, o.config.vocab_size);
+      if (codec.is_bytes()) {
+        d.emplace(o.data_path);
+      } else {
+        d.emplace(tokenize_file(o.data_path, codec, o.token_cache_dir), o.data_path);
+      }
+    });
     return std::move(*d);
   }();
 
@@ -135,8 +153,6 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     OCCULT_CHECK(seq_len >= 1 && seq_len <= o.config.max_position_embeddings,
                  "--seq-len must be in [1, max_position_embeddings = {}], got {}", o.config.max_position_embeddings,
                  seq_len);
-    OCCULT_CHECK(o.config.vocab_size >= 256, "the byte-level corpus needs vocab_size >= 256, the config has {}",
-                 o.config.vocab_size);
   });
   const int last_step = o.stop_at > 0 ? o.stop_at : o.steps;
 

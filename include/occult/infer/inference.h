@@ -116,13 +116,17 @@ struct GenerateOptions {
   int max_new_tokens = 64;  // tokens generated per prompt (the first comes from the prefill)
   SamplingOptions sampling;
   std::int64_t memory_limit_bytes = kDefaultKvMemoryLimitBytes;  // KV-cache budget per rank
+  // A prompt stops once it generates one of these ids (kept as its last token), e.g. the
+  // config's eos_token_id; empty: every prompt runs max_new_tokens.
+  std::vector<std::int32_t> stop_tokens;
 };
 
 // What generate() produced; identical on every rank.
 struct GenerateResult {
-  std::vector<std::vector<std::int32_t>> tokens;  // per prompt, the generated ids
+  std::vector<std::vector<std::int32_t>> tokens;  // per prompt, the generated ids (a stop id last)
   double prefill_seconds = 0.0;                   // slowest rank
   double decode_seconds = 0.0;                    // all decode steps, slowest rank per step
+  int decode_steps = 0;                           // decode steps run (fewer once all stopped)
   std::int64_t prompt_tokens = 0;                 // over all prompts
   std::int64_t generated_tokens = 0;              // over all prompts
   std::int64_t exchange_bytes = 0;                // MoE dispatch + combine bytes, all ranks
@@ -131,7 +135,8 @@ struct GenerateResult {
 // Collective. Every rank passes the same prompts; prompt i runs on the rank whose rank_share
 // (data.h) holds it, and its token of step j is drawn with sample_token(..., i, j), so the
 // result depends neither on the rank count nor on the dispatch. `on_step(j, tokens)`, when
-// set, is called on every rank after step j with the new token of every prompt (streaming).
+// set, is called on every rank after step j with the new token of every prompt (streaming; -1
+// for a prompt that stopped before step j). Generation ends early when every prompt stopped.
 // Throws on every rank for an empty prompt list or prompt, max_new_tokens < 1, ids outside
 // the vocabulary, or a prompt whose len + max_new_tokens - 1 positions exceed the context.
 GenerateResult generate(

@@ -68,6 +68,10 @@ struct ArchSpec {
   bool strict = false;
 };
 
+// A float config value as the shortest double that reads back as the same float (0.02f is
+// written as 0.02, not 0.019999999552965164), as the file it came from most likely had it.
+double json_float(float value);
+
 // The family of `model_type`; throws naming the type and the supported ones.
 const ArchSpec& arch_spec(const std::string& model_type);
 // Every supported model_type, for help text and errors.

@@ -24,8 +24,12 @@ struct Batch {
 // A text file split into train (first 1 - val_fraction) and validation (the rest) token streams.
 class TextDataset {
  public:
-  // Reads `path`; throws naming it when it cannot be read or is too short to split.
+  // Reads `path` as bytes (byte-level models); throws naming it when it cannot be read or is
+  // too short to split.
   TextDataset(const std::string& path, double val_fraction = 0.1);
+  // Splits a token stream already read (e.g. through a model's tokenizer); `name` (the file it
+  // came from) names it in errors.
+  TextDataset(std::vector<std::int32_t> tokens, std::string name, double val_fraction = 0.1);
   // Tokens in the training split (the first 1 - val_fraction of the file).
   std::int64_t train_tokens() const { return static_cast<std::int64_t>(train_.size()); }
   // Tokens in the validation split (the rest).

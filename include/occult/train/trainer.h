@@ -21,7 +21,10 @@ class Communicator;
 struct TrainOptions {
   ModelConfig config;
   std::string config_source;            // path, for messages
-  std::string data_path;                // text corpus (byte-level tokens)
+  std::string data_path;                // text corpus, read through text_model_dir's tokenizer (or bytes)
+  std::string data_ids_path;            // or: token ids (read_token_ids formats) instead of text
+  std::string text_model_dir;           // model directory whose tokenizer.json reads data_path
+  std::string token_cache_dir;          // where tokenized corpora are cached (empty = no cache)
   Dispatch dispatch = Dispatch::kOccult;
   std::string placement_path;           // occult-placement/1 JSON; empty = contiguous
   int prune_devices = 0;                // 0 = no pruning

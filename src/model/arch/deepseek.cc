@@ -42,7 +42,7 @@ void write(const ModelConfig& c, nlohmann::json& j) {
   j["norm_topk_prob"] = c.norm_topk_prob;
   j["attention_bias"] = c.attention_qkv_bias;
   j["scoring_func"] = "softmax";
-  j["aux_loss_alpha"] = c.router_aux_loss_coef;
+  j["aux_loss_alpha"] = json_float(c.router_aux_loss_coef);
 }
 
 }  // namespace

@@ -122,6 +122,8 @@ void ConfigReader::finish(bool strict) {
   }
 }
 
+double json_float(float value) { return std::stod(fmt::format("{}", value)); }
+
 const ArchSpec& arch_spec(const std::string& model_type) {
   for (const ArchSpec* spec : registry()) {
     if (spec->model_type == model_type) return *spec;
