@@ -17,7 +17,8 @@
 #include "occult/core/rng.h"
 #include "occult/core/progress.h"
 #include "occult/core/table.h"
-#include "occult/text/bytes.h"
+#include "occult/model/model_dir.h"
+#include "occult/text/token_source.h"
 #include "occult/infer/inference.h"
 
 namespace occult::cli {
@@ -42,7 +43,20 @@ struct Variant {
   double prefill_ms = 0, decode_ms_per_step = 0, tokens_per_s = 0, prefill_tokens_per_s = 0;
   double bytes_prefill = 0, bytes_per_decode_step = 0;
   double prefill_speedup = 0, decode_speedup = 0;
+  double load_seconds = 0;        // building the model and reading its weights, slowest rank
+  double peak_rss_bytes = 0;      // the largest peak resident set of any rank so far
+  double rss_bytes_all_ranks = 0; // sum over ranks of each rank's peak resident set so far
 };
+
+// This process's peak resident set in bytes (VmHWM), 0 when /proc is not available.
+double peak_rss_bytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return 1024.0 * std::stod(line.substr(6));
+  }
+  return 0.0;
+}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -88,7 +102,8 @@ void run_variant(Variant& v, const BenchFlags& f, const ModelConfig& config, Com
   ModelFlags mf = f.model;
   mf.prune_devices = v.prune_devices;
   const ParallelOptions parallel = resolve_parallel_options(mf, config, comm, v.dispatch);
-  const auto model = build_model(mf, config, parallel, comm);
+  std::unique_ptr<MoeTransformer> model;
+  v.load_seconds = timed(comm, [&] { model = build_model(mf, config, parallel, comm); });
   InferenceOptions io;
   io.max_sequences = static_cast<std::int64_t>(prompts.size());
   io.max_length = f.prompt_tokens + f.decode_steps;
@@ -138,6 +153,11 @@ void run_variant(Variant& v, const BenchFlags& f, const ModelConfig& config, Com
   v.prefill_tokens_per_s = v.prefill_ms > 0 ? total_prompt / (v.prefill_ms / 1e3) : 0.0;
   v.bytes_prefill = prefill_bytes;
   v.bytes_per_decode_step = decode_bytes;
+  double rss[2] = {peak_rss_bytes(), peak_rss_bytes()};
+  comm.all_reduce_max(std::span<double>(rss, 1));
+  comm.all_reduce_sum(std::span<double>(rss + 1, 1));
+  v.peak_rss_bytes = rss[0];
+  v.rss_bytes_all_ranks = rss[1];
 }
 
 void run_bench(const BenchFlags& f) {
@@ -177,19 +197,14 @@ void run_bench(const BenchFlags& f) {
     std::vector<std::vector<std::int32_t>> prompts;
     if (!f.data.empty()) {
       agree_on_errors(comm, [&] {
-        OCCULT_CHECK(config.vocab_size >= 256,
-                     "--data prompts are bytes: the model needs vocab_size >= 256");
-        std::ifstream in(f.data, std::ios::binary);
-        OCCULT_CHECK(in.good(), "cannot read --data {}", f.data);
-        const std::string text((std::istreambuf_iterator<char>(in)),
-                               std::istreambuf_iterator<char>());
+        const TextCodec codec = TextCodec::for_model(f.model.checkpoint, config.vocab_size);
+        const std::vector<std::int32_t> ids = tokenize_file(f.data, codec, default_token_cache_dir());
         const std::int64_t needed = f.batch * f.prompt_tokens;
-        OCCULT_CHECK(static_cast<std::int64_t>(text.size()) >= needed,
-                     "--data {} has {} bytes, fewer than --batch {} x --prompt-tokens {} = {}",
-                     f.data, text.size(), f.batch, f.prompt_tokens, needed);
+        OCCULT_CHECK(static_cast<std::int64_t>(ids.size()) >= needed,
+                     "--data {} has {} tokens, fewer than --batch {} x --prompt-tokens {} = {}",
+                     f.data, ids.size(), f.batch, f.prompt_tokens, needed);
         for (std::int64_t s = share.begin; s < share.end; ++s) {
-          prompts.push_back(
-              byte_tokenize(std::string_view(text).substr(s * f.prompt_tokens, f.prompt_tokens)));
+          prompts.emplace_back(ids.begin() + s * f.prompt_tokens, ids.begin() + (s + 1) * f.prompt_tokens);
         }
       });
     }
@@ -218,6 +233,8 @@ void run_bench(const BenchFlags& f) {
           v.decode_ms_per_step > 0 ? base->decode_ms_per_step / v.decode_ms_per_step : 0.0;
     }
     if (!root) return;
+    const double weights_bytes =
+        f.model.checkpoint.empty() ? 0.0 : static_cast<double>(ModelWeights::open(f.model.checkpoint).stored_bytes());
     if (f.json) {
       nlohmann::json list = nlohmann::json::array();
       for (const auto& v : variants) {
@@ -230,9 +247,12 @@ void run_bench(const BenchFlags& f) {
                         {"bytes_prefill", v.bytes_prefill},
                         {"bytes_per_decode_step", v.bytes_per_decode_step},
                         {"prefill_speedup", v.prefill_speedup},
-                        {"decode_speedup", v.decode_speedup}});
+                        {"decode_speedup", v.decode_speedup},
+                        {"load_seconds", v.load_seconds},
+                        {"peak_rss_bytes_max_rank", v.peak_rss_bytes},
+                        {"peak_rss_bytes_all_ranks", v.rss_bytes_all_ranks}});
       }
-      fmt::print("{}\n", nlohmann::json{{"variants", list}}.dump());
+      fmt::print("{}\n", nlohmann::json{{"variants", list}, {"weights_bytes", weights_bytes}}.dump());
       return;
     }
     fmt::print(
@@ -242,17 +262,22 @@ void run_bench(const BenchFlags& f) {
         comm.size(), f.batch, f.prompt_tokens, f.decode_steps, f.repeats, f.warmup,
         config.hidden_size, config.num_hidden_layers, config.num_experts,
         config.num_experts_per_tok, config.moe_intermediate_size);
-    TextTable table({"variant", "prefill ms", "prefill tok/s", "decode ms/step", "decode tok/s",
-                     "bytes prefill", "bytes/decode step", "prefill speed-up", "decode speed-up"});
+    TextTable table({"variant", "load s", "prefill ms", "prefill tok/s", "decode ms/step", "decode tok/s",
+                     "bytes/token prefill", "bytes/token decode", "prefill speed-up", "decode speed-up"});
+    const double prompt_tokens = static_cast<double>(f.batch) * f.prompt_tokens;
     for (const auto& v : variants) {
-      table.add_row(
-          {v.name, fmt::format("{:.2f}", v.prefill_ms),
-           fmt::format("{:.0f}", v.prefill_tokens_per_s),
-           fmt::format("{:.3f}", v.decode_ms_per_step), fmt::format("{:.0f}", v.tokens_per_s),
-           human_bytes(v.bytes_prefill), human_bytes(v.bytes_per_decode_step),
-           fmt::format("{:.2f}x", v.prefill_speedup), fmt::format("{:.2f}x", v.decode_speedup)});
+      table.add_row({v.name, fmt::format("{:.2f}", v.load_seconds), fmt::format("{:.2f}", v.prefill_ms),
+                     fmt::format("{:.0f}", v.prefill_tokens_per_s), fmt::format("{:.3f}", v.decode_ms_per_step),
+                     fmt::format("{:.0f}", v.tokens_per_s), human_bytes(v.bytes_prefill / prompt_tokens),
+                     human_bytes(v.bytes_per_decode_step / static_cast<double>(f.batch)),
+                     fmt::format("{:.2f}x", v.prefill_speedup), fmt::format("{:.2f}x", v.decode_speedup)});
     }
     fmt::print("{}", table.render());
+    if (weights_bytes > 0) {
+      fmt::print("weights on disk {}; peak RSS: largest rank {}, all ranks {} ({:.2f}x the weights)\n",
+                 human_bytes(weights_bytes), human_bytes(variants.back().peak_rss_bytes),
+                 human_bytes(variants.back().rss_bytes_all_ranks), variants.back().rss_bytes_all_ranks / weights_bytes);
+    }
   });
 }
 
@@ -269,8 +294,8 @@ void setup(CLI::App& root) {
       "tokens_per_s,\n"
       "bytes_prefill, bytes_per_decode_step, prefill_speedup, decode_speedup}]}.");
   auto* config = cmd->add_option("--config", f->model.config, "model config.json (random weights)");
-  auto* checkpoint = cmd->add_option("--checkpoint", f->model.checkpoint,
-                                     "checkpoint directory (trained weights)");
+  auto* checkpoint = cmd->add_option("--model,--checkpoint", f->model.checkpoint,
+                                     "model directory (Hugging Face or occult train --save)");
   config->excludes(checkpoint);
   cmd->add_option("--batch", f->batch, "global sequences (spread over ranks)")
       ->capture_default_str();

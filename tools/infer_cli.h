@@ -91,6 +91,7 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
     parallel.dispatch = parse_dispatch(dispatch);
     parallel.prune_devices = f.prune_devices;
     parallel.prune_scheme = f.prune_scheme;
+    parallel.training = false;
     OCCULT_CHECK(f.prune_devices >= 0 && f.prune_devices <= comm.size(),
                  "--prune-devices must be in [0, {} ranks], got {}", comm.size(), f.prune_devices);
     if (f.placement.empty()) return;

@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdint>
+#include <filesystem>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -40,6 +42,10 @@ inline std::vector<std::int32_t> read_text_input(const TextInputFlags& f, const 
                                                  int vocab_size, std::string* unit) {
   OCCULT_CHECK(!f.data.empty() || !f.input_ids.empty(), "give --data TEXT or --input-ids FILE");
   OCCULT_CHECK(f.tokens >= 0, "--tokens must be >= 0 (0 = all), got {}", f.tokens);
+  for (const auto& [flag, path] : {std::pair{"--data", f.data}, std::pair{"--input-ids", f.input_ids}}) {
+    OCCULT_CHECK(path.empty() || std::filesystem::is_regular_file(path), "cannot read {} {}: no such file", flag,
+                 path);
+  }
   std::vector<std::int32_t> ids;
   if (!f.input_ids.empty()) {
     ids = read_token_ids(f.input_ids);

@@ -11,6 +11,7 @@
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
 #include "occult/model/arch.h"
+#include "occult/model/memory.h"
 #include "occult/model/ops.h"
 
 namespace occult {
@@ -107,6 +108,8 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
                                bool local_reference)
     : config_(config), comm_(comm), options_(options), impl_(std::make_unique<Impl>()) {
   validate_model_config(config_, "model config");
+  // Refuse, on every rank with one message, a model this host cannot hold before allocating it.
+  check_model_fits_memory(config_, comm_, options_.training);
   const int L = config_.num_hidden_layers, Lm = config_.num_moe_layers(), E = config_.num_experts,
             D = comm_.size();
   if (options_.expert_to_device.empty()) {
@@ -218,10 +221,10 @@ void MoeTransformer::build_tensors() {
   if (!c.tie_word_embeddings) impl_->lm_head = add("lm_head.weight", {V, H}, -1, true);
 
   dense_params_.assign(dense_size, 0.0f);
-  dense_grads_.assign(dense_size, 0.0f);
+  if (options_.training) dense_grads_.assign(dense_size, 0.0f);
   for (auto& t : tensors_) {
     t.value = std::span<float>(dense_params_).subspan(t.offset, t.numel);
-    t.grad = std::span<float>(dense_grads_).subspan(t.offset, t.numel);
+    if (options_.training) t.grad = std::span<float>(dense_grads_).subspan(t.offset, t.numel);
   }
   // This rank's experts, in the order of the checkpoint: layer, expert, gate/up/down.
   for (int l = 0; l < L; ++l) {
@@ -234,8 +237,9 @@ void MoeTransformer::build_tensors() {
         t.shape = kind < 2 ? std::vector<std::int64_t>{F, H} : std::vector<std::int64_t>{H, F};
         t.numel = static_cast<std::int64_t>(F) * H;
         t.value = impl_->moe[m]->expert_weight(e, kind);
-        t.grad = impl_->moe[m]->expert_grad(e, kind);
-        OCCULT_CHECK(static_cast<std::int64_t>(t.value.size()) == t.numel && t.grad.size() == t.value.size(),
+        if (options_.training) t.grad = impl_->moe[m]->expert_grad(e, kind);
+        OCCULT_CHECK(static_cast<std::int64_t>(t.value.size()) == t.numel &&
+                         t.grad.size() == (options_.training ? t.value.size() : 0),
                      "MoE layer {} returned {} elements for {}, expected {}", l, t.value.size(), t.name, t.numel);
         t.expert = true;
         t.layer = l;
@@ -484,6 +488,7 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
 void MoeTransformer::backward() {
   auto& m = *impl_;
   OCCULT_CHECK(m.forward_done, "backward() needs a forward() first");
+  OCCULT_CHECK(options_.training, "backward() on a model built for inference (ParallelOptions::training = false)");
   const ModelConfig& c = config_;
   const int L = c.num_hidden_layers, Lm = c.num_moe_layers(), H = c.hidden_size, V = c.vocab_size,
             NH = c.num_attention_heads, NKV = c.kv_heads(), hd = c.head_dim(), E = c.num_experts;

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -12,6 +13,31 @@ namespace occult {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// Throws the error for a tensor `name` that model directory `dir` lacks, naming the file that
+// should have listed it; `expected` ends the tensor's description (" (expected shape [4, 8])").
+[[noreturn]] void fail_missing(const std::string& dir,
+                               const std::vector<std::shared_ptr<SafetensorsReader>>& files,
+                               const std::string& name, const std::string& expected) {
+  const fs::path index_path = fs::path(dir) / kModelIndexFile;
+  if (!fs::exists(index_path)) {
+    OCCULT_FAIL("{} has no tensor \"{}\"{}", (fs::path(dir) / kModelWeightsFile).string(), name,
+                expected);
+  }
+  // A tensor that a shard holds but the index does not list is a broken index, not a missing
+  // weight: say which.
+  for (const auto& file : files) {
+    OCCULT_CHECK(file->find(name) == nullptr,
+                 "{}: the weight_map does not list tensor \"{}\"{}, although shard {} holds it",
+                 index_path.string(), name, expected, fs::path(file->source()).filename().string());
+  }
+  OCCULT_FAIL("{}: tensor \"{}\"{} is in neither the weight_map nor any of its {} shards",
+              index_path.string(), name, expected, files.size());
+}
+
+}  // namespace
+
 ModelWeights ModelWeights::open(const std::string& dir) {
   OCCULT_CHECK(fs::is_directory(dir), "model directory {} does not exist or is not a directory", dir);
   ModelWeights w;
@@ -19,8 +45,26 @@ ModelWeights ModelWeights::open(const std::string& dir) {
   const fs::path index_path = fs::path(dir) / kModelIndexFile;
   const fs::path single_path = fs::path(dir) / kModelWeightsFile;
   if (!fs::exists(index_path)) {
-    OCCULT_CHECK(fs::exists(single_path), "model directory {} has neither {} nor {}", dir, kModelWeightsFile,
-                 kModelIndexFile);
+    if (!fs::exists(single_path)) {
+      // Shards without their index are the usual way to get here: name them.
+      std::vector<std::string> found;
+      for (const auto& entry : fs::directory_iterator(dir)) {
+        if (entry.path().extension() == ".safetensors") {
+          found.push_back(entry.path().filename().string());
+        }
+      }
+      std::sort(found.begin(), found.end());
+      std::string hint;
+      if (!found.empty()) {
+        const std::size_t shown = std::min<std::size_t>(3, found.size());
+        hint = fmt::format(
+            " (it has {}{}: is the index missing?)",
+            fmt::join(found.begin(), found.begin() + shown, ", "),
+            found.size() > shown ? fmt::format(" and {} more", found.size() - shown) : "");
+      }
+      OCCULT_FAIL("model directory {} has neither {} nor {}{}", dir, kModelWeightsFile,
+                  kModelIndexFile, hint);
+    }
     w.files_.push_back(std::make_shared<SafetensorsReader>(SafetensorsReader::open(single_path.string())));
     for (const TensorInfo& info : w.files_[0]->tensors()) w.where_[info.name] = 0;
     return w;
@@ -72,14 +116,16 @@ std::vector<std::string> ModelWeights::names() const {
 
 const std::string& ModelWeights::file_of(const std::string& name) const {
   const auto it = where_.find(name);
-  OCCULT_CHECK(it != where_.end(), "model directory {} has no tensor \"{}\"", dir_, name);
+  if (it == where_.end()) fail_missing(dir_, files_, name, "");
   return files_[it->second]->source();
 }
 
-void ModelWeights::read(const std::string& name, std::span<const std::int64_t> shape, std::span<float> out) const {
+void ModelWeights::read(const std::string& name, std::span<const std::int64_t> shape,
+                        std::span<float> out) const {
   const auto it = where_.find(name);
-  OCCULT_CHECK(it != where_.end(), "model directory {} has no tensor \"{}\" (expected shape [{}])", dir_, name,
-               fmt::join(shape, ", "));
+  if (it == where_.end()) {
+    fail_missing(dir_, files_, name, fmt::format(" (expected shape [{}])", fmt::join(shape, ", ")));
+  }
   const SafetensorsReader& file = *files_[it->second];
   file.expect_shape(name, shape);
   const std::vector<float> values = file.read_f32(name);

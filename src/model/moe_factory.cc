@@ -70,6 +70,7 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
   c.ffn_size = config.moe_intermediate_size;
   c.score_function = ScoreFunction::kSoftmax;
   c.norm_topk_prob = config.norm_topk_prob;
+  c.with_grads = options.training;
   c.dispatch = options.dispatch == Dispatch::kStandard ? DispatchKind::kStandard : DispatchKind::kOccult;
   c.prune.max_devices = options.prune_devices;
   if (options.prune_devices > 0) {

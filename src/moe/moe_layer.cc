@@ -122,13 +122,15 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
   const std::size_t E = config_.num_experts, H = config_.hidden_size, F = config_.ffn_size;
   const std::size_t L = local_experts_.size();
   router_.assign(E * H, 0.0f);
-  d_router_.assign(E * H, 0.0f);
   w1_.assign(L * F * H, 0.0f);
   w3_.assign(L * F * H, 0.0f);
   w2_.assign(L * H * F, 0.0f);
-  d_w1_.assign(L * F * H, 0.0f);
-  d_w3_.assign(L * F * H, 0.0f);
-  d_w2_.assign(L * H * F, 0.0f);
+  if (config_.with_grads) {
+    d_router_.assign(E * H, 0.0f);
+    d_w1_.assign(L * F * H, 0.0f);
+    d_w3_.assign(L * F * H, 0.0f);
+    d_w2_.assign(L * H * F, 0.0f);
+  }
   buffers_ = std::make_unique<MoeLayerBuffers>();
 }
 
@@ -147,7 +149,9 @@ int MoeLayer::local_index(int expert, const char* what) const {
 }
 
 namespace {
+// Expert `index`'s part of v; empty when v is (gradients of an inference-only layer).
 std::span<float> slice(std::vector<float>& v, int index, std::size_t size) {
+  if (v.empty()) return {};
   return std::span<float>(v).subspan(static_cast<std::size_t>(index) * size, size);
 }
 }  // namespace
@@ -353,6 +357,7 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
   const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k;
   const std::int64_t T = num_tokens_;
   agree_on_errors(comm_, [&] {
+    OCCULT_CHECK(config_.with_grads, "MoE layer backward: the layer was built for inference (no gradients)");
     OCCULT_CHECK(dy.size() == static_cast<std::size_t>(T) * H,
                  "MoE layer backward: output gradient holds {} floats, expected T*H = {}*{} (T of the last forward)",
                  dy.size(), T, H);

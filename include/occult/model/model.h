@@ -45,6 +45,9 @@ struct ParallelOptions {
   std::string prune_scheme = "score";
   // Per-MoE-layer E x E expert similarity for the similarity scheme (may be empty).
   std::vector<std::vector<float>> similarity;
+  // False for inference (generate, eval, profile, logits): no gradient buffers are allocated,
+  // which halves the model's memory; backward() then throws.
+  bool training = true;
 };
 
 // One named parameter tensor of this rank. Dense tensors live in the model's dense arena
@@ -54,7 +57,7 @@ struct ParamTensor {
   std::string name;                  // Hugging Face name, e.g. model.layers.0.self_attn.q_proj.weight
   std::vector<std::int64_t> shape;   // e.g. {H, H}
   std::span<float> value;            // numel elements
-  std::span<float> grad;             // same shape
+  std::span<float> grad;             // same shape (empty in an inference-only model)
   std::int64_t offset = 0;           // first element in the dense arena (dense tensors only)
   std::int64_t numel = 0;
   bool expert = false;               // an expert weight, held by one rank only

@@ -60,6 +60,9 @@ struct MoeLayerConfig {
   // ceil(c * T_local * k / E) assignments from each rank (token order; the rest are dropped).
   double capacity_factor = 0;
   MoePruneOptions prune;
+  // False for inference: no gradient buffers are allocated (half the expert memory) and
+  // backward() throws.
+  bool with_grads = true;
 
   // The GatingConfig part (E, k, score function, norm_topk_prob).
   GatingConfig gating() const;

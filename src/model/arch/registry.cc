@@ -92,7 +92,14 @@ std::vector<int> ConfigReader::get_int_list(const std::string& key) {
 }
 
 void ConfigReader::require(const std::string& key) {
-  OCCULT_CHECK(has(key), "{}: config key \"{}\" is missing", source_, key);
+  if (has(key)) return;
+  // A present key one or two edits away is most likely the required one misspelt.
+  for (auto it = json_.begin(); it != json_.end(); ++it) {
+    OCCULT_CHECK(edit_distance(it.key(), key) > (key.size() >= 6 ? 2u : 1u),
+                 "{}: config key \"{}\" is missing; the config has \"{}\": did you mean \"{}\"?", source_, key,
+                 it.key(), key);
+  }
+  OCCULT_FAIL("{}: config key \"{}\" is missing", source_, key);
 }
 
 void ConfigReader::ignore(std::initializer_list<const char*> keys) {

@@ -1,0 +1,132 @@
+#include "occult/model/memory.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include "occult/comm/communicator.h"
+#include "occult/core/error.h"
+
+namespace occult {
+
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+constexpr std::int64_t kFloat = sizeof(float);
+
+// "1.50" for 1.5 GiB; three significant digits below 0.01 GiB, so small models read non-zero.
+std::string gib(std::int64_t bytes) {
+  const double g = static_cast<double>(bytes) / kGiB;
+  return g >= 0.01 || g == 0.0 ? fmt::format("{:.2f}", g) : fmt::format("{:.3g}", g);
+}
+
+// Elements of the dense arena, in the tensors MoeTransformer::build_tensors adds to it.
+std::int64_t dense_elements(const ModelConfig& c) {
+  const std::int64_t V = c.vocab_size, H = c.hidden_size, E = c.num_experts, QD = c.q_dim(),
+                     KD = c.kv_dim(), hd = c.head_dim();
+  std::int64_t n = V * H;  // model.embed_tokens
+  for (int l = 0; l < c.num_hidden_layers; ++l) {
+    n += 2 * H;                         // input_layernorm, post_attention_layernorm
+    n += QD * H + 2 * KD * H + H * QD;  // q, k, v, o projections
+    if (c.attention_qkv_bias) n += QD + 2 * KD;
+    if (c.attention_o_bias) n += H;
+    if (c.qk_norm == QkNorm::kFull) n += QD + KD;
+    if (c.qk_norm == QkNorm::kPerHead) n += 2 * hd;
+    if (c.is_moe_layer(l)) {
+      const std::int64_t W = c.shared_intermediate_size();
+      n += E * H;  // router
+      if (W > 0) n += 3 * W * H + (c.shared_expert_gate ? H : 0);
+    } else {
+      n += 3 * static_cast<std::int64_t>(c.intermediate_size) * H;
+    }
+  }
+  n += H;                                  // model.norm
+  if (!c.tie_word_embeddings) n += V * H;  // lm_head
+  return n;
+}
+
+}  // namespace
+
+MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, bool training) {
+  OCCULT_CHECK(num_ranks >= 1, "memory estimate: the run must have at least 1 rank, got {}",
+               num_ranks);
+  const std::int64_t E = config.num_experts, H = config.hidden_size,
+                     F = config.moe_intermediate_size;
+  MemoryEstimate m;
+  m.moe_layers = config.num_moe_layers();
+  m.experts_per_layer = static_cast<int>((E + num_ranks - 1) / num_ranks);
+  // Parameters and gradients of the dense arena.
+  const std::int64_t copies = training ? 2 : 1;  // values, and gradients when training
+  m.dense_bytes = copies * dense_elements(config) * kFloat;
+  // Per MoE layer (src/moe/moe_layer.cc): the router copy (and its gradient) [E,H], and per
+  // local expert gate/up [F,H] and down [H,F] (with their gradients).
+  const std::int64_t per_layer =
+      copies * E * H + static_cast<std::int64_t>(m.experts_per_layer) * copies * 3 * F * H;
+  m.expert_bytes = m.moe_layers * per_layer * kFloat;
+  return m;
+}
+
+AvailableMemory available_memory_per_rank() {
+  AvailableMemory a;
+  if (const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE"); local != nullptr) {
+    char* end = nullptr;
+    errno = 0;
+    const long n = std::strtol(local, &end, 10);
+    if (errno == 0 && end != local && *end == '\0' && n >= 1 && n <= (1 << 20)) {
+      a.ranks_on_host = static_cast<int>(n);
+    }
+  }
+  if (const char* limit = std::getenv(kMemoryLimitEnv); limit != nullptr && *limit != '\0') {
+    char* end = nullptr;
+    errno = 0;
+    const double g = std::strtod(limit, &end);
+    OCCULT_CHECK(errno == 0 && end != limit && *end == '\0' && std::isfinite(g) && g > 0 &&
+                     g * kGiB < 9.2e18,
+                 "{}=\"{}\" must be a positive number of GiB (the memory each rank may use)",
+                 kMemoryLimitEnv, limit);
+    a.bytes_per_rank = static_cast<std::int64_t>(g * kGiB);
+    a.from_environment = true;
+    return a;
+  }
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("MemAvailable:", 0) != 0) continue;
+    std::istringstream fields(line.substr(13));
+    std::int64_t kib = -1;
+    std::string unit;
+    fields >> kib >> unit;
+    if (fields.fail() || kib < 0 || unit != "kB") break;
+    a.host_bytes = kib * 1024;
+    a.bytes_per_rank = a.host_bytes / a.ranks_on_host;
+    break;
+  }
+  return a;
+}
+
+void check_memory(const MemoryEstimate& needed, const AvailableMemory& available) {
+  if (available.bytes_per_rank < 0 || needed.total_bytes() <= available.bytes_per_rank) return;
+  const std::string source =
+      available.from_environment ? fmt::format("{} sets the limit per rank", kMemoryLimitEnv)
+      : available.ranks_on_host > 1
+          ? fmt::format("{} ranks share its {} GiB MemAvailable", available.ranks_on_host,
+                        gib(available.host_bytes))
+          : fmt::format("its MemAvailable is {} GiB", gib(available.host_bytes));
+  OCCULT_FAIL(
+      "the model needs {} GiB per rank ({} bytes: dense {} GiB, experts {} GiB for {} experts "
+      "in each of {} MoE layers) but {} GiB ({} bytes) are available "
+      "per rank on this host ({}): use more ranks or a smaller model",
+      gib(needed.total_bytes()), needed.total_bytes(), gib(needed.dense_bytes),
+      gib(needed.expert_bytes), needed.experts_per_layer, needed.moe_layers,
+      gib(available.bytes_per_rank), available.bytes_per_rank, source);
+}
+
+void check_model_fits_memory(const ModelConfig& config, Communicator& comm, bool training) {
+  agree_on_errors(comm, [&] {
+    check_memory(estimate_model_memory(config, comm.size(), training), available_memory_per_rank());
+  });
+}
+
+}  // namespace occult

@@ -1,0 +1,351 @@
+// Loading Hugging Face model directories the way `occult logits` does (load_checkpoint_config,
+// the MoeTransformer, load_checkpoint) on one rank: a sharded BF16 fixture loads with the values
+// the independent reader sees; corrupt copies of it (a missing shard, an index naming a tensor
+// its shard lacks, a tensor of the wrong shape or of an integer dtype, a tensor missing
+// everywhere, an unsupported model_type, an unsupported or misspelt config key, no weights file
+// at all) each fail with ONE occult::Error, a single line naming the file and the tensor or key;
+// and save_checkpoint writes a directory that loads back bit for bit and that the independent
+// reader (hf::load_hf_model) reads with the same config and values, for every architecture, so
+// occult writes Hugging Face tensor names and config keys.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "hf/hf_fixture_writer.h"
+#include "hf/hf_reference.h"
+#include "occult/comm/communicator.h"
+#include "occult/core/error.h"
+#include "occult/core/safetensors.h"
+#include "occult/model/checkpoint.h"
+#include "occult/model/model.h"
+
+namespace occult {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kArch = "qwen2_moe";  // biases, a gated shared expert and a dense layer
+constexpr const char* kShard1 = "model-00001-of-00003.safetensors";
+constexpr const char* kShard2 = "model-00002-of-00003.safetensors";
+constexpr const char* kShard3 = "model-00003-of-00003.safetensors";
+
+// The model of `dir` with its weights, loaded as `occult logits` loads it.
+std::unique_ptr<MoeTransformer> load(const std::string& dir, Communicator& comm) {
+  const ModelConfig config = load_checkpoint_config(dir);
+  auto model = std::make_unique<MoeTransformer>(config, comm, ParallelOptions{});
+  load_checkpoint(dir, *model, nullptr);
+  return model;
+}
+
+// The message of the one occult::Error loading `dir` throws ("" and a test failure if none).
+std::string load_error(const fs::path& dir) {
+  SelfCommunicator comm;
+  try {
+    load(dir.string(), comm);
+  } catch (const Error& e) {
+    return e.message();
+  }
+  ADD_FAILURE() << "loading " << dir << " did not throw";
+  return "";
+}
+
+// Expects one clear message: a single line, not prefixed by a rank, holding every needle.
+void expect_names(const std::string& message, const std::vector<std::string>& needles) {
+  EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+  EXPECT_NE(message.rfind("rank ", 0), 0u) << message;
+  for (const std::string& needle : needles) {
+    EXPECT_NE(message.find(needle), std::string::npos)
+        << "\"" << needle << "\" is not in: " << message;
+  }
+}
+
+nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+void write_json(const fs::path& path, const nlohmann::json& j) {
+  std::ofstream out(path, std::ios::trunc);
+  out << j.dump(2) << "\n";
+  ASSERT_TRUE(out.good()) << path;
+}
+
+// Rewrites the safetensors file `path`: `edit` is called for every tensor with the writer and
+// adds what should stand in its place (nothing, to drop it).
+using Edit = std::function<void(const TensorInfo&, std::span<const std::byte>, SafetensorsWriter&)>;
+void rewrite(const fs::path& path, const Edit& edit) {
+  SafetensorsWriter writer;
+  {
+    const SafetensorsReader reader = SafetensorsReader::open(path.string());
+    for (const auto& [key, value] : reader.metadata()) writer.set_metadata(key, value);
+    for (const TensorInfo& info : reader.tensors()) edit(info, reader.raw(info), writer);
+  }
+  writer.write(path.string());
+}
+
+// Copies every tensor but `name`, which `replace` handles.
+Edit replacing(const std::string& name, const Edit& replace) {
+  return [=](const TensorInfo& info, std::span<const std::byte> raw, SafetensorsWriter& w) {
+    if (info.name == name) {
+      replace(info, raw, w);
+    } else {
+      w.add(info.name, info.dtype, info.shape, raw);
+    }
+  };
+}
+
+// Every tensor of a model (1 rank: all of them) by name.
+std::map<std::string, std::vector<float>> values_of(const MoeTransformer& model) {
+  std::map<std::string, std::vector<float>> out;
+  for (const ParamTensor& t : model.tensors()) out[t.name].assign(t.value.begin(), t.value.end());
+  return out;
+}
+
+class ModelDirTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::string pattern = (fs::temp_directory_path() / "hf_model_dir_test.XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr) << std::strerror(errno);
+    root_ = pattern;
+    hf::FixtureOptions o;
+    o.arch = kArch;
+    o.dtype = "bf16";
+    o.shards = 3;
+    o.seed = 7;
+    hf::write_fixture(o, (root_ / "good").string());
+  }
+  static void TearDownTestSuite() { fs::remove_all(root_); }
+
+  // A fresh copy of the valid directory, to corrupt.
+  static fs::path copy(const std::string& name) {
+    const fs::path dir = root_ / name;
+    fs::remove_all(dir);
+    fs::copy(root_ / "good", dir, fs::copy_options::recursive);
+    return dir;
+  }
+  // The shard file the index puts `tensor` in.
+  static std::string shard_of(const fs::path& dir, const std::string& tensor) {
+    return read_json(dir / "model.safetensors.index.json")
+        .at("weight_map")
+        .at(tensor)
+        .get<std::string>();
+  }
+
+  static fs::path root_;
+};
+fs::path ModelDirTest::root_;
+
+TEST_F(ModelDirTest, ValidDirectoryLoadsTheStoredValues) {
+  const fs::path dir = root_ / "good";
+  ASSERT_TRUE(fs::exists(dir / kShard1) && fs::exists(dir / kShard2) && fs::exists(dir / kShard3));
+  SelfCommunicator comm;
+  const auto model = load(dir.string(), comm);
+  const hf::HfModel reference = hf::load_hf_model(dir.string());
+  EXPECT_EQ(model->tensors().size(), reference.tensors.size());
+  for (const ParamTensor& t : model->tensors()) {
+    SCOPED_TRACE(t.name);
+    const auto it = reference.tensors.find(t.name);
+    ASSERT_NE(it, reference.tensors.end());
+    EXPECT_EQ(it->second.shape, t.shape);
+    ASSERT_EQ(it->second.data.size(), t.value.size());
+    // BF16 widens exactly to float and double: the values are equal, not close.
+    for (std::size_t i = 0; i < t.value.size(); ++i)
+      ASSERT_EQ(static_cast<double>(t.value[i]), it->second.data[i]);
+  }
+}
+
+TEST_F(ModelDirTest, MissingShardNamesTheShardAndATensorInIt) {
+  const fs::path dir = copy("missing_shard");
+  fs::remove(dir / kShard2);
+  expect_names(load_error(dir), {"model.safetensors.index.json", "tensor \"model.layers.1.",
+                                 kShard2, "does not exist"});
+}
+
+TEST_F(ModelDirTest, IndexEntryTheShardLacksNamesTheIndexTensorAndShard) {
+  const fs::path dir = copy("index_lies");
+  const std::string tensor = "model.layers.2.self_attn.q_proj.weight";
+  ASSERT_EQ(shard_of(dir, tensor), kShard3);
+  nlohmann::json index = read_json(dir / "model.safetensors.index.json");
+  index["weight_map"][tensor] = kShard1;
+  write_json(dir / "model.safetensors.index.json", index);
+  expect_names(load_error(dir),
+               {"model.safetensors.index.json", "\"" + tensor + "\"", kShard1, "no such tensor"});
+}
+
+TEST_F(ModelDirTest, WrongShapeNamesTheShardTensorAndBothShapes) {
+  const fs::path dir = copy("wrong_shape");
+  const std::string tensor = "model.layers.1.self_attn.o_proj.weight";  // [32, 32]
+  ASSERT_EQ(shard_of(dir, tensor), kShard2);
+  rewrite(dir / kShard2,
+          replacing(tensor, [](const TensorInfo& info, std::span<const std::byte> raw,
+                               SafetensorsWriter& w) {
+            w.add(info.name, info.dtype, {16, 64}, raw);
+          }));
+  expect_names(load_error(dir),
+               {(dir / kShard2).string(), "'" + tensor + "'", "[16, 64]", "expected [32, 32]"});
+}
+
+TEST_F(ModelDirTest, IntegerDtypeNamesTheShardTensorAndDtype) {
+  const fs::path dir = copy("integer_dtype");
+  const std::string tensor = "model.layers.0.mlp.experts.3.up_proj.weight";
+  ASSERT_EQ(shard_of(dir, tensor), kShard1);
+  // The same two bytes per element, declared I16 instead of BF16.
+  rewrite(dir / kShard1,
+          replacing(tensor,
+                    [](const TensorInfo& info, std::span<const std::byte> raw,
+                       SafetensorsWriter& w) { w.add(info.name, DType::kI16, info.shape, raw); }));
+  expect_names(load_error(dir),
+               {(dir / kShard1).string(), "'" + tensor + "'", "I16", "float dtype"});
+}
+
+TEST_F(ModelDirTest, TensorMissingEverywhereNamesTheIndexAndTheTensor) {
+  const fs::path dir = copy("missing_tensor");
+  const std::string tensor = "model.layers.2.mlp.experts.5.down_proj.weight";
+  ASSERT_EQ(shard_of(dir, tensor), kShard3);
+  rewrite(dir / kShard3, replacing(tensor, [](const TensorInfo&, std::span<const std::byte>,
+                                              SafetensorsWriter&) {}));
+  nlohmann::json index = read_json(dir / "model.safetensors.index.json");
+  index["weight_map"].erase(tensor);
+  write_json(dir / "model.safetensors.index.json", index);
+  expect_names(load_error(dir),
+               {(dir / "model.safetensors.index.json").string(), "\"" + tensor + "\"",
+                "expected shape [32, 16]", "neither the weight_map nor any of its 3 shards"});
+}
+
+TEST_F(ModelDirTest, TensorTheIndexForgetsNamesTheShardThatHoldsIt) {
+  const fs::path dir = copy("unlisted_tensor");
+  const std::string tensor = "model.norm.weight";
+  ASSERT_EQ(shard_of(dir, tensor), kShard3);
+  nlohmann::json index = read_json(dir / "model.safetensors.index.json");
+  index["weight_map"].erase(tensor);
+  write_json(dir / "model.safetensors.index.json", index);
+  expect_names(load_error(dir),
+               {(dir / "model.safetensors.index.json").string(), "\"" + tensor + "\"",
+                "does not list", std::string("shard ") + kShard3 + " holds it"});
+}
+
+TEST_F(ModelDirTest, UnsupportedModelTypeNamesTheConfigAndKey) {
+  const fs::path dir = copy("model_type");
+  nlohmann::json config = read_json(dir / "config.json");
+  config["model_type"] = "gpt_oss";
+  write_json(dir / "config.json", config);
+  expect_names(load_error(dir), {(dir / "config.json").string(), "\"model_type\"",
+                                 "\"gpt_oss\" is not supported", "qwen2_moe"});
+}
+
+TEST_F(ModelDirTest, UnsupportedKeyNamesTheConfigKeyAndValue) {
+  const fs::path dir = copy("rope_scaling");
+  nlohmann::json config = read_json(dir / "config.json");
+  config["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  write_json(dir / "config.json", config);
+  expect_names(load_error(dir),
+               {(dir / "config.json").string(), "\"rope_scaling\"", "linear", "not supported"});
+}
+
+TEST_F(ModelDirTest, MisspeltKeyNamesTheConfigAndSuggestsTheKey) {
+  const fs::path dir = copy("misspelt");
+  nlohmann::json config = read_json(dir / "config.json");
+  config["rope_thetta"] = config.at("rope_theta");
+  config.erase("rope_theta");
+  write_json(dir / "config.json", config);
+  expect_names(load_error(dir),
+               {(dir / "config.json").string(), "unknown config key \"rope_thetta\"",
+                "did you mean \"rope_theta\""});
+}
+
+TEST_F(ModelDirTest, NoWeightsFileNamesBothFilesAndTheOrphanShards) {
+  const fs::path dir = copy("no_weights");
+  fs::remove(dir / "model.safetensors.index.json");
+  ASSERT_FALSE(fs::exists(dir / "model.safetensors"));
+  expect_names(load_error(dir),
+               {dir.string(), "neither model.safetensors nor model.safetensors.index.json", kShard1,
+                "is the index missing?"});
+  for (const char* shard : {kShard1, kShard2, kShard3}) fs::remove(dir / shard);
+  const std::string bare = load_error(dir);
+  expect_names(bare, {dir.string(), "neither model.safetensors nor model.safetensors.index.json"});
+  EXPECT_EQ(bare.find("index missing"), std::string::npos) << bare;
+}
+
+TEST_F(ModelDirTest, SavedCheckpointLoadsBackBitForBit) {
+  SelfCommunicator comm;
+  const auto model = load((root_ / "good").string(), comm);
+  const fs::path saved = root_ / "saved_bf16";
+  save_checkpoint(saved.string(), *model, nullptr, nlohmann::json::object());
+  const auto again = load(saved.string(), comm);
+  const auto before = values_of(*model), after = values_of(*again);
+  ASSERT_EQ(before.size(), after.size());
+  for (const auto& [name, values] : before) {
+    SCOPED_TRACE(name);
+    ASSERT_EQ(after.count(name), 1u);
+    ASSERT_EQ(values.size(), after.at(name).size());
+    EXPECT_EQ(std::memcmp(values.data(), after.at(name).data(), values.size() * sizeof(float)), 0);
+  }
+}
+
+// What the independent reader sees in a saved directory equals what it sees in the original, for
+// an F32 fixture of every architecture (and its alternative variant).
+TEST_F(ModelDirTest, SavedCheckpointIsAHuggingFaceDirectory) {
+  for (const char* arch : {"olmoe", "qwen2_moe", "deepseek", "qwen3_moe", "mixtral"}) {
+    for (const char* variant : {"default", "alt"}) {
+      SCOPED_TRACE(std::string(arch) + " " + variant);
+      hf::FixtureOptions o;
+      o.arch = arch;
+      o.variant = variant;
+      o.dtype = "f32";
+      o.shards = 2;
+      o.seed = 3;
+      const fs::path original = root_ / fmt::format("f32_{}_{}", arch, variant);
+      const fs::path saved = root_ / fmt::format("f32_{}_{}_saved", arch, variant);
+      hf::write_fixture(o, original.string());
+      SelfCommunicator comm;
+      const auto model = load(original.string(), comm);
+      save_checkpoint(saved.string(), *model, nullptr, nlohmann::json::object());
+
+      const hf::HfModel a = hf::load_hf_model(original.string());
+      hf::HfModel b;
+      try {
+        b = hf::load_hf_model(saved.string());
+      } catch (const Error& e) {
+        FAIL() << "the reader rejects occult's checkpoint: " << e.message();
+      }
+      EXPECT_EQ(a.config.model_type, b.config.model_type);
+      EXPECT_EQ(a.config.vocab_size, b.config.vocab_size);
+      EXPECT_EQ(a.config.hidden_size, b.config.hidden_size);
+      EXPECT_EQ(a.config.num_layers, b.config.num_layers);
+      EXPECT_EQ(a.config.num_heads, b.config.num_heads);
+      EXPECT_EQ(a.config.num_kv_heads, b.config.num_kv_heads);
+      EXPECT_EQ(a.config.head_dim, b.config.head_dim);
+      EXPECT_NEAR(a.config.rms_norm_eps, b.config.rms_norm_eps, 1e-7 * a.config.rms_norm_eps);
+      EXPECT_NEAR(a.config.rope_theta, b.config.rope_theta, 1e-7 * a.config.rope_theta);
+      EXPECT_EQ(a.config.tie_word_embeddings, b.config.tie_word_embeddings);
+      EXPECT_EQ(a.config.qkv_bias, b.config.qkv_bias);
+      EXPECT_EQ(a.config.o_bias, b.config.o_bias);
+      EXPECT_EQ(a.config.dense_ffn, b.config.dense_ffn);
+      EXPECT_EQ(a.config.expert_ffn, b.config.expert_ffn);
+      EXPECT_EQ(a.config.num_experts, b.config.num_experts);
+      EXPECT_EQ(a.config.top_k, b.config.top_k);
+      EXPECT_EQ(a.config.renormalize, b.config.renormalize);
+      EXPECT_EQ(a.config.shared_ffn, b.config.shared_ffn);
+      EXPECT_EQ(a.config.shared_gate, b.config.shared_gate);
+      EXPECT_EQ(a.config.sparse, b.config.sparse);
+      ASSERT_EQ(a.tensors.size(), b.tensors.size());
+      for (const auto& [name, tensor] : a.tensors) {
+        SCOPED_TRACE(name);
+        const auto it = b.tensors.find(name);
+        ASSERT_NE(it, b.tensors.end()) << "occult did not write " << name;
+        EXPECT_EQ(it->second.shape, tensor.shape);
+        EXPECT_EQ(it->second.data, tensor.data);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace occult
