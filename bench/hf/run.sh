@@ -24,6 +24,4 @@ fi
 mpi=(mpirun --allow-run-as-root --oversubscribe -x OPENBLAS_NUM_THREADS=1 -np "$ranks")
 "${mpi[@]}" "$build/occult" bench infer --model "$model" --batch 8 --prompt-tokens 128 --decode-steps 16 \
   --repeats 3 --warmup 1 --no-progress | tee "$out/olmoe-L$layers-np$ranks.txt"
-"${mpi[@]}" "$build/occult" bench infer --model "$model" --batch 8 --prompt-tokens 128 --decode-steps 16 \
-  --repeats 3 --warmup 1 --json > "$out/olmoe-L$layers-np$ranks.json"
-echo "results: $out/olmoe-L$layers-np$ranks.txt and .json"
+echo "results: $out/olmoe-L$layers-np$ranks.txt (--json instead of --no-progress for machine-readable output)"

@@ -371,6 +371,17 @@ SafetensorsReader SafetensorsReader::open(const std::string& path) {
   return SafetensorsReader(std::move(impl));
 }
 
+void SafetensorsReader::release(std::string_view name) const {
+  if (impl_->mapping == nullptr) return;
+  const TensorInfo& info = at(name);
+  const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  const std::size_t begin = impl_->buffer_begin + info.data_begin, end = impl_->buffer_begin + info.data_end;
+  // Only whole pages inside the tensor: a page shared with a neighbour may still be wanted.
+  const std::size_t first = (begin + page - 1) / page * page, last = end / page * page;
+  if (last <= first) return;
+  ::madvise(static_cast<char*>(impl_->mapping) + first, last - first, MADV_DONTNEED);
+}
+
 SafetensorsReader SafetensorsReader::from_bytes(std::vector<std::byte> bytes, std::string source) {
   auto impl = std::make_unique<Impl>();
   impl->source = std::move(source);

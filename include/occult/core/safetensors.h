@@ -81,6 +81,11 @@ class SafetensorsReader {
   std::vector<std::int64_t> read_i64(std::string_view name) const;
   std::vector<std::int32_t> read_i32(std::string_view name) const;
 
+  // Drops the pages that hold only tensor `name`'s bytes from this process's resident set (a
+  // loader that has copied a tensor out calls it, so a mapped checkpoint does not count twice);
+  // reading the tensor again reads the file again. No-op for in-memory images.
+  void release(std::string_view name) const;
+
   // Throws unless tensor `name` has exactly `shape` (-1 in `shape` matches any extent).
   void expect_shape(std::string_view name, std::span<const std::int64_t> shape) const;
 

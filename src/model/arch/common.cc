@@ -35,6 +35,31 @@ void read_common_keys(ConfigReader& r, ModelConfig& c) {
             "dtype", "bos_token_id", "eos_token_id", "hidden_dropout", "attention_probs_dropout_prob"});
 }
 
+void read_routed_experts(ConfigReader& r, ModelConfig& c, const char* experts_key, const char* ffn_key) {
+  for (const char* key : {experts_key, "num_experts_per_tok", ffn_key}) r.require(key);
+  c.num_experts = r.get_int(experts_key, 0);
+  c.num_experts_per_tok = r.get_int("num_experts_per_tok", 0);
+  c.moe_intermediate_size = r.get_int(ffn_key, 0);
+}
+
+void write_routed_experts(const ModelConfig& c, nlohmann::json& j, const char* experts_key, const char* ffn_key) {
+  j[experts_key] = c.num_experts;
+  j["num_experts_per_tok"] = c.num_experts_per_tok;
+  j[ffn_key] = c.moe_intermediate_size;
+}
+
+void read_qwen_dense_layers(ConfigReader& r, ModelConfig& c) {
+  c.intermediate_size = r.get_int("intermediate_size", 0);
+  c.decoder_sparse_step = r.get_int("decoder_sparse_step", 1);
+  c.mlp_only_layers = r.get_int_list("mlp_only_layers");
+}
+
+void write_qwen_dense_layers(const ModelConfig& c, nlohmann::json& j) {
+  j["intermediate_size"] = c.intermediate_size;
+  j["decoder_sparse_step"] = c.decoder_sparse_step;
+  j["mlp_only_layers"] = c.mlp_only_layers;
+}
+
 void reject_sliding_window(ConfigReader& r, bool enabled) {
   if (enabled) {
     r.reject_unless("sliding_window", {}, "sliding-window attention is not implemented (full causal attention only)");

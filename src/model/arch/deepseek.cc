@@ -8,12 +8,9 @@ namespace occult {
 namespace {
 
 void read(ConfigReader& r, ModelConfig& c) {
-  for (const char* key : {"n_routed_experts", "num_experts_per_tok", "moe_intermediate_size"}) r.require(key);
   r.reject_unless("q_lora_rank", {}, "multi-head latent attention (DeepSeek-V2/V3) is not implemented");
   r.reject_unless("kv_lora_rank", {}, "multi-head latent attention (DeepSeek-V2/V3) is not implemented");
-  c.num_experts = r.get_int("n_routed_experts", 0);
-  c.num_experts_per_tok = r.get_int("num_experts_per_tok", 0);
-  c.moe_intermediate_size = r.get_int("moe_intermediate_size", 0);
+  read_routed_experts(r, c, "n_routed_experts", "moe_intermediate_size");
   c.n_shared_experts = r.get_int("n_shared_experts", 0);
   c.intermediate_size = r.get_int("intermediate_size", 0);
   c.first_k_dense_replace = r.get_int("first_k_dense_replace", 0);
@@ -32,9 +29,7 @@ void read(ConfigReader& r, ModelConfig& c) {
 }
 
 void write(const ModelConfig& c, nlohmann::json& j) {
-  j["n_routed_experts"] = c.num_experts;
-  j["num_experts_per_tok"] = c.num_experts_per_tok;
-  j["moe_intermediate_size"] = c.moe_intermediate_size;
+  write_routed_experts(c, j, "n_routed_experts", "moe_intermediate_size");
   j["n_shared_experts"] = c.n_shared_experts;
   j["intermediate_size"] = c.intermediate_size;
   j["first_k_dense_replace"] = c.first_k_dense_replace;

@@ -8,6 +8,15 @@ namespace occult {
 // Keys every family shares (shapes, RoPE, norms, embeddings, token ids) read into `config`,
 // and the keys every Hugging Face config carries that do not change the arithmetic.
 void read_common_keys(ConfigReader& reader, ModelConfig& config);
+// The routed experts: E under `experts_key`, k under "num_experts_per_tok" and F under
+// `ffn_key`, all required; and the same keys written back.
+void read_routed_experts(ConfigReader& reader, ModelConfig& config, const char* experts_key, const char* ffn_key);
+void write_routed_experts(const ModelConfig& config, nlohmann::json& json, const char* experts_key,
+                          const char* ffn_key);
+// The Qwen families' dense layers: "intermediate_size", "decoder_sparse_step", "mlp_only_layers"
+// (read and written back).
+void read_qwen_dense_layers(ConfigReader& reader, ModelConfig& config);
+void write_qwen_dense_layers(const ModelConfig& config, nlohmann::json& json);
 // Rejects a sliding window that is in use: `enabled` is the family's switch (or true when the
 // window applies whenever it is set).
 void reject_sliding_window(ConfigReader& reader, bool enabled);

@@ -7,10 +7,7 @@ namespace occult {
 namespace {
 
 void read(ConfigReader& r, ModelConfig& c) {
-  for (const char* key : {"num_local_experts", "num_experts_per_tok", "intermediate_size"}) r.require(key);
-  c.num_experts = r.get_int("num_local_experts", 0);
-  c.num_experts_per_tok = r.get_int("num_experts_per_tok", 0);
-  c.moe_intermediate_size = r.get_int("intermediate_size", 0);
+  read_routed_experts(r, c, "num_local_experts", "intermediate_size");
   c.norm_topk_prob = true;
   reject_sliding_window(r, true);
   // Jitter noise perturbs the router only while training in Hugging Face's implementation.
@@ -18,9 +15,7 @@ void read(ConfigReader& r, ModelConfig& c) {
 }
 
 void write(const ModelConfig& c, nlohmann::json& j) {
-  j["num_local_experts"] = c.num_experts;
-  j["num_experts_per_tok"] = c.num_experts_per_tok;
-  j["intermediate_size"] = c.moe_intermediate_size;
+  write_routed_experts(c, j, "num_local_experts", "intermediate_size");
   j["sliding_window"] = nullptr;
 }
 

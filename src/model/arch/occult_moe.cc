@@ -7,18 +7,13 @@ namespace occult {
 namespace {
 
 void read(ConfigReader& r, ModelConfig& c) {
-  for (const char* key : {"num_experts", "num_experts_per_tok", "moe_intermediate_size"}) r.require(key);
-  c.num_experts = r.get_int("num_experts", 0);
-  c.num_experts_per_tok = r.get_int("num_experts_per_tok", 0);
-  c.moe_intermediate_size = r.get_int("moe_intermediate_size", 0);
+  read_routed_experts(r, c, "num_experts", "moe_intermediate_size");
   c.n_shared_experts = r.get_int("n_shared_experts", 0);
   c.norm_topk_prob = r.get_bool("norm_topk_prob", false);
 }
 
 void write(const ModelConfig& c, nlohmann::json& j) {
-  j["num_experts"] = c.num_experts;
-  j["num_experts_per_tok"] = c.num_experts_per_tok;
-  j["moe_intermediate_size"] = c.moe_intermediate_size;
+  write_routed_experts(c, j, "num_experts", "moe_intermediate_size");
   j["n_shared_experts"] = c.n_shared_experts;
   j["norm_topk_prob"] = c.norm_topk_prob;
 }

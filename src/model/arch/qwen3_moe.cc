@@ -7,13 +7,8 @@ namespace occult {
 namespace {
 
 void read(ConfigReader& r, ModelConfig& c) {
-  for (const char* key : {"num_experts", "num_experts_per_tok", "moe_intermediate_size"}) r.require(key);
-  c.num_experts = r.get_int("num_experts", 0);
-  c.num_experts_per_tok = r.get_int("num_experts_per_tok", 0);
-  c.moe_intermediate_size = r.get_int("moe_intermediate_size", 0);
-  c.intermediate_size = r.get_int("intermediate_size", 0);
-  c.decoder_sparse_step = r.get_int("decoder_sparse_step", 1);
-  c.mlp_only_layers = r.get_int_list("mlp_only_layers");
+  read_routed_experts(r, c, "num_experts", "moe_intermediate_size");
+  read_qwen_dense_layers(r, c);
   c.norm_topk_prob = r.get_bool("norm_topk_prob", false);
   c.attention_qkv_bias = c.attention_o_bias = r.get_bool("attention_bias", false);
   c.qk_norm = QkNorm::kPerHead;
@@ -21,12 +16,8 @@ void read(ConfigReader& r, ModelConfig& c) {
 }
 
 void write(const ModelConfig& c, nlohmann::json& j) {
-  j["num_experts"] = c.num_experts;
-  j["num_experts_per_tok"] = c.num_experts_per_tok;
-  j["moe_intermediate_size"] = c.moe_intermediate_size;
-  j["intermediate_size"] = c.intermediate_size;
-  j["decoder_sparse_step"] = c.decoder_sparse_step;
-  j["mlp_only_layers"] = c.mlp_only_layers;
+  write_routed_experts(c, j, "num_experts", "moe_intermediate_size");
+  write_qwen_dense_layers(c, j);
   j["norm_topk_prob"] = c.norm_topk_prob;
   j["attention_bias"] = c.attention_qkv_bias;
   j["use_sliding_window"] = false;
