@@ -8,8 +8,8 @@
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <filesystem>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "occult/core/error.h"
@@ -25,26 +25,31 @@ struct TextInputFlags {
 
 // Adds --data, --input-ids and --tokens; `what` names the text in the help ("text to evaluate").
 inline void add_text_input_flags(CLI::App* cmd, TextInputFlags& f, const std::string& what) {
-  auto* data = cmd->add_option("--data", f.data,
-                               what + " (read with the model's tokenizer.json when its directory has one, "
-                                      "else bytes are tokens)");
+  auto* data =
+      cmd->add_option("--data", f.data,
+                      what +
+                          " (read with the model's tokenizer.json when its directory has one, "
+                          "else bytes are tokens)");
   auto* ids = cmd->add_option("--input-ids", f.input_ids,
                               "token ids instead of --data: safetensors input_ids, a JSON list, or "
                               "whitespace-separated integers");
   data->excludes(ids);
-  cmd->add_option("--tokens", f.tokens, "use only the first N tokens (0 = all)")->capture_default_str();
+  cmd->add_option("--tokens", f.tokens, "use only the first N tokens (0 = all)")
+      ->capture_default_str();
 }
 
 // The token stream of the flags for a model of `vocab_size` in `model_dir`; `unit` gets "byte"
 // or "token" (what one id stands for, for the tables). Throws naming the file or the flag. Call
 // it inside agree_on_errors.
-inline std::vector<std::int32_t> read_text_input(const TextInputFlags& f, const std::string& model_dir,
-                                                 int vocab_size, std::string* unit) {
+inline std::vector<std::int32_t> read_text_input(const TextInputFlags& f,
+                                                 const std::string& model_dir, int vocab_size,
+                                                 std::string* unit) {
   OCCULT_CHECK(!f.data.empty() || !f.input_ids.empty(), "give --data TEXT or --input-ids FILE");
   OCCULT_CHECK(f.tokens >= 0, "--tokens must be >= 0 (0 = all), got {}", f.tokens);
-  for (const auto& [flag, path] : {std::pair{"--data", f.data}, std::pair{"--input-ids", f.input_ids}}) {
-    OCCULT_CHECK(path.empty() || std::filesystem::is_regular_file(path), "cannot read {} {}: no such file", flag,
-                 path);
+  for (const auto& [flag, path] :
+       {std::pair{"--data", f.data}, std::pair{"--input-ids", f.input_ids}}) {
+    OCCULT_CHECK(path.empty() || std::filesystem::is_regular_file(path),
+                 "cannot read {} {}: no such file", flag, path);
   }
   std::vector<std::int32_t> ids;
   if (!f.input_ids.empty()) {
@@ -57,12 +62,13 @@ inline std::vector<std::int32_t> read_text_input(const TextInputFlags& f, const 
   }
   const std::string& source = f.input_ids.empty() ? f.data : f.input_ids;
   OCCULT_CHECK(!ids.empty(), "{} holds no tokens", source);
-  OCCULT_CHECK(f.tokens <= static_cast<std::int64_t>(ids.size()), "{} has {} tokens, fewer than --tokens {}",
-               source, ids.size(), f.tokens);
+  OCCULT_CHECK(f.tokens <= static_cast<std::int64_t>(ids.size()),
+               "{} has {} tokens, fewer than --tokens {}", source, ids.size(), f.tokens);
   if (f.tokens > 0) ids.resize(static_cast<std::size_t>(f.tokens));
   for (std::size_t i = 0; i < ids.size(); ++i) {
-    OCCULT_CHECK(ids[i] < vocab_size, "{}: token {} is id {}, outside the model's vocabulary [0, {})", source, i,
-                 ids[i], vocab_size);
+    OCCULT_CHECK(ids[i] < vocab_size,
+                 "{}: token {} is id {}, outside the model's vocabulary [0, {})", source, i, ids[i],
+                 vocab_size);
   }
   return ids;
 }

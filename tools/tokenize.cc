@@ -28,6 +28,7 @@ struct TokenizeArgs {
   bool json = false;
   bool add_special_tokens = false;
   bool skip_special_tokens = false;
+  int threads = 1;
 };
 
 std::string read_all(const std::string& path) {
@@ -54,7 +55,8 @@ void run_tokenize(const TokenizeArgs& args) {
   const std::string text = read_all(args.text_file);
   std::vector<std::int32_t> ids;
   try {
-    ids = tokenizer.encode(text, args.add_special_tokens);
+    OCCULT_CHECK(args.threads >= 1, "--threads must be >= 1, got {}", args.threads);
+    ids = tokenizer.encode(text, args.add_special_tokens, args.threads);
   } catch (const Error& e) {
     OCCULT_FAIL("{}: {}", args.text_file, e.message());
   }
@@ -74,6 +76,8 @@ void setup_tokenize(CLI::App& root) {
                   "tokenizer.json, or a model directory that holds one")
       ->required();
   cmd->add_option("--text-file", args->text_file, "UTF-8 text to encode");
+  cmd->add_option("--threads", args->threads, "threads for the BPE merges of a large text (same ids)")
+      ->capture_default_str();
   cmd->add_flag(
       "--json", args->json,
       "Print {\"ids\": [...], \"tokens\": N, \"bytes\": B} (with --decode: {\"text\": ...})");

@@ -26,8 +26,8 @@ struct Shape {
 };
 
 // Adds `name` [rows, cols] of N(0, std) (or ones when std == 0) as BF16.
-void add(occult::SafetensorsWriter& w, const std::string& name, std::vector<std::int64_t> shape, float std,
-         occult::SplitMix64& rng) {
+void add(occult::SafetensorsWriter& w, const std::string& name, std::vector<std::int64_t> shape,
+         float std, occult::SplitMix64& rng) {
   std::int64_t n = 1;
   for (auto d : shape) n *= d;
   std::vector<float> v(static_cast<std::size_t>(n), 1.0f);
@@ -40,12 +40,14 @@ void add(occult::SafetensorsWriter& w, const std::string& name, std::vector<std:
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Write a random-weight OLMoE model directory (BF16, sharded by layer) of real shapes."};
+  CLI::App app{
+      "Write a random-weight OLMoE model directory (BF16, sharded by layer) of real shapes."};
   Shape s;
   std::string out;
   std::uint64_t seed = 1;
   app.add_option("--out", out, "directory to write")->required();
-  app.add_option("--layers", s.layers, "decoder layers (OLMoE-1B-7B has 16)")->capture_default_str();
+  app.add_option("--layers", s.layers, "decoder layers (OLMoE-1B-7B has 16)")
+      ->capture_default_str();
   app.add_option("--hidden", s.hidden, "hidden size")->capture_default_str();
   app.add_option("--experts", s.experts, "experts per layer")->capture_default_str();
   app.add_option("--top-k", s.top_k, "experts per token")->capture_default_str();
@@ -56,30 +58,29 @@ int main(int argc, char** argv) {
 
   const auto start = std::chrono::steady_clock::now();
   fs::create_directories(out);
-  const nlohmann::ordered_json config = {
-      {"architectures", {"OlmoeForCausalLM"}},
-      {"model_type", "olmoe"},
-      {"vocab_size", s.vocab},
-      {"hidden_size", s.hidden},
-      {"num_hidden_layers", s.layers},
-      {"num_attention_heads", s.heads},
-      {"num_key_value_heads", s.heads},
-      {"intermediate_size", s.ffn},
-      {"num_experts", s.experts},
-      {"num_experts_per_tok", s.top_k},
-      {"norm_topk_prob", false},
-      {"max_position_embeddings", s.context},
-      {"rope_theta", 10000.0},
-      {"rms_norm_eps", 1e-5},
-      {"hidden_act", "silu"},
-      {"attention_bias", false},
-      {"clip_qkv", nullptr},
-      {"tie_word_embeddings", false},
-      {"router_aux_loss_coef", 0.01},
-      {"torch_dtype", "bfloat16"},
-      {"bos_token_id", nullptr},
-      {"eos_token_id", 50279},
-      {"pad_token_id", 1}};
+  const nlohmann::ordered_json config = {{"architectures", {"OlmoeForCausalLM"}},
+                                         {"model_type", "olmoe"},
+                                         {"vocab_size", s.vocab},
+                                         {"hidden_size", s.hidden},
+                                         {"num_hidden_layers", s.layers},
+                                         {"num_attention_heads", s.heads},
+                                         {"num_key_value_heads", s.heads},
+                                         {"intermediate_size", s.ffn},
+                                         {"num_experts", s.experts},
+                                         {"num_experts_per_tok", s.top_k},
+                                         {"norm_topk_prob", false},
+                                         {"max_position_embeddings", s.context},
+                                         {"rope_theta", 10000.0},
+                                         {"rms_norm_eps", 1e-5},
+                                         {"hidden_act", "silu"},
+                                         {"attention_bias", false},
+                                         {"clip_qkv", nullptr},
+                                         {"tie_word_embeddings", false},
+                                         {"router_aux_loss_coef", 0.01},
+                                         {"torch_dtype", "bfloat16"},
+                                         {"bos_token_id", nullptr},
+                                         {"eos_token_id", 50279},
+                                         {"pad_token_id", 1}};
   std::ofstream(fs::path(out) / "config.json") << config.dump(2) << "\n";
 
   const int shards = s.layers + 1;
@@ -119,13 +120,16 @@ int main(int argc, char** argv) {
     w.write((fs::path(out) / file).string());
     total += fs::file_size(fs::path(out) / file);
     for (const auto& n : names) weight_map[n] = file;
-    fmt::print(stderr, "\rbench_hf_checkpoint: shard {}/{} ({:.2f} GB so far)", shard + 1, shards, total / 1e9);
+    fmt::print(stderr, "\rbench_hf_checkpoint: shard {}/{} ({:.2f} GB so far)", shard + 1, shards,
+               total / 1e9);
   }
-  const nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  const nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}},
+                                        {"weight_map", weight_map}};
   std::ofstream(fs::path(out) / "model.safetensors.index.json") << index.dump(2) << "\n";
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   fmt::print(stderr, "\n");
-  fmt::print("wrote {}: {} layers, {:.2f} GB BF16 in {} shards, {:.1f} s\n", out, s.layers, total / 1e9, shards,
-             seconds);
+  fmt::print("wrote {}: {} layers, {:.2f} GB BF16 in {} shards, {:.1f} s\n", out, s.layers,
+             total / 1e9, shards, seconds);
   return 0;
 }

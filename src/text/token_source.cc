@@ -41,38 +41,45 @@ bool looks_like_safetensors(const std::string& bytes) {
 
 }  // namespace
 
-TextCodec TextCodec::bytes() { return TextCodec(); }
+TextCodec TextCodec::bytes() {
+  return TextCodec();
+}
 
 TextCodec TextCodec::for_model(const std::string& model_dir, int vocab_size) {
   TextCodec codec;
   if (!model_dir.empty() && Tokenizer::exists_in(model_dir)) {
     auto tokenizer = std::make_shared<const Tokenizer>(Tokenizer::load(model_dir));
     OCCULT_CHECK(tokenizer->vocab_size() <= vocab_size,
-                 "{}: the tokenizer has ids up to {}, but the model's vocab_size is {}", tokenizer->origin(),
-                 tokenizer->vocab_size() - 1, vocab_size);
+                 "{}: the tokenizer has ids up to {}, but the model's vocab_size is {}",
+                 tokenizer->origin(), tokenizer->vocab_size() - 1, vocab_size);
     const std::string content = read_file(tokenizer->origin(), "tokenizer");
     codec.identity_ = fmt::format("tokenizer-{:016x}", fnv1a64(content));
     codec.tokenizer_ = std::move(tokenizer);
     return codec;
   }
   OCCULT_CHECK(vocab_size >= 256,
-               "{} has no tokenizer.json, so text would be read as bytes, which needs vocab_size >= 256 (the "
+               "{} has no tokenizer.json, so text would be read as bytes, which needs vocab_size "
+               ">= 256 (the "
                "model has {}): add the model's tokenizer.json, or give token ids instead of text",
                model_dir.empty() ? "the model" : model_dir, vocab_size);
   return codec;
 }
 
-std::vector<std::int32_t> TextCodec::encode(std::string_view text) const {
-  return tokenizer_ ? tokenizer_->encode(text) : byte_tokenize(text);
+std::vector<std::int32_t> TextCodec::encode(std::string_view text, int threads) const {
+  return tokenizer_ ? tokenizer_->encode(text, false, threads) : byte_tokenize(text);
 }
 
 std::string TextCodec::decode(std::span<const std::int32_t> ids) const {
   return tokenizer_ ? tokenizer_->decode(ids) : byte_detokenize(ids);
 }
 
-int TextCodec::vocab_limit() const { return tokenizer_ ? tokenizer_->vocab_size() : 256; }
+int TextCodec::vocab_limit() const {
+  return tokenizer_ ? tokenizer_->vocab_size() : 256;
+}
 
-std::string TextCodec::name() const { return tokenizer_ ? tokenizer_->origin() : "bytes"; }
+std::string TextCodec::name() const {
+  return tokenizer_ ? tokenizer_->origin() : "bytes";
+}
 
 std::vector<std::int32_t> read_token_ids(const std::string& path) {
   const std::string text = read_file(path, "token-id file");
@@ -80,8 +87,8 @@ std::vector<std::int32_t> read_token_ids(const std::string& path) {
     std::vector<std::byte> bytes(text.size());
     std::memcpy(bytes.data(), text.data(), text.size());
     const SafetensorsReader file = SafetensorsReader::from_bytes(std::move(bytes), path);
-    OCCULT_CHECK(file.find("input_ids") != nullptr, "{}: a safetensors token-id file needs a tensor 'input_ids'",
-                 path);
+    OCCULT_CHECK(file.find("input_ids") != nullptr,
+                 "{}: a safetensors token-id file needs a tensor 'input_ids'", path);
     return file.read_i32("input_ids");
   }
   const std::size_t first = text.find_first_not_of(" \t\r\n");
@@ -96,7 +103,8 @@ std::vector<std::int32_t> read_token_ids(const std::string& path) {
     OCCULT_CHECK(ids.is_array(), "{}: expected a JSON list of ids or an object with \"ids\"", path);
     std::vector<std::int32_t> out;
     for (const auto& id : ids) {
-      OCCULT_CHECK(id.is_number_integer() && id.get<std::int64_t>() >= 0 && id.get<std::int64_t>() <= INT32_MAX,
+      OCCULT_CHECK(id.is_number_integer() && id.get<std::int64_t>() >= 0 &&
+                       id.get<std::int64_t>() <= INT32_MAX,
                    "{}: id {} is not a non-negative 32-bit integer", path, id.dump());
       out.push_back(id.get<std::int32_t>());
     }
@@ -113,16 +121,18 @@ std::vector<std::int32_t> read_token_ids(const std::string& path) {
     } catch (const std::exception&) {
       used = 0;
     }
-    OCCULT_CHECK(used == word.size() && value >= 0 && value <= INT32_MAX,
-                 "{}: '{}' is not a token id (expected whitespace-separated non-negative integers, a JSON "
-                 "list, or a safetensors file with input_ids)",
-                 path, word);
+    OCCULT_CHECK(
+        used == word.size() && value >= 0 && value <= INT32_MAX,
+        "{}: '{}' is not a token id (expected whitespace-separated non-negative integers, a JSON "
+        "list, or a safetensors file with input_ids)",
+        path, word);
     out.push_back(static_cast<std::int32_t>(value));
   }
   return out;
 }
 
-std::vector<std::int32_t> tokenize_file(const std::string& path, const TextCodec& codec, const std::string& cache_dir) {
+std::vector<std::int32_t> tokenize_file(const std::string& path, const TextCodec& codec,
+                                        const std::string& cache_dir) {
   OCCULT_CHECK(fs::exists(path), "cannot read text {}: no such file", path);
   fs::path cache;
   if (!cache_dir.empty() && !codec.is_bytes()) {
@@ -130,7 +140,8 @@ std::vector<std::int32_t> tokenize_file(const std::string& path, const TextCodec
     const fs::path absolute = fs::absolute(path, ec);
     const auto size = fs::file_size(path, ec);
     const auto mtime = fs::last_write_time(path, ec).time_since_epoch().count();
-    const std::string key = fmt::format("{}|{}|{}|{}", absolute.string(), size, mtime, codec.identity());
+    const std::string key =
+        fmt::format("{}|{}|{}|{}", absolute.string(), size, mtime, codec.identity());
     cache = fs::path(cache_dir) / fmt::format("{:016x}.safetensors", fnv1a64(key));
     if (fs::exists(cache)) {
       try {

@@ -58,7 +58,8 @@ TEST_P(HfFinetuneMpiTest, TwentyStepsMatchTheOneRankRunAndSaveReloads) {
     std::ofstream out(ids_path);
     std::vector<int> phrase(23);
     for (int& id : phrase) id = static_cast<int>(rng.below(96));
-    for (int i = 0; i < 4000; ++i) out << (rng.below(4) == 0 ? static_cast<int>(rng.below(96)) : phrase[i % 23]) << ' ';
+    for (int i = 0; i < 4000; ++i)
+      out << (rng.below(4) == 0 ? static_cast<int>(rng.below(96)) : phrase[i % 23]) << ' ';
   }
   comm.barrier();
 
@@ -105,7 +106,8 @@ TEST_P(HfFinetuneMpiTest, TwentyStepsMatchTheOneRankRunAndSaveReloads) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, HfFinetuneMpiTest,
-                         ::testing::Values("olmoe", "qwen2_moe", "deepseek", "qwen3_moe", "mixtral"),
+                         ::testing::Values("olmoe", "qwen2_moe", "deepseek", "qwen3_moe",
+                                           "mixtral"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace

@@ -57,6 +57,21 @@ TEST_P(GoldenTest, EncodesLikeTheReferenceAndRoundTrips) {
   }
 }
 
+// Threads split the merges of one text at pre-tokenized pieces: the ids must be exactly the
+// one-thread ids on a corpus large enough to take the threaded path (the golden texts prove the
+// one-thread ids right).
+TEST_P(GoldenTest, ThreadedEncodeGivesTheSameIds) {
+  const Tokenizer tokenizer = Tokenizer::load(source_dir() + "/data/tokenizers/" + GetParam());
+  std::ifstream in(source_dir() + "/data/corpus/tinyshakespeare.txt", std::ios::binary);
+  ASSERT_TRUE(in.good());
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str().substr(0, 300000);
+  const auto one = tokenizer.encode(text);
+  ASSERT_GT(one.size(), 3u * 4096u);
+  for (int threads : {2, 3, 7}) EXPECT_EQ(tokenizer.encode(text, false, threads), one) << threads << " threads";
+}
+
 INSTANTIATE_TEST_SUITE_P(Shipped, GoldenTest, ::testing::Values("qwen3", "deepseek_v3"));
 
 TEST(GoldenTest, KnownIdsAndVocabulary) {

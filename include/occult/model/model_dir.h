@@ -36,7 +36,8 @@ class ModelWeights {
   const std::string& file_of(const std::string& name) const;
   // Copies tensor `name` into `out` as F32. Throws naming the file and tensor when it is
   // missing, its shape is not `shape`, or its dtype is not F32, F16, BF16 (or F64).
-  void read(const std::string& name, std::span<const std::int64_t> shape, std::span<float> out) const;
+  void read(const std::string& name, std::span<const std::int64_t> shape,
+            std::span<float> out) const;
   // Bytes the directory's tensors occupy on disk (sum over tensors, as stored).
   std::int64_t stored_bytes() const;
 

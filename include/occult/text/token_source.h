@@ -24,8 +24,9 @@ class TextCodec {
   // The byte-level codec (every byte one token).
   static TextCodec bytes();
 
-  // The ids of `text` (no special tokens added).
-  std::vector<std::int32_t> encode(std::string_view text) const;
+  // The ids of `text` (no special tokens added); `threads` > 1 parallelises a large text's
+  // merges (same ids).
+  std::vector<std::int32_t> encode(std::string_view text, int threads = 1) const;
   // The text of `ids` (special tokens kept).
   std::string decode(std::span<const std::int32_t> ids) const;
   // Ids that stand for text: 256 for bytes, the tokenizer's vocabulary otherwise (a model's

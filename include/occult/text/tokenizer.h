@@ -41,7 +41,9 @@ class Tokenizer {
 
   // The ids of `text` (UTF-8; invalid UTF-8 is an occult::Error naming the byte offset); with
   // add_special_tokens the post-processor's template (e.g. BOS) is applied.
-  std::vector<std::int32_t> encode(std::string_view text, bool add_special_tokens = false) const;
+  // `threads` > 1 runs the BPE merges of large texts on that many threads (the result is the same
+  // ids: merges never cross pre-tokenized pieces).
+  std::vector<std::int32_t> encode(std::string_view text, bool add_special_tokens = false, int threads = 1) const;
 
   // The text of `ids` (ids out of range are an occult::Error); skip_special_tokens drops added
   // tokens marked special. Byte sequences that are not valid UTF-8 become U+FFFD.

@@ -21,22 +21,23 @@ NormShape norm_shape(const ModelConfig& c, std::int64_t N, int heads) {
 }
 
 // out[N,OC] = x @ w^T (+ bias), the projection before any norm.
-void project(float* out, const float* x, const float* w, const float* bias, std::int64_t N, int IC, int OC) {
+void project(float* out, const float* x, const float* w, const float* bias, std::int64_t N, int IC,
+             int OC) {
   matmul_forward(out, x, w, N, IC, OC);
   if (bias != nullptr) bias_forward(out, bias, N, OC);
 }
 
 // dx += dout @ w, dw += dout^T x, dbias += sum dout.
-void project_backward(float* dx, float* dw, float* dbias, const float* dout, const float* x, const float* w,
-                      std::int64_t N, int IC, int OC) {
+void project_backward(float* dx, float* dw, float* dbias, const float* dout, const float* x,
+                      const float* w, std::int64_t N, int IC, int OC) {
   if (dbias != nullptr) bias_backward(dbias, dout, N, OC);
   matmul_backward(dx, dw, dout, x, w, N, IC, OC);
 }
 
 }  // namespace
 
-void qkv_forward(const ModelConfig& c, const LayerParams<const float*>& w, const float* x, std::int64_t N,
-                 float* q, float* k, float* v, const QkvSaved& saved) {
+void qkv_forward(const ModelConfig& c, const LayerParams<const float*>& w, const float* x,
+                 std::int64_t N, float* q, float* k, float* v, const QkvSaved& saved) {
   const int H = c.hidden_size, NH = c.num_attention_heads, NKV = c.kv_heads();
   const int QD = c.q_dim(), KD = c.kv_dim();
   const bool norm = c.qk_norm != QkNorm::kNone;
@@ -51,9 +52,10 @@ void qkv_forward(const ModelConfig& c, const LayerParams<const float*>& w, const
   rmsnorm_forward(k, saved.k_rstd, kp, w.k_norm, ks.rows, ks.cols, c.rms_norm_eps);
 }
 
-void qkv_backward(const ModelConfig& c, const LayerParams<const float*>& w, const LayerParams<float*>& g,
-                  const float* x, std::int64_t N, const float* dq, const float* dk, const float* dv,
-                  const QkvSaved& saved, float* dx, float* scratch_q, float* scratch_k) {
+void qkv_backward(const ModelConfig& c, const LayerParams<const float*>& w,
+                  const LayerParams<float*>& g, const float* x, std::int64_t N, const float* dq,
+                  const float* dk, const float* dv, const QkvSaved& saved, float* dx,
+                  float* scratch_q, float* scratch_k) {
   const int H = c.hidden_size, NH = c.num_attention_heads, NKV = c.kv_heads();
   const int QD = c.q_dim(), KD = c.kv_dim();
   const float* dqp = dq;
@@ -62,8 +64,10 @@ void qkv_backward(const ModelConfig& c, const LayerParams<const float*>& w, cons
     const NormShape qs = norm_shape(c, N, NH), ks = norm_shape(c, N, NKV);
     std::fill(scratch_q, scratch_q + N * QD, 0.0f);
     std::fill(scratch_k, scratch_k + N * KD, 0.0f);
-    rmsnorm_backward(scratch_q, g.q_norm, dq, saved.q_pre, w.q_norm, saved.q_rstd, qs.rows, qs.cols);
-    rmsnorm_backward(scratch_k, g.k_norm, dk, saved.k_pre, w.k_norm, saved.k_rstd, ks.rows, ks.cols);
+    rmsnorm_backward(scratch_q, g.q_norm, dq, saved.q_pre, w.q_norm, saved.q_rstd, qs.rows,
+                     qs.cols);
+    rmsnorm_backward(scratch_k, g.k_norm, dk, saved.k_pre, w.k_norm, saved.k_rstd, ks.rows,
+                     ks.cols);
     dqp = scratch_q;
     dkp = scratch_k;
   }
@@ -72,19 +76,19 @@ void qkv_backward(const ModelConfig& c, const LayerParams<const float*>& w, cons
   project_backward(dx, g.v, g.v_bias, dv, x, w.v, N, H, KD);
 }
 
-void output_projection_forward(const ModelConfig& c, const LayerParams<const float*>& w, const float* atty,
-                               std::int64_t N, float* out) {
+void output_projection_forward(const ModelConfig& c, const LayerParams<const float*>& w,
+                               const float* atty, std::int64_t N, float* out) {
   project(out, atty, w.o, w.o_bias, N, c.q_dim(), c.hidden_size);
 }
 
 void output_projection_backward(const ModelConfig& c, const LayerParams<const float*>& w,
-                                const LayerParams<float*>& g, const float* atty, std::int64_t N, const float* dout,
-                                float* datty) {
+                                const LayerParams<float*>& g, const float* atty, std::int64_t N,
+                                const float* dout, float* datty) {
   project_backward(datty, g.o, g.o_bias, dout, atty, w.o, N, c.q_dim(), c.hidden_size);
 }
 
-void mlp_forward(const LayerParams<const float*>& w, const float* x, std::int64_t N, int H, int F, float* out,
-                 const MlpSaved& s, float* tmp) {
+void mlp_forward(const LayerParams<const float*>& w, const float* x, std::int64_t N, int H, int F,
+                 float* out, const MlpSaved& s, float* tmp) {
   matmul_forward(s.h1, x, w.mlp_gate, N, H, F);
   matmul_forward(s.h3, x, w.mlp_up, N, H, F);
   swiglu_forward(s.hh, s.h1, s.h3, N, F);
@@ -106,9 +110,9 @@ void mlp_forward(const LayerParams<const float*>& w, const float* x, std::int64_
   }
 }
 
-void mlp_backward(const LayerParams<const float*>& w, const LayerParams<float*>& g, const float* x, std::int64_t N,
-                  int H, int F, const float* dout, const MlpSaved& s, float* dx, float* dh1, float* dh3,
-                  float* dhh, float* dy) {
+void mlp_backward(const LayerParams<const float*>& w, const LayerParams<float*>& g, const float* x,
+                  std::int64_t N, int H, int F, const float* dout, const MlpSaved& s, float* dx,
+                  float* dh1, float* dh3, float* dhh, float* dy) {
   const float* dbranch = dout;
   if (w.shared_gate != nullptr) {
     // out += sig(z) * y with z = gate . x: dy = sig * dout, dz = sig (1 - sig) (dout . y).

@@ -19,14 +19,14 @@ namespace occult {
 // architecture has no such tensor. P is `const float*` for weights and `float*` for gradients.
 template <typename P>
 struct LayerParams {
-  P ln1 = nullptr;                                     // input_layernorm [H]
+  P ln1 = nullptr;                                       // input_layernorm [H]
   P q = nullptr, k = nullptr, v = nullptr, o = nullptr;  // [QD,H], [KD,H], [KD,H], [H,QD]
   P q_bias = nullptr, k_bias = nullptr, v_bias = nullptr, o_bias = nullptr;
-  P q_norm = nullptr, k_norm = nullptr;                // [QD] / [KD] (full) or [hd] (per head)
-  P ln2 = nullptr;                                     // post_attention_layernorm [H]
-  P router = nullptr;                                  // [E,H], MoE layers only
+  P q_norm = nullptr, k_norm = nullptr;  // [QD] / [KD] (full) or [hd] (per head)
+  P ln2 = nullptr;                       // post_attention_layernorm [H]
+  P router = nullptr;                    // [E,H], MoE layers only
   P mlp_gate = nullptr, mlp_up = nullptr, mlp_down = nullptr;  // dense MLP or shared expert
-  P shared_gate = nullptr;                             // [1,H] sigmoid gate of the shared expert
+  P shared_gate = nullptr;  // [1,H] sigmoid gate of the shared expert
 };
 
 // What the q/k/v projection keeps for backward (or scratch of the same sizes at inference):
@@ -40,21 +40,22 @@ struct QkvSaved {
 
 // q[N,QD], k[N,KD], v[N,KD] (overwrites) = the projections of x[N,H] with their biases, then q
 // and k normalised by the config's QK-norm. RoPE is not applied.
-void qkv_forward(const ModelConfig& c, const LayerParams<const float*>& w, const float* x, std::int64_t N,
-                 float* q, float* k, float* v, const QkvSaved& saved);
+void qkv_forward(const ModelConfig& c, const LayerParams<const float*>& w, const float* x,
+                 std::int64_t N, float* q, float* k, float* v, const QkvSaved& saved);
 // Backward of qkv_forward from dq, dk, dv (the gradients of its outputs): dx[N,H] += d/dx, and
 // the projection, bias and norm gradients. scratch_q [N,QD] and scratch_k [N,KD] are scratch.
-void qkv_backward(const ModelConfig& c, const LayerParams<const float*>& w, const LayerParams<float*>& g,
-                  const float* x, std::int64_t N, const float* dq, const float* dk, const float* dv,
-                  const QkvSaved& saved, float* dx, float* scratch_q, float* scratch_k);
+void qkv_backward(const ModelConfig& c, const LayerParams<const float*>& w,
+                  const LayerParams<float*>& g, const float* x, std::int64_t N, const float* dq,
+                  const float* dk, const float* dv, const QkvSaved& saved, float* dx,
+                  float* scratch_q, float* scratch_k);
 
 // out[N,H] = atty[N,QD] @ o^T (+ o_bias) (overwrites).
-void output_projection_forward(const ModelConfig& c, const LayerParams<const float*>& w, const float* atty,
-                               std::int64_t N, float* out);
+void output_projection_forward(const ModelConfig& c, const LayerParams<const float*>& w,
+                               const float* atty, std::int64_t N, float* out);
 // datty[N,QD] += d/d atty, and the o_proj (and bias) gradients, given dout[N,H].
 void output_projection_backward(const ModelConfig& c, const LayerParams<const float*>& w,
-                                const LayerParams<float*>& g, const float* atty, std::int64_t N, const float* dout,
-                                float* datty);
+                                const LayerParams<float*>& g, const float* atty, std::int64_t N,
+                                const float* dout, float* datty);
 
 // What the SwiGLU branch keeps for backward (or scratch at inference).
 struct MlpSaved {
@@ -67,12 +68,12 @@ struct MlpSaved {
 
 // out[N,H] += s(x) * down(silu(gate x) * up x), s = sigmoid(shared_gate . x) when w.shared_gate is
 // set, else 1; F is the branch's width. `tmp` is [N,H] scratch.
-void mlp_forward(const LayerParams<const float*>& w, const float* x, std::int64_t N, int H, int F, float* out,
-                 const MlpSaved& saved, float* tmp);
+void mlp_forward(const LayerParams<const float*>& w, const float* x, std::int64_t N, int H, int F,
+                 float* out, const MlpSaved& saved, float* tmp);
 // dx[N,H] += d/dx of mlp_forward's contribution given dout[N,H], and its parameter gradients.
 // dh1, dh3, dhh [N,F] and dy [N,H] are scratch.
-void mlp_backward(const LayerParams<const float*>& w, const LayerParams<float*>& g, const float* x, std::int64_t N,
-                  int H, int F, const float* dout, const MlpSaved& saved, float* dx, float* dh1, float* dh3,
-                  float* dhh, float* dy);
+void mlp_backward(const LayerParams<const float*>& w, const LayerParams<float*>& g, const float* x,
+                  std::int64_t N, int H, int F, const float* dout, const MlpSaved& saved, float* dx,
+                  float* dh1, float* dh3, float* dhh, float* dy);
 
 }  // namespace occult
