@@ -1,6 +1,6 @@
 // `occult eval`: validation loss (nats per token) and perplexity of a model over a whole text
 // file under a given routing (dispatcher, placement, collaboration pruning), with the routing
-// statistics; the evaluation step of issue 7's profile -> place -> fine-tune -> evaluate workflow.
+// statistics; the evaluation step of the profile -> place -> fine-tune -> evaluate workflow.
 #include "occult/train/eval.h"
 
 #include <fmt/format.h>

@@ -1,4 +1,4 @@
-// Inference on the MoE transformer with expert parallelism (issue 6): a per-sequence KV cache
+// Inference on the MoE transformer with expert parallelism: a per-sequence KV cache
 // sized up front, batched prefill of variable-length prompts, batched decode steps, and on top
 // of them generation (greedy / temperature + top-p) and routing profiles in the trace format.
 //

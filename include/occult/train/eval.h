@@ -1,4 +1,4 @@
-// Validation of a model on a whole text (issue 7, `occult eval`): the cross-entropy part of the
+// Validation of a model on a whole text (`occult eval`): the cross-entropy part of the
 // training loss over every byte of the text, under the model's own routing (dispatcher,
 // placement, collaboration pruning), plus what that routing did (C_T, tokens pruning changed).
 #pragma once
@@ -48,7 +48,7 @@ std::vector<int> eval_window_lengths(std::int64_t num_tokens, int seq_len);
 EvalResult evaluate_text(MoeTransformer& model, std::span<const std::int32_t> tokens,
                          const EvalOptions& options);
 
-// The `--json` document of `occult eval` (issue 7): exactly
+// The `--json` document of `occult eval`: exactly
 // {"loss", "perplexity", "tokens", "replicas_per_token", "tokens_changed"}.
 std::string eval_result_json(const EvalResult& result);
 

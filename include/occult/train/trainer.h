@@ -78,7 +78,7 @@ struct TrainResult {
 // on every rank for bad input (config, placement, corpus, checkpoint).
 TrainResult train(const TrainOptions& options, Communicator& comm);
 
-// The `--json` document of `occult train` (issue 5): steps, loss[], val_loss, tokens_per_s,
+// The `--json` document of `occult train`: steps, loss[], val_loss, tokens_per_s,
 // bytes_per_step, standard_bytes_per_step, replicas_per_token.
 std::string train_result_json(const TrainResult& result);
 
