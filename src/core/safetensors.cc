@@ -416,10 +416,17 @@ std::span<const std::byte> SafetensorsReader::raw(const TensorInfo& info) const 
 }
 
 std::vector<float> SafetensorsReader::read_f32(std::string_view name) const {
+  std::vector<float> out(static_cast<std::size_t>(at(name).numel()));
+  read_f32_into(name, out);
+  return out;
+}
+
+void SafetensorsReader::read_f32_into(std::string_view name, std::span<float> out) const {
   const TensorInfo& info = at(name);
   const std::byte* p = raw(info).data();
   const std::size_t n = static_cast<std::size_t>(info.numel());
-  std::vector<float> out(n);
+  OCCULT_CHECK(out.size() == n, "{}: tensor '{}' has {} elements, but {} were expected", impl_->source, info.name,
+               n, out.size());
   switch (info.dtype) {
     case DType::kF32:
       if (n > 0) std::memcpy(out.data(), p, n * sizeof(float));
@@ -437,7 +444,6 @@ std::vector<float> SafetensorsReader::read_f32(std::string_view name) const {
       OCCULT_FAIL("{}: tensor '{}' has dtype {}; expected a float dtype (F32, F16, BF16, F64)",
                   impl_->source, info.name, dtype_name(info.dtype));
   }
-  return out;
 }
 
 std::vector<std::int64_t> SafetensorsReader::read_i64(std::string_view name) const {

@@ -134,11 +134,8 @@ void ModelWeights::read(const std::string& name, std::span<const std::int64_t> s
   }
   const SafetensorsReader& file = *files_[it->second];
   file.expect_shape(name, shape);
-  const std::vector<float> values = file.read_f32(name);
+  file.read_f32_into(name, out);
   file.release(name);
-  OCCULT_CHECK(values.size() == out.size(), "{}: tensor \"{}\" has {} elements, expected {}",
-               file.source(), name, values.size(), out.size());
-  std::copy(values.begin(), values.end(), out.begin());
 }
 
 std::int64_t ModelWeights::stored_bytes() const {

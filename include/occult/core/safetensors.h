@@ -78,6 +78,9 @@ class SafetensorsReader {
   // Converting reads. read_f32 accepts F32, F16, BF16 and F64; read_i64/read_i32 accept every
   // integer dtype (read_i32 throws if a value does not fit). Errors name file and tensor.
   std::vector<float> read_f32(std::string_view name) const;
+  // read_f32 into `out`, which must hold exactly the tensor's element count (throws naming the
+  // file and tensor otherwise): loaders fill their own buffers without a temporary copy.
+  void read_f32_into(std::string_view name, std::span<float> out) const;
   std::vector<std::int64_t> read_i64(std::string_view name) const;
   std::vector<std::int32_t> read_i32(std::string_view name) const;
 
