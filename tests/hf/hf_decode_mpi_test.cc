@@ -34,6 +34,7 @@
 
 #include "hf/hf_fixture_writer.h"
 #include "hf/hf_reference.h"
+#include "infer/cached_decoding.h"
 #include "occult/comm/communicator.h"
 #include "occult/comm/mpi_communicator.h"
 #include "occult/infer/inference.h"
@@ -78,21 +79,6 @@ std::vector<std::vector<std::int32_t>> test_sequences(int V) {
   return seqs;
 }
 
-// This rank's consecutive share [begin, end) of `n` items.
-std::pair<int, int> share(int n, int rank, int ranks) {
-  return {n * rank / ranks, n * (rank + 1) / ranks};
-}
-
-// max |a - b| / max |b| over one logits row.
-double relative_error(std::span<const float> a, std::span<const float> b) {
-  double diff = 0.0, scale = 0.0;
-  for (std::size_t i = 0; i < b.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-  }
-  return diff / scale;
-}
-
 // The fixture directory of one case, written by this rank into its own temporary directory
 // (same options and seed on every rank, hence the same files), removed at the end.
 struct Fixture {
@@ -129,12 +115,11 @@ class HfDecodeMpiTest : public ::testing::TestWithParam<Case> {
   MpiCommunicator comm{MPI_COMM_WORLD};
 };
 
-// Prefills each sequence's first prompt_lengths[s] tokens on the rank that holds it, decodes the
-// rest one token per step, and compares every returned row with the full forward; returns the
-// decoded rows checked over all ranks in *rows_checked.
-void check_cached_decoding(Communicator& comm, const Case& c,
-                           const std::vector<int>& prompt_lengths, int attention_block_rows,
-                           std::int64_t* rows_checked) {
+// testing::check_cached_decoding on the case's fixture (its routing first checked clear of
+// top-k ties) against the single-process naive-block model of the same directory.
+void check_fixture_decoding(Communicator& comm, const Case& c,
+                            const std::vector<int>& prompt_lengths, int attention_block_rows,
+                            std::int64_t* rows_checked) {
   const Fixture fixture(c, comm.rank());
   const std::string dir = fixture.dir.string();
   const ModelConfig config = load_checkpoint_config(dir);
@@ -159,68 +144,14 @@ void check_cached_decoding(Communicator& comm, const Case& c,
   MoeTransformer model(config, comm, parallel);
   load_checkpoint(dir, model, nullptr);
 
-  const auto [begin, end] = share(static_cast<int>(seqs.size()), comm.rank(), comm.size());
-  std::vector<std::vector<std::int32_t>> prompts;
-  std::vector<std::vector<float>> expected;
-  for (int s = begin; s < end; ++s) {
-    prompts.emplace_back(seqs[s].begin(), seqs[s].begin() + prompt_lengths[s]);
-    const std::vector<std::int32_t> targets(seqs[s].size(), 0);
-    reference.forward(seqs[s], targets, 1, static_cast<int>(seqs[s].size()));
-    const auto logits = reference.logits();
-    expected.emplace_back(logits.begin(), logits.end());
-  }
-  const int n = static_cast<int>(prompts.size());
-  InferenceEngine engine(model, {.max_sequences = n,
-                                 .max_length = config.max_position_embeddings,
-                                 .attention_block_rows = attention_block_rows});
-  const auto row = [&](const std::vector<float>& logits, int t) {
-    return std::span<const float>(logits).subspan(static_cast<std::size_t>(t) * V, V);
-  };
-
-  const auto first = engine.prefill(prompts);
-  ASSERT_EQ(first.size(), static_cast<std::size_t>(n) * V);
-  for (int i = 0; i < n; ++i) {
-    const int last = static_cast<int>(prompts[i].size()) - 1;
-    EXPECT_LT(
-        relative_error(first.subspan(static_cast<std::size_t>(i) * V, V), row(expected[i], last)),
-        kMaxRelativeError)
-        << "prefill, sequence " << begin + i << " position " << last;
-  }
-  // Every rank takes the same number of decode steps, even with nothing left to decode.
-  int steps = 0;
-  for (std::size_t s = 0; s < seqs.size(); ++s) {
-    steps = std::max(steps, static_cast<int>(seqs[s].size()) - prompt_lengths[s]);
-  }
-  std::int64_t checked = 0;
-  for (int step = 0; step < steps; ++step) {
-    std::vector<int> slots;
-    std::vector<std::int32_t> tokens;
-    for (int i = 0; i < n; ++i) {
-      const auto& seq = seqs[begin + i];
-      const int pos = engine.length(i);
-      if (pos < static_cast<int>(seq.size())) {
-        slots.push_back(i);
-        tokens.push_back(seq[pos]);
-      }
-    }
-    const auto logits = engine.decode(slots, tokens);
-    ASSERT_EQ(logits.size(), slots.size() * V);
-    for (std::size_t j = 0; j < slots.size(); ++j) {
-      const int pos = engine.length(slots[j]) - 1;
-      EXPECT_LT(relative_error(logits.subspan(j * V, V), row(expected[slots[j]], pos)),
-                kMaxRelativeError)
-          << "decode, sequence " << begin + slots[j] << " position " << pos;
-      ++checked;
-    }
-  }
-  comm.all_reduce_sum(std::span<std::int64_t>(&checked, 1));
-  *rows_checked = checked;
+  testing::check_cached_decoding(comm, model, reference, seqs, prompt_lengths, attention_block_rows,
+                                 kMaxRelativeError, rows_checked);
 }
 
 TEST_P(HfDecodeMpiTest, KvCacheDecodeReproducesTheFullForwardAtEveryPosition) {
   // Lengths 9, 12, 5, 16, 7; sequence 2 is all prompt. Decoded: 8 + 8 + 0 + 13 + 1.
   std::int64_t rows = 0;
-  check_cached_decoding(comm, GetParam(), {1, 4, 5, 3, 6}, 0, &rows);
+  check_fixture_decoding(comm, GetParam(), {1, 4, 5, 3, 6}, 0, &rows);
   EXPECT_EQ(rows, 30);
 }
 
@@ -228,7 +159,7 @@ TEST_P(HfDecodeMpiTest, BlockedPrefillAttentionMatchesTheFullForward) {
   // Blocks of 2 query rows: every prompt but the 1-token one takes the blocked path, and the
   // decode steps after it read the keys and values it cached.
   std::int64_t rows = 0;
-  check_cached_decoding(comm, GetParam(), {9, 7, 1, 10, 6}, 2, &rows);
+  check_fixture_decoding(comm, GetParam(), {9, 7, 1, 10, 6}, 2, &rows);
   EXPECT_EQ(rows, 0 + 5 + 4 + 6 + 1);
 }
 

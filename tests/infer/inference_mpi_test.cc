@@ -9,12 +9,13 @@
 #include <cmath>
 #include <filesystem>
 
+#include "infer/cached_decoding.h"
 #include "model/moe_block.h"
 #include "model/test_util.h"
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
-#include "occult/train/data.h"
 #include "occult/infer/inference.h"
+#include "occult/train/data.h"
 
 namespace occult {
 
@@ -45,25 +46,6 @@ std::vector<std::vector<std::int32_t>> test_sequences(int V) {
   return seqs;
 }
 
-// max |a - b| / max |b| over one logits row.
-double relative_error(std::span<const float> a, std::span<const float> b) {
-  double diff = 0.0, scale = 0.0;
-  for (std::size_t i = 0; i < b.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
-  }
-  return diff / scale;
-}
-
-// The logits [len, V] of the full forward over one sequence on a 1-process reference model.
-std::vector<float> full_forward_logits(MoeTransformer& reference,
-                                       const std::vector<std::int32_t>& seq) {
-  const std::vector<std::int32_t> targets(seq.size(), 0);
-  reference.forward(seq, targets, 1, static_cast<int>(seq.size()));
-  const auto logits = reference.logits();
-  return {logits.begin(), logits.end()};
-}
-
 using testing::expect_error;
 
 class InferenceMpiTest : public ::testing::TestWithParam<Dispatch> {
@@ -71,12 +53,11 @@ class InferenceMpiTest : public ::testing::TestWithParam<Dispatch> {
   MpiCommunicator comm{MPI_COMM_WORLD};
 };
 
-// Prefills each test sequence's first prompt_lengths[s] tokens, decodes the rest one token at a
-// time, and compares every returned logits row with the full forward; returns the rows checked
-// over all ranks in *rows_checked.
-void check_cached_decoding(Communicator& comm, Dispatch dispatch,
-                           const std::vector<int>& prompt_lengths, int attention_block_rows,
-                           std::int64_t* rows_checked) {
+// testing::check_cached_decoding on the test config's model with `dispatch` against the
+// single-process naive-block model of the same weights.
+void check_test_model_decoding(Communicator& comm, Dispatch dispatch,
+                               const std::vector<int>& prompt_lengths, int attention_block_rows,
+                               std::int64_t* rows_checked) {
   const ModelConfig config = test_config();
   SelfCommunicator self;
   MoeTransformer reference(config, self, {}, /*local_reference=*/true);
@@ -86,68 +67,15 @@ void check_cached_decoding(Communicator& comm, Dispatch dispatch,
   MoeTransformer model(config, comm, parallel);
   model.init_weights(kSeed);
 
-  const auto seqs = test_sequences(config.vocab_size);
-  const Share share = rank_share(static_cast<std::int64_t>(seqs.size()), comm.rank(), comm.size());
-  std::vector<std::vector<std::int32_t>> prompts;
-  std::vector<std::vector<float>> expected;
-  for (std::int64_t s = share.begin; s < share.end; ++s) {
-    prompts.emplace_back(seqs[s].begin(), seqs[s].begin() + prompt_lengths[s]);
-    expected.push_back(full_forward_logits(reference, seqs[s]));
-  }
-  const int n = static_cast<int>(prompts.size());
-  InferenceEngine engine(model, {.max_sequences = n,
-                                 .max_length = config.max_position_embeddings,
-                                 .attention_block_rows = attention_block_rows});
-  const int V = config.vocab_size;
-  const auto row = [&](const std::vector<float>& logits, int t) {
-    return std::span<const float>(logits).subspan(static_cast<std::size_t>(t) * V, V);
-  };
-
-  const auto first = engine.prefill(prompts);
-  ASSERT_EQ(first.size(), static_cast<std::size_t>(n) * V);
-  for (int i = 0; i < n; ++i) {
-    EXPECT_LT(relative_error(first.subspan(static_cast<std::size_t>(i) * V, V),
-                             row(expected[i], static_cast<int>(prompts[i].size()) - 1)),
-              1e-5)
-        << "prefill, sequence " << share.begin + i;
-  }
-  // Every rank takes the same number of decode steps, even with nothing left to decode.
-  std::int64_t steps = 0;
-  for (std::size_t s = 0; s < seqs.size(); ++s) {
-    steps = std::max<std::int64_t>(steps,
-                                   static_cast<std::int64_t>(seqs[s].size()) - prompt_lengths[s]);
-  }
-  int checked = 0;
-  for (std::int64_t step = 0; step < steps; ++step) {
-    std::vector<int> slots;
-    std::vector<std::int32_t> tokens;
-    for (int i = 0; i < n; ++i) {
-      const auto& seq = seqs[share.begin + i];
-      const int pos = engine.length(i);
-      if (pos < static_cast<int>(seq.size())) {
-        slots.push_back(i);
-        tokens.push_back(seq[pos]);
-      }
-    }
-    const auto logits = engine.decode(slots, tokens);
-    ASSERT_EQ(logits.size(), slots.size() * V);
-    for (std::size_t j = 0; j < slots.size(); ++j) {
-      const int pos = engine.length(slots[j]) - 1;
-      EXPECT_LT(relative_error(logits.subspan(j * V, V), row(expected[slots[j]], pos)), 1e-5)
-          << "decode, sequence " << share.begin + slots[j] << " position " << pos;
-      ++checked;
-    }
-  }
-  std::int64_t total = checked;
-  comm.all_reduce_sum(std::span<std::int64_t>(&total, 1));
-  *rows_checked = total;
+  testing::check_cached_decoding(comm, model, reference, test_sequences(config.vocab_size),
+                                 prompt_lengths, attention_block_rows, 1e-5, rows_checked);
 }
 
 TEST_P(InferenceMpiTest, KvCacheDecodeReproducesTheFullForwardAtEveryPosition) {
   // Sequence lengths 9, 12, 5, 16, 7; sequence 2 is all prompt. Every non-prompt position is
   // decoded once: 8 + 8 + 0 + 13 + 1.
   std::int64_t rows = 0;
-  check_cached_decoding(comm, GetParam(), {1, 4, 5, 3, 6}, 0, &rows);
+  check_test_model_decoding(comm, GetParam(), {1, 4, 5, 3, 6}, 0, &rows);
   EXPECT_EQ(rows, 30);
 }
 
@@ -155,7 +83,7 @@ TEST_P(InferenceMpiTest, BlockedPrefillAttentionMatchesTheFullForward) {
   // Blocks of 2 query rows: every prompt but the 1-token one takes the blocked path, and the
   // decode steps after it read the keys and values it cached.
   std::int64_t rows = 0;
-  check_cached_decoding(comm, GetParam(), {9, 7, 1, 10, 6}, 2, &rows);
+  check_test_model_decoding(comm, GetParam(), {9, 7, 1, 10, 6}, 2, &rows);
   EXPECT_EQ(rows, 0 + 5 + 4 + 6 + 1);
 }
 
