@@ -26,7 +26,7 @@ void run_evaluate(const EvaluateArgs& args) {
   const PlacementMetrics mean = mean_metrics(layers);
   const bool with_nodes = placement.num_nodes > 1;
   if (args.json) {
-    // Keys in the order issue 2 documents them: layer first, then the metrics.
+    // Keys in the documented order (README, `occult evaluate`): layer first, then the metrics.
     auto row_of = [&](const PlacementMetrics& m) {
       nlohmann::ordered_json row;
       row["replicas_per_token"] = m.replicas_per_token;

@@ -22,7 +22,7 @@ namespace {
 
 struct ProfileFlags {
   ModelFlags model;
-  TextInputFlags text{.tokens = 16384};
+  TextInputFlags text{.data = {}, .input_ids = {}, .tokens = 16384};
   std::string out;
   int seq_len = 0;
   std::int64_t batch = 8;

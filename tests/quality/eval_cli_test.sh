@@ -1,6 +1,6 @@
 #!/bin/sh
 # End-to-end check of `occult eval` as bench/quality.sh runs it, at 1 and 2 ranks: train a tiny
-# checkpoint, fine-tune it with --init under pruning, then eval: --json has exactly issue 7's keys,
+# checkpoint, fine-tune it with --init under pruning, then eval: --json has exactly the documented keys,
 # the loss is the same at 1 rank and 2 ranks under either dispatcher, the profile -> place ->
 # prune --embed-similarity placement drives similarity pruning (C_T = 1 at M = 1), and bad input
 # gives one clear error line (exit status 1, no hang).

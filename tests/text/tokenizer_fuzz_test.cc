@@ -92,7 +92,9 @@ void fuzz(const std::string& name, bool round_trip_exact) {
     for (char& c : bytes) c = static_cast<char>(rng());
     try {
       const auto ids = tokenizer.encode(bytes, iterations % 2 == 0);
-      if (round_trip_exact) EXPECT_EQ(tokenizer.decode(ids), bytes);
+      if (round_trip_exact) {
+        EXPECT_EQ(tokenizer.decode(ids), bytes);
+      }
     } catch (const Error& e) {
       ++rejected;
       ASSERT_NE(e.message().find("byte offset"), std::string::npos) << e.message();
@@ -100,7 +102,9 @@ void fuzz(const std::string& name, bool round_trip_exact) {
     const std::string text = random_utf8(rng);
     const auto ids = tokenizer.encode(text);
     for (const std::int32_t id : ids) ASSERT_TRUE(id >= 0 && id < tokenizer.vocab_size());
-    if (round_trip_exact) ASSERT_EQ(tokenizer.decode(ids), text);
+    if (round_trip_exact) {
+      ASSERT_EQ(tokenizer.decode(ids), text);
+    }
   }
   EXPECT_GT(iterations, 100);
   EXPECT_GT(rejected, 0);
