@@ -21,8 +21,16 @@ void check_shapes(const ReceivePlan& plan, const ExpertWeightsView& w, std::span
   const auto R = static_cast<std::size_t>(plan.num_rows()), A = static_cast<std::size_t>(plan.num_assignments());
   OCCULT_CHECK(plan.num_local_experts == w.num_local_experts, "expert compute: plan for {} local experts, weights for {}",
                plan.num_local_experts, w.num_local_experts);
-  OCCULT_CHECK(w.gate_proj.size() == L * F * H && w.up_proj.size() == L * F * H && w.down_proj.size() == L * H * F,
-               "expert compute: weights do not have L={} x [F={}, H={}] shapes", L, F, H);
+  if (w.dtype() == WeightDType::kBF16) {
+    OCCULT_CHECK(w.gate_proj_bf16.size() == L * F * H && w.up_proj_bf16.size() == L * F * H &&
+                     w.down_proj_bf16.size() == L * H * F && w.gate_proj.empty() && w.up_proj.empty() &&
+                     w.down_proj.empty(),
+                 "expert compute: BF16 weights do not have L={} x [F={}, H={}] shapes", L, F, H);
+  } else {
+    OCCULT_CHECK(w.gate_proj.size() == L * F * H && w.up_proj.size() == L * F * H && w.down_proj.size() == L * H * F &&
+                     w.up_proj_bf16.empty() && w.down_proj_bf16.empty(),
+                 "expert compute: weights do not have L={} x [F={}, H={}] shapes", L, F, H);
+  }
   OCCULT_CHECK(x_recv.size() == R * H && out_size == R * H,
                "expert compute: row buffers hold {} and {} floats, expected R*H = {}*{}", x_recv.size(), out_size, R,
                H);
@@ -34,7 +42,22 @@ void ensure(std::vector<float>& buffer, std::size_t size) {
   if (buffer.size() < size) buffer.resize(size);
 }
 
+void require_f32(const ExpertWeightsView& w, const char* what) {
+  OCCULT_CHECK(w.dtype() == WeightDType::kF32, "{} needs F32 expert weights; these are held in BF16 for inference",
+               what);
+}
+
 }  // namespace
+
+WeightRef ExpertWeightsView::matrix(int kind, int e) const {
+  const std::size_t offset = static_cast<std::size_t>(e) * ffn_size * hidden_size;
+  if (dtype() == WeightDType::kBF16) {
+    const auto& m = kind == 0 ? gate_proj_bf16 : kind == 1 ? up_proj_bf16 : down_proj_bf16;
+    return WeightRef::bf16(m.data() + offset);
+  }
+  const auto& m = kind == 0 ? gate_proj : kind == 1 ? up_proj : down_proj;
+  return WeightRef(m.data() + offset);
+}
 
 void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const float> x_recv,
                     std::span<float> out, std::span<float> act_gate, std::span<float> act_up,
@@ -49,9 +72,7 @@ void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::sp
   float* h_tile = scratch.h_tile.data();
   float* y_tile = scratch.y_tile.data();
   for (int e = 0; e < w.num_local_experts; ++e) {
-    const float* w1 = w.gate_proj.data() + static_cast<std::size_t>(e) * F * H;
-    const float* w3 = w.up_proj.data() + static_cast<std::size_t>(e) * F * H;
-    const float* w2 = w.down_proj.data() + static_cast<std::size_t>(e) * H * F;
+    const WeightRef w1 = w.matrix(0, e), w3 = w.matrix(1, e), w2 = w.matrix(2, e);
     for (std::int64_t begin = plan.expert_offsets[e]; begin < plan.expert_offsets[e + 1]; begin += kExpertTileRows) {
       const int n = static_cast<int>(std::min(kExpertTileRows, plan.expert_offsets[e + 1] - begin));
       for (int i = 0; i < n; ++i) {
@@ -61,13 +82,13 @@ void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::sp
       float* a1 = act_gate.data() + begin * F;
       float* a3 = act_up.data() + begin * F;
       // a1 [n, F] = x_tile [n, H] * W1^T; a3 likewise with W3.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, H, 1.0f, x_tile, H, w1, H, 0.0f, a1, F);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, F, H, 1.0f, x_tile, H, w3, H, 0.0f, a3, F);
+      linear_forward(a1, x_tile, w1, n, H, F);
+      linear_forward(a3, x_tile, w3, n, H, F);
       for (std::int64_t i = 0; i < static_cast<std::int64_t>(n) * F; ++i) {
         h_tile[i] = a1[i] * sigmoid(a1[i]) * a3[i];
       }
       // y_tile [n, H] = h_tile [n, F] * W2^T.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, H, F, 1.0f, h_tile, F, w2, F, 0.0f, y_tile, H);
+      linear_forward(y_tile, h_tile, w2, n, F, H);
       for (int i = 0; i < n; ++i) {
         const float g = plan.sorted_weight[begin + i];
         float* dst = out.data() + plan.sorted_row[begin + i] * H;
@@ -83,6 +104,7 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
                      std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
                      const ExpertGradsView& grads, ExpertScratch& scratch) {
   check_shapes(plan, w, x_recv, dx_recv.size(), act_gate.size(), act_up.size());
+  require_f32(w, "expert backward");
   const int H = w.hidden_size, F = w.ffn_size;
   OCCULT_CHECK(dy_recv.size() == x_recv.size(), "expert backward: gradient rows hold {} floats, expected {}",
                dy_recv.size(), x_recv.size());
@@ -162,6 +184,7 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
 void reference_expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const float> x_recv,
                               std::span<float> out, std::span<float> act_gate, std::span<float> act_up) {
   check_shapes(plan, w, x_recv, out.size(), act_gate.size(), act_up.size());
+  require_f32(w, "the reference expert forward");
   const int H = w.hidden_size, F = w.ffn_size;
   std::vector<double> acc(out.size(), 0.0);
   std::vector<double> h(F);
@@ -194,6 +217,7 @@ void reference_expert_backward(const ReceivePlan& plan, const ExpertWeightsView&
                                std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
                                const ExpertGradsView& grads) {
   check_shapes(plan, w, x_recv, dx_recv.size(), act_gate.size(), act_up.size());
+  require_f32(w, "the reference expert backward");
   const int H = w.hidden_size, F = w.ffn_size;
   std::vector<double> dx(dx_recv.size(), 0.0), u(F), da1(F), da3(F), h(F);
   for (int e = 0; e < w.num_local_experts; ++e) {

@@ -68,6 +68,8 @@ void validate_moe_layer_config(const MoeLayerConfig& c) {
                    c.prune.similarity.size() == static_cast<std::size_t>(c.num_experts) * c.num_experts,
                "MoE layer: the similarity prune scheme needs an E x E similarity ({} x {}), got {} values",
                c.num_experts, c.num_experts, c.prune.similarity.size());
+  OCCULT_CHECK(c.expert_dtype == WeightDType::kF32 || !c.with_grads,
+               "MoE layer: BF16 expert weights are for inference; training needs F32 weights and gradients");
 }
 
 MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> expert_to_device)
@@ -122,9 +124,15 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
   const std::size_t E = config_.num_experts, H = config_.hidden_size, F = config_.ffn_size;
   const std::size_t L = local_experts_.size();
   router_.assign(E * H, 0.0f);
-  w1_.assign(L * F * H, 0.0f);
-  w3_.assign(L * F * H, 0.0f);
-  w2_.assign(L * H * F, 0.0f);
+  if (config_.expert_dtype == WeightDType::kBF16) {
+    w1_bf16_.assign(L * F * H, 0);
+    w3_bf16_.assign(L * F * H, 0);
+    w2_bf16_.assign(L * H * F, 0);
+  } else {
+    w1_.assign(L * F * H, 0.0f);
+    w3_.assign(L * F * H, 0.0f);
+    w2_.assign(L * H * F, 0.0f);
+  }
   if (config_.with_grads) {
     d_router_.assign(E * H, 0.0f);
     d_w1_.assign(L * F * H, 0.0f);
@@ -149,6 +157,12 @@ int MoeLayer::local_index(int expert, const char* what) const {
 }
 
 namespace {
+// The F32 expert tensor v, after checking the layer holds its experts in F32.
+std::vector<float>& f32_experts(const MoeLayerConfig& c, std::vector<float>& v, const char* what) {
+  OCCULT_CHECK(c.expert_dtype == WeightDType::kF32,
+               "MoE layer: {} requested in F32, but the experts are held in BF16 (use expert_weight_bf16)", what);
+  return v;
+}
 // Expert `index`'s part of v; empty when v is (gradients of an inference-only layer).
 std::span<float> slice(std::vector<float>& v, int index, std::size_t size) {
   if (v.empty()) return {};
@@ -157,13 +171,24 @@ std::span<float> slice(std::vector<float>& v, int index, std::size_t size) {
 }  // namespace
 
 std::span<float> MoeLayer::gate_proj(int e) {
-  return slice(w1_, local_index(e, "gate_proj"), std::size_t(config_.ffn_size) * config_.hidden_size);
+  return slice(f32_experts(config_, w1_, "gate_proj"), local_index(e, "gate_proj"),
+               std::size_t(config_.ffn_size) * config_.hidden_size);
 }
 std::span<float> MoeLayer::up_proj(int e) {
-  return slice(w3_, local_index(e, "up_proj"), std::size_t(config_.ffn_size) * config_.hidden_size);
+  return slice(f32_experts(config_, w3_, "up_proj"), local_index(e, "up_proj"),
+               std::size_t(config_.ffn_size) * config_.hidden_size);
 }
 std::span<float> MoeLayer::down_proj(int e) {
-  return slice(w2_, local_index(e, "down_proj"), std::size_t(config_.ffn_size) * config_.hidden_size);
+  return slice(f32_experts(config_, w2_, "down_proj"), local_index(e, "down_proj"),
+               std::size_t(config_.ffn_size) * config_.hidden_size);
+}
+std::span<std::uint16_t> MoeLayer::expert_weight_bf16(int e, int kind) {
+  OCCULT_CHECK(config_.expert_dtype == WeightDType::kBF16 && kind >= 0 && kind < 3,
+               "MoE layer: expert {} tensor {} requested in BF16, but the experts are held in {}", e, kind,
+               weight_dtype_name(config_.expert_dtype));
+  auto& v = kind == 0 ? w1_bf16_ : kind == 1 ? w3_bf16_ : w2_bf16_;
+  const std::size_t size = std::size_t(config_.ffn_size) * config_.hidden_size;
+  return std::span<std::uint16_t>(v).subspan(static_cast<std::size_t>(local_index(e, "a BF16 weight")) * size, size);
 }
 std::span<float> MoeLayer::gate_proj_grad(int e) {
   return slice(d_w1_, local_index(e, "gate_proj grad"), std::size_t(config_.ffn_size) * config_.hidden_size);
@@ -190,6 +215,24 @@ std::vector<MoeParameter> MoeLayer::parameters() {
 
 void MoeLayer::load_weights(const SafetensorsReader& reader, std::string_view prefix) {
   agree_on_errors(comm_, [&] {
+    if (config_.expert_dtype == WeightDType::kBF16) {
+      const std::string router = std::string(prefix) + "mlp.gate.weight";
+      reader.expect_shape(router, std::vector<std::int64_t>{config_.num_experts, config_.hidden_size});
+      const std::vector<float> values = reader.read_f32(router);
+      std::copy(values.begin(), values.end(), router_.begin());
+      const std::int64_t H = config_.hidden_size, F = config_.ffn_size;
+      for (int e : local_experts_) {
+        for (int kind = 0; kind < 3; ++kind) {
+          static constexpr const char* kNames[] = {"gate_proj", "up_proj", "down_proj"};
+          const std::string name = fmt::format("{}mlp.experts.{}.{}.weight", prefix, e, kNames[kind]);
+          reader.expect_shape(name, kind < 2 ? std::vector<std::int64_t>{F, H} : std::vector<std::int64_t>{H, F});
+          const std::vector<float> w = reader.read_f32(name);
+          auto dst = expert_weight_bf16(e, kind);
+          for (std::size_t i = 0; i < w.size(); ++i) dst[i] = float_to_bf16(w[i]);
+        }
+      }
+      return;
+    }
     for (MoeParameter& p : parameters()) {
       const std::string name = std::string(prefix) + p.name;
       reader.expect_shape(name, p.shape);
@@ -204,12 +247,28 @@ void MoeLayer::init_random(std::uint64_t seed, float scale) {
   const std::size_t FH = std::size_t(config_.ffn_size) * config_.hidden_size;
   for (std::size_t l = 0; l < local_experts_.size(); ++l) {
     const std::uint64_t e = local_experts_[l];
+    if (config_.expert_dtype == WeightDType::kBF16) {
+      for (std::size_t i = 0; i < FH; ++i) {
+        w1_bf16_[l * FH + i] = float_to_bf16(moe_init_value(seed, 1 + 3 * e + 0, i, scale));
+        w3_bf16_[l * FH + i] = float_to_bf16(moe_init_value(seed, 1 + 3 * e + 1, i, scale));
+        w2_bf16_[l * FH + i] = float_to_bf16(moe_init_value(seed, 1 + 3 * e + 2, i, scale));
+      }
+      continue;
+    }
     for (std::size_t i = 0; i < FH; ++i) {
       w1_[l * FH + i] = moe_init_value(seed, 1 + 3 * e + 0, i, scale);
       w3_[l * FH + i] = moe_init_value(seed, 1 + 3 * e + 1, i, scale);
       w2_[l * FH + i] = moe_init_value(seed, 1 + 3 * e + 2, i, scale);
     }
   }
+}
+
+ExpertWeightsView MoeLayer::expert_view() const {
+  ExpertWeightsView view{static_cast<int>(local_experts_.size()), config_.hidden_size, config_.ffn_size, w1_, w3_, w2_};
+  view.gate_proj_bf16 = w1_bf16_;
+  view.up_proj_bf16 = w3_bf16_;
+  view.down_proj_bf16 = w2_bf16_;
+  return view;
 }
 
 void MoeLayer::zero_grad() {
@@ -340,8 +399,7 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y) {
   act_gate_.resize(A * F);
   act_up_.resize(A * F);
   b.expert_out.resize(receive_.num_rows() * H);
-  ExpertWeightsView view{static_cast<int>(local_experts_.size()), H, config_.ffn_size, w1_, w3_, w2_};
-  expert_forward(receive_, view, x_recv_, b.expert_out, act_gate_, act_up_, b.expert);
+  expert_forward(receive_, expert_view(), x_recv_, b.expert_out, act_gate_, act_up_, b.expert);
   double t2 = now_seconds();
   timings_.forward_experts = t2 - t1;
 
@@ -385,7 +443,7 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
 
   b.expert_out.resize(receive_.num_rows() * H);  // dx rows, on the expert side
   b.d_weight_sorted.resize(receive_.num_assignments());
-  ExpertWeightsView view{static_cast<int>(local_experts_.size()), H, config_.ffn_size, w1_, w3_, w2_};
+  const ExpertWeightsView view = expert_view();
   ExpertGradsView grads{d_w1_, d_w3_, d_w2_};
   expert_backward(receive_, view, x_recv_, dy_recv, act_gate_, act_up_, b.expert_out, b.d_weight_sorted, grads,
                   b.expert);

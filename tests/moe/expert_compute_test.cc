@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 
 #include "occult/core/error.h"
@@ -74,6 +75,47 @@ TEST_P(ExpertKernels, MatchNaiveTwinForwardAndBackward) {
   EXPECT_LT(relative_error(g1, r1), 1e-5);
   EXPECT_LT(relative_error(g3, r3), 1e-5);
   EXPECT_LT(relative_error(g2, r2), 1e-5);
+}
+
+// BF16-resident experts: the forward equals the naive twin run on the same values widened to F32
+// (BF16 -> F32 is exact, so only the order of the F32 sums differs); backward refuses them.
+TEST_P(ExpertKernels, Bf16WeightsMatchTwinOnWidenedValues) {
+  const Case c = GetParam();
+  std::mt19937 rng(11);
+  std::vector<Assignment> received;
+  for (std::int64_t a = 0; a < c.assignments; ++a) {
+    received.push_back({static_cast<std::int32_t>(rng() % c.rows), static_cast<std::int32_t>(rng() % c.num_local_experts),
+                        static_cast<float>(rng() % 1000) / 1000.0f});
+  }
+  ReceivePlan plan =
+      build_receive_plan(std::vector<std::int64_t>{c.rows}, std::vector<std::int64_t>{c.assignments}, received,
+                         c.num_local_experts);
+  const std::size_t FH = static_cast<std::size_t>(c.hidden) * c.ffn;
+  std::vector<std::vector<float>> wide(3);
+  std::vector<std::vector<std::uint16_t>> narrow(3);
+  for (int kind = 0; kind < 3; ++kind) {
+    const auto values = random_values(c.num_local_experts * FH, 21 + kind, 0.5f);
+    for (float v : values) {
+      // Round to BF16 by hand (ties away are fine here: any BF16 value will do) and widen back.
+      const std::uint32_t bits = std::bit_cast<std::uint32_t>(v) + 0x8000u;
+      narrow[kind].push_back(static_cast<std::uint16_t>(bits >> 16));
+      wide[kind].push_back(std::bit_cast<float>(bits & 0xffff0000u));
+    }
+  }
+  ExpertWeightsView w32{c.num_local_experts, c.hidden, c.ffn, wide[0], wide[1], wide[2]};
+  ExpertWeightsView w16{c.num_local_experts, c.hidden, c.ffn, {}, {}, {}, narrow[0], narrow[1], narrow[2]};
+  ASSERT_EQ(w16.dtype(), WeightDType::kBF16);
+  auto x = random_values(c.rows * c.hidden, 24);
+  const std::size_t AF = c.assignments * c.ffn;
+  std::vector<float> out(x.size()), ref_out(x.size()), a1(AF), a3(AF), ra1(AF), ra3(AF);
+  ExpertScratch scratch;
+  expert_forward(plan, w16, x, out, a1, a3, scratch);
+  reference_expert_forward(plan, w32, x, ref_out, ra1, ra3);
+  EXPECT_LT(relative_error(out, ref_out), 1e-5);
+  EXPECT_LT(relative_error(a1, ra1), 1e-5);
+  EXPECT_LT(relative_error(a3, ra3), 1e-5);
+  std::vector<float> dx(x.size()), dg(c.assignments), g(c.num_local_experts * FH);
+  EXPECT_THROW(expert_backward(plan, w16, x, x, a1, a3, dx, dg, ExpertGradsView{g, g, g}, scratch), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ExpertKernels,

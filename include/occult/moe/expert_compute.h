@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "occult/linalg/linear.h"
 #include "occult/moe/dispatch_plan.h"
 
 namespace occult {
@@ -19,7 +20,9 @@ namespace occult {
 inline constexpr std::int64_t kExpertTileRows = 256;
 
 // The experts of one rank, packed: W1 (gate_proj) [L, F, H], W3 (up_proj) [L, F, H],
-// W2 (down_proj) [L, H, F], where L = number of local experts.
+// W2 (down_proj) [L, H, F], where L = number of local experts. Held either in F32 (the three
+// F32 spans; training and the reference twins) or in BF16 (the three BF16 spans, the others
+// empty; inference forward only).
 struct ExpertWeightsView {
   int num_local_experts = 0;
   int hidden_size = 0;  // H
@@ -27,6 +30,14 @@ struct ExpertWeightsView {
   std::span<const float> gate_proj;
   std::span<const float> up_proj;
   std::span<const float> down_proj;
+  std::span<const std::uint16_t> gate_proj_bf16 = {};
+  std::span<const std::uint16_t> up_proj_bf16 = {};
+  std::span<const std::uint16_t> down_proj_bf16 = {};
+
+  // kBF16 when the BF16 spans are set, else kF32.
+  WeightDType dtype() const { return gate_proj_bf16.empty() ? WeightDType::kF32 : WeightDType::kBF16; }
+  // Local expert e's matrix `kind` (0 gate [F,H], 1 up [F,H], 2 down [H,F]).
+  WeightRef matrix(int kind, int e) const;
 };
 
 // Gradients of the same shapes (accumulated into).
@@ -41,14 +52,14 @@ struct ExpertScratch {
   std::vector<float> x_tile, dy_tile, h_tile, y_tile, u_tile, da_gate, da_up;
 };
 
-// Forward. x_recv [R, H] -> out [R, H] (overwritten): out[r] = sum over the assignments a of
+// Forward (F32 or BF16 weights; F32 arithmetic). x_recv [R, H] -> out [R, H] (overwritten): out[r] = sum over the assignments a of
 // row r of weight_a * W2_e (silu(W1_e x_r) * (W3_e x_r)). act_gate and act_up [A, F] receive
 // W1_e x and W3_e x per assignment in the plan's expert-sorted order (for backward).
 void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& weights, std::span<const float> x_recv,
                     std::span<float> out, std::span<float> act_gate, std::span<float> act_up,
                     ExpertScratch& scratch);
 
-// Backward. dy_recv [R, H] is the gradient of out; writes dx_recv [R, H] (overwritten) and
+// Backward (F32 weights only). dy_recv [R, H] is the gradient of out; writes dx_recv [R, H] (overwritten) and
 // d_weight [A] (gradient of each assignment's gate weight, expert-sorted order), and
 // accumulates the expert weight gradients.
 void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& weights, std::span<const float> x_recv,
@@ -56,8 +67,8 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& weights, 
                      std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
                      const ExpertGradsView& grads, ExpertScratch& scratch);
 
-// Naive reference twins (plain loops, double accumulation, no BLAS, no tiling): same
-// contracts as expert_forward / expert_backward.
+// Naive reference twins (plain loops, double accumulation, no BLAS, no tiling, F32 weights):
+// same contracts as expert_forward / expert_backward.
 void reference_expert_forward(const ReceivePlan& plan, const ExpertWeightsView& weights,
                               std::span<const float> x_recv, std::span<float> out, std::span<float> act_gate,
                               std::span<float> act_up);

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "occult/comm/communicator.h"
+#include "occult/linalg/linear.h"
 #include "occult/moe/dispatch_plan.h"
 #include "occult/routing/gating.h"
 #include "occult/routing/pruning.h"
@@ -33,6 +34,7 @@ namespace occult {
 
 class SafetensorsReader;
 struct MoeLayerBuffers;  // exchange scratch, private to moe_layer.cc
+struct ExpertWeightsView;  // occult/moe/expert_compute.h
 
 // Collaboration pruning inside the layer (DESIGN.md, "Collaboration pruning"; the rules are
 // routing/pruning.h's prune_routing): after top-k, each token is restricted to at most
@@ -63,14 +65,18 @@ struct MoeLayerConfig {
   // False for inference: no gradient buffers are allocated (half the expert memory) and
   // backward() throws.
   bool with_grads = true;
+  // kBF16 keeps the expert weights in BF16 (half the memory again; the arithmetic stays F32).
+  // Inference only: requires with_grads = false.
+  WeightDType expert_dtype = WeightDType::kF32;
 
   // The GatingConfig part (E, k, score function, norm_topk_prob).
   GatingConfig gating() const;
 };
 
 // Throws occult::Error naming the field unless E >= 1, 1 <= k <= E, H >= 1, F >= 1,
-// capacity_factor >= 0 (and only with standard dispatch), 0 <= prune.max_devices, and a
-// similarity of E x E when the similarity scheme is chosen.
+// capacity_factor >= 0 (and only with standard dispatch), 0 <= prune.max_devices, a
+// similarity of E x E when the similarity scheme is chosen, and BF16 experts only without
+// gradients.
 void validate_moe_layer_config(const MoeLayerConfig& config);
 
 // A named parameter tensor of the layer and its gradient (same shape), for optimizers,
@@ -114,14 +120,19 @@ class MoeLayer {
   std::span<float> router_weight() { return router_; }
   std::span<float> router_weight_grad() { return d_router_; }
   // Expert `e`'s W1 (gate_proj) [F, H], W3 (up_proj) [F, H], W2 (down_proj) [H, F] and their
-  // gradients; `e` is a global id and must be local (throws naming it otherwise).
+  // gradients; `e` is a global id and must be local (throws naming it otherwise). The weight
+  // accessors throw when the experts are held in BF16 (use expert_weight_bf16).
   std::span<float> gate_proj(int expert);
   std::span<float> up_proj(int expert);
   std::span<float> down_proj(int expert);
   std::span<float> gate_proj_grad(int expert);
   std::span<float> up_proj_grad(int expert);
   std::span<float> down_proj_grad(int expert);
-  // The router and this rank's expert tensors, router first, then experts ascending.
+  // Expert `e`'s tensor `kind` (0 gate_proj, 1 up_proj, 2 down_proj) when the experts are held
+  // in BF16 (throws otherwise, and for a remote expert).
+  std::span<std::uint16_t> expert_weight_bf16(int expert, int kind);
+  // The router and this rank's expert tensors, router first, then experts ascending (F32
+  // experts only: throws when they are held in BF16).
   std::vector<MoeParameter> parameters();
 
   // Reads `prefix + "mlp.gate.weight"` and, for this rank's experts only,
@@ -174,6 +185,7 @@ class MoeLayer {
 
  private:
   void run_forward(std::span<const float> x, std::span<float> y);
+  ExpertWeightsView expert_view() const;
   int local_index(int expert, const char* what) const;
 
   Communicator& comm_;
@@ -184,6 +196,7 @@ class MoeLayer {
 
   std::vector<float> router_, d_router_;          // [E, H]
   std::vector<float> w1_, w3_, w2_;               // [L, F, H], [L, F, H], [L, H, F]
+  std::vector<std::uint16_t> w1_bf16_, w3_bf16_, w2_bf16_;  // the same, when held in BF16
   std::vector<float> d_w1_, d_w3_, d_w2_;
 
   // State of the last forward.
