@@ -3,8 +3,46 @@
 #include <chrono>
 
 #include "occult/core/error.h"
+#include "occult/placement/replicate.h"
 
 namespace occult {
+
+namespace {
+
+// Primaries tried under replicas besides the one at the load limit: replicas can take load off
+// a device, so a primary placed without the limit (fewer devices per token) may win once its
+// hot experts are copied.
+constexpr double kUnlimitedImbalance = 100.0;
+
+// The primary placement and replicas of one layer with spare slots: the best (by
+// ReplicaScore) of the replicas chosen on each candidate primary.
+void place_with_replicas(const LayerRouting& routing, const CollaborationGraph& graph, const Partitioner& partitioner,
+                         const PartitionOptions& options, LayerPlacement& lp) {
+  std::vector<double> limits = {options.max_imbalance};
+  if (partitioner.name() == "hypergraph" && options.max_imbalance < kUnlimitedImbalance) {
+    limits.push_back(kUnlimitedImbalance);
+  }
+  bool have = false;
+  ReplicaScore best;
+  for (const double limit : limits) {
+    PartitionOptions primary_options = options;
+    primary_options.max_imbalance = limit;
+    std::vector<int> primary = partitioner.partition(graph, primary_options);
+    std::vector<std::vector<int>> device_experts =
+        choose_replicas(routing, graph.num_experts, primary, options);
+    const ReplicaScore score =
+        score_replicas(routing, holders_from_device_experts(device_experts, primary), options.num_nodes,
+                       options.max_imbalance, options.replica_chunks);
+    if (!have || score.better_than(best)) {
+      best = score;
+      lp.expert_to_device = std::move(primary);
+      lp.device_experts = std::move(device_experts);
+      have = true;
+    }
+  }
+}
+
+}  // namespace
 
 Placement place_experts(const Trace& trace, std::string_view strategy, const PartitionOptions& options,
                         bool cross_layer, const LayerCallback& on_layer) {
@@ -15,6 +53,8 @@ Placement place_experts(const Trace& trace, std::string_view strategy, const Par
   placement.num_devices = options.num_devices;
   placement.num_nodes = options.num_nodes;
   placement.strategy = std::string(strategy);
+  placement.slots_per_device = options.slots_per_device;
+  const bool slots = options.slots_per_device > 0;
   PartitionOptions layer_options = options;
   for (int l = 0; l < trace.num_layers(); ++l) {
     const auto start = std::chrono::steady_clock::now();
@@ -22,12 +62,27 @@ Placement place_experts(const Trace& trace, std::string_view strategy, const Par
     if (cross_layer && l > 0) layer_options.warm_start = placement.layers.back().expert_to_device;
     LayerPlacement lp;
     lp.layer = l;
-    lp.expert_to_device = partitioner->partition(graph, layer_options);
+    if (slots) {
+      place_with_replicas(trace.layers[l], graph, *partitioner, layer_options, lp);
+    } else {
+      lp.expert_to_device = partitioner->partition(graph, layer_options);
+    }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const PlacementMetrics m = compute_placement_metrics(trace.layers[l], lp.expert_to_device,
-                                                         options.num_devices, options.num_nodes);
+    const PlacementMetrics m =
+        slots ? compute_replica_metrics(trace.layers[l], layer_holders(placement, lp), options.num_nodes)
+              : compute_placement_metrics(trace.layers[l], lp.expert_to_device, options.num_devices,
+                                          options.num_nodes);
     lp.metrics = metrics_to_json(m, options.num_nodes > 1);
+    if (slots) {
+      // What the replicas bought: the primaries' own C_T, and how many copies were added.
+      lp.metrics["primary_replicas_per_token"] =
+          compute_placement_metrics(trace.layers[l], lp.expert_to_device, options.num_devices, options.num_nodes)
+              .replicas_per_token;
+      std::size_t held = 0;
+      for (const std::vector<int>& experts : lp.device_experts) held += experts.size();
+      lp.metrics["replica_copies"] = held - lp.expert_to_device.size();
+    }
     lp.metrics["seconds"] = seconds;
     placement.layers.push_back(std::move(lp));
     if (on_layer) on_layer(l, l + 1, seconds);
@@ -60,8 +115,12 @@ std::vector<PlacementMetrics> evaluate_placement(const Trace& trace, const Place
   check_placement_matches_trace(placement, trace, placement_source, trace_source);
   std::vector<PlacementMetrics> result;
   for (int l = 0; l < trace.num_layers(); ++l) {
-    result.push_back(compute_placement_metrics(trace.layers[l], placement.layer(l).expert_to_device,
-                                               placement.num_devices, placement.num_nodes));
+    const LayerPlacement& lp = placement.layer(l);
+    result.push_back(lp.device_experts.empty()
+                         ? compute_placement_metrics(trace.layers[l], lp.expert_to_device,
+                                                     placement.num_devices, placement.num_nodes)
+                         : compute_replica_metrics(trace.layers[l], layer_holders(placement, lp),
+                                                   placement.num_nodes));
   }
   return result;
 }
