@@ -9,37 +9,14 @@ namespace occult {
 
 namespace {
 
-// Primaries tried under replicas besides the one at the load limit: replicas can take load off
-// a device, so a primary placed without the limit (fewer devices per token) may win once its
-// hot experts are copied.
-constexpr double kUnlimitedImbalance = 100.0;
-
-// The primary placement and replicas of one layer with spare slots: the best (by
-// ReplicaScore) of the replicas chosen on each candidate primary.
+// The primary placement and replicas of one layer with spare slots: the strategy's placement
+// under the load limit, then its spare slots filled by choose_replicas. (Primaries placed with
+// a looser or tighter limit, then given replicas, were measured on the shipped traces: never
+// better held-out, so they are not tried; bench/RESULTS.md, "Replicas".)
 void place_with_replicas(const LayerRouting& routing, const CollaborationGraph& graph, const Partitioner& partitioner,
                          const PartitionOptions& options, LayerPlacement& lp) {
-  std::vector<double> limits = {options.max_imbalance};
-  if (partitioner.name() == "hypergraph" && options.max_imbalance < kUnlimitedImbalance) {
-    limits.push_back(kUnlimitedImbalance);
-  }
-  bool have = false;
-  ReplicaScore best;
-  for (const double limit : limits) {
-    PartitionOptions primary_options = options;
-    primary_options.max_imbalance = limit;
-    std::vector<int> primary = partitioner.partition(graph, primary_options);
-    std::vector<std::vector<int>> device_experts =
-        choose_replicas(routing, graph.num_experts, primary, options);
-    const ReplicaScore score =
-        score_replicas(routing, holders_from_device_experts(device_experts, primary), options.num_nodes,
-                       options.max_imbalance, options.replica_chunks);
-    if (!have || score.better_than(best)) {
-      best = score;
-      lp.expert_to_device = std::move(primary);
-      lp.device_experts = std::move(device_experts);
-      have = true;
-    }
-  }
+  lp.expert_to_device = partitioner.partition(graph, options);
+  lp.device_experts = choose_replicas(routing, graph.num_experts, lp.expert_to_device, options);
 }
 
 }  // namespace

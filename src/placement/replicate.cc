@@ -11,10 +11,12 @@ namespace occult {
 
 namespace {
 
-// Candidates simulated per added replica: the best by estimated devices saved, and while the
-// load is over the limit, the busiest experts of the overloaded device times the lightest
-// devices with room. Small, because each candidate costs one routing pass over the trace.
-constexpr std::size_t kGainShortlist = 6;
+// Candidates simulated per added replica: the best by estimated devices saved, kGainBatch at a
+// time until one improves the score (at most kGainBatches batches), and while the load is over
+// the limit, the busiest experts of the overloaded device times the lightest devices with room.
+// Small, because each candidate costs one routing pass over the trace.
+constexpr std::size_t kGainBatch = 6;
+constexpr std::size_t kGainBatches = 4;
 constexpr std::size_t kHotExperts = 4;
 constexpr std::size_t kColdDevices = 3;
 
@@ -138,10 +140,7 @@ std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int n
       }
     }
     std::sort(gains.begin(), gains.end());
-    std::vector<std::pair<int, int>> candidates;
-    for (std::size_t i = 0; i < gains.size() && i < kGainShortlist; ++i) {
-      candidates.emplace_back(std::get<1>(gains[i]), std::get<2>(gains[i]));
-    }
+    std::vector<std::pair<int, int>> load_candidates;
     if (current.score.excess > 0) {
       std::vector<int> hot;
       for (int x = 0; x < e_count; ++x) {
@@ -163,10 +162,7 @@ std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int n
         std::size_t taken = 0;
         for (std::size_t c = 0; c < cold.size() && taken < kColdDevices; ++c) {
           if ((holders.masks[hot[i]] >> cold[c] & 1u) != 0) continue;
-          const std::pair<int, int> candidate{hot[i], cold[c]};
-          if (std::find(candidates.begin(), candidates.end(), candidate) == candidates.end()) {
-            candidates.push_back(candidate);
-          }
+          load_candidates.emplace_back(hot[i], cold[c]);
           ++taken;
         }
       }
@@ -174,15 +170,25 @@ std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int n
     bool found = false;
     Evaluation best;
     std::pair<int, int> best_candidate{-1, -1};
-    for (const auto& [x, dev] : candidates) {
+    std::vector<std::pair<int, int>> tried;
+    auto consider = [&](int x, int dev) {
+      const std::pair<int, int> candidate{x, dev};
+      if (std::find(tried.begin(), tried.end(), candidate) != tried.end()) return;
+      tried.push_back(candidate);
       const std::uint64_t original = holders.masks[x];
       holders.masks[x] = original | (std::uint64_t{1} << dev);
       Evaluation ev = evaluate(routing, holders, options.num_nodes, options.max_imbalance, options.replica_chunks);
       holders.masks[x] = original;
       if (ev.score.better_than(found ? best.score : current.score)) {
         best = std::move(ev);
-        best_candidate = {x, dev};
+        best_candidate = candidate;
         found = true;
+      }
+    };
+    for (const auto& [x, dev] : load_candidates) consider(x, dev);
+    for (std::size_t batch = 0; batch < kGainBatches && (batch == 0 || !found); ++batch) {
+      for (std::size_t i = batch * kGainBatch; i < gains.size() && i < (batch + 1) * kGainBatch; ++i) {
+        consider(std::get<1>(gains[i]), std::get<2>(gains[i]));
       }
     }
     if (!found) break;
