@@ -10,7 +10,6 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <ctime>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -19,17 +18,12 @@
 #include "occult/core/error.h"
 #include "occult/core/table.h"
 #include "occult/placement/place.h"
+#include "thread_time.h"
 
 namespace {
 
 using namespace occult;
-
-// This thread's CPU time: the shared VM runs other jobs, which wall time would count.
-double thread_seconds() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
+using occult::bench::thread_seconds;
 
 struct Measured {
   PlacementMetrics calib, heldout;

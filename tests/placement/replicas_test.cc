@@ -3,9 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 #include "occult/core/error.h"
 #include "occult/placement/metrics.h"
@@ -15,12 +13,6 @@
 
 namespace occult {
 namespace {
-
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("occult_replicas_" + std::to_string(::getpid()) + "_" + name))
-      .string();
-}
 
 // E = 5 on D = 2 with S = 4: device 0 holds 0, 2, 4 and a copy of 1; device 1 holds 1, 3 and
 // copies of 0 and 4.
@@ -49,7 +41,7 @@ std::string validation_error(const Placement& p) {
 }
 
 TEST(PlacementReplicas, RoundTripKeepsSlotsAndDeviceExperts) {
-  const std::string path = temp_path("roundtrip.json");
+  const std::string path = testing::temp_path("roundtrip.json");
   save_placement(replicated(), path);
   const Placement q = load_placement(path, ReplicaPolicy::kAllow);
   EXPECT_EQ(q.slots_per_device, 4);
@@ -73,7 +65,7 @@ TEST(PlacementReplicas, RoundTripKeepsSlotsAndDeviceExperts) {
 TEST(PlacementReplicas, OlderFilesAndSlotsWithoutCopiesLoadEverywhere) {
   Placement p = replicated();
   p.layers[0].device_experts.clear();  // no device_experts: each expert on its primary only
-  const std::string path = temp_path("plain.json");
+  const std::string path = testing::temp_path("plain.json");
   save_placement(p, path);
   const Placement q = load_placement(path);
   EXPECT_FALSE(q.has_replicas());
