@@ -7,6 +7,7 @@
 
 #include "occult/core/error.h"
 #include "occult/placement/metrics.h"
+#include "occult/placement/place.h"
 #include "occult/placement/placement.h"
 #include "occult/placement/replicate.h"
 #include "placement/test_traces.h"
@@ -201,6 +202,46 @@ TEST(PlacementReplicas, CopiesOfTheHotExpertRestoreTheLoadLimit) {
   const ExpertHolders h = holders_from_device_experts(de, primary);
   EXPECT_DOUBLE_EQ(compute_replica_metrics(routing, h).load_imbalance, 1.2);
   EXPECT_DOUBLE_EQ(score_replicas(routing, h, 1, 1.25, 1).chunk_imbalance, 1.2);
+}
+
+TEST(PlacementReplicas, PlaceExpertsWithSlotsAndNodes) {
+  // Two planted layers, E = 16 on D = 4 devices in N = 2 nodes, S = 5: every layer gets valid
+  // device_experts; copies never add devices per token (a copy only shrinks minimum covers), on
+  // this routing they add no nodes per token either (nodes come before devices in the score), and
+  // the calibration load stays within the limit on every chunk.
+  Trace trace;
+  trace.num_experts = 16;
+  trace.top_k = 3;
+  for (std::uint64_t seed : {3u, 4u}) {
+    trace.layers.push_back(testing::planted_routing(16, 3, 4, 800, 0.6, seed, nullptr));
+  }
+  PartitionOptions options;
+  options.num_devices = 4;
+  options.num_nodes = 2;
+  options.slots_per_device = 5;
+  options.max_imbalance = 1.25;
+  const Placement p = place_experts(trace, "hypergraph", options);
+  EXPECT_NO_THROW(validate_placement(p, "placed"));
+  EXPECT_EQ(p.slots_per_device, 5);
+  for (int l = 0; l < 2; ++l) {
+    const LayerPlacement& lp = p.layer(l);
+    ASSERT_EQ(lp.device_experts.size(), 4u);
+    const PlacementMetrics with = compute_replica_metrics(trace.layers[l], layer_holders(p, lp), 2);
+    const PlacementMetrics without = compute_placement_metrics(trace.layers[l], lp.expert_to_device, 4, 2);
+    EXPECT_LE(with.replicas_per_token, without.replicas_per_token);
+    EXPECT_LE(with.nodes_per_token, without.nodes_per_token + 1e-12);
+    EXPECT_EQ(lp.metrics["replicas_per_token"].get<double>(), with.replicas_per_token);
+    EXPECT_EQ(lp.metrics["primary_replicas_per_token"].get<double>(), without.replicas_per_token);
+    EXPECT_LE(score_replicas(trace.layers[l], layer_holders(p, lp), 2, 1.25, options.replica_chunks).excess, 0.0);
+  }
+  // Too few slots is an error naming the flag.
+  options.slots_per_device = 3;
+  try {
+    place_experts(trace, "hypergraph", options);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("--slots-per-device 3 cannot hold 16 experts on 4 devices"), std::string::npos);
+  }
 }
 
 }  // namespace
