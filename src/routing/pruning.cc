@@ -379,15 +379,16 @@ PruneStats prune_tokens(std::span<std::int32_t> ids, std::span<float> weights,
       // Device-limited: score = sum of the best ceil(k/M) p on the device (unrecorded p = 0).
       // p in device-grouped order, so each device (and node) is one contiguous run.
       float* const grouped = ws.grouped_p.data();
+      const int copies = offsets[d];  // E, or more with replicas
       if (has_probs) {
         bool nan = false;
-        for (int i = 0; i < offsets[d]; ++i) {
+        for (int i = 0; i < copies; ++i) {
           grouped[i] = prow[device_experts[i]];
           nan |= grouped[i] != grouped[i];
         }
         OCCULT_CHECK(!nan, "collaboration pruning: token {} has a NaN router probability", t);
       } else {
-        for (int i = 0; i < offsets[d]; ++i) {
+        for (int i = 0; i < copies; ++i) {
           const int x = device_experts[i];
           grouped[i] = expert_stamp[x] == s ? ws.expert_value[x] : 0.0f;
         }
