@@ -20,16 +20,26 @@ struct EvaluateArgs {
 
 void run_evaluate(const EvaluateArgs& args) {
   const Trace trace = load_trace(args.traces);
-  const Placement placement = load_placement(args.placement);
+  const Placement placement = load_placement(args.placement, ReplicaPolicy::kAllow);
   const std::vector<PlacementMetrics> layers =
       evaluate_placement(trace, placement, args.placement, args.traces);
   const PlacementMetrics mean = mean_metrics(layers);
   const bool with_nodes = placement.num_nodes > 1;
+  // With replicas, the primaries alone (every expert on its expert_to_device only) for comparison.
+  const bool replicas = placement.has_replicas();
+  std::vector<PlacementMetrics> primary_layers;
+  if (replicas) {
+    Placement primaries = placement;
+    for (LayerPlacement& lp : primaries.layers) lp.device_experts.clear();
+    primary_layers = evaluate_placement(trace, primaries, args.placement, args.traces);
+  }
+  const PlacementMetrics primary_mean = mean_metrics(primary_layers);
   if (args.json) {
     // Keys in the documented order (README, `occult evaluate`): layer first, then the metrics.
-    auto row_of = [&](const PlacementMetrics& m) {
+    auto row_of = [&](const PlacementMetrics& m, const PlacementMetrics& primary) {
       nlohmann::ordered_json row;
       row["replicas_per_token"] = m.replicas_per_token;
+      if (replicas) row["primary_replicas_per_token"] = primary.replicas_per_token;
       row["remote_replicas_per_token"] = m.remote_replicas_per_token;
       row["intra_collab_ratio"] = m.intra_collab_ratio;
       row["load_imbalance"] = m.load_imbalance;
@@ -41,32 +51,40 @@ void run_evaluate(const EvaluateArgs& args) {
     for (int l = 0; l < static_cast<int>(layers.size()); ++l) {
       nlohmann::ordered_json row;
       row["layer"] = l;
-      const nlohmann::ordered_json metrics = row_of(layers[l]);
+      const nlohmann::ordered_json metrics = row_of(layers[l], replicas ? primary_layers[l] : layers[l]);
       for (const auto& [key, value] : metrics.items()) row[key] = value;
       out["layers"].push_back(row);
     }
-    out["mean"] = row_of(mean);
+    out["mean"] = row_of(mean, primary_mean);
     std::cout << out.dump() << "\n";
     return;
   }
   auto f3 = [](double v) { return fmt::format("{:.3f}", v); };
-  TextTable table({"layer", "C_T", "remote C_T", "intra ratio", "imbalance",
-                   with_nodes ? "nodes/token" : "-"});
+  // With replicas a "C_T primaries" column follows C_T.
+  auto cells = [&](std::string label, const PlacementMetrics& m, const PlacementMetrics& primary) {
+    std::vector<std::string> row = {std::move(label), f3(m.replicas_per_token), f3(m.remote_replicas_per_token),
+                                    f3(m.intra_collab_ratio), f3(m.load_imbalance),
+                                    with_nodes ? f3(m.nodes_per_token) : "-"};
+    if (replicas) row.insert(row.begin() + 2, f3(primary.replicas_per_token));
+    return row;
+  };
+  std::vector<std::string> header = {"layer", "C_T", "remote C_T", "intra ratio", "imbalance",
+                                     with_nodes ? "nodes/token" : "-"};
+  if (replicas) header.insert(header.begin() + 2, "C_T primaries");
+  TextTable table(header);
   for (int l = 0; l < static_cast<int>(layers.size()); ++l) {
-    const PlacementMetrics& m = layers[l];
-    table.add_row({std::to_string(l), f3(m.replicas_per_token), f3(m.remote_replicas_per_token),
-                   f3(m.intra_collab_ratio), f3(m.load_imbalance),
-                   with_nodes ? f3(m.nodes_per_token) : "-"});
+    table.add_row(cells(std::to_string(l), layers[l], replicas ? primary_layers[l] : layers[l]));
   }
   table.add_rule();
-  table.add_row({"mean", f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
-                 f3(mean.intra_collab_ratio), f3(mean.load_imbalance),
-                 with_nodes ? f3(mean.nodes_per_token) : "-"});
+  table.add_row(cells("mean", mean, primary_mean));
   fmt::print("{}", table.render());
-  fmt::print("'{}' placement ({} devices) on {} ({} tokens): mean replicas_per_token {:.3f} of "
-             "top-k {}, mean load_imbalance {:.3f}\n",
-             placement.strategy, placement.num_devices, args.traces, trace.num_tokens(), mean.replicas_per_token,
-             trace.top_k, mean.load_imbalance);
+  fmt::print("'{}' placement ({} devices{}) on {} ({} tokens): mean replicas_per_token {:.3f} of "
+             "top-k {}{}, mean load_imbalance {:.3f}\n",
+             placement.strategy, placement.num_devices,
+             replicas ? fmt::format(" x {} slots", placement.slots_per_device) : "", args.traces, trace.num_tokens(),
+             mean.replicas_per_token, trace.top_k,
+             replicas ? fmt::format(" ({:.3f} on the primaries alone)", primary_mean.replicas_per_token) : "",
+             mean.load_imbalance);
 }
 
 void setup_evaluate(CLI::App& root) {

@@ -25,6 +25,8 @@ struct PlaceArgs {
   std::uint64_t seed = 0;
   int restarts = PartitionOptions{}.num_restarts;
   bool cross_layer = false;
+  int slots_per_device = 0;
+  int replica_chunks = PartitionOptions{}.replica_chunks;
   bool json = false;
   std::string out;
 };
@@ -47,6 +49,9 @@ void run_place(const PlaceArgs& args) {
   options.seed = args.seed;
   options.max_imbalance = args.max_imbalance;
   options.num_restarts = args.restarts;
+  options.slots_per_device = args.slots_per_device;
+  options.replica_chunks = args.replica_chunks;
+  const bool slots = args.slots_per_device > 0;
   const bool all = args.strategy == "all";
   std::vector<std::string> strategies = all ? partitioner_names()
                                             : std::vector<std::string>{args.strategy};
@@ -62,9 +67,19 @@ void run_place(const PlaceArgs& args) {
     if (with_nodes) row.insert(row.end() - 1, std::move(node_cell));
     return row;
   };
-  TextTable comparison(node_column({"strategy", "C_T", "remote C_T", "intra ratio",
-                                    "imbalance mean", "imbalance max", "seconds"},
-                                   "nodes/token"));
+  // With slots, the primaries' own C_T and the copies added follow the C_T column (position).
+  auto slot_columns = [slots](std::vector<std::string> row, std::size_t position, std::string primary_cell,
+                              std::string copies_cell) {
+    if (slots) {
+      row.insert(row.begin() + static_cast<std::ptrdiff_t>(position), std::move(copies_cell));
+      row.insert(row.begin() + static_cast<std::ptrdiff_t>(position), std::move(primary_cell));
+    }
+    return row;
+  };
+  TextTable comparison(slot_columns(node_column({"strategy", "C_T", "remote C_T", "intra ratio",
+                                                "imbalance mean", "imbalance max", "seconds"},
+                                               "nodes/token"),
+                                   2, "C_T primaries", "copies"));
   for (const std::string& strategy : strategies) {
     ProgressBar progress(fmt::format("place {}", strategy), trace.num_layers(), !args.json);
     const auto t0 = std::chrono::steady_clock::now();
@@ -76,7 +91,13 @@ void run_place(const PlaceArgs& args) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     progress.finish(fmt::format("{:.2f} s", seconds));
     std::vector<PlacementMetrics> per_layer;
+    double primary_ct = 0;
+    std::int64_t copies = 0;
     for (const LayerPlacement& lp : placement.layers) {
+      if (slots) {
+        primary_ct += lp.metrics["primary_replicas_per_token"].get<double>() / placement.layers.size();
+        copies += lp.metrics["replica_copies"].get<std::int64_t>();
+      }
       PlacementMetrics m;
       m.replicas_per_token = lp.metrics["replicas_per_token"];
       m.remote_replicas_per_token = lp.metrics["remote_replicas_per_token"];
@@ -90,15 +111,20 @@ void run_place(const PlaceArgs& args) {
     for (const PlacementMetrics& m : per_layer) max_imbalance = std::max(max_imbalance, m.load_imbalance);
 
     if (all) {
-      comparison.add_row(node_column(
-          {strategy, f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
-           f3(mean.intra_collab_ratio), f3(mean.load_imbalance), f3(max_imbalance),
-           fmt::format("{:.2f}", seconds)},
-          f3(mean.nodes_per_token)));
+      comparison.add_row(slot_columns(
+          node_column({strategy, f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
+                       f3(mean.intra_collab_ratio), f3(mean.load_imbalance), f3(max_imbalance),
+                       fmt::format("{:.2f}", seconds)},
+                      f3(mean.nodes_per_token)),
+          2, f3(primary_ct), std::to_string(copies)));
       nlohmann::json entry = {{"strategy", strategy},
                               {"mean", metrics_to_json(mean, with_nodes)},
                               {"max_load_imbalance", max_imbalance},
                               {"seconds", seconds}};
+      if (slots) {
+        entry["primary_replicas_per_token"] = primary_ct;
+        entry["replica_copies"] = copies;
+      }
       json_out["strategies"].push_back(entry);
     } else {
       json_out["strategy"] = strategy;
@@ -111,23 +137,32 @@ void run_place(const PlaceArgs& args) {
       json_out["mean"] = metrics_to_json(mean, with_nodes);
       json_out["max_load_imbalance"] = max_imbalance;
       json_out["seconds"] = seconds;
+      if (slots) {
+        json_out["primary_replicas_per_token"] = primary_ct;
+        json_out["replica_copies"] = copies;
+      }
       if (!args.json) {
-        TextTable table(
-            node_column({"layer", "C_T", "remote C_T", "intra ratio", "imbalance", "ms"}, "nodes/token"));
+        TextTable table(slot_columns(
+            node_column({"layer", "C_T", "remote C_T", "intra ratio", "imbalance", "ms"}, "nodes/token"), 2,
+            "C_T primaries", "copies"));
         for (std::size_t l = 0; l < placement.layers.size(); ++l) {
           const PlacementMetrics& m = per_layer[l];
-          table.add_row(node_column(
-              {std::to_string(placement.layers[l].layer), f3(m.replicas_per_token),
-               f3(m.remote_replicas_per_token), f3(m.intra_collab_ratio), f3(m.load_imbalance),
-               fmt::format("{:.1f}", 1e3 * placement.layers[l].metrics["seconds"].get<double>())},
-              f3(m.nodes_per_token)));
+          const nlohmann::json& lm = placement.layers[l].metrics;
+          table.add_row(slot_columns(
+              node_column({std::to_string(placement.layers[l].layer), f3(m.replicas_per_token),
+                           f3(m.remote_replicas_per_token), f3(m.intra_collab_ratio), f3(m.load_imbalance),
+                           fmt::format("{:.1f}", 1e3 * lm["seconds"].get<double>())},
+                          f3(m.nodes_per_token)),
+              2, slots ? f3(lm["primary_replicas_per_token"].get<double>()) : "",
+              slots ? std::to_string(lm["replica_copies"].get<std::int64_t>()) : ""));
         }
         table.add_rule();
-        table.add_row(node_column(
-            {"mean", f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
-             f3(mean.intra_collab_ratio), f3(mean.load_imbalance),
-             fmt::format("{:.1f}", 1e3 * seconds / placement.layers.size())},
-            f3(mean.nodes_per_token)));
+        table.add_row(slot_columns(
+            node_column({"mean", f3(mean.replicas_per_token), f3(mean.remote_replicas_per_token),
+                         f3(mean.intra_collab_ratio), f3(mean.load_imbalance),
+                         fmt::format("{:.1f}", 1e3 * seconds / placement.layers.size())},
+                        f3(mean.nodes_per_token)),
+            2, f3(primary_ct), std::to_string(copies)));
         fmt::print("{}", table.render());
       }
     }
@@ -147,10 +182,11 @@ void run_place(const PlaceArgs& args) {
   double max_imbalance = 0;
   for (const PlacementMetrics& x : m) max_imbalance = std::max(max_imbalance, x.load_imbalance);
   fmt::print(
-      "placed {} layers x {} experts on {} devices{} with '{}': mean replicas_per_token {:.3f} "
+      "placed {} layers x {} experts on {} devices{}{} with '{}': mean replicas_per_token {:.3f} "
       "(of top-k {}), max load_imbalance {:.3f}; wrote {} ({:.2f} s)\n",
       trace.num_layers(), trace.num_experts, args.devices,
-      with_nodes ? fmt::format(" ({} nodes)", args.nodes) : "", written.strategy,
+      with_nodes ? fmt::format(" ({} nodes)", args.nodes) : "",
+      slots ? fmt::format(" x {} slots", args.slots_per_device) : "", written.strategy,
       mean.replicas_per_token, trace.top_k, max_imbalance, args.out, total);
 }
 
@@ -176,6 +212,13 @@ void setup_place(CLI::App& root) {
       ->capture_default_str();
   cmd->add_flag("--cross-layer", args->cross_layer,
                 "hypergraph: also start each layer from the previous layer's placement");
+  cmd->add_option("--slots-per-device", args->slots_per_device,
+                  "Experts each device may hold (>= ceil(E/D)); spare slots hold replicas chosen for "
+                  "fewer devices per token and load (0: no replicas)")
+      ->capture_default_str();
+  cmd->add_option("--replica-chunks", args->replica_chunks,
+                  "Replicas: the load limit must hold on each of this many parts of the calibration trace")
+      ->capture_default_str();
   cmd->add_flag("--json", args->json, "Machine-readable summary on stdout");
   cmd->add_option("--out", args->out, "Placement JSON to write (under `all`: the default strategy's)")
       ->required();

@@ -103,8 +103,12 @@ void run_prune(const PruneArgs& args) {
   OCCULT_CHECK(weights.has_value(), "--weights must be keep or recompute, got '{}'", args.weights);
 
   const Trace trace = load_trace(args.traces);
-  const Placement placement = load_placement(args.placement);
+  const Placement placement = load_placement(args.placement, ReplicaPolicy::kAllow);
   check_placement_matches_trace(placement, trace, args.placement, args.traces);
+  // With replicas a token may be served by any holder: pruning and the load use the holders.
+  const bool replicas = placement.has_replicas();
+  std::vector<ExpertHolders> holders;
+  for (int l = 0; replicas && l < trace.num_layers(); ++l) holders.push_back(layer_holders(placement, placement.layer(l)));
   const int d = placement.num_devices;
   const int k = trace.top_k;
   const int e = trace.num_experts;
@@ -207,14 +211,17 @@ void run_prune(const PruneArgs& args) {
       const auto t0 = std::chrono::steady_clock::now();
       LayerResult r;
       try {
-        r.stats = prune_routing(layer.topk_ids, layer.topk_weights, layer.router_probs, layer.num_tokens,
-                                e2d, similarity[l], config, workspace);
+        r.stats = replicas ? prune_routing(layer.topk_ids, layer.topk_weights, layer.router_probs, layer.num_tokens,
+                                           holders[l], similarity[l], config, workspace)
+                           : prune_routing(layer.topk_ids, layer.topk_weights, layer.router_probs, layer.num_tokens,
+                                           e2d, similarity[l], config, workspace);
       } catch (const Error& error) {
         OCCULT_FAIL("{}: layer {}: {}", args.traces, l, error.message());
       }
       prune_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       pruned_tokens += layer.num_tokens;
-      r.load_imbalance_after = compute_placement_metrics(layer, e2d, d, placement.num_nodes).load_imbalance;
+      r.load_imbalance_after = replicas ? compute_replica_metrics(layer, holders[l], placement.num_nodes).load_imbalance
+                                        : compute_placement_metrics(layer, e2d, d, placement.num_nodes).load_imbalance;
       results[b].push_back(r);
       progress.update(static_cast<std::int64_t>(b) * trace.num_layers() + l + 1,
                       fmt::format("M={} layer {}", budgets[b], l));
@@ -298,9 +305,10 @@ void run_prune(const PruneArgs& args) {
       if (!infeasible[b].empty()) fmt::print("M={} infeasible: {}\n", budgets[b], infeasible[b]);
     }
   }
-  fmt::print("pruned {} layers x {} tokens (top-{} of {} experts, {} devices) with scheme '{}', weights '{}'{}{}; "
+  fmt::print("pruned {} layers x {} tokens (top-{} of {} experts, {} devices{}) with scheme '{}', weights '{}'{}{}; "
              "{:.2e} tokens/s; {}{:.2f} s\n",
-             trace.num_layers(), trace.num_tokens(), k, e, d, args.scheme, args.weights,
+             trace.num_layers(), trace.num_tokens(), k, e, d,
+             replicas ? fmt::format(" x {} slots", placement.slots_per_device) : "", args.scheme, args.weights,
              args.max_nodes > 0 ? fmt::format(", max {} nodes", args.max_nodes) : "",
              need_similarity ? fmt::format(", similarity from {}", similarity_source) : "",
              prune_seconds > 0 ? pruned_tokens / prune_seconds : 0.0,

@@ -15,7 +15,6 @@
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
-#include <ctime>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -25,19 +24,13 @@
 #include "occult/core/progress.h"
 #include "occult/core/table.h"
 #include "occult/placement/place.h"
+#include "thread_time.h"
 #include "occult/routing/synth.h"
 
 namespace {
 
 using namespace occult;
-
-// This thread's CPU time: the shared 2-core VM runs other jobs, and CPU time (unlike wall
-// time) does not count the slices the scheduler gives them.
-double thread_seconds() {
-  timespec ts;
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
-}
+using occult::bench::thread_seconds;
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());

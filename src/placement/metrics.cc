@@ -7,27 +7,23 @@
 
 namespace occult {
 
-PlacementMetrics compute_placement_metrics(const LayerRouting& routing,
-                                           std::span<const int> expert_to_device, int num_devices,
-                                           int num_nodes) {
+namespace {
+
+// Checks the routing and the topology shared by both metric entry points.
+void check_routing(const LayerRouting& routing, int num_devices, int num_nodes) {
   const int d = num_devices;
-  const std::int64_t t_count = routing.num_tokens;
-  const int k = routing.top_k;
   OCCULT_CHECK(d >= 1, "placement metrics: num_devices must be >= 1, got {}", d);
   OCCULT_CHECK(num_nodes >= 1 && num_nodes <= d && d % num_nodes == 0,
                "placement metrics: num_nodes ({}) must divide num_devices ({})", num_nodes, d);
-  OCCULT_CHECK(t_count >= 1, "placement metrics: the routing has no tokens");
-  OCCULT_CHECK(k >= 1, "placement metrics: top_k must be >= 1, got {}", k);
-  OCCULT_CHECK(routing.topk_ids.size() == static_cast<std::size_t>(t_count) * k,
+  OCCULT_CHECK(routing.num_tokens >= 1, "placement metrics: the routing has no tokens");
+  OCCULT_CHECK(routing.top_k >= 1, "placement metrics: top_k must be >= 1, got {}", routing.top_k);
+  OCCULT_CHECK(routing.topk_ids.size() == static_cast<std::size_t>(routing.num_tokens) * routing.top_k,
                "placement metrics: topk_ids has {} entries, expected {} tokens x k = {}",
-               routing.topk_ids.size(), t_count, k);
-  const int e_count = static_cast<int>(expert_to_device.size());
-  for (int e = 0; e < e_count; ++e) {
-    OCCULT_CHECK(expert_to_device[e] >= 0 && expert_to_device[e] < d,
-                 "placement metrics: expert {} is on device {}, outside [0, {})", e,
-                 expert_to_device[e], d);
-  }
+               routing.topk_ids.size(), routing.num_tokens, routing.top_k);
+}
 
+// The metrics of DESIGN.md given the device serving each selection: devices [T, k].
+PlacementMetrics measure(const std::vector<int>& devices, std::int64_t t_count, int k, int d, int num_nodes) {
   // Per-token scratch: pins per device (k is small, so a stamp array beats clearing D slots).
   std::vector<int> pins(d, 0);
   std::vector<std::int64_t> stamp(d, -1);
@@ -38,16 +34,13 @@ PlacementMetrics compute_placement_metrics(const LayerRouting& routing,
   std::int64_t nodes_sum = 0;
   std::int64_t intra_pairs = 0;
   for (std::int64_t t = 0; t < t_count; ++t) {
-    const std::int32_t* ids = routing.ids_of(t);
+    const int* row = devices.data() + t * k;
     const int home = static_cast<int>(t * d / t_count);
     int distinct = 0;
     int distinct_nodes = 0;
     bool touches_home = false;
     for (int j = 0; j < k; ++j) {
-      OCCULT_CHECK(ids[j] >= 0 && ids[j] < e_count,
-                   "placement metrics: token {} selects expert {}, but the placement has {} experts",
-                   t, ids[j], e_count);
-      const int dev = expert_to_device[ids[j]];
+      const int dev = row[j];
       ++device_assignments[dev];
       if (stamp[dev] != t) {
         stamp[dev] = t;
@@ -84,6 +77,42 @@ PlacementMetrics compute_placement_metrics(const LayerRouting& routing,
   const double mean_assign = tokens * k / d;
   m.load_imbalance = static_cast<double>(max_assign) / mean_assign;
   return m;
+}
+
+}  // namespace
+
+PlacementMetrics compute_placement_metrics(const LayerRouting& routing,
+                                           std::span<const int> expert_to_device, int num_devices,
+                                           int num_nodes) {
+  check_routing(routing, num_devices, num_nodes);
+  const int d = num_devices;
+  const std::int64_t t_count = routing.num_tokens;
+  const int k = routing.top_k;
+  const int e_count = static_cast<int>(expert_to_device.size());
+  for (int e = 0; e < e_count; ++e) {
+    OCCULT_CHECK(expert_to_device[e] >= 0 && expert_to_device[e] < d,
+                 "placement metrics: expert {} is on device {}, outside [0, {})", e,
+                 expert_to_device[e], d);
+  }
+  std::vector<int> devices(routing.topk_ids.size());
+  for (std::int64_t t = 0; t < t_count; ++t) {
+    const std::int32_t* ids = routing.ids_of(t);
+    for (int j = 0; j < k; ++j) {
+      OCCULT_CHECK(ids[j] >= 0 && ids[j] < e_count,
+                   "placement metrics: token {} selects expert {}, but the placement has {} experts",
+                   t, ids[j], e_count);
+      devices[t * k + j] = expert_to_device[ids[j]];
+    }
+  }
+  return measure(devices, t_count, k, d, num_nodes);
+}
+
+PlacementMetrics compute_replica_metrics(const LayerRouting& routing, const ExpertHolders& holders,
+                                         int num_nodes) {
+  check_routing(routing, holders.num_devices, num_nodes);
+  std::vector<int> devices(routing.topk_ids.size());
+  route_tokens(holders, routing.topk_ids, routing.num_tokens, routing.top_k, {}, devices);
+  return measure(devices, routing.num_tokens, routing.top_k, holders.num_devices, num_nodes);
 }
 
 }  // namespace occult

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "occult/core/error.h"
+#include "occult/routing/replicas.h"
 
 namespace occult {
 
@@ -96,6 +97,14 @@ void check_partition_options(const CollaborationGraph& graph, const PartitionOpt
                options.max_imbalance);
   OCCULT_CHECK(options.num_restarts >= 0, "hypergraph restarts must be >= 0, got {}",
                options.num_restarts);
+  OCCULT_CHECK(options.slots_per_device >= 0, "--slots-per-device must be >= 0, got {}", options.slots_per_device);
+  if (options.slots_per_device > 0) {
+    const int ceil_count = (e + d - 1) / d;
+    OCCULT_CHECK(options.slots_per_device >= ceil_count,
+                 "--slots-per-device {} cannot hold {} experts on {} devices: needs at least ceil(E/D) = {}",
+                 options.slots_per_device, e, d, ceil_count);
+    OCCULT_CHECK(d <= kMaxReplicaDevices, "--slots-per-device needs --devices <= {}, got {}", kMaxReplicaDevices, d);
+  }
   if (!options.warm_start.empty()) {
     OCCULT_CHECK(static_cast<int>(options.warm_start.size()) == e &&
                      is_balanced(options.warm_start, d),

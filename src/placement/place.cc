@@ -3,8 +3,23 @@
 #include <chrono>
 
 #include "occult/core/error.h"
+#include "occult/placement/replicate.h"
 
 namespace occult {
+
+namespace {
+
+// The primary placement and replicas of one layer with spare slots: the strategy's placement
+// under the load limit, then its spare slots filled by choose_replicas. (Primaries placed with
+// a looser or tighter limit, then given replicas, were measured on the shipped traces: never
+// better held-out, so they are not tried; bench/RESULTS.md, "Replicas".)
+void place_with_replicas(const LayerRouting& routing, const CollaborationGraph& graph, const Partitioner& partitioner,
+                         const PartitionOptions& options, LayerPlacement& lp) {
+  lp.expert_to_device = partitioner.partition(graph, options);
+  lp.device_experts = choose_replicas(routing, graph.num_experts, lp.expert_to_device, options);
+}
+
+}  // namespace
 
 Placement place_experts(const Trace& trace, std::string_view strategy, const PartitionOptions& options,
                         bool cross_layer, const LayerCallback& on_layer) {
@@ -15,6 +30,8 @@ Placement place_experts(const Trace& trace, std::string_view strategy, const Par
   placement.num_devices = options.num_devices;
   placement.num_nodes = options.num_nodes;
   placement.strategy = std::string(strategy);
+  placement.slots_per_device = options.slots_per_device;
+  const bool slots = options.slots_per_device > 0;
   PartitionOptions layer_options = options;
   for (int l = 0; l < trace.num_layers(); ++l) {
     const auto start = std::chrono::steady_clock::now();
@@ -22,12 +39,27 @@ Placement place_experts(const Trace& trace, std::string_view strategy, const Par
     if (cross_layer && l > 0) layer_options.warm_start = placement.layers.back().expert_to_device;
     LayerPlacement lp;
     lp.layer = l;
-    lp.expert_to_device = partitioner->partition(graph, layer_options);
+    if (slots) {
+      place_with_replicas(trace.layers[l], graph, *partitioner, layer_options, lp);
+    } else {
+      lp.expert_to_device = partitioner->partition(graph, layer_options);
+    }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const PlacementMetrics m = compute_placement_metrics(trace.layers[l], lp.expert_to_device,
-                                                         options.num_devices, options.num_nodes);
+    const PlacementMetrics m =
+        slots ? compute_replica_metrics(trace.layers[l], layer_holders(placement, lp), options.num_nodes)
+              : compute_placement_metrics(trace.layers[l], lp.expert_to_device, options.num_devices,
+                                          options.num_nodes);
     lp.metrics = metrics_to_json(m, options.num_nodes > 1);
+    if (slots) {
+      // What the replicas bought: the primaries' own C_T, and how many copies were added.
+      lp.metrics["primary_replicas_per_token"] =
+          compute_placement_metrics(trace.layers[l], lp.expert_to_device, options.num_devices, options.num_nodes)
+              .replicas_per_token;
+      std::size_t held = 0;
+      for (const std::vector<int>& experts : lp.device_experts) held += experts.size();
+      lp.metrics["replica_copies"] = held - lp.expert_to_device.size();
+    }
     lp.metrics["seconds"] = seconds;
     placement.layers.push_back(std::move(lp));
     if (on_layer) on_layer(l, l + 1, seconds);
@@ -60,8 +92,12 @@ std::vector<PlacementMetrics> evaluate_placement(const Trace& trace, const Place
   check_placement_matches_trace(placement, trace, placement_source, trace_source);
   std::vector<PlacementMetrics> result;
   for (int l = 0; l < trace.num_layers(); ++l) {
-    result.push_back(compute_placement_metrics(trace.layers[l], placement.layer(l).expert_to_device,
-                                               placement.num_devices, placement.num_nodes));
+    const LayerPlacement& lp = placement.layer(l);
+    result.push_back(lp.device_experts.empty()
+                         ? compute_placement_metrics(trace.layers[l], lp.expert_to_device,
+                                                     placement.num_devices, placement.num_nodes)
+                         : compute_replica_metrics(trace.layers[l], layer_holders(placement, lp),
+                                                   placement.num_nodes));
   }
   return result;
 }

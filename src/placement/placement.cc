@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "occult/core/error.h"
+#include "occult/routing/replicas.h"
 
 namespace occult {
 
@@ -40,6 +41,59 @@ const LayerPlacement& Placement::layer(int layer) const {
               strategy, layer, layers.size());
 }
 
+bool Placement::has_replicas() const {
+  for (const LayerPlacement& lp : layers) {
+    std::size_t held = 0;
+    for (const std::vector<int>& experts : lp.device_experts) held += experts.size();
+    if (held > lp.expert_to_device.size()) return true;
+  }
+  return false;
+}
+
+namespace {
+
+// Throws naming `source` and the layer unless device_experts lists D devices of at most S
+// distinct experts in [0, E), every expert held somewhere and by its primary device.
+void validate_device_experts(const Placement& placement, const LayerPlacement& lp,
+                             const std::string& source) {
+  const int e = placement.num_experts;
+  const int d = placement.num_devices;
+  const int s = placement.slots_per_device;
+  OCCULT_CHECK(s > 0, "{}: layer {} has \"device_experts\" but the placement has no \"slots_per_device\"",
+               source, lp.layer);
+  OCCULT_CHECK(static_cast<int>(lp.device_experts.size()) == d,
+               "{}: layer {}: device_experts has {} lists, expected one per device (num_devices = {})",
+               source, lp.layer, lp.device_experts.size(), d);
+  std::vector<int> holders(e, 0);
+  for (int dev = 0; dev < d; ++dev) {
+    const std::vector<int>& experts = lp.device_experts[dev];
+    OCCULT_CHECK(static_cast<int>(experts.size()) <= s,
+                 "{}: layer {}: device {} holds {} experts, over slots_per_device = {}", source,
+                 lp.layer, dev, experts.size(), s);
+    std::vector<bool> seen(e, false);
+    for (int x : experts) {
+      OCCULT_CHECK(x >= 0 && x < e,
+                   "{}: layer {}: device {} holds expert {}, outside [0, num_experts = {}) (replicas "
+                   "made for another number of experts?)",
+                   source, lp.layer, dev, x, e);
+      OCCULT_CHECK(!seen[x], "{}: layer {}: device {} lists expert {} twice", source, lp.layer, dev, x);
+      seen[x] = true;
+      ++holders[x];
+    }
+  }
+  for (int x = 0; x < e; ++x) {
+    OCCULT_CHECK(holders[x] > 0, "{}: layer {}: expert {} is on no device in device_experts", source,
+                 lp.layer, x);
+    const std::vector<int>& primary = lp.device_experts[lp.expert_to_device[x]];
+    OCCULT_CHECK(std::find(primary.begin(), primary.end(), x) != primary.end(),
+                 "{}: layer {}: expert {}'s primary device {} (expert_to_device) does not list it in "
+                 "device_experts",
+                 source, lp.layer, x, lp.expert_to_device[x]);
+  }
+}
+
+}  // namespace
+
 void validate_placement(const Placement& placement, const std::string& source) {
   const int e = placement.num_experts;
   const int d = placement.num_devices;
@@ -52,6 +106,16 @@ void validate_placement(const Placement& placement, const std::string& source) {
   OCCULT_CHECK(!placement.layers.empty(), "{}: the placement has no layers", source);
   const int floor_count = e / d;
   const int ceil_count = (e + d - 1) / d;
+  const int s = placement.slots_per_device;
+  OCCULT_CHECK(s >= 0, "{}: slots_per_device must be >= 1, got {}", source, s);
+  if (s > 0) {
+    OCCULT_CHECK(s >= ceil_count,
+                 "{}: slots_per_device = {} cannot hold {} experts on {} devices (needs >= ceil(E/D) "
+                 "= {})",
+                 source, s, e, d, ceil_count);
+    OCCULT_CHECK(d <= kMaxReplicaDevices, "{}: placements with slots_per_device span at most {} devices, got {}",
+                 source, kMaxReplicaDevices, d);
+  }
   std::set<int> seen_layers;
   for (const LayerPlacement& lp : placement.layers) {
     OCCULT_CHECK(lp.layer >= 0, "{}: layer index must be >= 0, got {}", source, lp.layer);
@@ -74,6 +138,7 @@ void validate_placement(const Placement& placement, const std::string& source) {
                    "on {} devices holds {} or {} per device",
                    source, lp.layer, dev, count[dev], e, d, floor_count, ceil_count);
     }
+    if (!lp.device_experts.empty()) validate_device_experts(placement, lp, source);
     if (!lp.similarity.empty()) {
       OCCULT_CHECK(lp.similarity.size() == static_cast<std::size_t>(e) * e,
                    "{}: layer {}: similarity has {} values, expected {} x {}", source, lp.layer,
@@ -89,12 +154,14 @@ nlohmann::json placement_to_json(const Placement& placement) {
   doc["num_devices"] = placement.num_devices;
   doc["num_nodes"] = placement.num_nodes;
   doc["strategy"] = placement.strategy;
+  if (placement.slots_per_device > 0) doc["slots_per_device"] = placement.slots_per_device;
   nlohmann::json layers = nlohmann::json::array();
   const std::size_t e = static_cast<std::size_t>(placement.num_experts);
   for (const LayerPlacement& lp : placement.layers) {
     nlohmann::json entry;
     entry["layer"] = lp.layer;
     entry["expert_to_device"] = lp.expert_to_device;
+    if (!lp.device_experts.empty()) entry["device_experts"] = lp.device_experts;
     entry["metrics"] = lp.metrics;
     if (!lp.similarity.empty()) {
       // Nested rows: readable, and the shape is explicit in the document.
@@ -123,6 +190,11 @@ Placement placement_from_json(const nlohmann::json& doc, const std::string& path
   placement.num_devices = json_int(doc, "num_devices", "the placement", path);
   placement.num_nodes = doc.contains("num_nodes") ? json_int(doc, "num_nodes", "the placement", path)
                                                   : 1;
+  if (doc.contains("slots_per_device")) {
+    placement.slots_per_device = json_int(doc, "slots_per_device", "the placement", path);
+    OCCULT_CHECK(placement.slots_per_device >= 1, "{}: slots_per_device must be >= 1, got {}", path,
+                 placement.slots_per_device);
+  }
   if (doc.contains("strategy")) {
     OCCULT_CHECK(doc["strategy"].is_string(), "{}: field \"strategy\" must be a string", path);
     placement.strategy = doc["strategy"].get<std::string>();
@@ -144,6 +216,22 @@ Placement placement_from_json(const nlohmann::json& doc, const std::string& path
                    "{}: {}: expert_to_device holds {}, expected integer device ids", path,
                    layer_context, v.dump());
       lp.expert_to_device.push_back(v.get<int>());
+    }
+    if (entry.contains("device_experts")) {
+      const nlohmann::json& lists = entry["device_experts"];
+      OCCULT_CHECK(lists.is_array(), "{}: {}: \"device_experts\" must be a list of expert-id lists, one per device",
+                   path, layer_context);
+      for (std::size_t dev = 0; dev < lists.size(); ++dev) {
+        OCCULT_CHECK(lists[dev].is_array(), "{}: {}: device_experts[{}] must be a list of expert ids", path,
+                     layer_context, dev);
+        std::vector<int> experts;
+        for (const nlohmann::json& v : lists[dev]) {
+          OCCULT_CHECK(v.is_number_integer(), "{}: {}: device_experts[{}] holds {}, expected integer expert ids",
+                       path, layer_context, dev, v.dump());
+          experts.push_back(v.get<int>());
+        }
+        lp.device_experts.push_back(std::move(experts));
+      }
     }
     if (entry.contains("metrics")) {
       OCCULT_CHECK(entry["metrics"].is_object(), "{}: {}: \"metrics\" must be an object", path,
@@ -182,7 +270,7 @@ Placement placement_from_json(const nlohmann::json& doc, const std::string& path
   return placement;
 }
 
-Placement load_placement(const std::string& path) {
+Placement load_placement(const std::string& path, ReplicaPolicy replicas) {
   std::ifstream in(path);
   OCCULT_CHECK(in.good(), "cannot open placement file {}", path);
   nlohmann::json doc;
@@ -191,7 +279,12 @@ Placement load_placement(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     OCCULT_FAIL("{}: not valid JSON ({})", path, e.what());
   }
-  return placement_from_json(doc, path);
+  Placement placement = placement_from_json(doc, path);
+  OCCULT_CHECK(replicas == ReplicaPolicy::kAllow || !placement.has_replicas(),
+               "placement {} has replicas (slots_per_device {}); the MoE layer runs placements without "
+               "replicas",
+               path, placement.slots_per_device);
+  return placement;
 }
 
 void save_placement(const Placement& placement, const std::string& path) {
@@ -201,7 +294,8 @@ void save_placement(const Placement& placement, const std::string& path) {
   // expert_to_device list on one line so a diff shows which experts moved.
   std::ostringstream out;
   out << "{\n";
-  for (const char* key : {"format", "num_experts", "num_devices", "num_nodes", "strategy"}) {
+  for (const char* key : {"format", "num_experts", "num_devices", "num_nodes", "slots_per_device", "strategy"}) {
+    if (!doc.contains(key)) continue;
     out << "  " << nlohmann::json(key).dump() << ": " << doc[key].dump() << ",\n";
   }
   out << "  \"layers\": [";
@@ -209,7 +303,7 @@ void save_placement(const Placement& placement, const std::string& path) {
   for (std::size_t i = 0; i < layers.size(); ++i) {
     out << (i == 0 ? "\n" : ",\n") << "    {";
     bool first = true;
-    for (const char* key : {"layer", "expert_to_device", "metrics", "similarity"}) {
+    for (const char* key : {"layer", "expert_to_device", "device_experts", "metrics", "similarity"}) {
       if (!layers[i].contains(key)) continue;
       out << (first ? "" : ",") << "\n      " << nlohmann::json(key).dump() << ": "
           << layers[i][key].dump();
@@ -227,6 +321,11 @@ void save_placement(const Placement& placement, const std::string& path) {
     OCCULT_CHECK(file.good(), "failed writing placement file {}", path);
   }
   OCCULT_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0, "cannot rename {} to {}", tmp, path);
+}
+
+ExpertHolders layer_holders(const Placement& placement, const LayerPlacement& layer) {
+  if (layer.device_experts.empty()) return holders_from_primary(layer.expert_to_device, placement.num_devices);
+  return holders_from_device_experts(layer.device_experts, layer.expert_to_device);
 }
 
 Placement contiguous_placement(int num_experts, int num_devices, int num_layers) {

@@ -1,6 +1,7 @@
 #include "occult/routing/pruning.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -168,14 +169,19 @@ inline void insert_value(float* best, int limit, float value) {
 }
 
 void prepare_workspace(PruneWorkspace& ws, const PruneConfig& config,
-                       std::span<const int> expert_to_device) {
+                       std::span<const int> expert_to_device, const ExpertHolders* holders) {
   const int e = config.num_experts;
   const int d = config.num_devices;
   const int k = config.top_k;
   // Growing only: a workspace reused with the same shapes never allocates again; stamps
   // only increase, so entries left from earlier calls never look current.
   ws.device_offsets.assign(d + 1, 0);
-  ws.device_experts.resize(e);
+  std::size_t copies = static_cast<std::size_t>(e);
+  if (holders) {
+    copies = 0;
+    for (int x = 0; x < e; ++x) copies += static_cast<std::size_t>(holders->copies(x));
+  }
+  ws.device_experts.resize(copies);
   ws.expert_stamp.resize(e, 0);
   ws.device_stamp.resize(d, 0);
   ws.node_stamp.resize(config.num_nodes, 0);
@@ -186,26 +192,33 @@ void prepare_workspace(PruneWorkspace& ws, const PruneConfig& config,
   ws.replaced_slots.resize(k);
   ws.candidate_ids.resize(k);
   ws.candidate_keys.resize(k);
-  ws.candidate_pool.resize(e);
-  ws.grouped_p.resize(e);
+  ws.candidate_pool.resize(copies);
+  ws.grouped_p.resize(copies);
   ws.device_score.resize(d);
   ws.node_score.resize(config.num_nodes);
   ws.best_values.resize(k);
   ws.rank_scratch.resize(std::max(d, config.num_nodes));
   ws.new_weights.resize(k);
-  for (int x = 0; x < e; ++x) ++ws.device_offsets[expert_to_device[x] + 1];
+  // Each device's experts (replicas included), ascending id within the device.
+  auto for_each_holder = [&](int x, auto&& fn) {
+    if (!holders) {
+      fn(expert_to_device[x]);
+      return;
+    }
+    for (std::uint64_t rest = holders->masks[x]; rest != 0; rest &= rest - 1) fn(std::countr_zero(rest));
+  };
+  for (int x = 0; x < e; ++x) for_each_holder(x, [&](int dev) { ++ws.device_offsets[dev + 1]; });
   for (int dev = 0; dev < d; ++dev) ws.device_offsets[dev + 1] += ws.device_offsets[dev];
   for (int dev = 0; dev < d; ++dev) ws.rank_scratch[dev] = ws.device_offsets[dev];
-  for (int x = 0; x < e; ++x) ws.device_experts[ws.rank_scratch[expert_to_device[x]]++] = x;
+  for (int x = 0; x < e; ++x) for_each_holder(x, [&](int dev) { ws.device_experts[ws.rank_scratch[dev]++] = x; });
 }
 
-}  // namespace
-
-PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
-                         std::span<const float> router_probs, std::int64_t num_tokens,
-                         std::span<const int> expert_to_device, std::span<const float> similarity,
-                         const PruneConfig& config, PruneWorkspace& ws) {
-  validate_prune_config(config, expert_to_device, similarity);
+// The pruning of every token; holders is null for a placement without replicas (each expert on
+// expert_to_device only), which keeps that path free of cover searches.
+PruneStats prune_tokens(std::span<std::int32_t> ids, std::span<float> weights,
+                        std::span<const float> router_probs, std::int64_t num_tokens,
+                        std::span<const int> expert_to_device, const ExpertHolders* holders,
+                        std::span<const float> similarity, const PruneConfig& config, PruneWorkspace& ws) {
   const int e = config.num_experts;
   const int k = config.top_k;
   const int d = config.num_devices;
@@ -231,7 +244,8 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
                "collaboration pruning: --weights recompute needs router probabilities and weights "
                "(the trace has {}{})",
                has_probs ? "router_probs" : "no router_probs", has_weights ? "" : " and no weights");
-  prepare_workspace(ws, config, expert_to_device);
+  prepare_workspace(ws, config, expert_to_device, holders);
+  const std::uint64_t* const masks = holders ? holders->masks.data() : nullptr;
 
   const int* const offsets = ws.device_offsets.data();
   const int* const device_experts = ws.device_experts.data();
@@ -264,6 +278,7 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
                    t, id, e);
       OCCULT_CHECK(expert_stamp[id] != s, "collaboration pruning: token {} selects expert {} twice", t, id);
       expert_stamp[id] = s;
+      if (masks) continue;
       const int dev = e2d[id];
       if (device_stamp[dev] < s) {
         device_stamp[dev] = s;
@@ -274,6 +289,12 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
         }
       }
     }
+    if (masks) num_dev = min_cover_devices(*holders, std::span<const std::int32_t>(row, k));
+    // Kept devices as a bit mask (replicas only: an expert is kept when any holder is kept).
+    std::uint64_t kept_mask = 0;
+    auto held_by_kept = [&](int x) {
+      return masks ? (masks[x] & kept_mask) != 0 : device_stamp[e2d[x]] == s + 1;
+    };
     auto mass = [&](int j) -> double {
       return has_weights ? static_cast<double>(wrow[j]) : has_probs ? static_cast<double>(prow[row[j]]) : 1.0;
     };
@@ -310,7 +331,30 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
       int kept_nodes = 0;
       int capacity = 0;
       for (int i = 0; i < k; ++i) {
-        const int dev = e2d[row[order[i]]];
+        const int x = row[order[i]];
+        if (masks) {
+          // The holder that holds the most of the token's experts no kept device holds yet.
+          if ((masks[x] & kept_mask) != 0) continue;
+          if (num_kept == m) break;
+          int best = -1;
+          int best_count = -1;
+          for (std::uint64_t rest = masks[x]; rest != 0; rest &= rest - 1) {
+            const int dev = std::countr_zero(rest);
+            int count = 0;
+            for (int j = 0; j < k; ++j) {
+              count += (masks[row[j]] & kept_mask) == 0 && (masks[row[j]] >> dev & 1u) != 0;
+            }
+            if (count > best_count) {
+              best = dev;
+              best_count = count;
+            }
+          }
+          kept_mask |= std::uint64_t{1} << best;
+          device_stamp[best] = s + 1;
+          kept[num_kept++] = best;
+          continue;
+        }
+        const int dev = e2d[x];
         if (device_stamp[dev] == s + 1) continue;
         if (num_kept == m) break;
         if (node_budget && node_stamp[node_of(dev)] != s + 1) {
@@ -335,15 +379,16 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
       // Device-limited: score = sum of the best ceil(k/M) p on the device (unrecorded p = 0).
       // p in device-grouped order, so each device (and node) is one contiguous run.
       float* const grouped = ws.grouped_p.data();
+      const int copies = offsets[d];  // E, or more with replicas
       if (has_probs) {
         bool nan = false;
-        for (int i = 0; i < e; ++i) {
+        for (int i = 0; i < copies; ++i) {
           grouped[i] = prow[device_experts[i]];
           nan |= grouped[i] != grouped[i];
         }
         OCCULT_CHECK(!nan, "collaboration pruning: token {} has a NaN router probability", t);
       } else {
-        for (int i = 0; i < e; ++i) {
+        for (int i = 0; i < copies; ++i) {
           const int x = device_experts[i];
           grouped[i] = expert_stamp[x] == s ? ws.expert_value[x] : 0.0f;
         }
@@ -386,6 +431,7 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
         }
         if (best < 0) break;  // the kept nodes hold fewer than M devices
         device_stamp[best] = s + 1;
+        kept_mask |= masks ? std::uint64_t{1} << best : 0;
         kept[num_kept++] = best;
       }
     }
@@ -393,7 +439,7 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
     // Replaced slots, in descending p.
     int num_replaced = 0;
     for (int i = 0; i < k; ++i) {
-      if (device_stamp[e2d[row[order[i]]]] != s + 1) replaced[num_replaced++] = order[i];
+      if (!held_by_kept(row[order[i]])) replaced[num_replaced++] = order[i];
     }
 
     // Replacements: cand_ids[i] replaces slot replaced[i].
@@ -402,8 +448,11 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
       int pool_size = 0;
       for (int c = 0; c < num_kept; ++c) {
         for (int q = offsets[kept[c]]; q < offsets[kept[c] + 1]; ++q) {
-          pool[pool_size] = device_experts[q];
-          pool_size += expert_stamp[device_experts[q]] != s;
+          // s: selected; s + 1: already pooled (a replica on another kept device).
+          const int x = device_experts[q];
+          if (expert_stamp[x] >= s) continue;
+          expert_stamp[x] = s + 1;
+          pool[pool_size++] = x;
         }
       }
       OCCULT_CHECK(pool_size >= num_replaced,
@@ -426,7 +475,8 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
       for (int c = 0; c < num_kept; ++c) {
         for (int q = offsets[kept[c]]; q < offsets[kept[c] + 1]; ++q) {
           const int x = device_experts[q];
-          if (expert_stamp[x] == s) continue;
+          if (expert_stamp[x] >= s) continue;  // selected, or met on another kept device
+          expert_stamp[x] = s + 1;
           const float p = has_probs ? prow[x] : 0.0f;
           OCCULT_CHECK(p == p, "collaboration pruning: token {} expert {} has a NaN probability", t, x);
           insert_ranked(cand_keys, cand_ids, filled, num_replaced, p, x);
@@ -441,7 +491,7 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
     for (int j = 0; j < k; ++j) {
       const double g = mass(j);
       stats.gate_mass_total += g;
-      if (device_stamp[e2d[row[j]]] == s + 1) stats.gate_mass_retained += g;
+      if (held_by_kept(row[j])) stats.gate_mass_retained += g;
     }
     for (int i = 0; i < num_replaced; ++i) row[replaced[i]] = cand_ids[i];
 
@@ -471,7 +521,8 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
     }
 
     int num_after = 0;
-    for (int j = 0; j < k; ++j) {
+    if (masks) num_after = min_cover_devices(*holders, std::span<const std::int32_t>(row, k));
+    for (int j = 0; j < k && !masks; ++j) {
       const int dev = e2d[row[j]];
       if (device_stamp[dev] != s + 2) {
         device_stamp[dev] = s + 2;
@@ -483,6 +534,32 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
     stats.selections_replaced += num_replaced;
   }
   return stats;
+}
+
+}  // namespace
+
+PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
+                         std::span<const float> router_probs, std::int64_t num_tokens,
+                         std::span<const int> expert_to_device, std::span<const float> similarity,
+                         const PruneConfig& config, PruneWorkspace& ws) {
+  validate_prune_config(config, expert_to_device, similarity);
+  return prune_tokens(ids, weights, router_probs, num_tokens, expert_to_device, nullptr, similarity, config, ws);
+}
+
+PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
+                         std::span<const float> router_probs, std::int64_t num_tokens,
+                         const ExpertHolders& holders, std::span<const float> similarity,
+                         const PruneConfig& config, PruneWorkspace& ws) {
+  validate_prune_config(config, holders.primary, similarity);
+  OCCULT_CHECK(holders.num_experts == config.num_experts && holders.num_devices == config.num_devices &&
+                   holders.masks.size() == holders.primary.size(),
+               "collaboration pruning: the replicas are for {} experts on {} devices, the config for {} on {}",
+               holders.num_experts, holders.num_devices, config.num_experts, config.num_devices);
+  const bool replicated = holders.replicated();
+  OCCULT_CHECK(!replicated || config.max_nodes == 0,
+               "collaboration pruning: a node budget (max_nodes = {}) is not supported with replicas", config.max_nodes);
+  return prune_tokens(ids, weights, router_probs, num_tokens, holders.primary, replicated ? &holders : nullptr,
+                      similarity, config, ws);
 }
 
 }  // namespace occult

@@ -37,12 +37,13 @@ std::vector<int> best_ids(std::vector<Ranked> ranked, int count) {
   return out;
 }
 
-}  // namespace
-
-PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
-                         std::span<const float> router_probs, std::int64_t num_tokens,
-                         std::span<const int> expert_to_device, std::span<const float> similarity,
-                         const PruneConfig& config) {
+// The whole pruning, with device_experts[d] the experts device d holds; `replicated` counts
+// devices per token as minimum covers (without replicas, the distinct primary devices).
+PruneStats prune_with_holders(std::span<std::int32_t> ids, std::span<float> weights,
+                              std::span<const float> router_probs, std::int64_t num_tokens,
+                              std::span<const int> expert_to_device,
+                              const std::vector<std::vector<int>>& device_experts, bool replicated,
+                              std::span<const float> similarity, const PruneConfig& config) {
   validate_prune_config(config, expert_to_device, similarity);
   const int e = config.num_experts;
   const int k = config.top_k;
@@ -57,6 +58,24 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
   OCCULT_CHECK(config.weights == PruneWeights::kKeep || (has_probs && has_weights),
                "reference prune: recompute needs router_probs and weights");
   auto node_of = [&](int device) { return device * config.num_nodes / d; };
+  std::vector<std::vector<int>> holders(e);
+  for (int dev = 0; dev < d; ++dev) {
+    for (int x : device_experts[dev]) holders[x].push_back(dev);
+  }
+  for (auto& h : holders) std::sort(h.begin(), h.end());
+  auto holds = [&](int dev, int expert) {
+    return std::find(device_experts[dev].begin(), device_experts[dev].end(), expert) != device_experts[dev].end();
+  };
+  // Devices the token touches: a minimum cover with replicas, else its distinct primaries.
+  auto devices_of = [&](const std::vector<int>& selection) -> std::int64_t {
+    if (replicated) {
+      const std::vector<std::int32_t> token(selection.begin(), selection.end());
+      return min_cover_devices(device_experts, token);
+    }
+    std::set<int> devices;
+    for (int id : selection) devices.insert(expert_to_device[id]);
+    return static_cast<std::int64_t>(devices.size());
+  };
 
   PruneStats stats;
   for (std::int64_t t = 0; t < num_tokens; ++t) {
@@ -83,17 +102,15 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
       return 0.0f;
     };
 
-    std::set<int> devices_before, nodes_before;
-    for (int id : sel) {
-      devices_before.insert(expert_to_device[id]);
-      nodes_before.insert(node_of(expert_to_device[id]));
-    }
+    std::set<int> nodes_before;
+    for (int id : sel) nodes_before.insert(node_of(expert_to_device[id]));
+    const std::int64_t devices_before = devices_of(sel);
     ++stats.num_tokens;
-    stats.devices_before += static_cast<std::int64_t>(devices_before.size());
-    const bool within = static_cast<int>(devices_before.size()) <= m &&
+    stats.devices_before += devices_before;
+    const bool within = devices_before <= m &&
                         (config.max_nodes == 0 || static_cast<int>(nodes_before.size()) <= config.max_nodes);
     if (within) {
-      stats.devices_after += static_cast<std::int64_t>(devices_before.size());
+      stats.devices_after += devices_before;
       for (int j = 0; j < k; ++j) {
         stats.gate_mass_total += mass(j);
         stats.gate_mass_retained += mass(j);
@@ -110,12 +127,29 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
 
     // Kept devices (in the order they were chosen).
     std::vector<int> kept;
+    auto is_kept = [&](int expert) {
+      for (int dev : holders[expert]) {
+        if (std::find(kept.begin(), kept.end(), dev) != kept.end()) return true;
+      }
+      return false;
+    };
     if (config.scheme != PruneScheme::kDeviceLimited) {
       std::vector<int> kept_nodes;
       for (const Ranked& slot : slots) {
-        const int device = expert_to_device[sel[slot.id]];
-        if (std::find(kept.begin(), kept.end(), device) != kept.end()) continue;
+        const int x = sel[slot.id];
+        if (is_kept(x)) continue;
         if (static_cast<int>(kept.size()) == m) break;
+        // The holder holding the most selected experts that no kept device holds; lower id on ties.
+        int device = -1;
+        int best_count = -1;
+        for (int dev : holders[x]) {
+          int count = 0;
+          for (int y : sel) count += (!is_kept(y) && holds(dev, y)) ? 1 : 0;
+          if (count > best_count) {
+            best_count = count;
+            device = dev;
+          }
+        }
         if (config.max_nodes > 0 &&
             std::find(kept_nodes.begin(), kept_nodes.end(), node_of(device)) == kept_nodes.end()) {
           if (static_cast<int>(kept_nodes.size()) == config.max_nodes) continue;
@@ -127,7 +161,7 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
       // kept nodes' other devices, lowest id first, until they do.
       auto capacity = [&] {
         int c = 0;
-        for (int dev : kept) c += static_cast<int>(std::count(expert_to_device.begin(), expert_to_device.end(), dev));
+        for (int x = 0; x < e; ++x) c += is_kept(x) ? 1 : 0;
         return c;
       };
       for (int dev = 0; dev < d && static_cast<int>(kept.size()) < m && capacity() < k; ++dev) {
@@ -144,7 +178,9 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
         for (int n = 0; n < config.num_nodes; ++n) {
           std::vector<float> values;
           for (int x = 0; x < e; ++x) {
-            if (node_of(expert_to_device[x]) == n) values.push_back(expert_value(x));
+            bool in_node = false;
+            for (int dev : holders[x]) in_node = in_node || node_of(dev) == n;
+            if (in_node) values.push_back(expert_value(x));
           }
           node_scores.push_back({sum_of_best(values, per_node), n});
         }
@@ -158,16 +194,11 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
       for (int dev = 0; dev < d; ++dev) {
         if (!allowed[dev]) continue;
         std::vector<float> values;
-        for (int x = 0; x < e; ++x) {
-          if (expert_to_device[x] == dev) values.push_back(expert_value(x));
-        }
+        for (int x : device_experts[dev]) values.push_back(expert_value(x));
         device_scores.push_back({sum_of_best(values, per_device), dev});
       }
       kept = best_ids(device_scores, m);
     }
-    auto is_kept = [&](int expert) {
-      return std::find(kept.begin(), kept.end(), expert_to_device[expert]) != kept.end();
-    };
 
     // Replaced slots, in descending p; candidates: unselected experts on kept devices.
     std::vector<int> replaced;
@@ -225,13 +256,36 @@ PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
     }
     std::copy(sel.begin(), sel.end(), ids.begin() + t * k);
 
-    std::set<int> devices_after;
-    for (int id : sel) devices_after.insert(expert_to_device[id]);
-    stats.devices_after += static_cast<std::int64_t>(devices_after.size());
+    stats.devices_after += devices_of(sel);
     ++stats.tokens_changed;
     stats.selections_replaced += static_cast<std::int64_t>(replaced.size());
   }
   return stats;
+}
+
+}  // namespace
+
+PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
+                         std::span<const float> router_probs, std::int64_t num_tokens,
+                         std::span<const int> expert_to_device, std::span<const float> similarity,
+                         const PruneConfig& config) {
+  std::vector<std::vector<int>> device_experts(config.num_devices);
+  for (std::size_t x = 0; x < expert_to_device.size(); ++x) {
+    const int dev = expert_to_device[x];
+    OCCULT_CHECK(dev >= 0 && dev < config.num_devices, "reference prune: expert {} on device {}", x, dev);
+    device_experts[dev].push_back(static_cast<int>(x));
+  }
+  return prune_with_holders(ids, weights, router_probs, num_tokens, expert_to_device, device_experts, false,
+                            similarity, config);
+}
+
+PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
+                         std::span<const float> router_probs, std::int64_t num_tokens,
+                         const std::vector<std::vector<int>>& device_experts, std::span<const int> expert_to_device,
+                         std::span<const float> similarity, const PruneConfig& config) {
+  OCCULT_CHECK(config.max_nodes == 0, "reference prune: no node budget with replicas");
+  return prune_with_holders(ids, weights, router_probs, num_tokens, expert_to_device, device_experts, true,
+                            similarity, config);
 }
 
 }  // namespace occult::reference

@@ -60,4 +60,28 @@ grep -q "p.json places 64 experts per layer but e32.safetensors has 32" err4.txt
 "$occult" trace synth --experts 64 --top-k 6 --layers 3 --tokens 200 --seed 1 --out l3.safetensors > /dev/null 2>&1
 if "$occult" evaluate --traces l3.safetensors --placement p.json > err5.txt 2>&1; then fail "layer mismatch accepted"; fi
 grep -q "p.json places layer 3 but l3.safetensors has only 3 layers" err5.txt || fail "$(cat err5.txt)"
+
+# Replicas: spare slots hold copies; evaluate and prune route to them; the MoE layer refuses them.
+"$occult" place --traces "$law" --devices 4 --slots-per-device 17 --out r.json > r.txt 2> /dev/null
+grep -q "placed 26 layers x 64 experts on 4 devices x 17 slots with 'hypergraph'" r.txt || fail "$(tail -1 r.txt)"
+grep -q '"slots_per_device": 17' r.json || fail "placement slots_per_device"
+[ "$(grep -c '"device_experts"' r.json)" = 26 ] || fail "every layer needs device_experts"
+# Columns: layer, C_T, C_T primaries, copies, remote C_T, intra ratio, imbalance, ms. Copies never
+# add devices, and the load limit still holds on the calibration trace.
+awk '$1 ~ /^[0-9]+$/ && ($2 > $3 || $7 > 1.1) { bad = 1 } END { exit bad }' r.txt ||
+  fail "replicas raised C_T or broke --max-imbalance: $(cat r.txt)"
+"$occult" evaluate --traces "$intent" --placement r.json > reval.txt
+grep -q "(4 devices x 17 slots) .* mean replicas_per_token [0-9.]* of top-k 6 ([0-9.]* on the primaries alone)" reval.txt ||
+  fail "evaluate with replicas: $(tail -1 reval.txt)"
+"$occult" evaluate --traces "$intent" --placement r.json --json > reval.json
+grep -q '"primary_replicas_per_token"' reval.json || fail "evaluate --json lacks primary_replicas_per_token"
+"$occult" prune --traces "$intent" --placement r.json --max-devices 2 > rprune.txt 2> /dev/null
+grep -q "pruned 26 layers x 8222 tokens (top-6 of 64 experts, 4 devices x 17 slots)" rprune.txt ||
+  fail "prune with replicas: $(tail -1 rprune.txt)"
+if "$occult" bench layer --experts 64 --top-k 6 --placement r.json > err6.txt 2>&1; then fail "bench layer ran replicas"; fi
+grep -q "placement r.json has replicas (slots_per_device 17); the MoE layer runs placements without replicas" err6.txt ||
+  fail "$(cat err6.txt)"
+if "$occult" place --traces "$law" --devices 4 --slots-per-device 15 --out x.json > err7.txt 2>&1; then fail "15 slots accepted"; fi
+grep -q "occult: error: --slots-per-device 15 cannot hold 64 experts on 4 devices: needs at least ceil(E/D) = 16" err7.txt ||
+  fail "$(cat err7.txt)"
 echo "place/evaluate CLI: all checks passed"

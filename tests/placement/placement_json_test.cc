@@ -3,20 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
-#include <unistd.h>
 
 #include "occult/core/error.h"
+#include "placement/test_traces.h"
 
 namespace occult {
 namespace {
-
-std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("occult_placement_" + std::to_string(::getpid()) + "_" + name))
-      .string();
-}
 
 Placement sample() {
   Placement p;
@@ -38,7 +31,7 @@ Placement sample() {
 
 // Writes `text` to a file and returns the error message load_placement raises for it.
 std::string load_error(const std::string& text) {
-  const std::string path = temp_path("bad.json");
+  const std::string path = testing::temp_path("bad.json");
   {
     std::ofstream out(path);
     out << text;
@@ -56,7 +49,7 @@ std::string load_error(const std::string& text) {
 }
 
 TEST(PlacementJson, RoundTripKeepsEveryField) {
-  const std::string path = temp_path("roundtrip.json");
+  const std::string path = testing::temp_path("roundtrip.json");
   const Placement p = sample();
   save_placement(p, path);
   const Placement q = load_placement(path);
@@ -144,7 +137,7 @@ TEST(PlacementJson, MalformedInputNamesFileLayerAndField) {
   EXPECT_NE(load_error(head + R"([{"layer": 0, "expert_to_device": [0, 0, 1, 1], "metrics": 3}]})")
                 .find("\"metrics\" must be an object"),
             std::string::npos);
-  EXPECT_THROW(load_placement(temp_path("does-not-exist.json")), Error);
+  EXPECT_THROW(load_placement(testing::temp_path("does-not-exist.json")), Error);
 }
 
 }  // namespace

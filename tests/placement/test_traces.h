@@ -1,14 +1,25 @@
-// Small hand-built and planted routings for the placement tests.
+// Helpers for the placement tests: small hand-built and planted routings, scratch file names.
 #pragma once
 
+#include <unistd.h>
+
 #include <cstdint>
+#include <filesystem>
 #include <initializer_list>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "occult/routing/trace.h"
 
 namespace occult::testing {
+
+// A file name in the temporary directory, unique to this process.
+inline std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() /
+          ("occult_placement_" + std::to_string(::getpid()) + "_" + name))
+      .string();
+}
 
 // A routing from explicit tokens, each a list of k expert ids.
 inline LayerRouting make_routing(int top_k, std::initializer_list<std::vector<int>> tokens) {

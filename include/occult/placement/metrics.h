@@ -3,6 +3,7 @@
 
 #include <span>
 
+#include "occult/routing/replicas.h"
 #include "occult/routing/trace.h"
 
 namespace occult {
@@ -20,5 +21,13 @@ struct PlacementMetrics {
 PlacementMetrics compute_placement_metrics(const LayerRouting& routing,
                                            std::span<const int> expert_to_device, int num_devices,
                                            int num_nodes = 1);
+
+// The same metrics when experts may have several holders: tokens are routed in order by
+// route_tokens (fewest devices, then the home device floor(t*D/T), then the lighter device,
+// then the lower id) and every metric is measured on the devices chosen; the intra ratio counts
+// the pairs of a token's experts served by one device. Without replicas it equals
+// compute_placement_metrics.
+PlacementMetrics compute_replica_metrics(const LayerRouting& routing, const ExpertHolders& holders,
+                                         int num_nodes = 1);
 
 }  // namespace occult

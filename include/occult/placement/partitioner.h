@@ -23,6 +23,12 @@ struct PartitionOptions {
   int num_restarts = 8;        // hypergraph: perturb-and-refine rounds after the first descent
   // hypergraph: an extra start (e.g. the previous layer's placement); empty for none.
   std::vector<int> warm_start;
+  // place_experts: experts a device may hold (S); spare slots beyond ceil(E/D) hold replicas.
+  // 0 places primaries only (no slots in the written placement).
+  int slots_per_device = 0;
+  // Replicas: the load limit must hold on each of this many equal contiguous parts of the
+  // calibration routing, so it holds on text unlike the union of the calibration traces too.
+  int replica_chunks = 4;
 };
 
 // A placement strategy for one layer. Implementations are stateless and thread-compatible.
@@ -49,7 +55,8 @@ inline constexpr std::string_view kDefaultStrategy = "hypergraph";
 std::vector<int> balanced_capacities(int num_experts, int num_devices);
 // True when every device in [0, D) holds floor(E/D) or ceil(E/D) of the E experts.
 bool is_balanced(std::span<const int> expert_to_device, int num_devices);
-// Throws naming the flag unless 1 <= D <= E, N divides D, and max_imbalance >= 1.
+// Throws naming the flag unless 1 <= D <= E, N divides D, max_imbalance >= 1, and the slots,
+// when given, hold ceil(E/D) experts on at most 64 devices.
 void check_partition_options(const CollaborationGraph& graph, const PartitionOptions& options);
 
 // Free-function forms of the strategies (the Partitioner objects call these).

@@ -10,6 +10,8 @@
 #include <string_view>
 #include <vector>
 
+#include "occult/routing/replicas.h"
+
 namespace occult {
 
 // How the kept devices and the replacement experts are chosen.
@@ -85,7 +87,7 @@ struct PruneStats {
 struct PruneWorkspace {
   // Internal to prune_routing; callers only keep the object alive between calls.
   std::vector<int> device_offsets;     // [D+1] CSR offsets into device_experts
-  std::vector<int> device_experts;     // [E] experts of each device, ascending id
+  std::vector<int> device_experts;     // [copies] experts each device holds, ascending id
   std::vector<std::uint64_t> expert_stamp;   // [E] == stamp: selected by the current token
   std::vector<std::uint64_t> device_stamp;   // [D] == stamp: seen; == stamp + 1: kept
   std::vector<std::uint64_t> node_stamp;     // [N]
@@ -97,8 +99,8 @@ struct PruneWorkspace {
   std::vector<int> replaced_slots;     // [k]
   std::vector<int> candidate_ids;      // [k]
   std::vector<float> candidate_keys;   // [k]
-  std::vector<int> candidate_pool;     // [E] unselected experts on the kept devices
-  std::vector<float> grouped_p;        // [E] p of device_experts[i] (device-limited)
+  std::vector<int> candidate_pool;     // [copies] unselected experts on the kept devices
+  std::vector<float> grouped_p;        // [copies] p of device_experts[i] (device-limited)
   std::vector<float> device_score;     // [D]
   std::vector<float> node_score;       // [N]
   std::vector<float> best_values;      // [k] scratch for the best ceil(k/M) p of a device
@@ -134,6 +136,20 @@ int min_kept_capacity(const PruneConfig& config, std::span<const int> expert_to_
 PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
                          std::span<const float> router_probs, std::int64_t num_tokens,
                          std::span<const int> expert_to_device, std::span<const float> similarity,
+                         const PruneConfig& config, PruneWorkspace& workspace);
+
+// prune_routing for a placement with replicas: expert e may be served by any device in
+// holders.masks[e]. A token is within budget when its experts fit on M devices (an exact minimum
+// cover); otherwise kept devices are chosen walking its top-k in descending p, and an expert no
+// kept device holds adds the holder that holds the most of the token's experts not yet on a kept
+// device (ties to the lower id); the device-limited scheme scores each device over every expert
+// it holds. Selected experts no kept device holds are replaced by unselected experts some kept
+// device holds, by the scheme's rule. devices_before/after count minimum covers. Equals
+// prune_routing on holders.primary when no expert is replicated. A node budget with replicas is
+// an error.
+PruneStats prune_routing(std::span<std::int32_t> ids, std::span<float> weights,
+                         std::span<const float> router_probs, std::int64_t num_tokens,
+                         const ExpertHolders& holders, std::span<const float> similarity,
                          const PruneConfig& config, PruneWorkspace& workspace);
 
 }  // namespace occult

@@ -1,0 +1,115 @@
+// Replicas on real routing: calibrate on --trace, evaluate held-out on --heldout, at every
+// D in --devices and S in ceil(E/D) + --extra-slots. For each: the default (hypergraph)
+// placement without replicas and with S slots per device, their mean C_T, remote C_T and
+// load imbalance on both traces (held-out imbalance: mean and max over layers) and the CPU
+// time to place all layers. Single-threaded.
+//
+//   build/bench/placement/bench_replicas [--trace F] [--heldout F] [--devices 4 8]
+//       [--extra-slots 1 2] [--max-imbalance 1.10] [--replica-chunks 4] [--json]
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "occult/core/error.h"
+#include "occult/core/table.h"
+#include "occult/placement/place.h"
+#include "thread_time.h"
+
+namespace {
+
+using namespace occult;
+using occult::bench::thread_seconds;
+
+struct Measured {
+  PlacementMetrics calib, heldout;
+  double heldout_max_imbalance = 0;
+  double seconds = 0;
+};
+
+Measured measure(const Trace& calib, const Trace& heldout, const PartitionOptions& options) {
+  Measured m;
+  const double t0 = thread_seconds();
+  const Placement p = place_experts(calib, std::string(kDefaultStrategy), options);
+  m.seconds = thread_seconds() - t0;
+  m.calib = mean_metrics(evaluate_placement(calib, p));
+  const std::vector<PlacementMetrics> layers = evaluate_placement(heldout, p);
+  m.heldout = mean_metrics(layers);
+  for (const PlacementMetrics& x : layers) m.heldout_max_imbalance = std::max(m.heldout_max_imbalance, x.load_imbalance);
+  return m;
+}
+
+nlohmann::json to_json(const Measured& m) {
+  return {{"calibration", metrics_to_json(m.calib, false)},
+          {"heldout", metrics_to_json(m.heldout, false)},
+          {"heldout_max_load_imbalance", m.heldout_max_imbalance},
+          {"seconds", m.seconds}};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app("Replica placement on real routing: C_T and load, calibration vs held-out");
+  std::string trace_path = "data/traces/dsv2lite-esft-intent.safetensors";
+  std::string heldout_path = "data/traces/dsv2lite-esft-law.safetensors";
+  std::vector<int> devices = {4, 8};
+  std::vector<int> extra_slots = {1, 2};
+  PartitionOptions base;
+  bool json = false;
+  app.add_option("--trace", trace_path, "Calibration trace")->capture_default_str();
+  app.add_option("--heldout", heldout_path, "Held-out trace")->capture_default_str();
+  app.add_option("--devices", devices, "Device counts D")->capture_default_str();
+  app.add_option("--extra-slots", extra_slots, "Slots per device beyond ceil(E/D)")->capture_default_str();
+  app.add_option("--max-imbalance", base.max_imbalance, "Load limit on calibration")->capture_default_str();
+  app.add_option("--replica-chunks", base.replica_chunks, "Parts of the calibration the limit must hold on")
+      ->capture_default_str();
+  app.add_flag("--json", json, "JSON on stdout");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    const Trace calib = load_trace(trace_path);
+    const Trace heldout = load_trace(heldout_path);
+    const int e = calib.num_experts;
+    auto f3 = [](double v) { return fmt::format("{:.3f}", v); };
+    TextTable table({"D", "S", "C_T calib", "C_T held-out", "x no replicas", "remote C_T held-out",
+                     "imbalance calib (mean)", "imbalance held-out (mean)", "imbalance held-out (max)", "seconds"});
+    nlohmann::json out = {{"trace", trace_path}, {"heldout", heldout_path}, {"results", nlohmann::json::array()}};
+    for (const int d : devices) {
+      PartitionOptions options = base;
+      options.num_devices = d;
+      options.slots_per_device = 0;
+      const Measured plain = measure(calib, heldout, options);
+      auto row = [&](const std::string& slots, const Measured& m) {
+        table.add_row({std::to_string(d), slots, f3(m.calib.replicas_per_token), f3(m.heldout.replicas_per_token),
+                       f3(m.heldout.replicas_per_token / plain.heldout.replicas_per_token),
+                       f3(m.heldout.remote_replicas_per_token), f3(m.calib.load_imbalance),
+                       f3(m.heldout.load_imbalance), f3(m.heldout_max_imbalance), fmt::format("{:.2f}", m.seconds)});
+      };
+      row("- (none)", plain);
+      out["results"].push_back({{"devices", d}, {"slots_per_device", 0}, {"result", to_json(plain)}});
+      for (const int extra : extra_slots) {
+        options.slots_per_device = (e + d - 1) / d + extra;
+        const Measured m = measure(calib, heldout, options);
+        row(std::to_string(options.slots_per_device), m);
+        out["results"].push_back(
+            {{"devices", d}, {"slots_per_device", options.slots_per_device}, {"result", to_json(m)}});
+      }
+      table.add_rule();
+    }
+    if (json) {
+      std::cout << out.dump(2) << "\n";
+    } else {
+      fmt::print("calibration {} ({} tokens), held-out {} ({} tokens); --max-imbalance {}, --replica-chunks {}\n",
+                 trace_path, calib.num_tokens(), heldout_path, heldout.num_tokens(), base.max_imbalance,
+                 base.replica_chunks);
+      fmt::print("{}", table.render());
+    }
+  } catch (const occult::Error& error) {
+    std::cerr << "bench_replicas: error: " << error.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
