@@ -297,6 +297,8 @@ void setup(CLI::App& root) {
   auto* checkpoint = cmd->add_option("--model,--checkpoint", f->model.checkpoint,
                                      "model directory (Hugging Face or occult train --save)");
   config->excludes(checkpoint);
+  cmd->add_option("--weights", f->model.weights, "auto | f32 | bf16: the dtype matrices and experts are held in")
+      ->capture_default_str();
   cmd->add_option("--batch", f->batch, "global sequences (spread over ranks)")
       ->capture_default_str();
   cmd->add_option("--prompt-tokens", f->prompt_tokens, "prompt length of every sequence")

@@ -17,6 +17,7 @@
 #include "occult/model/checkpoint.h"
 #include "occult/model/config.h"
 #include "occult/model/model.h"
+#include "occult/model/model_dir.h"
 #include "occult/placement/placement.h"
 
 namespace occult::cli {
@@ -30,6 +31,7 @@ struct ModelFlags {
   int prune_devices = 0;
   std::string prune_scheme = "score";
   std::uint64_t seed = 1234;  // random weights (no checkpoint)
+  std::string weights = "auto";  // dtype the matrices are held in: auto | f32 | bf16
 };
 
 // Adds --model (alias --checkpoint; required) and --config (optional, must match): the model a
@@ -40,6 +42,21 @@ inline void add_checkpoint_flags(CLI::App* cmd, ModelFlags& f) {
                   "occult train --save")
       ->required();
   cmd->add_option("--config", f.config, "config.json the checkpoint must match (optional)");
+  cmd->add_option("--weights", f.weights,
+                  "dtype the matrices and experts are held in: auto (bf16 when the model directory "
+                  "stores BF16, else f32) | f32 | bf16 (half the memory; arithmetic stays F32)")
+      ->capture_default_str();
+}
+
+// The dtype `--weights` asks for; "auto" is BF16 when the model directory stores its embedding
+// in BF16 (a BF16 checkpoint), else F32. Throws naming the flag for any other value.
+inline WeightDType resolve_weight_dtype(const ModelFlags& f) {
+  if (f.weights == "f32") return WeightDType::kF32;
+  if (f.weights == "bf16") return WeightDType::kBF16;
+  OCCULT_CHECK(f.weights == "auto", "--weights must be auto, f32 or bf16, got \"{}\"", f.weights);
+  if (f.checkpoint.empty()) return WeightDType::kF32;
+  return ModelWeights::open(f.checkpoint).dtype_of("model.embed_tokens.weight") == DType::kBF16 ? WeightDType::kBF16
+                                                                                               : WeightDType::kF32;
 }
 
 // Adds --dispatch, --placement, --prune-devices and --prune-scheme: how the MoE layers route.
@@ -92,6 +109,7 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
     parallel.prune_devices = f.prune_devices;
     parallel.prune_scheme = f.prune_scheme;
     parallel.training = false;
+    parallel.weight_dtype = resolve_weight_dtype(f);
     OCCULT_CHECK(f.prune_devices >= 0 && f.prune_devices <= comm.size(),
                  "--prune-devices must be in [0, {} ranks], got {}", comm.size(), f.prune_devices);
     if (f.placement.empty()) return;

@@ -140,9 +140,9 @@ InferenceEngine::InferenceEngine(MoeTransformer& model, const InferenceOptions& 
   });
   for (int l = 0; l < c.num_hidden_layers; ++l) layer_weights_.push_back(model_.layer_weights(l));
   auto W = [&](const std::string& name) -> const float* { return model_.param(name).data(); };
-  embed_ = W("model.embed_tokens.weight");
+  embed_ = model_.weight("model.embed_tokens.weight");
   final_norm_ = W("model.norm.weight");
-  lm_head_ = c.tie_word_embeddings ? embed_ : W("lm_head.weight");
+  lm_head_ = c.tie_word_embeddings ? embed_ : model_.weight("lm_head.weight");
   const std::size_t floats =
       static_cast<std::size_t>(cache_bytes() / 2 / static_cast<std::int64_t>(sizeof(float)));
   // An allocation failure on one rank must fail every rank, not leave the others waiting.
@@ -269,9 +269,9 @@ void InferenceEngine::forward_rows(bool prefill) {
   grow(att_, att_floats);
 
   float* x = x_.data();
-  embedding_forward(x, tokens_.data(), embed_, N, H);
+  gather_rows(x, embed_, tokens_.data(), N, H);
   for (int l = 0; l < L; ++l) {
-    const LayerParams<const float*>& w = layer_weights_[l];
+    const LayerWeights& w = layer_weights_[l];
     float* kc = k_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
     float* vc = v_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
     rmsnorm_forward(ln_.data(), rstd_.data(), x, w.ln1, N, H, c.rms_norm_eps);
@@ -329,7 +329,7 @@ void InferenceEngine::forward_rows(bool prefill) {
     std::memcpy(tmp_.data() + i * H, x + out_rows_[i] * H, sizeof(float) * H);
   }
   rmsnorm_forward(lnf_.data(), rstd_.data(), tmp_.data(), final_norm_, n_out, H, c.rms_norm_eps);
-  matmul_forward(logits_.data(), lnf_.data(), lm_head_, n_out, H, V);
+  linear_forward(logits_.data(), lnf_.data(), lm_head_, n_out, H, V);
 }
 
 LayerRouting InferenceEngine::routing(int layer) {

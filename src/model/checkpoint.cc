@@ -156,7 +156,13 @@ nlohmann::json load_checkpoint(const std::string& dir, MoeTransformer& model, Ad
                  "checkpoint {} was trained with another model config: {}", dir,
                  describe_config_difference(saved, model.config()));
     const ModelWeights weights = ModelWeights::open(dir);
-    for (const auto& t : model.tensors()) weights.read(t.name, t.shape, t.value);
+    for (const auto& t : model.tensors()) {
+      if (t.value_bf16.empty()) {
+        weights.read(t.name, t.shape, t.value);
+      } else {
+        weights.read_bf16(t.name, t.shape, t.value_bf16);
+      }
+    }
     if (optimizer != nullptr) {
       const fs::path opt_path = fs::path(dir) / "optimizer.safetensors";
       OCCULT_CHECK(fs::exists(opt_path), "checkpoint {} has no optimizer.safetensors: it cannot be resumed", dir);

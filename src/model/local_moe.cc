@@ -36,6 +36,9 @@ class LocalMoeBlock final : public MoeBlock {
   const std::vector<int>& local_experts() const override { return local_; }
   std::span<float> expert_weight(int e, int kind) override { return slice(weights_[kind], e); }
   std::span<float> expert_grad(int e, int kind) override { return slice(grads_[kind], e); }
+  std::span<std::uint16_t> expert_weight_bf16(int, int) override {
+    OCCULT_FAIL("the single-process reference MoE block holds its experts in F32 only");
+  }
 
  private:
   std::span<float> slice(std::vector<float>& v, int e) {

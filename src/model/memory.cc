@@ -22,36 +22,47 @@ std::string gib(std::int64_t bytes) {
   return g >= 0.01 || g == 0.0 ? fmt::format("{:.2f}", g) : fmt::format("{:.3g}", g);
 }
 
-// Elements of the dense arena, in the tensors MoeTransformer::build_tensors adds to it.
-std::int64_t dense_elements(const ModelConfig& c) {
+// Elements of the dense tensors MoeTransformer::build_tensors adds: the large matrices (held in
+// BF16 when the model is) and the rest (vectors, routers, shared-expert gates; always F32).
+struct DenseElements {
+  std::int64_t matrices = 0, others = 0;
+};
+
+DenseElements dense_elements(const ModelConfig& c) {
   const std::int64_t V = c.vocab_size, H = c.hidden_size, E = c.num_experts, QD = c.q_dim(),
                      KD = c.kv_dim(), hd = c.head_dim();
-  std::int64_t n = V * H;  // model.embed_tokens
+  DenseElements n;
+  n.matrices = V * H;  // model.embed_tokens
   for (int l = 0; l < c.num_hidden_layers; ++l) {
-    n += 2 * H;                         // input_layernorm, post_attention_layernorm
-    n += QD * H + 2 * KD * H + H * QD;  // q, k, v, o projections
-    if (c.attention_qkv_bias) n += QD + 2 * KD;
-    if (c.attention_o_bias) n += H;
-    if (c.qk_norm == QkNorm::kFull) n += QD + KD;
-    if (c.qk_norm == QkNorm::kPerHead) n += 2 * hd;
+    n.others += 2 * H;                           // input_layernorm, post_attention_layernorm
+    n.matrices += QD * H + 2 * KD * H + H * QD;  // q, k, v, o projections
+    if (c.attention_qkv_bias) n.others += QD + 2 * KD;
+    if (c.attention_o_bias) n.others += H;
+    if (c.qk_norm == QkNorm::kFull) n.others += QD + KD;
+    if (c.qk_norm == QkNorm::kPerHead) n.others += 2 * hd;
     if (c.is_moe_layer(l)) {
       const std::int64_t W = c.shared_intermediate_size();
-      n += E * H;  // router
-      if (W > 0) n += 3 * W * H + (c.shared_expert_gate ? H : 0);
+      n.others += E * H;  // router
+      if (W > 0) {
+        n.matrices += 3 * W * H;
+        if (c.shared_expert_gate) n.others += H;
+      }
     } else {
-      n += 3 * static_cast<std::int64_t>(c.intermediate_size) * H;
+      n.matrices += 3 * static_cast<std::int64_t>(c.intermediate_size) * H;
     }
   }
-  n += H;                                  // model.norm
-  if (!c.tie_word_embeddings) n += V * H;  // lm_head
+  n.others += H;                                  // model.norm
+  if (!c.tie_word_embeddings) n.matrices += V * H;  // lm_head
   return n;
 }
 
 }  // namespace
 
-MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, bool training) {
+MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, bool training,
+                                     WeightDType weights) {
   OCCULT_CHECK(num_ranks >= 1, "memory estimate: the run must have at least 1 rank, got {}",
                num_ranks);
+  const std::int64_t matrix_bytes = weights == WeightDType::kBF16 ? 2 : kFloat;
   const std::int64_t E = config.num_experts, H = config.hidden_size,
                      F = config.moe_intermediate_size;
   MemoryEstimate m;
@@ -59,12 +70,14 @@ MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, b
   m.experts_per_layer = static_cast<int>((E + num_ranks - 1) / num_ranks);
   // Parameters and gradients of the dense arena.
   const std::int64_t copies = training ? 2 : 1;  // values, and gradients when training
-  m.dense_bytes = copies * dense_elements(config) * kFloat;
+  const DenseElements dense = dense_elements(config);
+  m.dense_bytes = dense.matrices * matrix_bytes + dense.others * kFloat +
+                  (copies - 1) * (dense.matrices + dense.others) * kFloat;
   // Per MoE layer (src/moe/moe_layer.cc): the router copy (and its gradient) [E,H], and per
   // local expert gate/up [F,H] and down [H,F] (with their gradients).
-  const std::int64_t per_layer =
-      copies * E * H + static_cast<std::int64_t>(m.experts_per_layer) * copies * 3 * F * H;
-  m.expert_bytes = m.moe_layers * per_layer * kFloat;
+  const std::int64_t experts = static_cast<std::int64_t>(m.experts_per_layer) * 3 * F * H;
+  const std::int64_t per_layer = copies * E * H * kFloat + experts * matrix_bytes + (copies - 1) * experts * kFloat;
+  m.expert_bytes = m.moe_layers * per_layer;
   return m;
 }
 
@@ -123,9 +136,10 @@ void check_memory(const MemoryEstimate& needed, const AvailableMemory& available
       gib(available.bytes_per_rank), available.bytes_per_rank, source);
 }
 
-void check_model_fits_memory(const ModelConfig& config, Communicator& comm, bool training) {
+void check_model_fits_memory(const ModelConfig& config, Communicator& comm, bool training,
+                             WeightDType weights) {
   agree_on_errors(comm, [&] {
-    check_memory(estimate_model_memory(config, comm.size(), training), available_memory_per_rank());
+    check_memory(estimate_model_memory(config, comm.size(), training, weights), available_memory_per_rank());
   });
 }
 

@@ -8,6 +8,7 @@
 #include "model/layers/blocks.h"
 #include "model/moe_block.h"
 #include "occult/core/rng.h"
+#include "occult/core/safetensors.h"
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
 #include "occult/model/arch.h"
@@ -109,7 +110,7 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
     : config_(config), comm_(comm), options_(options), impl_(std::make_unique<Impl>()) {
   validate_model_config(config_, "model config");
   // Refuse, on every rank with one message, a model this host cannot hold before allocating it.
-  check_model_fits_memory(config_, comm_, options_.training);
+  check_model_fits_memory(config_, comm_, options_.training, options_.weight_dtype);
   const int L = config_.num_hidden_layers, Lm = config_.num_moe_layers(), E = config_.num_experts,
             D = comm_.size();
   if (options_.expert_to_device.empty()) {
@@ -144,6 +145,9 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
   }
   OCCULT_CHECK(E >= D, "num_experts = {} is smaller than the {} ranks: every rank must hold an expert", E, D);
   OCCULT_CHECK(!local_reference || D == 1, "the single-process reference MoE block runs on 1 rank, not {}", D);
+  OCCULT_CHECK(options_.weight_dtype == WeightDType::kF32 || (!options_.training && !local_reference),
+               "BF16-resident weights are for inference with the expert-parallel layer (training keeps F32 "
+               "weights and gradients)");
   impl_->moe.resize(Lm);
   impl_->moe_of_layer.assign(L, -1);
   impl_->mlp_width.assign(L, 0);
@@ -164,35 +168,47 @@ void MoeTransformer::build_tensors() {
   const ModelConfig& c = config_;
   const int V = c.vocab_size, H = c.hidden_size, L = c.num_hidden_layers, E = c.num_experts,
             F = c.moe_intermediate_size, QD = c.q_dim(), KD = c.kv_dim(), hd = c.head_dim();
-  std::int64_t dense_size = 0;
-  auto add = [&](std::string name, std::vector<std::int64_t> shape, int layer, bool decay) {
+  std::int64_t dense_size = 0, bf16_size = 0;
+  const bool bf16 = options_.weight_dtype == WeightDType::kBF16;
+  std::vector<char> in_bf16;  // per dense tensor: held in the BF16 arena
+  // `matrix`: a large projection (embedding, LM head, attention, dense MLP / shared expert),
+  // held in BF16 when the model is; vectors, the router and the shared-expert gate stay F32.
+  auto add_tensor = [&](std::string name, std::vector<std::int64_t> shape, int layer, bool decay, bool matrix) {
     ParamTensor t;
     t.name = std::move(name);
     t.numel = std::accumulate(shape.begin(), shape.end(), std::int64_t{1}, std::multiplies<>());
     t.shape = std::move(shape);
-    t.offset = dense_size;
+    std::int64_t& size = bf16 && matrix ? bf16_size : dense_size;
+    t.offset = size;
     t.layer = layer;
     t.decay = decay;
-    dense_size += t.numel;
+    size += t.numel;
+    in_bf16.push_back(bf16 && matrix);
     tensors_.push_back(std::move(t));
     return static_cast<int>(tensors_.size()) - 1;
   };
-  impl_->embed = add("model.embed_tokens.weight", {V, H}, -1, true);
+  auto add = [&](std::string name, std::vector<std::int64_t> shape, int layer, bool decay) {
+    return add_tensor(std::move(name), std::move(shape), layer, decay, false);
+  };
+  auto add_matrix = [&](std::string name, std::vector<std::int64_t> shape, int layer) {
+    return add_tensor(std::move(name), std::move(shape), layer, true, true);
+  };
+  impl_->embed = add_matrix("model.embed_tokens.weight", {V, H}, -1);
   impl_->layers.resize(L);
   for (int l = 0; l < L; ++l) {
     const std::string p = fmt::format("model.layers.{}.", l);
     const std::string a = p + "self_attn.";
     auto& s = impl_->layers[l];
     s.ln1 = add(p + "input_layernorm.weight", {H}, l, false);
-    s.q = add(a + "q_proj.weight", {QD, H}, l, true);
-    s.k = add(a + "k_proj.weight", {KD, H}, l, true);
-    s.v = add(a + "v_proj.weight", {KD, H}, l, true);
+    s.q = add_matrix(a + "q_proj.weight", {QD, H}, l);
+    s.k = add_matrix(a + "k_proj.weight", {KD, H}, l);
+    s.v = add_matrix(a + "v_proj.weight", {KD, H}, l);
     if (c.attention_qkv_bias) {
       s.q_bias = add(a + "q_proj.bias", {QD}, l, false);
       s.k_bias = add(a + "k_proj.bias", {KD}, l, false);
       s.v_bias = add(a + "v_proj.bias", {KD}, l, false);
     }
-    s.o = add(a + "o_proj.weight", {H, QD}, l, true);
+    s.o = add_matrix(a + "o_proj.weight", {H, QD}, l);
     if (c.attention_o_bias) s.o_bias = add(a + "o_proj.bias", {H}, l, false);
     if (c.qk_norm == QkNorm::kFull) {
       s.q_norm = add(a + "q_norm.weight", {QD}, l, false);
@@ -206,23 +222,29 @@ void MoeTransformer::build_tensors() {
     if (impl_->moe_of_layer[l] >= 0) {
       s.router = add(router_tensor_name(c, l), {E, H}, l, true);
       if (W > 0) {
-        s.mlp_gate = add(shared_tensor_name(c, l, 0), {W, H}, l, true);
-        s.mlp_up = add(shared_tensor_name(c, l, 1), {W, H}, l, true);
-        s.mlp_down = add(shared_tensor_name(c, l, 2), {H, W}, l, true);
+        s.mlp_gate = add_matrix(shared_tensor_name(c, l, 0), {W, H}, l);
+        s.mlp_up = add_matrix(shared_tensor_name(c, l, 1), {W, H}, l);
+        s.mlp_down = add_matrix(shared_tensor_name(c, l, 2), {H, W}, l);
         if (c.shared_expert_gate) s.shared_gate = add(shared_gate_tensor_name(c, l), {1, H}, l, true);
       }
     } else {
-      s.mlp_gate = add(dense_mlp_tensor_name(c, l, 0), {W, H}, l, true);
-      s.mlp_up = add(dense_mlp_tensor_name(c, l, 1), {W, H}, l, true);
-      s.mlp_down = add(dense_mlp_tensor_name(c, l, 2), {H, W}, l, true);
+      s.mlp_gate = add_matrix(dense_mlp_tensor_name(c, l, 0), {W, H}, l);
+      s.mlp_up = add_matrix(dense_mlp_tensor_name(c, l, 1), {W, H}, l);
+      s.mlp_down = add_matrix(dense_mlp_tensor_name(c, l, 2), {H, W}, l);
     }
   }
   impl_->final_norm = add("model.norm.weight", {H}, -1, false);
-  if (!c.tie_word_embeddings) impl_->lm_head = add("lm_head.weight", {V, H}, -1, true);
+  if (!c.tie_word_embeddings) impl_->lm_head = add_matrix("lm_head.weight", {V, H}, -1);
 
   dense_params_.assign(dense_size, 0.0f);
+  dense_bf16_.assign(bf16_size, 0);
   if (options_.training) dense_grads_.assign(dense_size, 0.0f);
-  for (auto& t : tensors_) {
+  for (std::size_t i = 0; i < tensors_.size(); ++i) {
+    auto& t = tensors_[i];
+    if (in_bf16[i]) {
+      t.value_bf16 = std::span<std::uint16_t>(dense_bf16_).subspan(t.offset, t.numel);
+      continue;
+    }
     t.value = std::span<float>(dense_params_).subspan(t.offset, t.numel);
     if (options_.training) t.grad = std::span<float>(dense_grads_).subspan(t.offset, t.numel);
   }
@@ -236,11 +258,16 @@ void MoeTransformer::build_tensors() {
         t.name = expert_tensor_name(c, l, e, kind);
         t.shape = kind < 2 ? std::vector<std::int64_t>{F, H} : std::vector<std::int64_t>{H, F};
         t.numel = static_cast<std::int64_t>(F) * H;
-        t.value = impl_->moe[m]->expert_weight(e, kind);
+        if (bf16) {
+          t.value_bf16 = impl_->moe[m]->expert_weight_bf16(e, kind);
+        } else {
+          t.value = impl_->moe[m]->expert_weight(e, kind);
+        }
         if (options_.training) t.grad = impl_->moe[m]->expert_grad(e, kind);
-        OCCULT_CHECK(static_cast<std::int64_t>(t.value.size()) == t.numel &&
+        OCCULT_CHECK(static_cast<std::int64_t>(t.value.size() + t.value_bf16.size()) == t.numel &&
                          t.grad.size() == (options_.training ? t.value.size() : 0),
-                     "MoE layer {} returned {} elements for {}, expected {}", l, t.value.size(), t.name, t.numel);
+                     "MoE layer {} returned {} elements for {}, expected {}", l, t.value.size() + t.value_bf16.size(),
+                     t.name, t.numel);
         t.expert = true;
         t.layer = l;
         t.expert_id = e;
@@ -254,16 +281,16 @@ void MoeTransformer::build_tensors() {
 
 namespace {
 
-// The pointers of one layer's slots into an arena (weights or gradients).
-template <typename P>
-LayerParams<P> layer_params(const LayerSlots& s, const std::vector<ParamTensor>& tensors, P base) {
-  auto at = [&](int slot) -> P { return slot >= 0 ? base + tensors[slot].offset : nullptr; };
-  LayerParams<P> w;
+// The pointers of one layer's slots into the arenas: `at` maps a vector slot, `matrix_at` a
+// matrix slot (both give null for -1).
+template <typename P, typename M, typename At, typename MatrixAt>
+LayerParams<P, M> layer_params(const LayerSlots& s, At at, MatrixAt matrix_at) {
+  LayerParams<P, M> w;
   w.ln1 = at(s.ln1);
-  w.q = at(s.q);
-  w.k = at(s.k);
-  w.v = at(s.v);
-  w.o = at(s.o);
+  w.q = matrix_at(s.q);
+  w.k = matrix_at(s.k);
+  w.v = matrix_at(s.v);
+  w.o = matrix_at(s.o);
   w.q_bias = at(s.q_bias);
   w.k_bias = at(s.k_bias);
   w.v_bias = at(s.v_bias);
@@ -272,19 +299,38 @@ LayerParams<P> layer_params(const LayerSlots& s, const std::vector<ParamTensor>&
   w.k_norm = at(s.k_norm);
   w.ln2 = at(s.ln2);
   w.router = at(s.router);
-  w.mlp_gate = at(s.mlp_gate);
-  w.mlp_up = at(s.mlp_up);
-  w.mlp_down = at(s.mlp_down);
+  w.mlp_gate = matrix_at(s.mlp_gate);
+  w.mlp_up = matrix_at(s.mlp_up);
+  w.mlp_down = matrix_at(s.mlp_down);
   w.shared_gate = at(s.shared_gate);
   return w;
 }
 
 }  // namespace
 
-LayerParams<const float*> MoeTransformer::layer_weights(int layer) const {
+LayerWeights MoeTransformer::layer_weights(int layer) const {
   OCCULT_CHECK(layer >= 0 && layer < config_.num_hidden_layers, "layer {} is outside [0, num_hidden_layers = {})",
                layer, config_.num_hidden_layers);
-  return layer_params<const float*>(impl_->layers[layer], tensors_, dense_params_.data());
+  auto at = [&](int slot) -> const float* { return slot >= 0 ? dense_params_.data() + tensors_[slot].offset : nullptr; };
+  auto matrix_at = [&](int slot) { return slot >= 0 ? weight_at(slot) : WeightRef(); };
+  return layer_params<const float*, WeightRef>(impl_->layers[layer], at, matrix_at);
+}
+
+LayerGrads MoeTransformer::layer_grads(int layer) {
+  auto at = [&](int slot) -> float* { return slot >= 0 ? dense_grads_.data() + tensors_[slot].offset : nullptr; };
+  return layer_params<float*, float*>(impl_->layers[layer], at, at);
+}
+
+WeightRef MoeTransformer::weight_at(std::size_t slot) const {
+  const ParamTensor& t = tensors_[slot];
+  if (!t.value_bf16.empty()) return WeightRef::bf16(t.value_bf16.data());
+  return WeightRef(t.value.data());
+}
+
+WeightRef MoeTransformer::weight(const std::string& name) const {
+  const ParamTensor* t = find(name);
+  OCCULT_CHECK(t != nullptr, "tensor {} is not held by rank {}", name, comm_.rank());
+  return weight_at(static_cast<std::size_t>(t - tensors_.data()));
 }
 
 int MoeTransformer::mlp_width(int layer) const { return impl_->mlp_width.at(static_cast<std::size_t>(layer)); }
@@ -301,6 +347,7 @@ const ParamTensor* MoeTransformer::find(const std::string& name) const {
 std::span<float> MoeTransformer::param(const std::string& name) {
   const ParamTensor* t = find(name);
   OCCULT_CHECK(t != nullptr, "tensor {} is not held by rank {}", name, comm_.rank());
+  OCCULT_CHECK(t->value_bf16.empty(), "tensor {} is held in BF16 for inference; it has no F32 values", name);
   return t->value;
 }
 
@@ -312,14 +359,14 @@ std::span<float> MoeTransformer::grad(const std::string& name) {
 
 std::int64_t MoeTransformer::num_parameters() const {
   const std::int64_t expert = 3ll * config_.moe_intermediate_size * config_.hidden_size;
-  return static_cast<std::int64_t>(dense_params_.size()) +
+  return static_cast<std::int64_t>(dense_params_.size() + dense_bf16_.size()) +
          static_cast<std::int64_t>(config_.num_moe_layers()) * config_.num_experts * expert;
 }
 
 std::int64_t MoeTransformer::num_active_parameters() const {
   const std::int64_t expert = 3ll * config_.moe_intermediate_size * config_.hidden_size;
   // The embedding is a lookup, not a matmul; it is counted only when tied (as the LM head).
-  std::int64_t active = static_cast<std::int64_t>(dense_params_.size());
+  std::int64_t active = static_cast<std::int64_t>(dense_params_.size() + dense_bf16_.size());
   if (!config_.tie_word_embeddings) active -= static_cast<std::int64_t>(config_.vocab_size) * config_.hidden_size;
   return active + static_cast<std::int64_t>(config_.num_moe_layers()) * config_.num_experts_per_tok * expert;
 }
@@ -340,6 +387,11 @@ void MoeTransformer::init_weights(std::uint64_t seed) {
     // The stream depends only on the seed and the tensor's name, never on the rank count.
     SplitMix64 rng(seed ^ fnv1a64(t.name));
     const float s = out_proj ? out_std : std;
+    if (!t.value_bf16.empty()) {
+      // A BF16-resident matrix holds the F32 stream rounded, as a BF16 checkpoint of it would.
+      for (std::int64_t i = 0; i < t.numel; ++i) t.value_bf16[i] = float_to_bf16(s * static_cast<float>(rng.normal()));
+      continue;
+    }
     for (std::int64_t i = 0; i < t.numel; ++i) data[i] = s * static_cast<float>(rng.normal());
   }
 }
@@ -419,11 +471,11 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
   const float* P = dense_params_.data();
   auto W = [&](int slot) { return P + tensors_[slot].offset; };
 
-  embedding_forward(m.resid, m.tokens.data(), W(m.embed), N, H);
+  gather_rows(m.resid, weight_at(m.embed), m.tokens.data(), N, H);
   // Statistics all-reduced once after the forward: ce_sum, tokens, counts[Lm,E], prob sums[Lm,E].
   std::vector<double> stats(2 + 2 * static_cast<std::size_t>(Lm) * E, 0.0);
   for (int l = 0; l < L; ++l) {
-    const LayerParams<const float*> w = layer_params<const float*>(m.layers[l], tensors_, P);
+    const LayerWeights w = layer_weights(l);
     const LayerActs& a = m.la[l];
     const float* x = m.resid + l * N * H;
     float* out = m.resid + (l + 1) * N * H;
@@ -456,8 +508,7 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
     }
   }
   rmsnorm_forward(m.lnf, m.rstdf, m.resid + L * N * H, W(m.final_norm), N, H, c.rms_norm_eps);
-  const float* head = m.lm_head >= 0 ? W(m.lm_head) : W(m.embed);
-  matmul_forward(m.logits, m.lnf, head, N, H, V);
+  linear_forward(m.logits, m.lnf, weight_at(m.lm_head >= 0 ? m.lm_head : m.embed), N, H, V);
   stats[0] = N > 0 ? crossentropy_forward(m.probs, m.logits, m.targets.data(), N, V) : 0.0;
   stats[1] = static_cast<double>(N);
   comm_.all_reduce_sum(std::span<double>(stats));
@@ -505,13 +556,13 @@ void MoeTransformer::backward() {
   crossentropy_backward(m.dlogits, m.probs, m.targets.data(), static_cast<float>(1.0 / n_global), N, V);
   const int head = m.lm_head >= 0 ? m.lm_head : m.embed;
   std::fill(m.tmp, m.tmp + N * H, 0.0f);
-  matmul_backward(m.tmp, dW(head), m.dlogits, m.lnf, W(head), N, H, V);
+  matmul_backward(m.tmp, dW(head), m.dlogits, m.lnf, weight_at(head).f32("the LM head"), N, H, V);
   std::fill(m.dresid, m.dresid + N * H, 0.0f);
   rmsnorm_backward(m.dresid, dW(m.final_norm), m.tmp, m.resid + L * N * H, W(m.final_norm), m.rstdf, N, H);
 
   for (int l = L - 1; l >= 0; --l) {
-    const LayerParams<const float*> w = layer_params<const float*>(m.layers[l], tensors_, P);
-    const LayerParams<float*> g = layer_params<float*>(m.layers[l], tensors_, G);
+    const LayerWeights w = layer_weights(l);
+    const LayerGrads g = layer_grads(l);
     const LayerActs& a = m.la[l];
     const float* x = m.resid + l * N * H;
     // resid[l+1] = mid + moe(ln2) + mlp(ln2): dln2 collects both branches.

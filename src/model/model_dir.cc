@@ -1,6 +1,7 @@
 #include "occult/model/model_dir.h"
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -136,6 +137,35 @@ void ModelWeights::read(const std::string& name, std::span<const std::int64_t> s
   file.expect_shape(name, shape);
   file.read_f32_into(name, out);
   file.release(name);
+}
+
+void ModelWeights::read_bf16(const std::string& name, std::span<const std::int64_t> shape,
+                             std::span<std::uint16_t> out) const {
+  const auto it = where_.find(name);
+  if (it == where_.end()) {
+    fail_missing(dir_, files_, name, fmt::format(" (expected shape [{}])", fmt::join(shape, ", ")));
+  }
+  const SafetensorsReader& file = *files_[it->second];
+  file.expect_shape(name, shape);
+  const TensorInfo& info = file.at(name);
+  OCCULT_CHECK(out.size() == static_cast<std::size_t>(info.numel()), "{}: tensor '{}' has {} elements, the buffer {}",
+               file_of(name), name, info.numel(), out.size());
+  if (info.dtype == DType::kBF16) {
+    const auto bytes = file.raw(info);
+    // safetensors is little-endian, as is every host occult builds for.
+    std::memcpy(out.data(), bytes.data(), bytes.size());
+  } else {
+    std::vector<float> wide(out.size());
+    file.read_f32_into(name, wide);
+    for (std::size_t i = 0; i < wide.size(); ++i) out[i] = float_to_bf16(wide[i]);
+  }
+  file.release(name);
+}
+
+DType ModelWeights::dtype_of(const std::string& name) const {
+  const auto it = where_.find(name);
+  OCCULT_CHECK(it != where_.end(), "model directory {} has no tensor {}", dir_, name);
+  return files_[it->second]->at(name).dtype;
 }
 
 std::int64_t ModelWeights::stored_bytes() const {

@@ -36,6 +36,8 @@ class MoeBlock {
   // gradient; e must be local.
   virtual std::span<float> expert_weight(int e, int kind) = 0;
   virtual std::span<float> expert_grad(int e, int kind) = 0;
+  // The same tensor when the block holds its experts in BF16 (inference); throws otherwise.
+  virtual std::span<std::uint16_t> expert_weight_bf16(int e, int kind) = 0;
 };
 
 // Builds layer `layer`'s block: the expert-parallel MoeLayer of src/moe (collective).

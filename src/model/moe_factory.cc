@@ -49,6 +49,7 @@ class EpMoeBlock final : public MoeBlock {
   std::span<float> expert_weight(int e, int kind) override {
     return kind == 0 ? layer_.gate_proj(e) : kind == 1 ? layer_.up_proj(e) : layer_.down_proj(e);
   }
+  std::span<std::uint16_t> expert_weight_bf16(int e, int kind) override { return layer_.expert_weight_bf16(e, kind); }
   std::span<float> expert_grad(int e, int kind) override {
     return kind == 0 ? layer_.gate_proj_grad(e) : kind == 1 ? layer_.up_proj_grad(e) : layer_.down_proj_grad(e);
   }
@@ -71,6 +72,7 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
   c.score_function = ScoreFunction::kSoftmax;
   c.norm_topk_prob = config.norm_topk_prob;
   c.with_grads = options.training;
+  c.expert_dtype = options.weight_dtype;
   c.dispatch = options.dispatch == Dispatch::kStandard ? DispatchKind::kStandard : DispatchKind::kOccult;
   c.prune.max_devices = options.prune_devices;
   if (options.prune_devices > 0) {

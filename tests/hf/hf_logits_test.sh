@@ -47,12 +47,15 @@ setup() {
   done
 }
 
-# check NAME RANKS DISPATCH [PLACE]: runs occult logits and compares with the reference.
+# check NAME RANKS DISPATCH [PLACE]: runs occult logits and compares with the reference. The
+# weights are held as --weights $weights says (auto: BF16 for the bf16 directory, else F32).
+weights=auto
 check() {
   name=$1 np=$2 dispatch=$3 place=${4:-}
-  label="$name np=$np dispatch=$dispatch${place:+ placement=round-robin}"
-  out="$dir/out.$name.$np.$dispatch${place:+.placed}"
-  set -- --model "$dir/$name" --input-ids "$dir/ids.$name" --out "$out" --dispatch "$dispatch"
+  label="$name np=$np dispatch=$dispatch weights=$weights${place:+ placement=round-robin}"
+  out="$dir/out.$name.$np.$dispatch.$weights${place:+.placed}"
+  set -- --model "$dir/$name" --input-ids "$dir/ids.$name" --out "$out" --dispatch "$dispatch" \
+    --weights "$weights"
   if [ -n "$place" ]; then
     "$fixture" placement --model "$dir/$name" --devices "$np" --out "$dir/place.$name.$np.json" \
       || fail "hf_fixture placement $label"
@@ -89,4 +92,8 @@ check f32_alt 1 standard
 check f32_alt 3 occult place
 check f32_alt 4 standard
 check f16 2 occult place
+# The BF16 directory held in F32 (the checks above hold it in BF16).
+weights=f32
+check bf16_sharded 2 occult
+check bf16_sharded 3 standard place
 echo "PASS [$arch]"

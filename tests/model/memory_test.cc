@@ -103,9 +103,10 @@ struct Counted {
 Counted count_allocated(MoeTransformer& model) {
   const ModelConfig& c = model.config();
   Counted n;
-  n.dense = static_cast<std::int64_t>(model.dense_params().size() + model.dense_grads().size()) * 4;
   for (const ParamTensor& t : model.tensors()) {
-    if (t.expert) n.experts += static_cast<std::int64_t>(t.value.size() + t.grad.size()) * 4;
+    const std::int64_t bytes = static_cast<std::int64_t>(t.value.size() + t.grad.size()) * 4 +
+                               static_cast<std::int64_t>(t.value_bf16.size()) * 2;
+    (t.expert ? n.experts : n.dense) += bytes;
   }
   // Each MoE layer's router copy, and its gradient when the model trains.
   const std::int64_t router_copies = model.dense_grads().empty() ? 1 : 2;
@@ -162,16 +163,20 @@ class MemoryTest : public ::testing::Test {
 TEST_F(MemoryTest, EstimateEqualsWhatTheModelAllocates) {
   for (const auto& [label, config] : configs()) {
     for (int D : {1, 3, 4}) {
-      for (const bool training : {true, false}) {
+      for (const int mode : {0, 1, 2}) {  // training; inference in F32; inference in BF16
+        const bool training = mode == 0;
+        const WeightDType dtype = mode == 2 ? WeightDType::kBF16 : WeightDType::kF32;
         if (config.num_experts < D) continue;
-        SCOPED_TRACE(label + ", " + std::to_string(D) + " ranks" + (training ? "" : ", inference"));
-        const MemoryEstimate estimate = estimate_model_memory(config, D, training);
+        SCOPED_TRACE(label + ", " + std::to_string(D) + " ranks" + (training ? "" : ", inference") +
+                     (mode == 2 ? " in BF16" : ""));
+        const MemoryEstimate estimate = estimate_model_memory(config, D, training, dtype);
         EXPECT_EQ(estimate.experts_per_layer, (config.num_experts + D - 1) / D);
         EXPECT_EQ(estimate.moe_layers, config.num_moe_layers());
         // Rank 0 of the contiguous placement holds ceil(E/D) experts, the most any rank holds.
         LoneRankCommunicator comm(0, D);
         ParallelOptions options;
         options.training = training;
+        options.weight_dtype = dtype;
         MoeTransformer model(config, comm, options);
         ASSERT_EQ(static_cast<int>(model.tensors().back().expert_id),
                   estimate.experts_per_layer - 1);
@@ -290,6 +295,25 @@ TEST_F(MemoryTest, ConstructorRefusesAModelAboveTheLimit) {
   testing::expect_error([&] { check_memory(needed, host); }, "on this host (its MemAvailable is ");
   host.bytes_per_rank = -1;  // unknown: no check
   EXPECT_NO_THROW(check_memory(needed, host));
+}
+
+}  // namespace
+}  // namespace occult
+
+namespace occult {
+namespace {
+
+TEST(Bf16Weights, AreForInferenceOnlyAndHaveNoF32View) {
+  const ModelConfig c = testing::tiny_config(true, true, false);
+  SelfCommunicator comm;
+  ParallelOptions options;
+  options.weight_dtype = WeightDType::kBF16;
+  testing::expect_error([&] { MoeTransformer model(c, comm, options); }, "BF16-resident weights are for inference");
+  options.training = false;
+  MoeTransformer model(c, comm, options);
+  testing::expect_error([&] { (void)model.param("model.embed_tokens.weight"); }, "held in BF16");
+  EXPECT_EQ(model.weight("model.embed_tokens.weight").dtype(), WeightDType::kBF16);
+  EXPECT_EQ(model.weight("model.norm.weight").dtype(), WeightDType::kF32);
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "occult/model/config.h"
+#include "occult/linalg/linear.h"
 #include "occult/model/model.h"
 #include "occult/infer/sampling.h"
 #include "occult/routing/trace.h"
@@ -90,8 +91,9 @@ class InferenceEngine {
   MoeTransformer& model_;
   InferenceOptions options_;
   // The model's dense weights, looked up once (the dense arena never moves).
-  std::vector<LayerParams<const float*>> layer_weights_;
-  const float *embed_ = nullptr, *final_norm_ = nullptr, *lm_head_ = nullptr;
+  std::vector<LayerWeights> layer_weights_;
+  WeightRef embed_, lm_head_;
+  const float* final_norm_ = nullptr;
   std::vector<float> k_cache_, v_cache_;  // [L, S, T, NKV*hd] each (S slots, T = max_length)
   std::vector<int> lengths_;              // [num_sequences] tokens cached per slot
 

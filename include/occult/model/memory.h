@@ -7,13 +7,15 @@
 #include <cstdint>
 #include <string>
 
+#include "occult/linalg/linear.h"
 #include "occult/model/config.h"
 
 namespace occult {
 
 class Communicator;
 
-// The bytes one rank holds for the model's parameters and (training) their gradients (F32), as the
+// The bytes one rank holds for the model's parameters (F32, or BF16 matrices for inference) and
+// (training) their F32 gradients, as the
 // MoeTransformer allocates them: activations, which depend on the batch and sequence length,
 // and the optimizer's moments are not included.
 struct MemoryEstimate {
@@ -34,8 +36,10 @@ struct MemoryEstimate {
 
 // The estimate for one rank of a `num_ranks`-rank run of `config` (which must be valid, see
 // validate_model_config) with a balanced placement; without `training` (inference) no gradient
-// is allocated. Throws when num_ranks < 1.
-MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, bool training = true);
+// is allocated; `weights` is the dtype the matrices and experts are held in (ParallelOptions).
+// Throws when num_ranks < 1.
+MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, bool training = true,
+                                     WeightDType weights = WeightDType::kF32);
 
 // What this process may use.
 struct AvailableMemory {
@@ -70,6 +74,7 @@ void check_memory(const MemoryEstimate& needed, const AvailableMemory& available
 // what this rank may use and checks the one against the other under agree_on_errors, so that a
 // refusal (or a bad OCCULT_MEMORY_LIMIT_GIB) throws on every rank with one message. `config`
 // must be valid. The MoeTransformer constructor calls it before allocating anything.
-void check_model_fits_memory(const ModelConfig& config, Communicator& comm, bool training = true);
+void check_model_fits_memory(const ModelConfig& config, Communicator& comm, bool training = true,
+                             WeightDType weights = WeightDType::kF32);
 
 }  // namespace occult

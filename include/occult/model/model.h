@@ -17,14 +17,17 @@
 #include <string>
 #include <vector>
 
+#include "occult/linalg/linear.h"
 #include "occult/model/config.h"
 
 namespace occult {
 
 class Communicator;
 class MoeBlock;  // src/model/moe_block.h: the model's view of one MoE layer
-template <typename P>
+template <typename P, typename M>
 struct LayerParams;  // src/model/layers/blocks.h: one layer's dense tensors
+using LayerWeights = LayerParams<const float*, WeightRef>;
+using LayerGrads = LayerParams<float*, float*>;
 
 // How the MoE blocks move tokens (DESIGN.md): one copy per (token, expert) or per (token, device).
 enum class Dispatch { kStandard, kOccult };
@@ -48,6 +51,9 @@ struct ParallelOptions {
   // False for inference (generate, eval, profile, logits): no gradient buffers are allocated,
   // which halves the model's memory; backward() then throws.
   bool training = true;
+  // kBF16 holds the embedding, LM head, projection matrices and experts in BF16 (norms, biases,
+  // routers and gates stay F32; all arithmetic is F32). Inference only.
+  WeightDType weight_dtype = WeightDType::kF32;
 };
 
 // One named parameter tensor of this rank. Dense tensors live in the model's dense arena
@@ -56,9 +62,10 @@ struct ParallelOptions {
 struct ParamTensor {
   std::string name;                  // Hugging Face name, e.g. model.layers.0.self_attn.q_proj.weight
   std::vector<std::int64_t> shape;   // e.g. {H, H}
-  std::span<float> value;            // numel elements
+  std::span<float> value;            // numel elements (empty when held in BF16)
+  std::span<std::uint16_t> value_bf16;  // numel elements when held in BF16 (inference), else empty
   std::span<float> grad;             // same shape (empty in an inference-only model)
-  std::int64_t offset = 0;           // first element in the dense arena (dense tensors only)
+  std::int64_t offset = 0;           // first element in its dense arena, F32 or BF16 (dense tensors only)
   std::int64_t numel = 0;
   bool expert = false;               // an expert weight, held by one rank only
   int layer = -1;                    // -1 for embedding, final norm, LM head
@@ -109,7 +116,8 @@ class MoeTransformer {
   std::span<float> dense_grads() { return dense_grads_; }
   // The tensor called `name` if this rank holds it, else nullptr.
   const ParamTensor* find(const std::string& name) const;
-  // The values of one tensor of this rank (throws when the name is not held here).
+  // The F32 values of one tensor of this rank (throws when the name is not held here, or is held
+  // in BF16: see weight()).
   std::span<float> param(const std::string& name);
   std::span<float> grad(const std::string& name);
   // The device that holds expert `e` of MoE layer `moe_layer` (an ordinal among MoE layers).
@@ -117,7 +125,9 @@ class MoeTransformer {
   // The MoE ordinal of transformer layer `layer`, or -1 when it has a dense MLP.
   int moe_index(int layer) const;
   // Layer `layer`'s dense tensors (pointers into the dense arena; null where absent).
-  LayerParams<const float*> layer_weights(int layer) const;
+  LayerWeights layer_weights(int layer) const;
+  // Tensor `name` as a weight matrix in the dtype it is held in (throws when not held here).
+  WeightRef weight(const std::string& name) const;
   // Width of layer `layer`'s dense SwiGLU branch: its dense MLP, or its MoE block's shared expert
   // (0 when it has none).
   int mlp_width(int layer) const;
@@ -149,6 +159,8 @@ class MoeTransformer {
   struct Impl;
   void build_tensors();
   void allocate_activations(std::int64_t B, int T);
+  LayerGrads layer_grads(int layer);
+  WeightRef weight_at(std::size_t slot) const;
 
   ModelConfig config_;
   Communicator& comm_;
@@ -156,6 +168,7 @@ class MoeTransformer {
   std::vector<std::vector<int>> expert_to_device_;
   std::vector<ParamTensor> tensors_;
   std::vector<float> dense_params_, dense_grads_;
+  std::vector<std::uint16_t> dense_bf16_;  // matrices held in BF16 (inference with weight_dtype kBF16)
   std::unique_ptr<Impl> impl_;
 };
 

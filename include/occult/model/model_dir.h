@@ -38,6 +38,12 @@ class ModelWeights {
   // missing, its shape is not `shape`, or its dtype is not F32, F16, BF16 (or F64).
   void read(const std::string& name, std::span<const std::int64_t> shape,
             std::span<float> out) const;
+  // Copies tensor `name` into `out` as BF16: stored BF16 bytes as they are, other float dtypes
+  // rounded to nearest even. Throws like read().
+  void read_bf16(const std::string& name, std::span<const std::int64_t> shape,
+                 std::span<std::uint16_t> out) const;
+  // The dtype tensor `name` is stored in (throws naming the directory when it is missing).
+  DType dtype_of(const std::string& name) const;
   // Bytes the directory's tensors occupy on disk (sum over tensors, as stored).
   std::int64_t stored_bytes() const;
 

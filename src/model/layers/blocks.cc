@@ -21,22 +21,22 @@ NormShape norm_shape(const ModelConfig& c, std::int64_t N, int heads) {
 }
 
 // out[N,OC] = x @ w^T (+ bias), the projection before any norm.
-void project(float* out, const float* x, const float* w, const float* bias, std::int64_t N, int IC,
+void project(float* out, const float* x, WeightRef w, const float* bias, std::int64_t N, int IC,
              int OC) {
-  matmul_forward(out, x, w, N, IC, OC);
+  linear_forward(out, x, w, N, IC, OC);
   if (bias != nullptr) bias_forward(out, bias, N, OC);
 }
 
 // dx += dout @ w, dw += dout^T x, dbias += sum dout.
 void project_backward(float* dx, float* dw, float* dbias, const float* dout, const float* x,
-                      const float* w, std::int64_t N, int IC, int OC) {
+                      WeightRef w, std::int64_t N, int IC, int OC) {
   if (dbias != nullptr) bias_backward(dbias, dout, N, OC);
-  matmul_backward(dx, dw, dout, x, w, N, IC, OC);
+  matmul_backward(dx, dw, dout, x, w.f32("a projection weight"), N, IC, OC);
 }
 
 }  // namespace
 
-void qkv_forward(const ModelConfig& c, const LayerParams<const float*>& w, const float* x,
+void qkv_forward(const ModelConfig& c, const LayerWeights& w, const float* x,
                  std::int64_t N, float* q, float* k, float* v, const QkvSaved& saved) {
   const int H = c.hidden_size, NH = c.num_attention_heads, NKV = c.kv_heads();
   const int QD = c.q_dim(), KD = c.kv_dim();
@@ -52,8 +52,8 @@ void qkv_forward(const ModelConfig& c, const LayerParams<const float*>& w, const
   rmsnorm_forward(k, saved.k_rstd, kp, w.k_norm, ks.rows, ks.cols, c.rms_norm_eps);
 }
 
-void qkv_backward(const ModelConfig& c, const LayerParams<const float*>& w,
-                  const LayerParams<float*>& g, const float* x, std::int64_t N, const float* dq,
+void qkv_backward(const ModelConfig& c, const LayerWeights& w,
+                  const LayerGrads& g, const float* x, std::int64_t N, const float* dq,
                   const float* dk, const float* dv, const QkvSaved& saved, float* dx,
                   float* scratch_q, float* scratch_k) {
   const int H = c.hidden_size, NH = c.num_attention_heads, NKV = c.kv_heads();
@@ -76,28 +76,28 @@ void qkv_backward(const ModelConfig& c, const LayerParams<const float*>& w,
   project_backward(dx, g.v, g.v_bias, dv, x, w.v, N, H, KD);
 }
 
-void output_projection_forward(const ModelConfig& c, const LayerParams<const float*>& w,
+void output_projection_forward(const ModelConfig& c, const LayerWeights& w,
                                const float* atty, std::int64_t N, float* out) {
   project(out, atty, w.o, w.o_bias, N, c.q_dim(), c.hidden_size);
 }
 
-void output_projection_backward(const ModelConfig& c, const LayerParams<const float*>& w,
-                                const LayerParams<float*>& g, const float* atty, std::int64_t N,
+void output_projection_backward(const ModelConfig& c, const LayerWeights& w,
+                                const LayerGrads& g, const float* atty, std::int64_t N,
                                 const float* dout, float* datty) {
   project_backward(datty, g.o, g.o_bias, dout, atty, w.o, N, c.q_dim(), c.hidden_size);
 }
 
-void mlp_forward(const LayerParams<const float*>& w, const float* x, std::int64_t N, int H, int F,
+void mlp_forward(const LayerWeights& w, const float* x, std::int64_t N, int H, int F,
                  float* out, const MlpSaved& s, float* tmp) {
-  matmul_forward(s.h1, x, w.mlp_gate, N, H, F);
-  matmul_forward(s.h3, x, w.mlp_up, N, H, F);
+  linear_forward(s.h1, x, w.mlp_gate, N, H, F);
+  linear_forward(s.h3, x, w.mlp_up, N, H, F);
   swiglu_forward(s.hh, s.h1, s.h3, N, F);
   if (w.shared_gate == nullptr) {
-    matmul_forward(tmp, s.hh, w.mlp_down, N, F, H);
+    linear_forward(tmp, s.hh, w.mlp_down, N, F, H);
     residual_forward(out, out, tmp, N * H);
     return;
   }
-  matmul_forward(s.y, s.hh, w.mlp_down, N, F, H);
+  linear_forward(s.y, s.hh, w.mlp_down, N, F, H);
   for (std::int64_t n = 0; n < N; ++n) {
     const float* xn = x + n * H;
     double z = 0.0;
@@ -110,7 +110,7 @@ void mlp_forward(const LayerParams<const float*>& w, const float* x, std::int64_
   }
 }
 
-void mlp_backward(const LayerParams<const float*>& w, const LayerParams<float*>& g, const float* x,
+void mlp_backward(const LayerWeights& w, const LayerGrads& g, const float* x,
                   std::int64_t N, int H, int F, const float* dout, const MlpSaved& s, float* dx,
                   float* dh1, float* dh3, float* dhh, float* dy) {
   const float* dbranch = dout;
@@ -135,10 +135,10 @@ void mlp_backward(const LayerParams<const float*>& w, const LayerParams<float*>&
     dbranch = dy;
   }
   std::fill(dhh, dhh + N * F, 0.0f);
-  matmul_backward(dhh, g.mlp_down, dbranch, s.hh, w.mlp_down, N, F, H);
+  matmul_backward(dhh, g.mlp_down, dbranch, s.hh, w.mlp_down.f32("mlp down_proj"), N, F, H);
   swiglu_backward(dh1, dh3, dhh, s.h1, s.h3, N, F);
-  matmul_backward(dx, g.mlp_gate, dh1, x, w.mlp_gate, N, H, F);
-  matmul_backward(dx, g.mlp_up, dh3, x, w.mlp_up, N, H, F);
+  matmul_backward(dx, g.mlp_gate, dh1, x, w.mlp_gate.f32("mlp gate_proj"), N, H, F);
+  matmul_backward(dx, g.mlp_up, dh3, x, w.mlp_up.f32("mlp up_proj"), N, H, F);
 }
 
 }  // namespace occult
