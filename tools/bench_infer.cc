@@ -307,6 +307,7 @@ void setup(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--data", f->data,
                   "prompts: consecutive --prompt-tokens windows of this text (default random ids)");
+  add_wire_flag(cmd, f->model);
   cmd->add_option("--placement", f->model.placement, "placement JSON; default contiguous");
   cmd->add_option("--prune-devices", f->model.prune_devices,
                   "also run every dispatch with collaboration pruning to M devices (0 = no)")

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "occult/comm/wire_format.h"
 #include "occult/model/config.h"
 
 namespace occult {
@@ -45,6 +46,8 @@ struct ParallelOptions {
   std::string prune_scheme = "score";
   // Per-MoE-layer E x E expert similarity for the similarity scheme (may be empty).
   std::vector<std::vector<float>> similarity;
+  // Format of the MoE hidden-state exchanges (sums stay F32; see occult/comm/wire_format.h).
+  WireFormat wire = WireFormat::kF32;
   // False for inference (generate, eval, profile, logits): no gradient buffers are allocated,
   // which halves the model's memory; backward() then throws.
   bool training = true;
