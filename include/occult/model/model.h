@@ -83,7 +83,7 @@ struct RoutingStats {
   double replicas_per_token = 0.0;       // mean distinct devices per token (C_T)
   double max_replicas_per_token = 0.0;   // max over layers of that layer's C_T
   std::int64_t dispatch_bytes = 0;       // hidden-state bytes the dispatcher moved (fwd + bwd)
-  std::int64_t standard_bytes = 0;       // what the standard dispatcher moves for the same routing
+  std::int64_t standard_bytes = 0;       // what standard dispatch moves for this routing and wire
 };
 
 // The model: parameters, gradients, activations and the MoE layers of one rank.
