@@ -1,5 +1,6 @@
 #include "occult/comm/communicator.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "occult/core/error.h"
@@ -42,6 +43,21 @@ void Communicator::all_to_all_v_with_metadata(const std::string& exchange, std::
 ExchangeBytes ByteCounter::get(const std::string& name) const {
   auto it = counters_.find(name);
   return it == counters_.end() ? ExchangeBytes{} : it->second;
+}
+
+void Communicator::all_to_all_counts_into(std::span<const std::int64_t> send_counts, std::span<std::int64_t> recv) {
+  OCCULT_CHECK(recv.size() == send_counts.size(), "all_to_all_counts: {} counts sent, room for {}", send_counts.size(),
+               recv.size());
+  const std::vector<std::int64_t> got = all_to_all_counts(send_counts);
+  std::copy(got.begin(), got.end(), recv.begin());
+}
+
+void SelfCommunicator::all_to_all_counts_into(std::span<const std::int64_t> send_counts,
+                                              std::span<std::int64_t> recv) {
+  OCCULT_CHECK(!send_counts.empty() && recv.size() == send_counts.size(),
+               "all_to_all_counts: {} counts sent, room for {}", send_counts.size(), recv.size());
+  ++collective_calls_;
+  std::copy(send_counts.begin(), send_counts.end(), recv.begin());
 }
 
 std::vector<std::int64_t> SelfCommunicator::all_to_all_counts(std::span<const std::int64_t> send_counts) {

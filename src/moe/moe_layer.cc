@@ -24,7 +24,8 @@ double now_seconds() {
 // Per-layer scratch for the exchanges, kept out of the header (grows to the largest batch).
 struct ExchangeBuffers {
   std::vector<float> logits;                    // [T, E]
-  std::vector<std::int64_t> counts;             // [3D] rows, assignments, status to each rank
+  std::vector<std::int64_t> counts, counts_recv;  // [3D] rows, assignments, status per rank
+  PlanWorkspace plan_workspace;
   std::vector<std::int64_t> recv_rows, recv_assignments;  // [D] from each rank
   std::vector<std::int64_t> send_counts, send_offsets, send_metadata;  // [D] bytes
   std::vector<std::int64_t> recv_counts, recv_offsets;                 // [D] bytes
@@ -36,8 +37,21 @@ struct ExchangeBuffers {
   std::vector<float> d_weight_sorted;           // [A_recv]
   std::vector<float> d_weight_arrival;
   std::vector<float> d_weight_send;             // [A_send]
+  std::vector<float> dg, dlogits;               // [T, k], [T, E] router backward
+  std::vector<double> dp;                       // [E]
   ExpertScratch expert;
 };
+
+// The exchange names as strings built once: the communicator takes std::string, and a name
+// longer than the small-string buffer would otherwise allocate on every call.
+const std::string& exchange_name(const char* name) {
+  static const std::string names[] = {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch,
+                                      kExchangeBackwardCombine};
+  for (const std::string& n : names) {
+    if (n == name) return n;
+  }
+  OCCULT_FAIL("unknown exchange '{}'", name);
+}
 
 // Runs `step`; returns the message of the occult::Error it threw, nullopt when it succeeded.
 template <typename Step>
@@ -369,8 +383,8 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   // fail on other ranks' data.
   if (!error) {
     error = local_error([&] {
-      plan_ = build_dispatch_plan(config_.dispatch, ids_, weights_, num_tokens_, config_.top_k, expert_to_device_, D,
-                                  config_.capacity_factor);
+      build_dispatch_plan_into(plan_, b.plan_workspace, config_.dispatch, ids_, weights_, num_tokens_, config_.top_k,
+                               expert_to_device_, D, config_.capacity_factor);
     });
   }
   // The one count exchange of the forward: rows, assignments and this rank's status for every
@@ -384,7 +398,9 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
     }
     b.counts[3 * d + 2] = error ? 1 : 0;
   }
-  const std::vector<std::int64_t> got = comm_.all_to_all_counts(b.counts);
+  b.counts_recv.resize(b.counts.size());
+  comm_.all_to_all_counts_into(b.counts, b.counts_recv);
+  const std::vector<std::int64_t>& got = b.counts_recv;
   bool any_failed = false;
   b.recv_rows.resize(D);
   b.recv_assignments.resize(D);
@@ -421,7 +437,7 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
       copy_bytes(out, token_rows + plan_.row_token[r] * row_bytes, row_bytes);
     }
   }
-  comm_.all_to_all_v_with_metadata(kExchangeDispatch, b.send, b.send_counts, b.send_offsets, b.send_metadata, b.recv,
+  comm_.all_to_all_v_with_metadata(exchange_name(kExchangeDispatch), b.send, b.send_counts, b.send_offsets, b.send_metadata, b.recv,
                                    b.recv_counts, b.recv_offsets);
   std::int64_t total_assignments = 0, total_rows = 0;
   for (int s = 0; s < D; ++s) {
@@ -438,7 +454,8 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
     a += b.recv_assignments[s];
     row += b.recv_rows[s];
   }
-  receive_ = build_receive_plan(b.recv_rows, b.recv_assignments, b.received, static_cast<int>(local_experts_.size()));
+  build_receive_plan_into(receive_, b.plan_workspace, b.recv_rows, b.recv_assignments, b.received,
+                          static_cast<int>(local_experts_.size()));
   double t1 = now_seconds();
   timings_.forward_dispatch = t1 - t0;
 
@@ -459,7 +476,7 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   }
   pack_offsets(b.send_counts, b.send_offsets);
   b.recv.resize(static_cast<std::size_t>(pack_offsets(b.recv_counts, b.recv_offsets)));
-  comm_.all_to_all_v(kExchangeCombine, wire_rows(wire, b.expert_out, b.send), b.send_counts, b.send_offsets, b.recv,
+  comm_.all_to_all_v(exchange_name(kExchangeCombine), wire_rows(wire, b.expert_out, b.send), b.send_counts, b.send_offsets, b.recv,
                      b.recv_counts, b.recv_offsets);
   std::fill(y.begin(), y.end(), 0.0f);
   add_rows_home(wire, plan_, 0, plan_.num_send_rows(), b.recv.data(), H, y);
@@ -517,7 +534,7 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
       copy_bytes(out, token_rows + plan_.row_token[r] * row_bytes, row_bytes);
     }
   }
-  comm_.all_to_all_v_with_metadata(kExchangeBackwardDispatch, b.send, b.send_counts, b.send_offsets, b.send_metadata,
+  comm_.all_to_all_v_with_metadata(exchange_name(kExchangeBackwardDispatch), b.send, b.send_counts, b.send_offsets, b.send_metadata,
                                    b.recv, b.recv_counts, b.recv_offsets);
   bool any_failed = false;
   for (int s = 0; s < D; ++s) {
@@ -566,7 +583,7 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
                     .subspan(receive_.recv_row_offsets[s] * H, receive_.recv_row_counts[s] * H),
                 out + b.send_metadata[s]);
   }
-  comm_.all_to_all_v_with_metadata(kExchangeBackwardCombine, b.send, b.send_counts, b.send_offsets, b.send_metadata,
+  comm_.all_to_all_v_with_metadata(exchange_name(kExchangeBackwardCombine), b.send, b.send_counts, b.send_offsets, b.send_metadata,
                                    b.recv, b.recv_counts, b.recv_offsets);
   b.d_weight_send.resize(plan_.num_assignments());
   std::fill(dx.begin(), dx.end(), 0.0f);
@@ -581,11 +598,14 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
 
   if (!routing_imposed_ && T > 0) {
     // dg per (token, slot); dropped slots have none.
-    std::vector<float> dg(T * k, 0.0f);
+    std::vector<float>& dg = b.dg;
+    dg.assign(T * k, 0.0f);
     for (std::int64_t a = 0; a < plan_.num_assignments(); ++a) dg[plan_.assignment_slot[a]] = b.d_weight_send[a];
     const bool normalise = config_.norm_topk_prob || config_.score_function == ScoreFunction::kSigmoid;
-    std::vector<float> dlogits(T * E);
-    std::vector<double> dp(E);
+    std::vector<float>& dlogits = b.dlogits;
+    std::vector<double>& dp = b.dp;
+    dlogits.resize(T * E);
+    dp.resize(E);
     for (std::int64_t t = 0; t < T; ++t) {
       const float* p = probs_.data() + t * E;
       for (int e = 0; e < E; ++e) dp[e] = d_router_probs.empty() ? 0.0 : d_router_probs[t * E + e];

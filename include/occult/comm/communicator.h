@@ -73,6 +73,9 @@ class Communicator {
   // rank); values [d*w, (d+1)*w) go to rank d. Returns recv, where [s*w, (s+1)*w) is what rank
   // s sent here. Exchanges the counts (and status flags) that precede an all_to_all_v.
   virtual std::vector<std::int64_t> all_to_all_counts(std::span<const std::int64_t> send_counts) = 0;
+  // Collective: as all_to_all_counts, into `recv` (the same size as send_counts), so that a
+  // caller exchanging counts every step need not allocate.
+  virtual void all_to_all_counts_into(std::span<const std::int64_t> send_counts, std::span<std::int64_t> recv);
 
   // Collective: rank d receives send[send_offsets[d] .. + send_counts[d]) (bytes) into its
   // recv buffer at recv_offsets[this rank]; recv_counts[s] must equal what rank s sends here.
@@ -124,6 +127,7 @@ class SelfCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::vector<std::int64_t> all_to_all_counts(std::span<const std::int64_t> send_counts) override;
+  void all_to_all_counts_into(std::span<const std::int64_t> send_counts, std::span<std::int64_t> recv) override;
   void all_to_all_v(const std::string& exchange, std::span<const std::byte> send,
                     std::span<const std::int64_t> send_counts,
                     std::span<const std::int64_t> send_offsets, std::span<std::byte> recv,
