@@ -40,6 +40,13 @@ struct ExchangeBuffers {
   std::vector<float> dg, dlogits;               // [T, k], [T, E] router backward
   std::vector<double> dp;                       // [E]
   ExpertScratch expert;
+
+  // Sizes both sides of a packed exchange: to rank d go send_units[d] metadata records of
+  // unit_bytes and then send_rows[d] rows of row_bytes; from rank d come recv_units[d]
+  // records and recv_rows[d] rows. Fills the byte counts, offsets and metadata sizes.
+  void lay_out(std::int64_t unit_bytes, std::int64_t row_bytes, std::span<const std::int64_t> send_units,
+               std::span<const std::int64_t> send_row_counts, std::span<const std::int64_t> recv_units,
+               std::span<const std::int64_t> recv_row_counts);
 };
 
 // The exchange names as strings built once: the communicator takes std::string, and a name
@@ -78,6 +85,22 @@ std::int64_t pack_offsets(const std::vector<std::int64_t>& counts, std::vector<s
     total += counts[d];
   }
   return total;
+}
+
+void ExchangeBuffers::lay_out(std::int64_t unit_bytes, std::int64_t row_bytes,
+                              std::span<const std::int64_t> send_units, std::span<const std::int64_t> send_row_counts,
+                              std::span<const std::int64_t> recv_units, std::span<const std::int64_t> recv_row_counts) {
+  const std::size_t D = send_row_counts.size();
+  send_counts.resize(D);
+  send_metadata.resize(D);
+  recv_counts.resize(D);
+  for (std::size_t d = 0; d < D; ++d) {
+    send_metadata[d] = send_units[d] * unit_bytes;
+    send_counts[d] = send_metadata[d] + send_row_counts[d] * row_bytes;
+    recv_counts[d] = recv_units[d] * unit_bytes + recv_row_counts[d] * row_bytes;
+  }
+  send.resize(static_cast<std::size_t>(pack_offsets(send_counts, send_offsets)));
+  recv.resize(static_cast<std::size_t>(pack_offsets(recv_counts, recv_offsets)));
 }
 
 // `rows` as wire bytes: F32 rows as they are, others cast once into `scratch`.
@@ -419,16 +442,8 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
     encode_wire(wire, x, b.wire_tokens.data());
     token_rows = b.wire_tokens.data();
   }
-  b.send_counts.resize(D);
-  b.send_metadata.resize(D);
-  b.recv_counts.resize(D);
-  for (int d = 0; d < D; ++d) {
-    b.send_metadata[d] = plan_.send_assignment_counts[d] * kAssignmentBytes;
-    b.send_counts[d] = b.send_metadata[d] + plan_.send_row_counts[d] * row_bytes;
-    b.recv_counts[d] = b.recv_assignments[d] * kAssignmentBytes + b.recv_rows[d] * row_bytes;
-  }
-  b.send.resize(static_cast<std::size_t>(pack_offsets(b.send_counts, b.send_offsets)));
-  b.recv.resize(static_cast<std::size_t>(pack_offsets(b.recv_counts, b.recv_offsets)));
+  b.lay_out(kAssignmentBytes, row_bytes, plan_.send_assignment_counts, plan_.send_row_counts, b.recv_assignments,
+            b.recv_rows);
   for (int d = 0; d < D; ++d) {
     std::byte* out = b.send.data() + b.send_offsets[d];
     copy_bytes(out, plan_.assignments.data() + plan_.send_assignment_offsets[d], b.send_metadata[d]);
@@ -568,13 +583,8 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
     b.d_weight_arrival[receive_.sorted_to_arrival[i]] = b.d_weight_sorted[i];
   }
   constexpr std::int64_t kGradBytes = sizeof(float);
-  for (int s = 0; s < D; ++s) {
-    b.send_metadata[s] = receive_.recv_assignment_counts[s] * kGradBytes;
-    b.send_counts[s] = b.send_metadata[s] + receive_.recv_row_counts[s] * row_bytes;
-    b.recv_counts[s] = plan_.send_assignment_counts[s] * kGradBytes + plan_.send_row_counts[s] * row_bytes;
-  }
-  b.send.resize(static_cast<std::size_t>(pack_offsets(b.send_counts, b.send_offsets)));
-  b.recv.resize(static_cast<std::size_t>(pack_offsets(b.recv_counts, b.recv_offsets)));
+  b.lay_out(kGradBytes, row_bytes, receive_.recv_assignment_counts, receive_.recv_row_counts,
+            plan_.send_assignment_counts, plan_.send_row_counts);
   for (int s = 0; s < D; ++s) {
     std::byte* out = b.send.data() + b.send_offsets[s];
     copy_bytes(out, b.d_weight_arrival.data() + receive_.recv_assignment_offsets[s], b.send_metadata[s]);
