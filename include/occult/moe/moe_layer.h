@@ -167,7 +167,8 @@ class MoeLayer {
   // The receive side of the last forward (rows and assignments this rank's experts served).
   const ReceivePlan& receive_plan() const { return receive_; }
   // The hidden-state rows this rank's experts received in the last forward [R, H], in the
-  // receive plan's row order (tests prove with it that every row landed where planned).
+  // receive plan's row order, widened from the wire format (tests prove with it that every row
+  // landed where planned, rounded exactly once).
   std::span<const float> received_hidden_states() const { return x_recv_; }
   // Pruning counters of the last forward (zeros without pruning).
   const PruneStats& prune_stats() const { return prune_stats_; }
