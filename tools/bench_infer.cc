@@ -252,14 +252,15 @@ void run_bench(const BenchFlags& f) {
                         {"peak_rss_bytes_max_rank", v.peak_rss_bytes},
                         {"peak_rss_bytes_all_ranks", v.rss_bytes_all_ranks}});
       }
-      fmt::print("{}\n", nlohmann::json{{"variants", list}, {"weights_bytes", weights_bytes}}.dump());
+      const nlohmann::json doc{{"variants", list}, {"weights_bytes", weights_bytes}, {"wire", f.model.wire}};
+      fmt::print("{}\n", doc.dump());
       return;
     }
     fmt::print(
-        "bench infer: {} ranks, batch {} x {} prompt tokens, {} decode steps, {} repeats after {} "
+        "bench infer: {} ranks, {} wire, batch {} x {} prompt tokens, {} decode steps, {} repeats after {} "
         "warm-up; "
         "H={} L={} E={} k={} F={}\n",
-        comm.size(), f.batch, f.prompt_tokens, f.decode_steps, f.repeats, f.warmup,
+        comm.size(), f.model.wire, f.batch, f.prompt_tokens, f.decode_steps, f.repeats, f.warmup,
         config.hidden_size, config.num_hidden_layers, config.num_experts,
         config.num_experts_per_tok, config.moe_intermediate_size);
     TextTable table({"variant", "load s", "prefill ms", "prefill tok/s", "decode ms/step", "decode tok/s",
@@ -309,6 +310,7 @@ void setup(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--data", f->data,
                   "prompts: consecutive --prompt-tokens windows of this text (default random ids)");
+  add_wire_flag(cmd, f->model);
   cmd->add_option("--placement", f->model.placement, "placement JSON; default contiguous");
   cmd->add_option("--prune-devices", f->model.prune_devices,
                   "also run every dispatch with collaboration pruning to M devices (0 = no)")

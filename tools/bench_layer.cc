@@ -1,6 +1,7 @@
-// `occult bench layer`: standard vs occult (vs pruned occult) dispatch on one MoE layer, side
-// by side in one mpirun: replicas per token, bytes per exchange, forward/backward medians,
-// speed-up over standard, expert GFLOP/s against a plain sgemm of the same shapes, peak RSS.
+// `occult bench layer`: standard vs occult (vs pruned occult) dispatch on one MoE layer, per
+// wire format, side by side in one mpirun: replicas per token, bytes per exchange, collectives
+// per forward and backward, forward/backward medians, speed-up over standard, expert GFLOP/s
+// against a plain sgemm of the same shapes, peak RSS; then decode-like small-batch latency.
 #include <cblas.h>
 #include <fmt/format.h>
 #include <sys/resource.h>
@@ -29,7 +30,7 @@ namespace {
 struct BenchLayerArgs {
   int experts = 64, top_k = 8, hidden = 1024, ffn = 512, layer = 0, iters = 10, warmup = 2;
   std::int64_t tokens_per_rank = 1024;
-  std::string placement, routing_trace, prune_scheme = "score";
+  std::string placement, routing_trace, prune_scheme = "score", wire = "f32", decode_tokens = "1,8,64";
   std::vector<int> prune_devices;
   bool backward = false, json = false, norm_topk_prob = false;
   std::uint64_t seed = 1;
@@ -39,6 +40,7 @@ struct Variant {
   std::string name;
   DispatchKind dispatch;
   int prune_devices;
+  WireFormat wire;
 };
 
 struct VariantResult {
@@ -47,7 +49,21 @@ struct VariantResult {
   std::map<std::string, ExchangeBytes> bytes;
   double forward_ms = 0, backward_ms = 0, speedup = 0, expert_gflops = 0, backward_expert_gflops = 0;
   double peak_rss_mb = 0;
+  std::int64_t forward_collectives = 0, backward_collectives = 0;  // per call, this rank
+  std::vector<double> decode_ms;  // forward medians at each --decode-tokens size
 };
+
+// Splits "a,b,c" (no empty items).
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t end = std::min(text.find(',', start), text.size());
+    if (end > start) out.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -125,6 +141,8 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
   std::vector<int> e2d;
   Trace trace;
   std::vector<float> similarity;
+  std::vector<WireFormat> wires;
+  std::vector<std::int64_t> decode_sizes;
   agree_on_errors(comm, [&] {
     OCCULT_CHECK(a.iters >= 1, "--iters {}: expected >= 1", a.iters);
     OCCULT_CHECK(a.warmup >= 0, "--warmup {}: expected >= 0", a.warmup);
@@ -155,10 +173,30 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     }
     for (int m : a.prune_devices) OCCULT_CHECK(m >= 1 && m <= D, "--prune-devices {}: expected in [1, D={}]", m, D);
     parse_prune_scheme_flag(a.prune_scheme);
+    OCCULT_CHECK(!split_commas(a.wire).empty(), "--wire '{}': expected f32, bf16 or f16 (comma-separated)", a.wire);
+    for (const std::string& w : split_commas(a.wire)) wires.push_back(parse_wire_format(w, "--wire"));
+    for (const std::string& n : split_commas(a.decode_tokens)) {
+      std::size_t used = 0;
+      long long value = -1;
+      try {
+        value = std::stoll(n, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      OCCULT_CHECK(used == n.size() && value >= 1, "--decode-tokens '{}': expected positive token counts", n);
+      decode_sizes.push_back(value);
+    }
   });
 
-  std::vector<Variant> variants = {{"standard", DispatchKind::kStandard, 0}, {"occult", DispatchKind::kOccult, 0}};
-  for (int m : a.prune_devices) variants.push_back({fmt::format("occult-pruned-M{}", m), DispatchKind::kOccult, m});
+  std::vector<Variant> variants;
+  for (WireFormat w : wires) {
+    const std::string suffix = wires.size() > 1 ? fmt::format("/{}", wire_format_name(w)) : "";
+    variants.push_back({"standard" + suffix, DispatchKind::kStandard, 0, w});
+    variants.push_back({"occult" + suffix, DispatchKind::kOccult, 0, w});
+    for (int m : a.prune_devices) {
+      variants.push_back({fmt::format("occult-pruned-M{}{}", m, suffix), DispatchKind::kOccult, m, w});
+    }
+  }
 
   const std::int64_t T = a.tokens_per_rank, H = a.hidden, E = a.experts, k = a.top_k;
   std::vector<float> x(T * H), dy(T * H), y(T * H), dx(T * H);
@@ -172,7 +210,8 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
   }
 
   const bool show = rank == 0 && !a.json;
-  const int steps_per_variant = a.warmup + 1 + a.iters;
+  const int decode_iters = std::max(a.iters, 20);
+  const int steps_per_variant = a.warmup + 1 + a.iters + static_cast<int>(decode_sizes.size());
   ProgressBar progress("bench layer", static_cast<std::int64_t>(variants.size()) * steps_per_variant, show);
   std::int64_t step = 0;
   std::vector<VariantResult> results;
@@ -180,6 +219,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
   for (const Variant& v : variants) {
     MoeLayerConfig config = base;
     config.dispatch = v.dispatch;
+    config.wire = v.wire;
     ImposedRouting routing = imposed;
     if (v.prune_devices > 0) {
       config.prune.max_devices = v.prune_devices;
@@ -214,10 +254,16 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
       progress.update(++step, v.name + " warm-up");
     }
     comm.bytes().reset();
-    run_once(a.backward);
-    progress.update(++step, v.name + " bytes");
     VariantResult r;
     r.variant = v;
+    const std::int64_t calls_before = comm.collective_calls();
+    run_once(false);
+    r.forward_collectives = comm.collective_calls() - calls_before;
+    if (a.backward) {
+      layer.backward(dy, {}, dx);
+      r.backward_collectives = comm.collective_calls() - calls_before - r.forward_collectives;
+    }
+    progress.update(++step, v.name + " bytes");
     r.bytes = sum_over_ranks(comm);
     std::vector<double> distinct = {0.0};
     for (std::int64_t t = 0; t < T; ++t) {
@@ -261,6 +307,29 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     r.backward_ms = median(bwd);
     r.expert_gflops = median(gflops);
     r.backward_expert_gflops = median(bwd_gflops);
+    // Decode-like steps: a forward over the first n tokens, where latency (the number of
+    // collectives and their start-up cost), not bandwidth, dominates.
+    for (std::int64_t n : decode_sizes) {
+      const std::int64_t m = std::min(n, T);
+      std::span<const float> xs(x.data(), m * H);
+      std::span<float> ys(y.data(), m * H);
+      std::vector<double> times;
+      for (int it = 0; it < a.warmup + decode_iters; ++it) {
+        comm.barrier();
+        const auto t0 = std::chrono::steady_clock::now();
+        if (a.routing_trace.empty()) {
+          layer.forward(xs, m, ys);
+        } else {
+          layer.forward_with_routing(xs, m, std::span<const std::int32_t>(routing.ids).first(m * k),
+                                     std::span<const float>(routing.weights).first(m * k), ys);
+        }
+        std::vector<double> slowest = {seconds_since(t0)};
+        comm.all_reduce_max(slowest);
+        if (it >= a.warmup) times.push_back(slowest[0] * 1e3);
+      }
+      r.decode_ms.push_back(median(times));
+      progress.update(++step, fmt::format("{} decode {} tokens", v.name, m));
+    }
     std::vector<double> rss = {peak_rss_mb()};
     comm.all_reduce_max(rss);
     r.peak_rss_mb = rss[0];
@@ -292,12 +361,17 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     doc["routing_trace"] = a.routing_trace;
     doc["placement"] = a.placement.empty() ? "contiguous" : a.placement;
     doc["sgemm_gflops"] = sgemm_gflops;
+    doc["decode_tokens_per_rank"] = decode_sizes;
     doc["variants"] = nlohmann::json::array();
     for (const auto& r : results) {
       nlohmann::json v;
       v["name"] = r.variant.name;
       v["dispatch"] = dispatch_kind_name(r.variant.dispatch);
       v["prune_devices"] = r.variant.prune_devices;
+      v["wire"] = wire_format_name(r.variant.wire);
+      v["forward_collectives"] = r.forward_collectives;
+      v["backward_collectives"] = r.backward_collectives;
+      v["decode_ms"] = r.decode_ms;
       v["replicas_per_token"] = r.replicas_per_token;
       nlohmann::json bytes, remote;
       for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
@@ -322,15 +396,20 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
   fmt::print("MoE layer: E={} k={} H={} F={}, {} tokens/rank on {} ranks, placement {}, routing {}\n", a.experts,
              a.top_k, a.hidden, a.ffn, T, D, a.placement.empty() ? "contiguous" : a.placement,
              a.routing_trace.empty() ? "random router" : a.routing_trace);
-  TextTable table({"variant", "C_T", "dispatch MB", "remote MB", "combine MB", "bwd disp MB", "bwd comb MB",
-                   "fwd ms", "bwd ms", "speed-up", "expert GF/s", "% sgemm", "RSS MB"});
+  TextTable table({"variant", "wire", "C_T", "dispatch MB", "remote MB", "combine MB", "bwd disp MB", "bwd comb MB",
+                   "meta MB", "coll f/b", "fwd ms", "bwd ms", "speed-up", "expert GF/s", "% sgemm", "RSS MB"});
   auto mb = [](std::int64_t b) { return fmt::format("{:.2f}", b / 1e6); };
   for (const auto& r : results) {
-    table.add_row({r.variant.name, fmt::format("{:.3f}", r.replicas_per_token),
+    table.add_row({r.variant.name, std::string(wire_format_name(r.variant.wire)),
+                   fmt::format("{:.3f}", r.replicas_per_token),
                    mb(r.bytes.at(kExchangeDispatch).total_bytes()), mb(r.bytes.at(kExchangeDispatch).remote_bytes),
                    mb(r.bytes.at(kExchangeCombine).total_bytes()),
                    mb(r.bytes.at(kExchangeBackwardDispatch).total_bytes()),
-                   mb(r.bytes.at(kExchangeBackwardCombine).total_bytes()), fmt::format("{:.2f}", r.forward_ms),
+                   mb(r.bytes.at(kExchangeBackwardCombine).total_bytes()),
+                   mb(r.bytes.at(kExchangeMetadata).total_bytes()),
+                   a.backward ? fmt::format("{}/{}", r.forward_collectives, r.backward_collectives)
+                              : fmt::format("{}/-", r.forward_collectives),
+                   fmt::format("{:.2f}", r.forward_ms),
                    a.backward ? fmt::format("{:.2f}", r.backward_ms) : "-", fmt::format("{:.2f}x", r.speedup),
                    fmt::format("{:.1f}", r.expert_gflops),
                    sgemm_gflops > 0 ? fmt::format("{:.0f}%", 100 * r.expert_gflops / sgemm_gflops) : "-",
@@ -338,7 +417,19 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
   }
   std::cout << table.render();
   fmt::print("sgemm on the same shapes: {:.1f} GFLOP/s per rank; bytes summed over ranks, one iteration; times are "
-             "medians of {} iterations (slowest rank)\n", sgemm_gflops, a.iters);
+             "medians of {} iterations (slowest rank); coll f/b = collectives per forward/backward on one rank\n",
+             sgemm_gflops, a.iters);
+  if (decode_sizes.empty()) return;
+  std::vector<std::string> header = {"variant"};
+  for (std::int64_t n : decode_sizes) header.push_back(fmt::format("fwd ms @ {} tok/rank", std::min(n, T)));
+  TextTable decode(header);
+  for (const auto& r : results) {
+    std::vector<std::string> row = {r.variant.name};
+    for (double ms : r.decode_ms) row.push_back(fmt::format("{:.3f}", ms));
+    decode.add_row(row);
+  }
+  fmt::print("decode-like forward latency (medians of {} iterations, slowest rank):\n", decode_iters);
+  std::cout << decode.render();
 }
 
 void setup(CLI::App& root) {
@@ -361,6 +452,11 @@ void setup(CLI::App& root) {
   cmd->add_option("--prune-devices", args->prune_devices, "add a pruned occult variant per M (repeatable)");
   cmd->add_option("--prune-scheme", args->prune_scheme, "score, similarity or device-limited")->capture_default_str();
   cmd->add_option("--seed", args->seed, "weights and inputs seed")->capture_default_str();
+  cmd->add_option("--wire", args->wire, "wire formats to compare, comma-separated: f32, bf16, f16")
+      ->capture_default_str();
+  cmd->add_option("--decode-tokens", args->decode_tokens,
+                  "tokens per rank of the decode-like latency runs, comma-separated (\"\" = none)")
+      ->capture_default_str();
   cmd->add_flag("--json", args->json, "print JSON on stdout instead of the table");
   cmd->callback([args] { run_on_mpi_world([&](Communicator& comm) { run_bench(*args, comm); }); });
 }

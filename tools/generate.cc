@@ -109,6 +109,7 @@ void run_generate(const GenerateFlags& f) {
                         {"tokens", r.tokens[i]}});
       }
       const nlohmann::json j{{"dispatch", f.model.dispatch},
+                             {"wire", f.model.wire},
                              {"ranks", comm.size()},
                              {"generations", gens},
                              {"prompt_tokens", r.prompt_tokens},
@@ -129,7 +130,7 @@ void run_generate(const GenerateFlags& f) {
     fmt::print("\n");
     std::fflush(stdout);
     TextTable table({"metric", "value"});
-    table.add_row({"ranks / dispatch", fmt::format("{} / {}", comm.size(), f.model.dispatch)});
+    table.add_row({"ranks / dispatch / wire", fmt::format("{} / {} / {}", comm.size(), f.model.dispatch, f.model.wire)});
     table.add_row({"prompts (tokens)", fmt::format("{} ({})", P, r.prompt_tokens)});
     table.add_row({"generated tokens", std::to_string(r.generated_tokens)});
     table.add_row({"prefill (ms)", fmt::format("{:.2f}", 1e3 * r.prefill_seconds)});

@@ -27,6 +27,7 @@ struct ModelFlags {
   std::string checkpoint;  // model directory: Hugging Face (config.json + safetensors) or occult's
   std::string config;  // config.json: random weights, or the architecture the checkpoint must have
   std::string dispatch = "occult";
+  std::string wire = "f32";  // MoE exchange payload format (--wire)
   std::string placement;  // occult-placement/1 JSON; empty = contiguous
   int prune_devices = 0;
   std::string prune_scheme = "score";
@@ -59,9 +60,16 @@ inline WeightDType resolve_weight_dtype(const ModelFlags& f) {
                                                                                                : WeightDType::kF32;
 }
 
-// Adds --dispatch, --placement, --prune-devices and --prune-scheme: how the MoE layers route.
+// Adds --wire: the format of the MoE exchanges' hidden-state rows.
+inline void add_wire_flag(CLI::App* cmd, ModelFlags& f) {
+  cmd->add_option("--wire", f.wire, "MoE exchange payloads: f32 | bf16 | f16 (sums stay F32)")
+      ->capture_default_str();
+}
+
+// Adds --dispatch, --wire, --placement, --prune-devices and --prune-scheme: how the MoE layers route.
 inline void add_routing_flags(CLI::App* cmd, ModelFlags& f) {
   cmd->add_option("--dispatch", f.dispatch, "standard | occult")->capture_default_str();
+  add_wire_flag(cmd, f);
   cmd->add_option("--placement", f.placement, "placement JSON (occult place); default contiguous");
   cmd->add_option("--prune-devices", f.prune_devices, "collaboration pruning budget M (0 = off)")
       ->capture_default_str();
@@ -106,6 +114,7 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
   ParallelOptions parallel;
   agree_on_errors(comm, [&] {
     parallel.dispatch = parse_dispatch(dispatch);
+    parallel.wire = parse_wire_format(f.wire, "--wire");
     parallel.prune_devices = f.prune_devices;
     parallel.prune_scheme = f.prune_scheme;
     parallel.training = false;

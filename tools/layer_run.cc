@@ -19,7 +19,7 @@ namespace {
 
 struct LayerRunArgs {
   std::string weights, input, dispatch = "occult", placement, grad_output, out;
-  std::string prune_scheme = "score", prune_weights = "keep";
+  std::string prune_scheme = "score", prune_weights = "keep", wire = "f32";
   int layer = 0, top_k = 0, prune_devices = 0;
   bool norm_topk_prob = false;
   double capacity_factor = 0;
@@ -55,6 +55,7 @@ void run_layer(const LayerRunArgs& a, Communicator& comm) {
     config.norm_topk_prob = a.norm_topk_prob;
     config.dispatch = parse_dispatch_kind(a.dispatch);
     config.capacity_factor = a.capacity_factor;
+    config.wire = parse_wire_format(a.wire, "--wire");
     if (!a.placement.empty()) {
       Placement p = load_placement(a.placement);
       OCCULT_CHECK(p.num_devices == D, "{}: the placement is for {} devices, but mpirun started {} ranks",
@@ -165,6 +166,7 @@ void run_layer(const LayerRunArgs& a, Communicator& comm) {
       }
     }
     out.set_metadata("dispatch", std::string(dispatch_kind_name(config.dispatch)));
+    out.set_metadata("wire", std::string(wire_format_name(config.wire)));
     out.set_metadata("num_devices", std::to_string(D));
     out.set_metadata("num_experts", std::to_string(E));
     out.set_metadata("top_k", std::to_string(k));
@@ -175,9 +177,9 @@ void run_layer(const LayerRunArgs& a, Communicator& comm) {
       out.set_metadata("bytes." + name + ".remote", std::to_string(b.remote_bytes));
     }
     out.write(a.out);
-    fmt::print("layer run: {} tokens on {} ranks, {} dispatch, C_T {:.3f}; dispatch {} B ({} remote), "
+    fmt::print("layer run: {} tokens on {} ranks, {} dispatch, {} wire, C_T {:.3f}; dispatch {} B ({} remote), "
                "combine {} B; wrote {}\n",
-               T, D, dispatch_kind_name(config.dispatch), T > 0 ? devices_sum[0] / T : 0.0,
+               T, D, dispatch_kind_name(config.dispatch), wire_format_name(config.wire), T > 0 ? devices_sum[0] / T : 0.0,
                bytes.at(kExchangeDispatch).total_bytes(), bytes.at(kExchangeDispatch).remote_bytes,
                bytes.at(kExchangeCombine).total_bytes(), a.out);
   });
@@ -194,6 +196,8 @@ void setup(CLI::App& root) {
   cmd->add_option("--input", args->input, "safetensors with hidden_states F32 [T,H]")->required();
   cmd->add_option("--dispatch", args->dispatch, "standard (one row per token-expert) or occult (per token-device)")
       ->required();
+  cmd->add_option("--wire", args->wire, "hidden-state payloads of the exchanges: f32, bf16 or f16 (sums stay F32)")
+      ->capture_default_str();
   cmd->add_option("--placement", args->placement, "placement JSON (default: expert e on device floor(e*D/E))");
   cmd->add_option("--layer", args->layer, "layer of the placement to use")->capture_default_str();
   cmd->add_option("--top-k", args->top_k, "experts per token (default: the weights' __metadata__ top_k)");

@@ -22,3 +22,13 @@ echo "== 3. comm-bound cluster: 100 Mbit/s shared loopback (~2400 FLOP/B per ran
 bench/cluster.sh --bandwidth 100mbit -- mpirun -np 4 "$BUILD/occult" bench layer --experts 64 --top-k 6 \
   --hidden 1024 --ffn 704 --tokens-per-rank 128 --placement /tmp/occult-hg4.json --layer 3 \
   --routing-trace "$TRACE" --backward --iters 5 --warmup 1 --prune-devices 2 --prune-devices 1
+
+echo "== 4. wire formats and collectives: f32 vs bf16 vs f16, with decode-like latency (4 ranks)"
+"${MPIRUN[@]}" -np 4 "$BUILD/occult" bench layer --experts 64 --top-k 6 --hidden 1024 --ffn 512 \
+  --tokens-per-rank 256 --placement /tmp/occult-hg4.json --layer 3 --routing-trace "$TRACE" \
+  --backward --iters 5 --warmup 1 --wire f32,bf16,f16 --decode-tokens 1,8,64
+
+echo "== 5. wire formats on the comm-bound cluster (100 Mbit/s)"
+bench/cluster.sh --bandwidth 100mbit -- mpirun -np 4 "$BUILD/occult" bench layer --experts 64 --top-k 6 \
+  --hidden 1024 --ffn 512 --tokens-per-rank 128 --placement /tmp/occult-hg4.json --layer 3 \
+  --routing-trace "$TRACE" --backward --iters 3 --warmup 1 --wire f32,bf16 --decode-tokens 1,8,64

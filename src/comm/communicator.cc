@@ -1,5 +1,6 @@
 #include "occult/comm/communicator.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "occult/core/error.h"
@@ -10,11 +11,33 @@ Share rank_share(std::int64_t global, int rank, int ranks) {
   return {global * rank / ranks, global * (rank + 1) / ranks};
 }
 
-void ByteCounter::add(const std::string& name, std::int64_t bytes_to_self, std::int64_t bytes_to_peers) {
+void ByteCounter::add(const std::string& name, std::int64_t bytes_to_self, std::int64_t bytes_to_peers,
+                      std::int64_t calls) {
   ExchangeBytes& entry = counters_[name];
   entry.local_bytes += bytes_to_self;
   entry.remote_bytes += bytes_to_peers;
-  entry.calls += 1;
+  entry.calls += calls;
+}
+
+void Communicator::all_to_all_v_with_metadata(const std::string& exchange, std::span<const std::byte> send,
+                                              std::span<const std::int64_t> send_counts,
+                                              std::span<const std::int64_t> send_offsets,
+                                              std::span<const std::int64_t> metadata_bytes,
+                                              std::span<std::byte> recv, std::span<const std::int64_t> recv_counts,
+                                              std::span<const std::int64_t> recv_offsets) {
+  OCCULT_CHECK(metadata_bytes.size() == send_counts.size(),
+               "exchange '{}': metadata sizes for {} ranks, counts for {}", exchange, metadata_bytes.size(),
+               send_counts.size());
+  all_to_all_v(exchange, send, send_counts, send_offsets, recv, recv_counts, recv_offsets);
+  std::int64_t to_self = 0, to_peers = 0;
+  for (std::size_t d = 0; d < metadata_bytes.size(); ++d) {
+    OCCULT_CHECK(metadata_bytes[d] >= 0 && metadata_bytes[d] <= send_counts[d],
+                 "exchange '{}': {} metadata bytes in a {}-byte block for rank {}", exchange, metadata_bytes[d],
+                 send_counts[d], d);
+    (static_cast<int>(d) == rank() ? to_self : to_peers) += metadata_bytes[d];
+  }
+  bytes_.add(exchange, -to_self, -to_peers, 0);
+  bytes_.add(kExchangeMetadata, to_self, to_peers, 0);
 }
 
 ExchangeBytes ByteCounter::get(const std::string& name) const {
@@ -22,9 +45,25 @@ ExchangeBytes ByteCounter::get(const std::string& name) const {
   return it == counters_.end() ? ExchangeBytes{} : it->second;
 }
 
+void Communicator::all_to_all_counts_into(std::span<const std::int64_t> send_counts, std::span<std::int64_t> recv) {
+  OCCULT_CHECK(recv.size() == send_counts.size(), "all_to_all_counts: {} counts sent, room for {}", send_counts.size(),
+               recv.size());
+  const std::vector<std::int64_t> got = all_to_all_counts(send_counts);
+  std::copy(got.begin(), got.end(), recv.begin());
+}
+
+void SelfCommunicator::all_to_all_counts_into(std::span<const std::int64_t> send_counts,
+                                              std::span<std::int64_t> recv) {
+  OCCULT_CHECK(!send_counts.empty() && recv.size() == send_counts.size(),
+               "all_to_all_counts: {} counts sent, room for {}", send_counts.size(), recv.size());
+  ++collective_calls_;
+  std::copy(send_counts.begin(), send_counts.end(), recv.begin());
+}
+
 std::vector<std::int64_t> SelfCommunicator::all_to_all_counts(std::span<const std::int64_t> send_counts) {
-  OCCULT_CHECK(send_counts.size() == 1, "all_to_all_counts: {} counts for 1 rank", send_counts.size());
-  return {send_counts[0]};
+  OCCULT_CHECK(!send_counts.empty(), "all_to_all_counts: no counts for 1 rank");
+  ++collective_calls_;
+  return std::vector<std::int64_t>(send_counts.begin(), send_counts.end());
 }
 
 void SelfCommunicator::all_to_all_v(const std::string& exchange, std::span<const std::byte> send,
@@ -32,6 +71,7 @@ void SelfCommunicator::all_to_all_v(const std::string& exchange, std::span<const
                                     std::span<const std::int64_t> send_offsets, std::span<std::byte> recv,
                                     std::span<const std::int64_t> recv_counts,
                                     std::span<const std::int64_t> recv_offsets) {
+  ++collective_calls_;
   OCCULT_CHECK(send_counts.size() == 1 && send_offsets.size() == 1 && recv_counts.size() == 1 &&
                    recv_offsets.size() == 1,
                "exchange '{}': counts and offsets must have one entry per rank (1)", exchange);
@@ -48,6 +88,7 @@ void SelfCommunicator::all_to_all_v(const std::string& exchange, std::span<const
 }
 
 void SelfCommunicator::broadcast(std::span<std::byte>, int root) {
+  ++collective_calls_;
   OCCULT_CHECK(root == 0, "broadcast: root {} outside the 1 rank", root);
 }
 

@@ -25,17 +25,29 @@ MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
 }
 
 std::vector<std::int64_t> MpiCommunicator::all_to_all_counts(std::span<const std::int64_t> send_counts) {
-  OCCULT_CHECK(static_cast<int>(send_counts.size()) == size_, "all_to_all_counts: {} counts for {} ranks",
-               send_counts.size(), size_);
-  std::vector<std::int64_t> recv(size_);
-  OCCULT_MPI_CHECK(MPI_Alltoall(send_counts.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, comm_));
+  std::vector<std::int64_t> recv(send_counts.size());
+  all_to_all_counts_into(send_counts, recv);
   return recv;
+}
+
+void MpiCommunicator::all_to_all_counts_into(std::span<const std::int64_t> send_counts,
+                                             std::span<std::int64_t> recv) {
+  OCCULT_CHECK(!send_counts.empty() && send_counts.size() % static_cast<std::size_t>(size_) == 0 &&
+                   send_counts.size() / size_ <= static_cast<std::size_t>(INT_MAX),
+               "all_to_all_counts: {} counts for {} ranks, expected a positive multiple", send_counts.size(), size_);
+  OCCULT_CHECK(recv.size() == send_counts.size(), "all_to_all_counts: {} counts sent, room for {}",
+               send_counts.size(), recv.size());
+  ++collective_calls_;
+  const int width = static_cast<int>(send_counts.size() / size_);
+  OCCULT_MPI_CHECK(
+      MPI_Alltoall(send_counts.data(), width, MPI_INT64_T, recv.data(), width, MPI_INT64_T, comm_));
 }
 
 namespace {
 // MPI_Alltoallv takes int counts and displacements: refuse (clearly) what does not fit.
-std::vector<int> to_int(std::span<const std::int64_t> values, const std::string& exchange, const char* what) {
-  std::vector<int> out(values.size());
+const std::vector<int>& to_int(std::span<const std::int64_t> values, const std::string& exchange, const char* what,
+                               std::vector<int>& out) {
+  out.resize(values.size());
   for (std::size_t i = 0; i < values.size(); ++i) {
     OCCULT_CHECK(values[i] >= 0 && values[i] <= INT_MAX,
                  "exchange '{}': {} {} bytes for rank {} is outside MPI's int range; use fewer tokens "
@@ -60,10 +72,11 @@ void MpiCommunicator::all_to_all_v(const std::string& exchange, std::span<const 
                      recv_offsets[d] + recv_counts[d] <= static_cast<std::int64_t>(recv.size()),
                  "exchange '{}': counts and offsets for rank {} exceed the buffers", exchange, d);
   }
-  auto sc = to_int(send_counts, exchange, "send count");
-  auto so = to_int(send_offsets, exchange, "send offset");
-  auto rc = to_int(recv_counts, exchange, "receive count");
-  auto ro = to_int(recv_offsets, exchange, "receive offset");
+  ++collective_calls_;
+  const auto& sc = to_int(send_counts, exchange, "send count", counts_scratch_[0]);
+  const auto& so = to_int(send_offsets, exchange, "send offset", counts_scratch_[1]);
+  const auto& rc = to_int(recv_counts, exchange, "receive count", counts_scratch_[2]);
+  const auto& ro = to_int(recv_offsets, exchange, "receive offset", counts_scratch_[3]);
   // MPI wants non-null buffers even for zero counts on some transports.
   std::byte dummy_send{}, dummy_recv{};
   const void* send_ptr = send.empty() ? &dummy_send : send.data();
@@ -79,7 +92,8 @@ void MpiCommunicator::all_to_all_v(const std::string& exchange, std::span<const 
 
 namespace {
 template <typename T>
-void all_reduce(MPI_Comm comm, std::span<T> values, MPI_Datatype type, MPI_Op op) {
+void all_reduce(MPI_Comm comm, std::int64_t& calls, std::span<T> values, MPI_Datatype type, MPI_Op op) {
+  ++calls;
   OCCULT_CHECK(values.size() <= static_cast<std::size_t>(INT_MAX), "all_reduce of {} values exceeds MPI's int range",
                values.size());
   if (values.empty()) {
@@ -92,26 +106,30 @@ void all_reduce(MPI_Comm comm, std::span<T> values, MPI_Datatype type, MPI_Op op
 }
 }  // namespace
 
-void MpiCommunicator::all_reduce_sum(std::span<float> values) { all_reduce(comm_, values, MPI_FLOAT, MPI_SUM); }
-void MpiCommunicator::all_reduce_sum(std::span<double> values) { all_reduce(comm_, values, MPI_DOUBLE, MPI_SUM); }
+void MpiCommunicator::all_reduce_sum(std::span<float> values) { all_reduce(comm_, collective_calls_, values, MPI_FLOAT, MPI_SUM); }
+void MpiCommunicator::all_reduce_sum(std::span<double> values) { all_reduce(comm_, collective_calls_, values, MPI_DOUBLE, MPI_SUM); }
 void MpiCommunicator::all_reduce_sum(std::span<std::int64_t> values) {
-  all_reduce(comm_, values, MPI_INT64_T, MPI_SUM);
+  all_reduce(comm_, collective_calls_, values, MPI_INT64_T, MPI_SUM);
 }
-void MpiCommunicator::all_reduce_max(std::span<double> values) { all_reduce(comm_, values, MPI_DOUBLE, MPI_MAX); }
+void MpiCommunicator::all_reduce_max(std::span<double> values) { all_reduce(comm_, collective_calls_, values, MPI_DOUBLE, MPI_MAX); }
 void MpiCommunicator::all_reduce_max(std::span<std::int64_t> values) {
-  all_reduce(comm_, values, MPI_INT64_T, MPI_MAX);
+  all_reduce(comm_, collective_calls_, values, MPI_INT64_T, MPI_MAX);
 }
 
 void MpiCommunicator::broadcast(std::span<std::byte> data, int root) {
   OCCULT_CHECK(root >= 0 && root < size_, "broadcast: root {} outside [0, {})", root, size_);
   OCCULT_CHECK(data.size() <= static_cast<std::size_t>(INT_MAX), "broadcast of {} bytes exceeds MPI's int range",
                data.size());
+  ++collective_calls_;
   std::byte dummy{};
   OCCULT_MPI_CHECK(MPI_Bcast(data.empty() ? &dummy : data.data(), static_cast<int>(data.size()), MPI_BYTE, root,
                              comm_));
 }
 
-void MpiCommunicator::barrier() { OCCULT_MPI_CHECK(MPI_Barrier(comm_)); }
+void MpiCommunicator::barrier() {
+  ++collective_calls_;
+  OCCULT_MPI_CHECK(MPI_Barrier(comm_));
+}
 
 }  // namespace occult
 

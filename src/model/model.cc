@@ -638,7 +638,7 @@ RoutingStats MoeTransformer::routing_stats() {
   }
   const int exchanges = m.backward_done ? 4 : 2;
   r.standard_bytes = m.loss.tokens * K * static_cast<std::int64_t>(config_.hidden_size) *
-                     static_cast<std::int64_t>(sizeof(float)) * Lm * exchanges;
+                     wire_bytes_per_value(options_.wire) * Lm * exchanges;
   return r;
 }
 

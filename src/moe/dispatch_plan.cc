@@ -37,10 +37,10 @@ std::vector<int> local_expert_indices(std::span<const int> expert_to_device, int
 }
 
 namespace {
-std::vector<std::int64_t> prefix(const std::vector<std::int64_t>& counts) {
-  std::vector<std::int64_t> offsets(counts.size() + 1, 0);
+// offsets = [0, prefix sums of counts] (reuses offsets' storage).
+void prefix(const std::vector<std::int64_t>& counts, std::vector<std::int64_t>& offsets) {
+  offsets.assign(counts.size() + 1, 0);
   for (std::size_t i = 0; i < counts.size(); ++i) offsets[i + 1] = offsets[i] + counts[i];
-  return offsets;
 }
 }  // namespace
 
@@ -48,6 +48,17 @@ DispatchPlan build_dispatch_plan(DispatchKind kind, std::span<const std::int32_t
                                  std::span<const float> topk_weights, std::int64_t num_tokens, int top_k,
                                  std::span<const int> expert_to_device, int num_devices,
                                  double capacity_factor) {
+  DispatchPlan plan;
+  PlanWorkspace ws;
+  build_dispatch_plan_into(plan, ws, kind, topk_ids, topk_weights, num_tokens, top_k, expert_to_device, num_devices,
+                           capacity_factor);
+  return plan;
+}
+
+void build_dispatch_plan_into(DispatchPlan& plan, PlanWorkspace& ws, DispatchKind kind,
+                              std::span<const std::int32_t> topk_ids, std::span<const float> topk_weights,
+                              std::int64_t num_tokens, int top_k, std::span<const int> expert_to_device,
+                              int num_devices, double capacity_factor) {
   const int num_experts = static_cast<int>(expert_to_device.size());
   OCCULT_CHECK(num_tokens >= 0, "dispatch plan: {} tokens", num_tokens);
   OCCULT_CHECK(top_k >= 1 && top_k <= num_experts, "dispatch plan: top-k {} outside [1, E={}]", top_k,
@@ -60,7 +71,16 @@ DispatchPlan build_dispatch_plan(DispatchKind kind, std::span<const std::int32_t
   OCCULT_CHECK(capacity_factor >= 0, "dispatch plan: capacity factor {} is negative", capacity_factor);
   OCCULT_CHECK(capacity_factor == 0 || kind == DispatchKind::kStandard,
                "dispatch plan: a capacity factor applies to standard dispatch only (occult is dropless)");
-  const std::vector<int> local = local_expert_indices(expert_to_device, num_devices);
+  OCCULT_CHECK(num_devices >= 1, "placement: {} devices, expected at least 1", num_devices);
+  ws.next.assign(num_devices, 0);
+  ws.local.resize(expert_to_device.size());
+  for (std::size_t e = 0; e < expert_to_device.size(); ++e) {
+    const int d = expert_to_device[e];
+    OCCULT_CHECK(d >= 0 && d < num_devices, "placement: expert {} is on device {}, outside [0, {})", e, d,
+                 num_devices);
+    ws.local[e] = ws.next[d]++;
+  }
+  const std::vector<int>& local = ws.local;
 
   // Validate ids before any counting so a bad id can never index out of range.
   for (std::int64_t t = 0; t < num_tokens; ++t) {
@@ -74,7 +94,6 @@ DispatchPlan build_dispatch_plan(DispatchKind kind, std::span<const std::int32_t
     }
   }
 
-  DispatchPlan plan;
   plan.kind = kind;
   plan.num_devices = num_devices;
   plan.num_tokens = num_tokens;
@@ -83,7 +102,8 @@ DispatchPlan build_dispatch_plan(DispatchKind kind, std::span<const std::int32_t
   if (capacity_factor > 0) {
     const auto capacity = static_cast<std::int64_t>(
         std::ceil(capacity_factor * static_cast<double>(num_tokens * top_k) / num_experts));
-    std::vector<std::int64_t> used(num_experts, 0);
+    std::vector<std::int64_t>& used = ws.used;
+    used.assign(num_experts, 0);
     for (std::int64_t i = 0; i < num_tokens * top_k; ++i) {
       if (used[topk_ids[i]]++ >= capacity) plan.dropped[i] = 1;
     }
@@ -91,8 +111,12 @@ DispatchPlan build_dispatch_plan(DispatchKind kind, std::span<const std::int32_t
 
   // Pass 1: counts per destination. Occult: a token's distinct devices (k is small, so a
   // linear scan over the slots beats any set).
-  std::vector<std::int64_t> rows(num_devices, 0), assigns(num_devices, 0);
-  std::vector<int> devices(top_k);
+  std::vector<std::int64_t>& rows = ws.rows;
+  std::vector<std::int64_t>& assigns = ws.assigns;
+  std::vector<int>& devices = ws.devices;
+  rows.assign(num_devices, 0);
+  assigns.assign(num_devices, 0);
+  devices.resize(top_k);
   auto token_devices = [&](std::int64_t t) {
     int n = 0;
     for (int s = 0; s < top_k; ++s) {
@@ -115,16 +139,19 @@ DispatchPlan build_dispatch_plan(DispatchKind kind, std::span<const std::int32_t
       for (int i = 0; i < n; ++i) ++rows[devices[i]];
     }
   }
-  plan.send_row_counts = rows;
-  plan.send_row_offsets = prefix(rows);
-  plan.send_assignment_counts = assigns;
-  plan.send_assignment_offsets = prefix(assigns);
+  plan.send_row_counts.assign(rows.begin(), rows.end());
+  prefix(rows, plan.send_row_offsets);
+  plan.send_assignment_counts.assign(assigns.begin(), assigns.end());
+  prefix(assigns, plan.send_assignment_offsets);
   plan.row_token.resize(plan.num_send_rows());
   plan.assignments.resize(plan.num_assignments());
   plan.assignment_slot.resize(plan.num_assignments());
 
   // Pass 2: fill, by destination, in token order.
-  std::vector<std::int64_t> row_fill(num_devices, 0), assign_fill(num_devices, 0);
+  std::vector<std::int64_t>& row_fill = ws.row_fill;
+  std::vector<std::int64_t>& assign_fill = ws.assign_fill;
+  row_fill.assign(num_devices, 0);
+  assign_fill.assign(num_devices, 0);
   for (std::int64_t t = 0; t < num_tokens; ++t) {
     if (kind == DispatchKind::kStandard) {
       for (int s = 0; s < top_k; ++s) {
@@ -155,27 +182,35 @@ DispatchPlan build_dispatch_plan(DispatchKind kind, std::span<const std::int32_t
       }
     }
   }
-  return plan;
 }
 
 ReceivePlan build_receive_plan(std::span<const std::int64_t> recv_row_counts,
                                std::span<const std::int64_t> recv_assignment_counts,
                                std::span<const Assignment> received, int num_local_experts) {
+  ReceivePlan plan;
+  PlanWorkspace ws;
+  build_receive_plan_into(plan, ws, recv_row_counts, recv_assignment_counts, received, num_local_experts);
+  return plan;
+}
+
+void build_receive_plan_into(ReceivePlan& plan, PlanWorkspace& ws, std::span<const std::int64_t> recv_row_counts,
+                             std::span<const std::int64_t> recv_assignment_counts,
+                             std::span<const Assignment> received, int num_local_experts) {
   OCCULT_CHECK(recv_row_counts.size() == recv_assignment_counts.size(),
                "receive plan: row counts for {} ranks but assignment counts for {}", recv_row_counts.size(),
                recv_assignment_counts.size());
-  ReceivePlan plan;
   plan.num_devices = static_cast<int>(recv_row_counts.size());
   plan.num_local_experts = num_local_experts;
   plan.recv_row_counts.assign(recv_row_counts.begin(), recv_row_counts.end());
   plan.recv_assignment_counts.assign(recv_assignment_counts.begin(), recv_assignment_counts.end());
-  plan.recv_row_offsets = prefix(plan.recv_row_counts);
-  plan.recv_assignment_offsets = prefix(plan.recv_assignment_counts);
+  prefix(plan.recv_row_counts, plan.recv_row_offsets);
+  prefix(plan.recv_assignment_counts, plan.recv_assignment_offsets);
   const std::int64_t total = plan.recv_assignment_offsets.back();
   OCCULT_CHECK(static_cast<std::int64_t>(received.size()) == total,
                "receive plan: {} assignments arrived, the counts announce {}", received.size(), total);
 
-  std::vector<std::int64_t> per_expert(num_local_experts, 0);
+  std::vector<std::int64_t>& per_expert = ws.rows;
+  per_expert.assign(num_local_experts, 0);
   for (int s = 0; s < plan.num_devices; ++s) {
     for (std::int64_t a = plan.recv_assignment_offsets[s]; a < plan.recv_assignment_offsets[s + 1]; ++a) {
       const Assignment& as = received[a];
@@ -188,11 +223,12 @@ ReceivePlan build_receive_plan(std::span<const std::int64_t> recv_row_counts,
       ++per_expert[as.local_expert];
     }
   }
-  plan.expert_offsets = prefix(per_expert);
+  prefix(per_expert, plan.expert_offsets);
   plan.sorted_row.resize(total);
   plan.sorted_weight.resize(total);
   plan.sorted_to_arrival.resize(total);
-  std::vector<std::int64_t> fill(plan.expert_offsets.begin(), plan.expert_offsets.end() - 1);
+  std::vector<std::int64_t>& fill = ws.row_fill;
+  fill.assign(plan.expert_offsets.begin(), plan.expert_offsets.end() - 1);
   for (int s = 0; s < plan.num_devices; ++s) {
     for (std::int64_t a = plan.recv_assignment_offsets[s]; a < plan.recv_assignment_offsets[s + 1]; ++a) {
       const Assignment& as = received[a];
@@ -202,7 +238,6 @@ ReceivePlan build_receive_plan(std::span<const std::int64_t> recv_row_counts,
       plan.sorted_to_arrival[i] = a;
     }
   }
-  return plan;
 }
 
 std::vector<std::vector<DeliveredAssignment>> reference_deliveries(

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <optional>
+#include <string>
 
 #include "occult/core/error.h"
 #include "occult/core/safetensors.h"
@@ -21,23 +23,102 @@ double now_seconds() {
 
 // Per-layer scratch for the exchanges, kept out of the header (grows to the largest batch).
 struct ExchangeBuffers {
-  std::vector<float> send_rows;       // [R_send, H]
-  std::vector<float> recv_rows;       // [R_recv, H]
-  std::vector<float> expert_out;      // [R_recv, H]
-  std::vector<float> back_rows;       // [R_send, H]
-  std::vector<float> d_weight_sorted; // [A_recv]
+  std::vector<float> logits;                    // [T, E]
+  std::vector<std::int64_t> counts, counts_recv;  // [3D] rows, assignments, status per rank
+  PlanWorkspace plan_workspace;
+  std::vector<std::int64_t> recv_rows, recv_assignments;  // [D] from each rank
+  std::vector<std::int64_t> send_counts, send_offsets, send_metadata;  // [D] bytes
+  std::vector<std::int64_t> recv_counts, recv_offsets;                 // [D] bytes
+  std::vector<std::byte> wire_tokens;           // [T, H] input rows in the wire format
+  std::vector<std::byte> send, recv;            // packed messages
+  std::vector<Assignment> received;             // [A_recv]
+  std::vector<float> expert_out;                // [R_recv, H]
+  std::vector<float> dy_recv;                   // [R_recv, H]
+  std::vector<float> d_weight_sorted;           // [A_recv]
   std::vector<float> d_weight_arrival;
-  std::vector<float> d_weight_send;   // [A_send]
+  std::vector<float> d_weight_send;             // [A_send]
+  std::vector<float> dg, dlogits;               // [T, k], [T, E] router backward
+  std::vector<double> dp;                       // [E]
   ExpertScratch expert;
+
+  // Sizes both sides of a packed exchange: to rank d go send_units[d] metadata records of
+  // unit_bytes and then send_rows[d] rows of row_bytes; from rank d come recv_units[d]
+  // records and recv_rows[d] rows. Fills the byte counts, offsets and metadata sizes.
+  void lay_out(std::int64_t unit_bytes, std::int64_t row_bytes, std::span<const std::int64_t> send_units,
+               std::span<const std::int64_t> send_row_counts, std::span<const std::int64_t> recv_units,
+               std::span<const std::int64_t> recv_row_counts);
 };
 
-// Stage-2 reduction at home: out[t] (+)= sum of the rows the plan maps to token t.
-void reduce_rows_home(const DispatchPlan& plan, std::span<const float> rows, int H, std::span<float> out) {
-  std::fill(out.begin(), out.end(), 0.0f);
-  for (std::int64_t r = 0; r < plan.num_send_rows(); ++r) {
-    float* dst = out.data() + static_cast<std::int64_t>(plan.row_token[r]) * H;
-    const float* src = rows.data() + r * H;
-    for (int c = 0; c < H; ++c) dst[c] += src[c];
+// The exchange names as strings built once: the communicator takes std::string, and a name
+// longer than the small-string buffer would otherwise allocate on every call.
+const std::string& exchange_name(const char* name) {
+  static const std::string names[] = {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch,
+                                      kExchangeBackwardCombine};
+  for (const std::string& n : names) {
+    if (n == name) return n;
+  }
+  OCCULT_FAIL("unknown exchange '{}'", name);
+}
+
+// Runs `step`; returns the message of the occult::Error it threw, nullopt when it succeeded.
+template <typename Step>
+std::optional<std::string> local_error(Step&& step) {
+  try {
+    step();
+  } catch (const Error& e) {
+    return e.message();
+  }
+  return std::nullopt;
+}
+
+// memcpy that accepts empty (possibly null) ranges.
+void copy_bytes(void* dst, const void* src, std::int64_t bytes) {
+  if (bytes > 0) std::memcpy(dst, src, static_cast<std::size_t>(bytes));
+}
+
+// offsets[d] = the sum of counts before d; returns the total.
+std::int64_t pack_offsets(const std::vector<std::int64_t>& counts, std::vector<std::int64_t>& offsets) {
+  offsets.resize(counts.size());
+  std::int64_t total = 0;
+  for (std::size_t d = 0; d < counts.size(); ++d) {
+    offsets[d] = total;
+    total += counts[d];
+  }
+  return total;
+}
+
+void ExchangeBuffers::lay_out(std::int64_t unit_bytes, std::int64_t row_bytes,
+                              std::span<const std::int64_t> send_units, std::span<const std::int64_t> send_row_counts,
+                              std::span<const std::int64_t> recv_units, std::span<const std::int64_t> recv_row_counts) {
+  const std::size_t D = send_row_counts.size();
+  send_counts.resize(D);
+  send_metadata.resize(D);
+  recv_counts.resize(D);
+  for (std::size_t d = 0; d < D; ++d) {
+    send_metadata[d] = send_units[d] * unit_bytes;
+    send_counts[d] = send_metadata[d] + send_row_counts[d] * row_bytes;
+    recv_counts[d] = recv_units[d] * unit_bytes + recv_row_counts[d] * row_bytes;
+  }
+  send.resize(static_cast<std::size_t>(pack_offsets(send_counts, send_offsets)));
+  recv.resize(static_cast<std::size_t>(pack_offsets(recv_counts, recv_offsets)));
+}
+
+// `rows` as wire bytes: F32 rows as they are, others cast once into `scratch`.
+std::span<const std::byte> wire_rows(WireFormat wire, std::span<const float> rows, std::vector<std::byte>& scratch) {
+  if (wire == WireFormat::kF32) return std::as_bytes(rows);
+  scratch.resize(rows.size() * static_cast<std::size_t>(wire_bytes_per_value(wire)));
+  encode_wire(wire, rows, scratch.data());
+  return scratch;
+}
+
+// Stage-2 reduction at home, in F32: out[token of send row r] += the widened wire row r, for
+// r in [first, last); `rows` holds those rows back to back.
+void add_rows_home(WireFormat wire, const DispatchPlan& plan, std::int64_t first, std::int64_t last,
+                   const std::byte* rows, int H, std::span<float> out) {
+  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
+  for (std::int64_t r = first; r < last; ++r) {
+    decode_wire_add(wire, rows + (r - first) * row_bytes,
+                    out.subspan(static_cast<std::int64_t>(plan.row_token[r]) * H, H));
   }
 }
 
@@ -103,7 +184,8 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
     auto mix = [&](std::int64_t v) { h = (h ^ static_cast<std::uint64_t>(v)) * 1099511628211ull; };
     for (std::int64_t v : {std::int64_t(config_.num_experts), std::int64_t(config_.top_k),
                            std::int64_t(config_.hidden_size), std::int64_t(config_.ffn_size),
-                           std::int64_t(config_.dispatch), std::int64_t(config_.prune.max_devices)}) {
+                           std::int64_t(config_.dispatch), std::int64_t(config_.prune.max_devices),
+                           std::int64_t(config_.wire)}) {
       mix(v);
     }
     for (int d : expert_to_device_) mix(d);
@@ -112,7 +194,7 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
     comm_.all_reduce_max(extremes);
     OCCULT_CHECK(extremes[0] == -extremes[1],
                  "MoE layer: the ranks were given different layer configs or placements (E, k, H, F, dispatch, "
-                 "prune devices and expert_to_device must be identical on every rank)");
+                 "prune devices, wire format and expert_to_device must be identical on every rank)");
   }
   local_index_of_.assign(config_.num_experts, -1);
   for (int e = 0; e < config_.num_experts; ++e) {
@@ -282,30 +364,30 @@ double MoeLayer::backward_expert_flops() const { return 2.0 * forward_expert_flo
 
 void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::span<float> y) {
   const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k;
-  agree_on_errors(comm_, [&] {
+  const double t0 = now_seconds();
+  // Shape and router errors stay local here; the count exchange of run_forward carries them
+  // to every rank, so a bad input costs no extra collective when all is well.
+  std::optional<std::string> error = local_error([&] {
     OCCULT_CHECK(num_tokens >= 0, "MoE layer forward: {} tokens", num_tokens);
     OCCULT_CHECK(x.size() == static_cast<std::size_t>(num_tokens) * H,
                  "MoE layer forward: hidden states hold {} floats, expected T*H = {}*{}", x.size(), num_tokens, H);
     OCCULT_CHECK(y.size() == x.size(), "MoE layer forward: output holds {} floats, expected {}", y.size(), x.size());
-  });
-  const double t0 = now_seconds();
-  num_tokens_ = num_tokens;
-  routing_imposed_ = false;
-  x_.assign(x.begin(), x.end());
-  const std::size_t T = num_tokens;
-  std::vector<float> logits(T * E);
-  if (T > 0) {
-    // logits [T, E] = x [T, H] * W_r^T.
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), E, H, 1.0f, x.data(), H,
-                router_.data(), H, 0.0f, logits.data(), E);
-  }
-  probs_.assign(T * E, 0.0f);
-  ids_.assign(T * k, 0);
-  weights_.assign(T * k, 0.0f);
-  const GatingConfig gating = config_.gating();
-  prune_stats_ = PruneStats{};
-  // Router errors (non-finite logits) are local to a rank: agree before any exchange.
-  agree_on_errors(comm_, [&] {
+    num_tokens_ = num_tokens;
+    routing_imposed_ = false;
+    x_.assign(x.begin(), x.end());
+    const std::size_t T = num_tokens;
+    std::vector<float>& logits = buffers_->logits;
+    logits.resize(T * E);
+    if (T > 0) {
+      // logits [T, E] = x [T, H] * W_r^T.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), E, H, 1.0f, x.data(), H,
+                  router_.data(), H, 0.0f, logits.data(), E);
+    }
+    probs_.assign(T * E, 0.0f);
+    ids_.assign(T * k, 0);
+    weights_.assign(T * k, 0.0f);
+    const GatingConfig gating = config_.gating();
+    prune_stats_ = PruneStats{};
     router_scores(logits, num_tokens, gating, probs_);
     select_topk(probs_, {}, num_tokens, gating, ids_, weights_);
     weight_source_ = ids_;
@@ -326,14 +408,14 @@ void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::s
     }
   });
   timings_.forward_router = now_seconds() - t0;
-  run_forward(x, y);
+  run_forward(x, y, std::move(error));
 }
 
 void MoeLayer::forward_with_routing(std::span<const float> x, std::int64_t num_tokens,
                                     std::span<const std::int32_t> topk_ids, std::span<const float> topk_weights,
                                     std::span<float> y) {
   const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k;
-  agree_on_errors(comm_, [&] {
+  std::optional<std::string> error = local_error([&] {
     OCCULT_CHECK(num_tokens >= 0, "MoE layer forward: {} tokens", num_tokens);
     OCCULT_CHECK(x.size() == static_cast<std::size_t>(num_tokens) * H,
                  "MoE layer forward: hidden states hold {} floats, expected T*H = {}*{}", x.size(), num_tokens, H);
@@ -351,50 +433,107 @@ void MoeLayer::forward_with_routing(std::span<const float> x, std::int64_t num_t
         }
       }
     }
+    num_tokens_ = num_tokens;
+    routing_imposed_ = true;
+    x_.assign(x.begin(), x.end());
+    probs_.clear();
+    ids_.assign(topk_ids.begin(), topk_ids.end());
+    weights_.assign(topk_weights.begin(), topk_weights.end());
+    weight_source_ = ids_;
+    prune_stats_ = PruneStats{};
   });
-  num_tokens_ = num_tokens;
-  routing_imposed_ = true;
-  x_.assign(x.begin(), x.end());
-  probs_.clear();
-  ids_.assign(topk_ids.begin(), topk_ids.end());
-  weights_.assign(topk_weights.begin(), topk_weights.end());
-  weight_source_ = ids_;
-  prune_stats_ = PruneStats{};
   timings_.forward_router = 0;
-  run_forward(x, y);
+  run_forward(x, y, std::move(error));
 }
 
-void MoeLayer::run_forward(std::span<const float> x, std::span<float> y) {
+void MoeLayer::fail_on_every_rank(bool any_failed, const std::optional<std::string>& error) {
+  if (!any_failed) return;
+  // No rank keeps a plan the others lack: a backward after this fails cleanly everywhere.
+  plan_ = DispatchPlan{};
+  receive_ = ReceivePlan{};
+  agree_on_error_message(comm_, error.has_value(), error.value_or(""));
+}
+
+void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::optional<std::string> error) {
   const int H = config_.hidden_size, D = comm_.size();
+  const WireFormat wire = config_.wire;
+  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
+  constexpr std::int64_t kAssignmentBytes = sizeof(Assignment);
   MoeLayerBuffers& b = *buffers_;
   double t0 = now_seconds();
   // Routing is validated (or produced by our own gating) on this rank; plan building cannot
-  // fail on other ranks' data, so no further agreement is needed before the exchanges.
-  plan_ = build_dispatch_plan(config_.dispatch, ids_, weights_, num_tokens_, config_.top_k, expert_to_device_, D,
-                              config_.capacity_factor);
-  const std::vector<std::int64_t> recv_rows = comm_.all_to_all_counts(plan_.send_row_counts);
-  const std::vector<std::int64_t> recv_assign = comm_.all_to_all_counts(plan_.send_assignment_counts);
-  std::int64_t total_assign = 0;
-  for (std::int64_t c : recv_assign) total_assign += c;
-  std::vector<Assignment> received(total_assign);
-  all_to_all_rows<Assignment>(comm_, kExchangeMetadata, plan_.assignments, plan_.send_assignment_counts, received,
-                              recv_assign, 1);
-  receive_ = build_receive_plan(recv_rows, recv_assign, received, static_cast<int>(local_experts_.size()));
-
-  // Dispatch: gather each send row's token (one copy per destination row, never k per token
-  // for occult) and exchange.
-  b.send_rows.resize(plan_.num_send_rows() * H);
-  for (std::int64_t r = 0; r < plan_.num_send_rows(); ++r) {
-    std::memcpy(b.send_rows.data() + r * H, x.data() + static_cast<std::int64_t>(plan_.row_token[r]) * H,
-                sizeof(float) * H);
+  // fail on other ranks' data.
+  if (!error) {
+    error = local_error([&] {
+      build_dispatch_plan_into(plan_, b.plan_workspace, config_.dispatch, ids_, weights_, num_tokens_, config_.top_k,
+                               expert_to_device_, D, config_.capacity_factor);
+    });
   }
-  x_recv_.resize(receive_.num_rows() * H);
-  all_to_all_rows<float>(comm_, kExchangeDispatch, b.send_rows, plan_.send_row_counts, x_recv_,
-                         receive_.recv_row_counts, H);
+  // The one count exchange of the forward: rows, assignments and this rank's status for every
+  // destination. A failing rank sends zero counts and status 1, so every rank learns of the
+  // failure here and none starts the dispatch.
+  b.counts.assign(3 * static_cast<std::size_t>(D), 0);
+  for (int d = 0; d < D; ++d) {
+    if (!error) {
+      b.counts[3 * d] = plan_.send_row_counts[d];
+      b.counts[3 * d + 1] = plan_.send_assignment_counts[d];
+    }
+    b.counts[3 * d + 2] = error ? 1 : 0;
+  }
+  b.counts_recv.resize(b.counts.size());
+  comm_.all_to_all_counts_into(b.counts, b.counts_recv);
+  const std::vector<std::int64_t>& got = b.counts_recv;
+  bool any_failed = false;
+  b.recv_rows.resize(D);
+  b.recv_assignments.resize(D);
+  for (int s = 0; s < D; ++s) {
+    b.recv_rows[s] = got[3 * s];
+    b.recv_assignments[s] = got[3 * s + 1];
+    any_failed = any_failed || got[3 * s + 2] != 0;
+  }
+  fail_on_every_rank(any_failed, error);
+
+  // Dispatch: to each destination its assignments (metadata, F32 weights) and then its rows,
+  // in one message. Rows are cast to the wire format once per token, not once per copy.
+  const std::byte* token_rows = reinterpret_cast<const std::byte*>(x.data());
+  if (wire != WireFormat::kF32) {
+    b.wire_tokens.resize(static_cast<std::size_t>(num_tokens_ * row_bytes));
+    encode_wire(wire, x, b.wire_tokens.data());
+    token_rows = b.wire_tokens.data();
+  }
+  b.lay_out(kAssignmentBytes, row_bytes, plan_.send_assignment_counts, plan_.send_row_counts, b.recv_assignments,
+            b.recv_rows);
+  for (int d = 0; d < D; ++d) {
+    std::byte* out = b.send.data() + b.send_offsets[d];
+    copy_bytes(out, plan_.assignments.data() + plan_.send_assignment_offsets[d], b.send_metadata[d]);
+    out += b.send_metadata[d];
+    for (std::int64_t r = plan_.send_row_offsets[d]; r < plan_.send_row_offsets[d + 1]; ++r, out += row_bytes) {
+      copy_bytes(out, token_rows + plan_.row_token[r] * row_bytes, row_bytes);
+    }
+  }
+  comm_.all_to_all_v_with_metadata(exchange_name(kExchangeDispatch), b.send, b.send_counts, b.send_offsets, b.send_metadata, b.recv,
+                                   b.recv_counts, b.recv_offsets);
+  std::int64_t total_assignments = 0, total_rows = 0;
+  for (int s = 0; s < D; ++s) {
+    total_assignments += b.recv_assignments[s];
+    total_rows += b.recv_rows[s];
+  }
+  b.received.resize(total_assignments);
+  x_recv_.resize(total_rows * H);
+  for (std::int64_t s = 0, a = 0, row = 0; s < D; ++s) {
+    const std::byte* in = b.recv.data() + b.recv_offsets[s];
+    copy_bytes(b.received.data() + a, in, b.recv_assignments[s] * kAssignmentBytes);
+    in += b.recv_assignments[s] * kAssignmentBytes;
+    decode_wire(wire, in, std::span<float>(x_recv_).subspan(row * H, b.recv_rows[s] * H));
+    a += b.recv_assignments[s];
+    row += b.recv_rows[s];
+  }
+  build_receive_plan_into(receive_, b.plan_workspace, b.recv_rows, b.recv_assignments, b.received,
+                          static_cast<int>(local_experts_.size()));
   double t1 = now_seconds();
   timings_.forward_dispatch = t1 - t0;
 
-  // Expert compute with stage-1 reduction.
+  // Expert compute with stage-1 reduction (F32).
   const std::size_t A = receive_.num_assignments(), F = config_.ffn_size;
   act_gate_.resize(A * F);
   act_up_.resize(A * F);
@@ -403,19 +542,29 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y) {
   double t2 = now_seconds();
   timings_.forward_experts = t2 - t1;
 
-  // Combine and stage-2 reduction at home.
-  b.back_rows.resize(plan_.num_send_rows() * H);
-  all_to_all_rows<float>(comm_, kExchangeCombine, b.expert_out, receive_.recv_row_counts, b.back_rows,
-                         plan_.send_row_counts, H);
-  reduce_rows_home(plan_, b.back_rows, H, y);
+  // Combine: each stage-1 row cast once, home, widened and summed there in F32 (stage-2).
+  for (int d = 0; d < D; ++d) {
+    b.send_counts[d] = receive_.recv_row_counts[d] * row_bytes;
+    b.recv_counts[d] = plan_.send_row_counts[d] * row_bytes;
+  }
+  pack_offsets(b.send_counts, b.send_offsets);
+  b.recv.resize(static_cast<std::size_t>(pack_offsets(b.recv_counts, b.recv_offsets)));
+  comm_.all_to_all_v(exchange_name(kExchangeCombine), wire_rows(wire, b.expert_out, b.send), b.send_counts, b.send_offsets, b.recv,
+                     b.recv_counts, b.recv_offsets);
+  std::fill(y.begin(), y.end(), 0.0f);
+  add_rows_home(wire, plan_, 0, plan_.num_send_rows(), b.recv.data(), H, y);
   timings_.forward_combine = now_seconds() - t2;
 }
 
 void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_router_probs, std::span<float> dx) {
-  const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k;
+  const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k, D = comm_.size();
   const std::int64_t T = num_tokens_;
-  agree_on_errors(comm_, [&] {
+  const WireFormat wire = config_.wire;
+  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
+  const bool have_plan = plan_.num_devices == D && receive_.num_devices == D;
+  std::optional<std::string> error = local_error([&] {
     OCCULT_CHECK(config_.with_grads, "MoE layer backward: the layer was built for inference (no gradients)");
+    OCCULT_CHECK(have_plan, "MoE layer backward: no successful forward to differentiate");
     OCCULT_CHECK(dy.size() == static_cast<std::size_t>(T) * H,
                  "MoE layer backward: output gradient holds {} floats, expected T*H = {}*{} (T of the last forward)",
                  dy.size(), T, H);
@@ -429,15 +578,49 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
   });
   MoeLayerBuffers& b = *buffers_;
   double t0 = now_seconds();
-  // Backward dispatch: the output gradient of each send row's token, same plan as dispatch.
-  b.send_rows.resize(plan_.num_send_rows() * H);
-  for (std::int64_t r = 0; r < plan_.num_send_rows(); ++r) {
-    std::memcpy(b.send_rows.data() + r * H, dy.data() + static_cast<std::int64_t>(plan_.row_token[r]) * H,
-                sizeof(float) * H);
+  // Backward dispatch: to each destination a status word, then the output gradient of each
+  // send row's token (same plan as dispatch). The status replaces a separate error agreement:
+  // a rank with bad input still sends its (unread) rows so the sizes every rank expects hold.
+  constexpr std::int64_t kStatusBytes = sizeof(std::int32_t);
+  const std::byte* token_rows = reinterpret_cast<const std::byte*>(dy.data());
+  if (!error && wire != WireFormat::kF32) {
+    b.wire_tokens.resize(static_cast<std::size_t>(T * row_bytes));
+    encode_wire(wire, dy, b.wire_tokens.data());
+    token_rows = b.wire_tokens.data();
   }
-  std::vector<float> dy_recv(receive_.num_rows() * H);
-  all_to_all_rows<float>(comm_, kExchangeBackwardDispatch, b.send_rows, plan_.send_row_counts, dy_recv,
-                         receive_.recv_row_counts, H);
+  b.send_counts.resize(D);
+  b.send_metadata.assign(D, kStatusBytes);
+  b.recv_counts.resize(D);
+  for (int d = 0; d < D; ++d) {
+    b.send_counts[d] = kStatusBytes + (have_plan ? plan_.send_row_counts[d] * row_bytes : 0);
+    b.recv_counts[d] = kStatusBytes + (have_plan ? receive_.recv_row_counts[d] * row_bytes : 0);
+  }
+  b.send.resize(static_cast<std::size_t>(pack_offsets(b.send_counts, b.send_offsets)));
+  b.recv.resize(static_cast<std::size_t>(pack_offsets(b.recv_counts, b.recv_offsets)));
+  const std::int32_t status = error ? 1 : 0;
+  for (int d = 0; d < D; ++d) {
+    std::byte* out = b.send.data() + b.send_offsets[d];
+    copy_bytes(out, &status, kStatusBytes);
+    out += kStatusBytes;
+    if (error) continue;
+    for (std::int64_t r = plan_.send_row_offsets[d]; r < plan_.send_row_offsets[d + 1]; ++r, out += row_bytes) {
+      copy_bytes(out, token_rows + plan_.row_token[r] * row_bytes, row_bytes);
+    }
+  }
+  comm_.all_to_all_v_with_metadata(exchange_name(kExchangeBackwardDispatch), b.send, b.send_counts, b.send_offsets, b.send_metadata,
+                                   b.recv, b.recv_counts, b.recv_offsets);
+  bool any_failed = false;
+  for (int s = 0; s < D; ++s) {
+    std::int32_t peer_status = 0;
+    copy_bytes(&peer_status, b.recv.data() + b.recv_offsets[s], kStatusBytes);
+    any_failed = any_failed || peer_status != 0;
+  }
+  if (any_failed) agree_on_error_message(comm_, error.has_value(), error.value_or(""));
+  b.dy_recv.resize(receive_.num_rows() * H);
+  for (int s = 0; s < D; ++s) {
+    decode_wire(wire, b.recv.data() + b.recv_offsets[s] + kStatusBytes,
+                std::span<float>(b.dy_recv).subspan(receive_.recv_row_offsets[s] * H, receive_.recv_row_counts[s] * H));
+  }
   double t1 = now_seconds();
   timings_.backward_dispatch = t1 - t0;
 
@@ -445,34 +628,52 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
   b.d_weight_sorted.resize(receive_.num_assignments());
   const ExpertWeightsView view = expert_view();
   ExpertGradsView grads{d_w1_, d_w3_, d_w2_};
-  expert_backward(receive_, view, x_recv_, dy_recv, act_gate_, act_up_, b.expert_out, b.d_weight_sorted, grads,
+  expert_backward(receive_, view, x_recv_, b.dy_recv, act_gate_, act_up_, b.expert_out, b.d_weight_sorted, grads,
                   b.expert);
   double t2 = now_seconds();
   timings_.backward_experts = t2 - t1;
 
-  // Backward combine: input-gradient rows home (occult: already summed over the device's
-  // experts), and the gate-weight gradients in the order the sender listed its assignments.
-  b.back_rows.resize(plan_.num_send_rows() * H);
-  all_to_all_rows<float>(comm_, kExchangeBackwardCombine, b.expert_out, receive_.recv_row_counts, b.back_rows,
-                         plan_.send_row_counts, H);
+  // Backward combine: to each source rank, the gate-weight gradients (F32, in the order the
+  // sender listed its assignments) and then the input-gradient rows (occult: already summed
+  // over the device's experts) in the wire format, in one message.
   b.d_weight_arrival.resize(receive_.num_assignments());
   for (std::size_t i = 0; i < receive_.sorted_to_arrival.size(); ++i) {
     b.d_weight_arrival[receive_.sorted_to_arrival[i]] = b.d_weight_sorted[i];
   }
+  constexpr std::int64_t kGradBytes = sizeof(float);
+  b.lay_out(kGradBytes, row_bytes, receive_.recv_assignment_counts, receive_.recv_row_counts,
+            plan_.send_assignment_counts, plan_.send_row_counts);
+  for (int s = 0; s < D; ++s) {
+    std::byte* out = b.send.data() + b.send_offsets[s];
+    copy_bytes(out, b.d_weight_arrival.data() + receive_.recv_assignment_offsets[s], b.send_metadata[s]);
+    encode_wire(wire,
+                std::span<const float>(b.expert_out)
+                    .subspan(receive_.recv_row_offsets[s] * H, receive_.recv_row_counts[s] * H),
+                out + b.send_metadata[s]);
+  }
+  comm_.all_to_all_v_with_metadata(exchange_name(kExchangeBackwardCombine), b.send, b.send_counts, b.send_offsets, b.send_metadata,
+                                   b.recv, b.recv_counts, b.recv_offsets);
   b.d_weight_send.resize(plan_.num_assignments());
-  all_to_all_rows<float>(comm_, kExchangeMetadata, b.d_weight_arrival, receive_.recv_assignment_counts,
-                         b.d_weight_send, plan_.send_assignment_counts, 1);
-  reduce_rows_home(plan_, b.back_rows, H, dx);
+  std::fill(dx.begin(), dx.end(), 0.0f);
+  for (int d = 0; d < D; ++d) {
+    const std::byte* in = b.recv.data() + b.recv_offsets[d];
+    const std::int64_t grad_bytes = plan_.send_assignment_counts[d] * kGradBytes;
+    copy_bytes(b.d_weight_send.data() + plan_.send_assignment_offsets[d], in, grad_bytes);
+    add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1], in + grad_bytes, H, dx);
+  }
   double t3 = now_seconds();
   timings_.backward_combine = t3 - t2;
 
   if (!routing_imposed_ && T > 0) {
     // dg per (token, slot); dropped slots have none.
-    std::vector<float> dg(T * k, 0.0f);
+    std::vector<float>& dg = b.dg;
+    dg.assign(T * k, 0.0f);
     for (std::int64_t a = 0; a < plan_.num_assignments(); ++a) dg[plan_.assignment_slot[a]] = b.d_weight_send[a];
     const bool normalise = config_.norm_topk_prob || config_.score_function == ScoreFunction::kSigmoid;
-    std::vector<float> dlogits(T * E);
-    std::vector<double> dp(E);
+    std::vector<float>& dlogits = b.dlogits;
+    std::vector<double>& dp = b.dp;
+    dlogits.resize(T * E);
+    dp.resize(E);
     for (std::int64_t t = 0; t < T; ++t) {
       const float* p = probs_.data() + t * E;
       for (int e = 0; e < E; ++e) dp[e] = d_router_probs.empty() ? 0.0 : d_router_probs[t * E + e];

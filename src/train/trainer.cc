@@ -76,6 +76,7 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
   parallel.dispatch = o.dispatch;
   parallel.prune_devices = o.prune_devices;
   parallel.prune_scheme = o.prune_scheme;
+  parallel.wire = o.wire;
   agree_on_errors(comm, [&] {
     OCCULT_CHECK(o.steps >= 1, "--steps must be >= 1, got {}", o.steps);
     OCCULT_CHECK(o.stop_at >= 0 && o.stop_at <= o.steps, "--stop-at must be in [0, --steps = {}], got {}", o.steps,

@@ -196,5 +196,35 @@ TEST(LayerRunCli, BadDispatchAndShapeMismatchFail) {
   fs::remove_all(f.dir);
 }
 
+// --wire bf16 end to end: the file says which format ran, the hidden-state bytes are exactly 2
+// per value, and the output stays near the F32 reference (the rounding bound itself is checked
+// in moe_layer_mpi_test); a bad value names the flag.
+TEST(LayerRunCli, Bf16WireHalvesTheBytes) {
+  Files f = write_inputs("wire_bf16");
+  const std::string args = "--weights " + f.weights + " --input " + f.input + " --dispatch standard --wire bf16" +
+                           " --grad-output " + f.grad + " --out " + f.out;
+  ASSERT_EQ(run(3, args, f), 0) << read_text(f.err);
+  SafetensorsReader out = SafetensorsReader::open(f.out);
+  const auto& meta = out.metadata();
+  EXPECT_EQ(meta.at("wire"), "bf16");
+  // Standard dispatch: T*k rows per exchange, H values of 2 bytes each.
+  EXPECT_EQ(std::stoll(meta.at("bytes.dispatch")), kT * kK * kH * 2);
+  EXPECT_EQ(std::stoll(meta.at("bytes.backward_combine")), kT * kK * kH * 2);
+  std::vector<int> e2d(kE);
+  for (int e = 0; e < kE; ++e) e2d[e] = e * 3 / kE;
+  MoeLayerConfig c = config(false);
+  ReferenceMoeWeights w = ReferenceMoeWeights::random(c, 5, 0.7f);
+  ReferenceMoeState s;
+  std::vector<float> y(kT * kH);
+  reference_moe_forward(c, w, random_values(kT * kH, 6), kT, e2d, s, y);
+  const double err = relative_error(out.read_f32("output"), y);
+  EXPECT_LT(err, 0.02);
+  EXPECT_GT(err, 1e-6);  // it did round
+  EXPECT_EQ(run(2, "--weights " + f.weights + " --input " + f.input + " --dispatch occult --wire fp8 --out " + f.out, f),
+            1);
+  EXPECT_NE(read_text(f.err).find("--wire 'fp8': expected f32, bf16 or f16"), std::string::npos) << read_text(f.err);
+  fs::remove_all(f.dir);
+}
+
 }  // namespace
 }  // namespace occult

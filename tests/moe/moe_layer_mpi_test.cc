@@ -1,11 +1,13 @@
 // The expert-parallel MoE layer under mpirun (1, 2, 3, 4 ranks) against the single-process
 // reference: outputs and every gradient, both dispatchers, with and without norm_topk_prob,
 // contiguous and scattered placements, uneven experts per device, pruning, ranks without
-// tokens; payloads that encode their source token; exact byte accounting; collective errors.
+// tokens; payloads that encode their source token; exact byte accounting; collective errors;
+// every wire format within its rounding; collectives per forward and backward.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "occult/comm/mpi_communicator.h"
@@ -135,8 +137,9 @@ TEST_P(MoeLayerVsReference, OutputsGradientsAndBytesMatch) {
     EXPECT_EQ(bytes[name].remote_bytes, rows_remote * row_bytes) << name;
     EXPECT_EQ(bytes[name].calls, D) << name;
   }
-  // Metadata: 12 bytes per assignment forward, 4 bytes per assignment back (gate gradients).
-  EXPECT_EQ(bytes[kExchangeMetadata].total_bytes(), T * k * (12 + 4));
+  // Metadata: 12 bytes per assignment forward, 4 bytes per assignment back (gate gradients),
+  // and a 4-byte status word from every rank to every rank on the backward dispatch.
+  EXPECT_EQ(bytes[kExchangeMetadata].total_bytes(), T * k * (12 + 4) + 4 * D * D);
   // The plan predicts this rank's share exactly.
   EXPECT_EQ(comm.bytes().get(kExchangeDispatch).total_bytes(), layer.plan().num_send_rows() * row_bytes);
 }
@@ -326,6 +329,294 @@ TEST(MoeLayerErrors, BadInputFailsOnEveryRankWithOneMessage) {
       EXPECT_THROW(layer.gate_proj(e), Error);
     }
   }
+}
+
+
+// ---- Wire formats ----------------------------------------------------------------------------
+
+// x rounded to `wire` and widened back: what the expert's device receives for x.
+std::vector<float> through_wire(WireFormat wire, const std::vector<float>& x) {
+  std::vector<std::byte> bytes(x.size() * wire_bytes_per_value(wire));
+  encode_wire(wire, x, bytes.data());
+  std::vector<float> back(x.size());
+  decode_wire(wire, bytes.data(), back);
+  return back;
+}
+
+struct WireCase {
+  const char* name;
+  DispatchKind dispatch;
+  bool prune;
+  double capacity_factor;
+  WireFormat wire;
+};
+
+class MoeLayerWire : public ::testing::TestWithParam<WireCase> {};
+
+// Why the tolerance is what it is. Rows are cast once: the expert's device receives exactly
+// x~ = fl(x) and dy~ = fl(dy) (EveryReceivedRowIsTheRoundedToken checks this bit for bit), so
+// the reference run on (x~, dy~) reproduces everything computed on the device up to F32
+// noise: the expert-weight gradients (checked with the F32 tolerance). What travels home is
+// fl(s_d) for each device's stage-1 row s_d = sum over the token's experts e on d of
+// g_e E_e(x~) (standard: one row per expert), and |fl(v) - v| <= u |v| + eta per element,
+// with u the format's unit roundoff (2^-8 bf16, 2^-11 f16, 2^-24 f32) and eta the absolute
+// error below the normal range (2^-25 for f16's subnormals; 0 for bf16 and f32 at these
+// magnitudes). Summing at most k rows per token:
+//   |y_t - y~_t| <= u * sum_{slots j} |g_j E_j(x~_t)| + k * eta,
+// the sum over slots taken element-wise (each slot's own contribution, computed by the
+// reference with the other slots' weights set to zero). The backward combine is the same
+// with dx_j = g_j J_j(x~)^T dy~ in place of g_j E_j(x~). On top, F32 arithmetic differs from
+// the double-accumulating reference by far less than 1e-5 of the largest magnitude.
+TEST_P(MoeLayerWire, MatchesTheReferenceWithinTheFormatsRounding) {
+  const WireCase wc = GetParam();
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  MoeLayerConfig c;
+  c.num_experts = 8;
+  c.top_k = 3;
+  c.hidden_size = 6;
+  c.ffn_size = 5;
+  c.norm_topk_prob = true;
+  c.dispatch = wc.dispatch;
+  c.wire = wc.wire;
+  c.capacity_factor = wc.capacity_factor;
+  if (wc.prune) c.prune.max_devices = (D + 1) / 2;  // enough devices to hold k experts
+  const std::vector<int> placement = make_placement(c.num_experts, D, true);
+  const std::int64_t T = 14, H = c.hidden_size, k = c.top_k;
+  const std::vector<float> x = random_values(T * H, 51), dy = random_values(T * H, 52);
+
+  // Realistic routing (pruned when asked) from the reference router on the unrounded input.
+  MoeLayerConfig rc = c;
+  rc.capacity_factor = 0;
+  ReferenceMoeWeights w = ReferenceMoeWeights::random(rc, 53, 0.6f);
+  ReferenceMoeState routed;
+  std::vector<float> scratch(T * H);
+  reference_moe_forward(rc, w, x, T, placement, routed, scratch);
+  // Capacity: each rank keeps at most ceil(c * n * k / E) assignments per expert, in its own
+  // token order; a dropped slot contributes nothing (weight zero in the reference).
+  std::vector<float> kept = routed.topk_weights;
+  if (wc.capacity_factor > 0) {
+    for (int r = 0; r < D; ++r) {
+      const std::int64_t r_lo = first_token(T, r, D), r_n = first_token(T, r + 1, D) - r_lo;
+      const auto capacity = static_cast<std::int64_t>(std::ceil(wc.capacity_factor * r_n * k / c.num_experts));
+      std::vector<std::int64_t> used(c.num_experts, 0);
+      for (std::int64_t i = r_lo * k; i < (r_lo + r_n) * k; ++i) {
+        if (used[routed.topk_ids[i]]++ >= capacity) kept[i] = 0.0f;
+      }
+    }
+  }
+
+  const std::int64_t lo = first_token(T, rank, D), n = first_token(T, rank + 1, D) - lo;
+  MoeLayer layer(comm, c, placement);
+  layer.init_random(53, 0.6f);
+  std::vector<float> y(n * H), dx(n * H);
+  comm.bytes().reset();
+  layer.forward_with_routing(rows(x, lo, n, H), n, rows(routed.topk_ids, lo, n, k),
+                             rows(routed.topk_weights, lo, n, k), y);
+  layer.backward(rows(dy, lo, n, H), {}, dx);
+
+  const std::vector<float> xw = through_wire(c.wire, x), dyw = through_wire(c.wire, dy);
+  auto run_reference = [&](const std::vector<float>& weights, std::vector<float>& y_out, std::vector<float>& dx_out,
+                           ReferenceMoeWeights& grads) {
+    ReferenceMoeState s;
+    y_out.assign(T * H, 0.0f);
+    dx_out.assign(T * H, 0.0f);
+    reference_moe_forward_with_routing(rc, w, xw, T, routed.topk_ids, weights, s, y_out);
+    reference_moe_backward(rc, w, s, xw, dyw, {}, dx_out, grads);
+  };
+  std::vector<float> y_ref, dx_ref;
+  ReferenceMoeWeights g_ref = ReferenceMoeWeights::zeros(rc);
+  run_reference(kept, y_ref, dx_ref, g_ref);
+  std::vector<double> bound_y(T * H, 0.0), bound_dx(T * H, 0.0);
+  for (std::int64_t slot = 0; slot < k; ++slot) {
+    std::vector<float> only = kept;
+    for (std::int64_t i = 0; i < T * k; ++i) {
+      if (i % k != slot) only[i] = 0.0f;
+    }
+    std::vector<float> y_slot, dx_slot;
+    ReferenceMoeWeights unused = ReferenceMoeWeights::zeros(rc);
+    run_reference(only, y_slot, dx_slot, unused);
+    for (std::int64_t i = 0; i < T * H; ++i) {
+      bound_y[i] += std::abs(y_slot[i]);
+      bound_dx[i] += std::abs(dx_slot[i]);
+    }
+  }
+  const double u = wire_unit_roundoff(c.wire), eta = c.wire == WireFormat::kF16 ? 0x1p-25 : 0.0;
+  auto check = [&](std::span<const float> got, const std::vector<float>& want, const std::vector<double>& bound,
+                   const char* what) {
+    double largest = 0;
+    for (std::int64_t i = 0; i < T * H; ++i) largest = std::max({largest, std::abs(double(want[i])), bound[i]});
+    for (std::int64_t i = 0; i < n * H; ++i) {
+      const std::int64_t g = lo * H + i;
+      const double allowed = u * bound[g] + static_cast<double>(k) * eta + 1e-5 * largest;
+      ASSERT_LE(std::abs(double(got[i]) - want[g]), allowed) << what << " element " << g;
+    }
+  };
+  check(y, y_ref, bound_y, "output");
+  check(dx, dx_ref, bound_dx, "grad_input");
+  const std::int64_t FH = c.ffn_size * H;
+  for (int e : layer.local_experts()) {
+    EXPECT_LT(relative_error(layer.gate_proj_grad(e), rows(g_ref.gate_proj, e, 1, FH)), 1e-5) << "gate_proj " << e;
+    EXPECT_LT(relative_error(layer.up_proj_grad(e), rows(g_ref.up_proj, e, 1, FH)), 1e-5) << "up_proj " << e;
+    EXPECT_LT(relative_error(layer.down_proj_grad(e), rows(g_ref.down_proj, e, 1, FH)), 1e-5) << "down_proj " << e;
+  }
+  if (c.wire != WireFormat::kF32) {
+    // The rounding is real: a loose format must not agree with the unrounded F32 result.
+    std::vector<float> y_f32(T * H);
+    ReferenceMoeState s;
+    reference_moe_forward_with_routing(rc, w, x, T, routed.topk_ids, kept, s, y_f32);
+    std::vector<double> gap = {relative_error(y, rows(y_f32, lo, n, H)) * static_cast<double>(n)};
+    comm.all_reduce_sum(gap);
+    EXPECT_GT(gap[0], 1e-5);
+  }
+
+  // Bytes: wire-format rows of the plan (recounted here from the routing, dropped slots
+  // excluded), and F32 metadata.
+  std::int64_t rows_total = 0, assignments = 0;
+  for (std::int64_t t = 0; t < T; ++t) {
+    std::vector<int> devices;
+    for (std::int64_t s = 0; s < k; ++s) {
+      if (kept[t * k + s] == 0.0f && wc.capacity_factor > 0) continue;
+      devices.push_back(placement[routed.topk_ids[t * k + s]]);
+      ++assignments;
+    }
+    if (c.dispatch == DispatchKind::kOccult) {
+      std::sort(devices.begin(), devices.end());
+      devices.erase(std::unique(devices.begin(), devices.end()), devices.end());
+    }
+    rows_total += static_cast<std::int64_t>(devices.size());
+  }
+  auto bytes = sum_over_ranks(comm);
+  for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
+    EXPECT_EQ(bytes[name].total_bytes(), rows_total * H * wire_bytes_per_value(c.wire)) << name;
+  }
+  // 12 bytes per assignment forward, a 4-byte gate gradient back, a 4-byte status word from
+  // every rank to every rank on the backward dispatch.
+  EXPECT_EQ(bytes[kExchangeMetadata].total_bytes(), assignments * (12 + 4) + 4 * D * D);
+}
+
+std::vector<WireCase> wire_cases() {
+  std::vector<WireCase> cases;
+  for (WireFormat w : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
+    cases.push_back({"standard", DispatchKind::kStandard, false, 0, w});
+    cases.push_back({"occult", DispatchKind::kOccult, false, 0, w});
+    cases.push_back({"occult_pruned", DispatchKind::kOccult, true, 0, w});
+    cases.push_back({"standard_capacity", DispatchKind::kStandard, false, 0.5, w});
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Formats, MoeLayerWire, ::testing::ValuesIn(wire_cases()), [](const auto& info) {
+  return std::string(info.param.name) + "_" + std::string(wire_format_name(info.param.wire));
+});
+
+// Rows are cast once at home and arrive as exactly fl(x): column 0 carries the global token id
+// (an integer, exact in every format), the others values that the half formats must round.
+TEST(MoeLayerWirePayload, EveryReceivedRowIsTheRoundedToken) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  for (WireFormat wire : {WireFormat::kBF16, WireFormat::kF16}) {
+    for (DispatchKind kind : {DispatchKind::kStandard, DispatchKind::kOccult}) {
+      MoeLayerConfig c;
+      c.num_experts = 7;
+      c.top_k = 3;
+      c.hidden_size = 5;
+      c.ffn_size = 2;
+      c.dispatch = kind;
+      c.wire = wire;
+      const std::int64_t T = 17, H = 5, k = 3;
+      std::vector<float> x = random_values(T * H, 61, 3.0f);
+      for (std::int64_t t = 0; t < T; ++t) x[t * H] = static_cast<float>(t);
+      const std::vector<float> xw = through_wire(wire, x);
+      const std::int64_t lo = first_token(T, rank, D), n = first_token(T, rank + 1, D) - lo;
+      std::vector<std::int32_t> ids;
+      std::vector<float> weights;
+      for (std::int64_t t = lo; t < lo + n; ++t) {
+        for (std::int64_t s = 0; s < k; ++s) {
+          ids.push_back(static_cast<std::int32_t>((t * 5 + s * 2) % 7));
+          weights.push_back(0.25f);
+        }
+      }
+      MoeLayer layer(comm, c, make_placement(7, D, true));
+      std::vector<float> y(n * H);
+      layer.forward_with_routing(rows(x, lo, n, H), n, ids, weights, y);
+      const auto received = layer.received_hidden_states();
+      std::int64_t rounded = 0;
+      for (std::int64_t row = 0; row * H < static_cast<std::int64_t>(received.size()); ++row) {
+        const auto t = static_cast<std::int64_t>(received[row * H]);
+        ASSERT_TRUE(t >= 0 && t < T) << "row " << row;
+        for (std::int64_t col = 0; col < H; ++col) {
+          ASSERT_EQ(received[row * H + col], xw[t * H + col]) << wire_format_name(wire) << " row " << row;
+          rounded += received[row * H + col] != x[t * H + col];
+        }
+      }
+      std::vector<std::int64_t> total = {rounded};
+      comm.all_reduce_sum(total);
+      EXPECT_GT(total[0], 0) << "no value was rounded: the test would not see a missing cast";
+    }
+  }
+}
+
+// A tiny case counted by hand, one rank (SelfCommunicator): E = 2 experts on the one device,
+// k = 2, H = 3, two tokens each selecting both experts.
+//   occult: 1 row per token -> 2 rows; standard: 1 row per (token, expert) -> 4 rows;
+//   bf16/f16 rows are 3 * 2 = 6 bytes, f32 rows 12 bytes;
+//   metadata: 4 assignments * 12 B forward + a 4 B status word + 4 gate gradients * 4 B = 68 B.
+TEST(MoeLayerWireBytes, HandCountedTinyCase) {
+  struct Expect {
+    WireFormat wire;
+    DispatchKind dispatch;
+    std::int64_t row_bytes;
+  };
+  for (const Expect& e : {Expect{WireFormat::kBF16, DispatchKind::kOccult, 12},
+                          Expect{WireFormat::kF16, DispatchKind::kOccult, 12},
+                          Expect{WireFormat::kF32, DispatchKind::kOccult, 24},
+                          Expect{WireFormat::kBF16, DispatchKind::kStandard, 24},
+                          Expect{WireFormat::kF32, DispatchKind::kStandard, 48}}) {
+    SelfCommunicator self;
+    MoeLayerConfig c;
+    c.num_experts = 2;
+    c.top_k = 2;
+    c.hidden_size = 3;
+    c.ffn_size = 2;
+    c.dispatch = e.dispatch;
+    c.wire = e.wire;
+    MoeLayer layer(self, c, {0, 0});
+    layer.init_random(1, 0.5f);
+    const std::vector<float> x = random_values(6, 2), dy = random_values(6, 3);
+    std::vector<float> y(6), dx(6);
+    self.bytes().reset();
+    layer.forward_with_routing(x, 2, std::vector<std::int32_t>{0, 1, 1, 0}, std::vector<float>{0.5f, 0.5f, 0.5f, 0.5f},
+                               y);
+    layer.backward(dy, {}, dx);
+    for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
+      EXPECT_EQ(self.bytes().get(name).total_bytes(), e.row_bytes) << name << " " << wire_format_name(e.wire);
+    }
+    EXPECT_EQ(self.bytes().get(kExchangeMetadata).total_bytes(), 68);
+  }
+}
+
+// One count exchange, one dispatch and one combine per forward; one backward dispatch and one
+// backward combine per backward, at every rank count (errors ride these, see below).
+TEST(MoeLayerCollectives, ThreeForwardTwoBackward) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  MoeLayerConfig c;
+  c.num_experts = 8;
+  c.top_k = 2;
+  c.hidden_size = 4;
+  c.ffn_size = 3;
+  c.prune.max_devices = 1;
+  MoeLayer layer(comm, c, make_placement(8, D, false));
+  layer.init_random(4, 0.5f);
+  const std::int64_t n = 3 + rank;
+  const std::vector<float> x = random_values(n * 4, 70 + rank), dy = random_values(n * 4, 80 + rank);
+  std::vector<float> y(n * 4), dx(n * 4);
+  const std::int64_t before = comm.collective_calls();
+  layer.forward(x, n, y);
+  EXPECT_EQ(comm.collective_calls() - before, 3);
+  layer.backward(dy, {}, dx);
+  EXPECT_EQ(comm.collective_calls() - before, 5);
 }
 
 }  // namespace

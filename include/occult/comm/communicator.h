@@ -43,8 +43,9 @@ struct ExchangeBytes {
 // Per-exchange byte counters of one rank (not summed over ranks; see sum_over_ranks).
 class ByteCounter {
  public:
-  // Adds `bytes_to_self` and `bytes_to_peers` to exchange `name` and counts one call.
-  void add(const std::string& name, std::int64_t bytes_to_self, std::int64_t bytes_to_peers);
+  // Adds `bytes_to_self` and `bytes_to_peers` to exchange `name` and `calls` to its calls.
+  void add(const std::string& name, std::int64_t bytes_to_self, std::int64_t bytes_to_peers,
+           std::int64_t calls = 1);
   // The counters of `name` (zeros when it never ran).
   ExchangeBytes get(const std::string& name) const;
   // All named counters, in name order.
@@ -68,9 +69,13 @@ class Communicator {
   // Number of ranks (D, the EP devices).
   virtual int size() const = 0;
 
-  // Collective: send_counts[d] int64 values go to rank d; returns recv[s] = what rank s sent
-  // to this rank. Used to exchange the row counts that precede an all_to_all_v.
+  // Collective: send_counts holds w values per rank (w * size() in all, the same w on every
+  // rank); values [d*w, (d+1)*w) go to rank d. Returns recv, where [s*w, (s+1)*w) is what rank
+  // s sent here. Exchanges the counts (and status flags) that precede an all_to_all_v.
   virtual std::vector<std::int64_t> all_to_all_counts(std::span<const std::int64_t> send_counts) = 0;
+  // Collective: as all_to_all_counts, into `recv` (the same size as send_counts), so that a
+  // caller exchanging counts every step need not allocate.
+  virtual void all_to_all_counts_into(std::span<const std::int64_t> send_counts, std::span<std::int64_t> recv);
 
   // Collective: rank d receives send[send_offsets[d] .. + send_counts[d]) (bytes) into its
   // recv buffer at recv_offsets[this rank]; recv_counts[s] must equal what rank s sends here.
@@ -93,12 +98,26 @@ class Communicator {
   // Collective: returns when every rank has entered it.
   virtual void barrier() = 0;
 
+  // Collective: all_to_all_v whose first metadata_bytes[d] bytes of the block sent to rank d
+  // are recorded under kExchangeMetadata (without a call) instead of `exchange`, so that one
+  // message can carry routing metadata and hidden-state rows and both are still counted apart.
+  void all_to_all_v_with_metadata(const std::string& exchange, std::span<const std::byte> send,
+                                  std::span<const std::int64_t> send_counts,
+                                  std::span<const std::int64_t> send_offsets,
+                                  std::span<const std::int64_t> metadata_bytes, std::span<std::byte> recv,
+                                  std::span<const std::int64_t> recv_counts,
+                                  std::span<const std::int64_t> recv_offsets);
+
   // This rank's byte counters (only all_to_all_v records bytes).
   ByteCounter& bytes() { return bytes_; }
   const ByteCounter& bytes() const { return bytes_; }
+  // Collective operations this rank has started (every collective method counts one; latency,
+  // not bandwidth, is what each costs at small batch).
+  std::int64_t collective_calls() const { return collective_calls_; }
 
  protected:
   ByteCounter bytes_;
+  std::int64_t collective_calls_ = 0;
 };
 
 // A one-rank communicator (size 1, no MPI): for single-process tools and unit tests. Its
@@ -108,18 +127,19 @@ class SelfCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::vector<std::int64_t> all_to_all_counts(std::span<const std::int64_t> send_counts) override;
+  void all_to_all_counts_into(std::span<const std::int64_t> send_counts, std::span<std::int64_t> recv) override;
   void all_to_all_v(const std::string& exchange, std::span<const std::byte> send,
                     std::span<const std::int64_t> send_counts,
                     std::span<const std::int64_t> send_offsets, std::span<std::byte> recv,
                     std::span<const std::int64_t> recv_counts,
                     std::span<const std::int64_t> recv_offsets) override;
-  void all_reduce_sum(std::span<float>) override {}
-  void all_reduce_sum(std::span<double>) override {}
-  void all_reduce_sum(std::span<std::int64_t>) override {}
-  void all_reduce_max(std::span<double>) override {}
-  void all_reduce_max(std::span<std::int64_t>) override {}
+  void all_reduce_sum(std::span<float>) override { ++collective_calls_; }
+  void all_reduce_sum(std::span<double>) override { ++collective_calls_; }
+  void all_reduce_sum(std::span<std::int64_t>) override { ++collective_calls_; }
+  void all_reduce_max(std::span<double>) override { ++collective_calls_; }
+  void all_reduce_max(std::span<std::int64_t>) override { ++collective_calls_; }
   void broadcast(std::span<std::byte>, int root) override;
-  void barrier() override {}
+  void barrier() override { ++collective_calls_; }
 };
 
 // Collective: typed all-to-all of rows `row_width` elements wide. send_rows[d] rows (packed

@@ -4,6 +4,8 @@
 
 #include <mpi.h>
 
+#include <vector>
+
 #include "occult/comm/communicator.h"
 
 namespace occult {
@@ -27,6 +29,7 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   std::vector<std::int64_t> all_to_all_counts(std::span<const std::int64_t> send_counts) override;
+  void all_to_all_counts_into(std::span<const std::int64_t> send_counts, std::span<std::int64_t> recv) override;
   void all_to_all_v(const std::string& exchange, std::span<const std::byte> send,
                     std::span<const std::int64_t> send_counts,
                     std::span<const std::int64_t> send_offsets, std::span<std::byte> recv,
@@ -44,6 +47,7 @@ class MpiCommunicator final : public Communicator {
 
  private:
   MPI_Comm comm_;
+  std::vector<int> counts_scratch_[4];  // MPI's int counts and displacements, reused per call
   int rank_ = 0;
   int size_ = 1;
 };

@@ -14,6 +14,8 @@
 #include <string_view>
 #include <vector>
 
+#include "occult/core/half.h"
+
 namespace occult {
 
 // Element types a safetensors file may hold. F32, F16, BF16, U8, I16, I32 and I64 are the
@@ -28,12 +30,6 @@ std::size_t dtype_size(DType dtype);
 std::optional<DType> dtype_from_name(std::string_view name);
 // True for the integer dtypes (I*, U*, BOOL).
 bool dtype_is_integer(DType dtype);
-
-// IEEE half and bfloat16 conversions (round to nearest even; NaN and Inf preserved).
-std::uint16_t float_to_f16(float value);
-float f16_to_float(std::uint16_t bits);
-std::uint16_t float_to_bf16(float value);
-float bf16_to_float(std::uint16_t bits);
 
 // One tensor's header entry. Offsets are relative to the start of the data buffer.
 struct TensorInfo {

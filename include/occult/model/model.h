@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "occult/comm/wire_format.h"
 #include "occult/linalg/linear.h"
 #include "occult/model/config.h"
 
@@ -48,6 +49,8 @@ struct ParallelOptions {
   std::string prune_scheme = "score";
   // Per-MoE-layer E x E expert similarity for the similarity scheme (may be empty).
   std::vector<std::vector<float>> similarity;
+  // Format of the MoE hidden-state exchanges (sums stay F32; see occult/comm/wire_format.h).
+  WireFormat wire = WireFormat::kF32;
   // False for inference (generate, eval, profile, logits): no gradient buffers are allocated,
   // which halves the model's memory; backward() then throws.
   bool training = true;
@@ -87,7 +90,7 @@ struct RoutingStats {
   double replicas_per_token = 0.0;       // mean distinct devices per token (C_T)
   double max_replicas_per_token = 0.0;   // max over layers of that layer's C_T
   std::int64_t dispatch_bytes = 0;       // hidden-state bytes the dispatcher moved (fwd + bwd)
-  std::int64_t standard_bytes = 0;       // what the standard dispatcher moves for the same routing
+  std::int64_t standard_bytes = 0;       // what standard dispatch moves for this routing and wire
 };
 
 // The model: parameters, gradients, activations and the MoE layers of one rank.

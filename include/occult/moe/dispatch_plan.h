@@ -70,6 +70,19 @@ DispatchPlan build_dispatch_plan(DispatchKind kind, std::span<const std::int32_t
                                  int top_k, std::span<const int> expert_to_device, int num_devices,
                                  double capacity_factor = 0);
 
+// Scratch of the plan builders, kept by a caller that plans every step so that a batch no
+// larger than an earlier one plans without allocating.
+struct PlanWorkspace {
+  std::vector<int> local, next, devices;
+  std::vector<std::int64_t> used, rows, assigns, row_fill, assign_fill;
+};
+
+// As build_dispatch_plan, into `plan`, reusing its storage and `workspace`'s.
+void build_dispatch_plan_into(DispatchPlan& plan, PlanWorkspace& workspace, DispatchKind kind,
+                              std::span<const std::int32_t> topk_ids, std::span<const float> topk_weights,
+                              std::int64_t num_tokens, int top_k, std::span<const int> expert_to_device,
+                              int num_devices, double capacity_factor = 0);
+
 // local[e] = the number of experts e' < e on e's device; expert_to_device entries in [0, D).
 std::vector<int> local_expert_indices(std::span<const int> expert_to_device, int num_devices);
 // counts[d] = the number of experts on device d.
@@ -101,6 +114,12 @@ struct ReceivePlan {
 ReceivePlan build_receive_plan(std::span<const std::int64_t> recv_row_counts,
                                std::span<const std::int64_t> recv_assignment_counts,
                                std::span<const Assignment> received, int num_local_experts);
+
+// As build_receive_plan, into `plan`, reusing its storage and `workspace`'s.
+void build_receive_plan_into(ReceivePlan& plan, PlanWorkspace& workspace,
+                             std::span<const std::int64_t> recv_row_counts,
+                             std::span<const std::int64_t> recv_assignment_counts,
+                             std::span<const Assignment> received, int num_local_experts);
 
 // Naive reference twin of plan + exchange, for tests: given every rank's routing, the
 // multiset each device should receive, as (source rank, source token, global expert, weight)

@@ -19,12 +19,14 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "occult/comm/communicator.h"
+#include "occult/comm/wire_format.h"
 #include "occult/linalg/linear.h"
 #include "occult/moe/dispatch_plan.h"
 #include "occult/routing/gating.h"
@@ -62,6 +64,9 @@ struct MoeLayerConfig {
   // ceil(c * T_local * k / E) assignments from each rank (token order; the rest are dropped).
   double capacity_factor = 0;
   MoePruneOptions prune;
+  // Format of the hidden-state rows of all four exchanges (dispatch, combine, and both
+  // backward); routing metadata and gate gradients always travel in F32, sums run in F32.
+  WireFormat wire = WireFormat::kF32;
   // False for inference: no gradient buffers are allocated (half the expert memory) and
   // backward() throws.
   bool with_grads = true;
@@ -173,7 +178,8 @@ class MoeLayer {
   // The receive side of the last forward (rows and assignments this rank's experts served).
   const ReceivePlan& receive_plan() const { return receive_; }
   // The hidden-state rows this rank's experts received in the last forward [R, H], in the
-  // receive plan's row order (tests prove with it that every row landed where planned).
+  // receive plan's row order, widened from the wire format (tests prove with it that every row
+  // landed where planned, rounded exactly once).
   std::span<const float> received_hidden_states() const { return x_recv_; }
   // Pruning counters of the last forward (zeros without pruning).
   const PruneStats& prune_stats() const { return prune_stats_; }
@@ -184,7 +190,12 @@ class MoeLayer {
   double backward_expert_flops() const;
 
  private:
-  void run_forward(std::span<const float> x, std::span<float> y);
+  // Plans and runs the exchanges of a forward whose local steps ended with `error` (nullopt
+  // when they succeeded); throws on every rank when any rank failed.
+  void run_forward(std::span<const float> x, std::span<float> y, std::optional<std::string> error);
+  // When any rank failed: forgets the plans and throws, on every rank, the lowest failing
+  // rank's message (collective; `error` is this rank's own, if any).
+  void fail_on_every_rank(bool any_failed, const std::optional<std::string>& error);
   ExpertWeightsView expert_view() const;
   int local_index(int expert, const char* what) const;
 

@@ -29,6 +29,7 @@ struct TrainOptions {
   std::string placement_path;           // occult-placement/1 JSON; empty = contiguous
   int prune_devices = 0;                // 0 = no pruning
   std::string prune_scheme = "score";
+  WireFormat wire = WireFormat::kF32;   // MoE exchange payloads (--wire)
   int steps = 100;                      // last step of the schedule
   int stop_at = 0;                      // stop after this step (0 = steps); the schedule is unchanged
   std::optional<std::int64_t> batch;    // global sequences per step (default 8)
