@@ -1,6 +1,7 @@
 #include "occult/model/model_dir.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -136,6 +137,13 @@ void ModelWeights::read(const std::string& name, std::span<const std::int64_t> s
   file.expect_shape(name, shape);
   file.read_f32_into(name, out);
   file.release(name);
+  // A diverged run's NaN would otherwise surface far away (a gating error, a "null" loss).
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    OCCULT_CHECK(std::isfinite(out[i]),
+                 "{}: tensor \"{}\" holds a non-finite value ({}) at element {}: the weights are unusable "
+                 "(saved from a diverged run, or corrupted)",
+                 file.source(), name, out[i], i);
+  }
 }
 
 std::int64_t ModelWeights::stored_bytes() const {
