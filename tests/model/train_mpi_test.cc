@@ -231,7 +231,7 @@ TEST_F(TrainMpiTest, PlacementForAnotherExpertCountFailsOnEveryRank) {
 TEST_F(TrainMpiTest, MissingCorpusFailsOnEveryRank) {
   TrainOptions o = tiny_options(Dispatch::kOccult);
   o.data_path = "/nonexistent/corpus.txt";
-  expect_error([&] { train(o, comm); }, "cannot read corpus /nonexistent/corpus.txt");
+  expect_error([&] { train(o, comm); }, "--data /nonexistent/corpus.txt does not exist");
 }
 
 TEST_F(TrainMpiTest, ResumeFromAnotherConfigsCheckpointFailsOnEveryRank) {
