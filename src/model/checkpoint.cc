@@ -235,6 +235,15 @@ void save_checkpoint(const std::string& dir, MoeTransformer& model, AdamW* optim
     const fs::path partial = partial_of(target);
     fs::remove_all(partial);
     fs::create_directory(partial);
+    // A save that fails (a full disk) removes its partial directory; a killed one leaves it.
+    struct RemoveOnFailure {
+      fs::path path;
+      bool done = false;
+      ~RemoveOnFailure() {
+        std::error_code ignored;
+        if (!done) fs::remove_all(path, ignored);
+      }
+    } cleanup{partial};
     const int step = trainer_state.is_object() && trainer_state.contains("step") && trainer_state.at("step").is_number_integer()
                          ? trainer_state.at("step").get<int>()
                          : (optimizer != nullptr ? optimizer->step_count() : 0);
@@ -279,6 +288,7 @@ void save_checkpoint(const std::string& dir, MoeTransformer& model, AdamW* optim
     save_fault_point(kCheckpointManifestFile);
     sync_directory(partial);
     publish(partial, target);
+    cleanup.done = true;
   });
 }
 
