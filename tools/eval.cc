@@ -38,6 +38,9 @@ void run_eval(const EvalFlags& f) {
                        f.model.prune_scheme == "device-limited",
                    "--prune-scheme must be score, similarity or device-limited, got \"{}\"",
                    f.model.prune_scheme);
+      OCCULT_CHECK(f.seq_len >= 0, "--seq-len must be >= 0 (0 = min(128, max_position_embeddings)), got {}",
+                   f.seq_len);
+      OCCULT_CHECK(f.batch >= 1, "--batch (windows per forward pass) must be >= 1, got {}", f.batch);
       tokens = read_text_input(f.text, f.model.checkpoint, config.vocab_size, &unit);
       OCCULT_CHECK(tokens.size() >= 2, "evaluation needs at least 2 tokens (one to predict), got {}",
                    tokens.size());

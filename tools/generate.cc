@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -32,6 +33,7 @@ std::vector<std::string> read_prompts(const GenerateFlags& f) {
   std::vector<std::string> prompts;
   if (!f.prompt.empty()) prompts.push_back(f.prompt);
   if (!f.prompt_file.empty()) {
+    check_input_file("--prompt-file", f.prompt_file);
     std::ifstream in(f.prompt_file);
     OCCULT_CHECK(in.good(), "cannot read --prompt-file {}", f.prompt_file);
     std::string line;
@@ -54,7 +56,13 @@ void run_generate(const GenerateFlags& f) {
     std::optional<TextCodec> codec;
     agree_on_errors(comm, [&] {
       codec = TextCodec::for_model(f.model.checkpoint, config.vocab_size);
-      OCCULT_CHECK(f.kv_memory_gib > 0, "--kv-memory-gib must be > 0, got {}", f.kv_memory_gib);
+      OCCULT_CHECK(std::isfinite(f.kv_memory_gib) && f.kv_memory_gib > 0, "--kv-memory-gib must be > 0, got {}",
+                   f.kv_memory_gib);
+      OCCULT_CHECK(f.max_new_tokens >= 1, "--max-new-tokens must be >= 1, got {}", f.max_new_tokens);
+      OCCULT_CHECK(std::isfinite(f.temperature) && f.temperature >= 0, "--temperature must be >= 0 (0 = greedy), got {}",
+                   f.temperature);
+      OCCULT_CHECK(std::isfinite(f.top_p) && f.top_p > 0 && f.top_p <= 1, "--top-p must be in (0, 1], got {}",
+                   f.top_p);
     });
     const ParallelOptions parallel =
         resolve_parallel_options(f.model, config, comm, f.model.dispatch);

@@ -90,6 +90,7 @@ inline ModelConfig resolve_model_config(const ModelFlags& f, Communicator& comm,
     } else {
       OCCULT_CHECK(!f.checkpoint.empty(), "give --model DIR");
     }
+    if (!f.config.empty()) check_input_file("--config", f.config);
     if (f.checkpoint.empty()) {
       config = load_model_config(f.config);
       return;
@@ -122,6 +123,7 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
     OCCULT_CHECK(f.prune_devices >= 0 && f.prune_devices <= comm.size(),
                  "--prune-devices must be in [0, {} ranks], got {}", comm.size(), f.prune_devices);
     if (f.placement.empty()) return;
+    check_input_file("--placement", f.placement);
     const Placement p = load_placement(f.placement);
     OCCULT_CHECK(
         p.num_experts == config.num_experts,

@@ -4,12 +4,12 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <exception>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "command_registry.h"
+#include "mpi_cli.h"
 #include "occult/core/error.h"
 
 namespace occult::cli {
@@ -55,11 +55,10 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
-  } catch (const occult::Error& e) {
-    fmt::print(stderr, "occult: error: {}\n", e.message());
-    return 1;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "occult: error: {}\n", e.what());
+  } catch (...) {
+    // Any other exception of any type: printed once, and under mpirun the job is aborted, since
+    // the other ranks may be waiting for this one in a collective.
+    occult::cli::abort_job_after_local_failure(occult::describe_current_exception());
     return 1;
   }
   return 0;

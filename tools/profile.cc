@@ -34,8 +34,12 @@ void run_profile(const ProfileFlags& f) {
     const ModelConfig config = resolve_model_config(f.model, comm, /*allow_random=*/false);
     std::vector<std::int32_t> tokens;
     std::string unit;
-    agree_on_errors(comm,
-                    [&] { tokens = read_text_input(f.text, f.model.checkpoint, config.vocab_size, &unit); });
+    agree_on_errors(comm, [&] {
+      OCCULT_CHECK(f.seq_len >= 0, "--seq-len must be >= 0 (0 = max_position_embeddings), got {}", f.seq_len);
+      OCCULT_CHECK(f.batch >= 1, "--batch must be >= 1, got {}", f.batch);
+      if (comm.rank() == 0) check_output_file("--out", f.out);
+      tokens = read_text_input(f.text, f.model.checkpoint, config.vocab_size, &unit);
+    });
     const ParallelOptions parallel =
         resolve_parallel_options(f.model, config, comm, f.model.dispatch);
     const auto model = build_model(f.model, config, parallel, comm);

@@ -48,6 +48,8 @@ inline std::vector<std::int32_t> read_text_input(const TextInputFlags& f,
   OCCULT_CHECK(f.tokens >= 0, "--tokens must be >= 0 (0 = all), got {}", f.tokens);
   for (const auto& [flag, path] :
        {std::pair{"--data", f.data}, std::pair{"--input-ids", f.input_ids}}) {
+    OCCULT_CHECK(path.empty() || !std::filesystem::is_directory(path),
+                 "cannot read {} {}: it is a directory, not a file", flag, path);
     OCCULT_CHECK(path.empty() || std::filesystem::is_regular_file(path),
                  "cannot read {} {}: no such file", flag, path);
   }

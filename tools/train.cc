@@ -19,11 +19,11 @@ namespace {
 struct TrainFlags {
   std::string config, data, data_ids, token_cache, dispatch = "occult", wire = "f32", placement, prune_scheme = "score", save, resume, init, log;
   std::vector<std::string> train_only;
-  int prune_devices = 0, steps = 100, stop_at = 0, seq_len = 0, eval_every = 0, warmup = -1;
+  int prune_devices = 0, steps = 100, stop_at = 0, seq_len = 0, eval_every = 0, warmup = -1, save_every = 0;
   std::int64_t batch = 0, eval_sequences = 64;
   std::uint64_t seed = 0;
   float lr = 1e-3f, weight_decay = 0.1f, grad_clip = 1.0f, min_lr_ratio = 0.1f;
-  bool json = false, no_progress = false;
+  bool json = false, no_progress = false, allow_changed_schedule = false;
 };
 
 void print_summary(const TrainResult& r, const TrainOptions& o, int ranks) {
@@ -65,6 +65,11 @@ void run_train(const TrainFlags& f, CLI::App& app) {
     agree_on_errors(comm, [&] {
       OCCULT_CHECK(!f.config.empty() || !from.empty(),
                    "give --config FILE (a new model) or --init / --resume DIR (its config.json is used)");
+      if (!f.config.empty()) check_input_file("--config", f.config);
+      // Flags whose 0 or negative value would otherwise be read as "default".
+      OCCULT_CHECK(app.count("--stop-at") == 0 || f.stop_at >= 1, "--stop-at must be in [1, --steps = {}], got {}",
+                   f.steps, f.stop_at);
+      OCCULT_CHECK(app.count("--warmup") == 0 || f.warmup >= 0, "--warmup must be >= 0, got {}", f.warmup);
       o.config = !f.config.empty() ? load_model_config(f.config) : load_checkpoint_config(from);
     });
     o.config_source = !f.config.empty() ? f.config : from + "/config.json";
@@ -90,6 +95,8 @@ void run_train(const TrainFlags& f, CLI::App& app) {
     o.eval_every = f.eval_every;
     o.eval_sequences = f.eval_sequences;
     o.save_dir = f.save;
+    o.save_every = f.save_every;
+    o.allow_changed_schedule = f.allow_changed_schedule;
     o.resume_dir = f.resume;
     o.init_dir = f.init;
     o.train_only = f.train_only;
@@ -144,7 +151,12 @@ void setup(CLI::App& root) {
   cmd->add_option("--eval-every", flags->eval_every, "validate every N steps (0 = at the end only)");
   cmd->add_option("--eval-sequences", flags->eval_sequences, "validation windows per evaluation")
       ->capture_default_str();
-  cmd->add_option("--save", flags->save, "checkpoint directory (written at the end and at every evaluation)");
+  cmd->add_option("--save", flags->save,
+                  "checkpoint directory (written at the end and at every evaluation, as a unit: the previous "
+                  "checkpoint is replaced only once the new one is complete)");
+  cmd->add_option("--save-every", flags->save_every, "also save the checkpoint every N steps (0 = off)");
+  cmd->add_flag("--allow-changed-schedule", flags->allow_changed_schedule,
+                "let --resume continue with other --steps, learning-rate options, data or config than the saved run");
   cmd->add_option("--resume", flags->resume, "continue the run saved in this checkpoint directory exactly");
   cmd->add_option("--init", flags->init,
                   "fine-tune: start from this model directory's weights (Hugging Face or occult) with a fresh "

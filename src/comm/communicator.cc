@@ -128,7 +128,7 @@ void agree_on_error_message(Communicator& comm, bool failed, const std::string& 
   comm.broadcast(std::as_writable_bytes(std::span<char>(text.data(), text.size())), root);
   // Name the rank only when it matters: when every rank failed, they failed alike.
   if (failing[0] < size) text = fmt::format("rank {}: {}", root, text);
-  throw Error(__FILE__, __LINE__, text);
+  throw AgreedError(__FILE__, __LINE__, text);
 }
 
 }  // namespace occult

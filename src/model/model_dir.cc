@@ -1,6 +1,7 @@
 #include "occult/model/model_dir.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -127,6 +128,16 @@ const std::string& ModelWeights::file_of(const std::string& name) const {
   return files_[it->second]->source();
 }
 
+namespace {
+
+[[noreturn]] void fail_non_finite(const SafetensorsReader& file, const std::string& name, float value, std::size_t i) {
+  OCCULT_FAIL("{}: tensor \"{}\" holds a non-finite value ({}) at element {}: the weights are unusable "
+              "(saved from a diverged run, or corrupted)",
+              file.source(), name, value, i);
+}
+
+}  // namespace
+
 void ModelWeights::read(const std::string& name, std::span<const std::int64_t> shape,
                         std::span<float> out) const {
   const auto it = where_.find(name);
@@ -137,6 +148,10 @@ void ModelWeights::read(const std::string& name, std::span<const std::int64_t> s
   file.expect_shape(name, shape);
   file.read_f32_into(name, out);
   file.release(name);
+  // A diverged run's NaN would otherwise surface far away (a gating error, a "null" loss).
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (!std::isfinite(out[i])) fail_non_finite(file, name, out[i], i);
+  }
 }
 
 void ModelWeights::read_bf16(const std::string& name, std::span<const std::int64_t> shape,
@@ -160,6 +175,10 @@ void ModelWeights::read_bf16(const std::string& name, std::span<const std::int64
     for (std::size_t i = 0; i < wide.size(); ++i) out[i] = float_to_bf16(wide[i]);
   }
   file.release(name);
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    // All exponent bits set: Inf or NaN.
+    if ((out[i] & 0x7f80u) == 0x7f80u) fail_non_finite(file, name, bf16_to_float(out[i]), i);
+  }
 }
 
 DType ModelWeights::dtype_of(const std::string& name) const {

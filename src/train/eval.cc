@@ -152,6 +152,13 @@ EvalResult evaluate_text(MoeTransformer& model, std::span<const std::int32_t> to
   r.windows = W;
   r.seq_len = T;
   r.loss = ce_sum / static_cast<double>(predicted);
+  // The loss is global, so every rank fails alike; a non-finite loss is never reported as a number.
+  agree_on_errors(comm, [&] {
+    OCCULT_CHECK(std::isfinite(r.loss),
+                 "the evaluation loss is {}: the model produces non-finite logits on this text (diverged or "
+                 "corrupted weights)",
+                 r.loss);
+  });
   r.perplexity = std::exp(r.loss);
   const std::int64_t routed = sums[2 * L];
   OCCULT_CHECK(routed == predicted, "internal: {} tokens routed but {} predicted", routed,

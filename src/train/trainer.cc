@@ -2,8 +2,12 @@
 
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -35,6 +39,7 @@ std::string human_bytes(double bytes) {
 // Placement file -> per-layer expert_to_device, checked against the model and the ranks.
 void apply_placement(const TrainOptions& o, int ranks, ParallelOptions& parallel) {
   if (o.placement_path.empty()) return;
+  check_input_file("--placement", o.placement_path);
   const Placement p = load_placement(o.placement_path);
   OCCULT_CHECK(p.num_experts == o.config.num_experts,
                "placement {} is for {} experts but the model config {} has num_experts = {}", o.placement_path,
@@ -49,6 +54,94 @@ void apply_placement(const TrainOptions& o, int ranks, ParallelOptions& parallel
     parallel.expert_to_device.push_back(layer.expert_to_device);
     parallel.similarity.push_back(layer.similarity);
   }
+}
+
+// Size and FNV-1a 64 checksum of the training text (or token-id file), so that --resume can tell
+// other data from the data the run was saved with.
+nlohmann::json data_fingerprint(const TrainOptions& o) {
+  const std::string& path = o.data_ids_path.empty() ? o.data_path : o.data_ids_path;
+  return {{"bytes", std::filesystem::file_size(path)}, {"fnv1a64", fmt::format("{:016x}", file_checksum(path))}};
+}
+
+// The range checks of the numeric options, each naming its flag.
+void check_option_ranges(const TrainOptions& o) {
+  const AdamWOptions& a = o.adamw;
+  OCCULT_CHECK(o.steps >= 1, "--steps must be >= 1, got {}", o.steps);
+  OCCULT_CHECK(o.stop_at >= 0 && o.stop_at <= o.steps, "--stop-at must be in [1, --steps = {}], got {}", o.steps,
+               o.stop_at);
+  OCCULT_CHECK(std::isfinite(a.lr) && a.lr > 0, "--lr must be a positive number, got {}", a.lr);
+  OCCULT_CHECK(std::isfinite(a.min_lr_ratio) && a.min_lr_ratio >= 0 && a.min_lr_ratio <= 1,
+               "--min-lr-ratio must be in [0, 1] (the cosine floor as a fraction of --lr), got {}", a.min_lr_ratio);
+  OCCULT_CHECK(std::isfinite(a.weight_decay) && a.weight_decay >= 0, "--weight-decay must be >= 0, got {}",
+               a.weight_decay);
+  OCCULT_CHECK(a.warmup_steps >= 0 && a.warmup_steps <= o.steps, "--warmup must be in [0, --steps = {}], got {}",
+               o.steps, a.warmup_steps);
+  OCCULT_CHECK(std::isfinite(a.grad_clip) && a.grad_clip >= 0, "--grad-clip must be >= 0 (0 = off), got {}",
+               a.grad_clip);
+  OCCULT_CHECK(o.eval_every >= 0, "--eval-every must be >= 0 (0 = at the end only), got {}", o.eval_every);
+  OCCULT_CHECK(o.eval_sequences >= 1, "--eval-sequences must be >= 1, got {}", o.eval_sequences);
+  OCCULT_CHECK(o.save_every >= 0, "--save-every must be >= 0 (0 = off), got {}", o.save_every);
+  OCCULT_CHECK(o.save_every == 0 || !o.save_dir.empty(), "--save-every needs --save DIR");
+}
+
+// `key` of trainer_state.json as a non-negative integer; throws naming the file and the key.
+std::int64_t state_count(const nlohmann::json& state, const std::string& dir, const char* key) {
+  OCCULT_CHECK(state.contains(key) && state.at(key).is_number_integer() && state.at(key).get<std::int64_t>() >= 0,
+               "--resume {}: trainer_state.json: \"{}\" must be a non-negative integer, got {}", dir, key,
+               state.contains(key) ? state.at(key).dump() : "nothing");
+  return state.at(key).get<std::int64_t>();
+}
+
+// What a resumed run would change against the saved one ("" when nothing): the schedule's length
+// and shape, the data and the model config; the first difference, worded for the user.
+std::string changed_run(const nlohmann::json& state, const TrainOptions& o) {
+  const AdamWOptions& a = o.adamw;
+  if (state.contains("steps") && state.at("steps") != o.steps) {
+    return fmt::format("--steps {} differs from the saved run's {} (the learning-rate schedule would change)",
+                       o.steps, state.at("steps").dump());
+  }
+  const std::pair<const char*, double> schedule[] = {{"lr", a.lr},
+                                                     {"warmup", a.warmup_steps},
+                                                     {"min_lr_ratio", a.min_lr_ratio},
+                                                     {"weight_decay", a.weight_decay},
+                                                     {"grad_clip", a.grad_clip}};
+  for (const auto& [key, value] : schedule) {
+    if (!state.contains(key) || !state.at(key).is_number()) continue;
+    const double saved = state.at(key).get<double>();
+    if (static_cast<float>(saved) != static_cast<float>(value)) {
+      std::string flag = std::string("--") + key;
+      for (char& c : flag) c = c == '_' ? '-' : c;
+      return fmt::format("{} {} differs from the saved run's {}", flag, static_cast<float>(value),
+                         static_cast<float>(saved));
+    }
+  }
+  if (state.contains("data_fingerprint") && state.at("data_fingerprint") != data_fingerprint(o)) {
+    return fmt::format("the training data {} is not the data the run was saved with ({} then, {} now)",
+                       o.data_ids_path.empty() ? o.data_path : o.data_ids_path,
+                       state.at("data_fingerprint").dump(), data_fingerprint(o).dump());
+  }
+  if (state.contains("config") && state.at("config").is_object()) {
+    const nlohmann::json now = model_config_to_json(o.config);
+    for (const auto& [key, value] : state.at("config").items()) {
+      if (!now.contains(key) || now.at(key) != value) {
+        return fmt::format("the model config {} has \"{}\" = {}, the saved run had {}", o.config_source, key,
+                           now.contains(key) ? now.at(key).dump() : "nothing", value.dump());
+      }
+    }
+  }
+  return "";
+}
+
+// The first tensor whose gradient (or, with `values`, whose weights) holds a non-finite number:
+// "NAME (element I = V)", or "" when all are finite on this rank.
+std::string first_non_finite(MoeTransformer& model, bool values) {
+  for (const auto& t : model.tensors()) {
+    const std::span<const float> data = values ? std::span<const float>(t.value) : std::span<const float>(t.grad);
+    for (std::size_t i = 0; i < data.size(); ++i) {
+      if (!std::isfinite(data[i])) return fmt::format("{} (element {} = {})", t.name, i, data[i]);
+    }
+  }
+  return "";
 }
 
 double evaluate(MoeTransformer& model, const TextDataset& data, std::int64_t sequences, int seq_len) {
@@ -66,7 +159,12 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     if (dir.empty()) continue;
     // The checkpoint's config must be the model's (for --resume its seed and batch shape continue the run).
     agree_on_errors(comm, [&] {
-      const ModelConfig saved = load_checkpoint_config(dir);
+      ModelConfig saved;
+      try {
+        saved = load_checkpoint_config(dir);
+      } catch (const Error& e) {
+        OCCULT_FAIL("{} {}: {}", flag, dir, e.message());
+      }
       OCCULT_CHECK(same_architecture(saved, o.config),
                    "{} {}: the checkpoint was trained with another model config than {}: {}", flag, dir,
                    o.config_source, describe_config_difference(saved, o.config));
@@ -78,9 +176,9 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
   parallel.prune_scheme = o.prune_scheme;
   parallel.wire = o.wire;
   agree_on_errors(comm, [&] {
-    OCCULT_CHECK(o.steps >= 1, "--steps must be >= 1, got {}", o.steps);
-    OCCULT_CHECK(o.stop_at >= 0 && o.stop_at <= o.steps, "--stop-at must be in [0, --steps = {}], got {}", o.steps,
-                 o.stop_at);
+    check_option_ranges(o);
+    if (!o.save_dir.empty()) check_checkpoint_destination("--save", o.save_dir);
+    if (!o.log_path.empty() && rank == 0) check_output_file("--log", o.log_path);
     OCCULT_CHECK(o.init_dir.empty() || o.resume_dir.empty(),
                  "--init and --resume exclude each other: --init starts a new run from a checkpoint's weights, "
                  "--resume continues one");
@@ -92,6 +190,11 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     std::optional<TextDataset> d;
     agree_on_errors(comm, [&] {
       OCCULT_CHECK(o.data_path.empty() != o.data_ids_path.empty(), "give --data TEXT or --data-ids FILE (one)");
+      if (o.data_ids_path.empty()) {
+        check_input_file("--data", o.data_path);
+      } else {
+        check_input_file("--data-ids", o.data_ids_path);
+      }
       if (!o.data_ids_path.empty()) {
         std::vector<std::int32_t> ids = read_token_ids(o.data_ids_path);
         for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -128,9 +231,9 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
       OCCULT_CHECK(resume_state.contains("step") && resume_state.contains("seed") && resume_state.contains("batch") &&
                        resume_state.contains("seq_len"),
                    "--resume {}: trainer_state.json lacks step/seed/batch/seq_len", o.resume_dir);
-      const auto saved_seed = resume_state.at("seed").get<std::uint64_t>();
-      const auto saved_batch = resume_state.at("batch").get<std::int64_t>();
-      const auto saved_seq = resume_state.at("seq_len").get<int>();
+      const auto saved_seed = static_cast<std::uint64_t>(state_count(resume_state, o.resume_dir, "seed"));
+      const auto saved_batch = state_count(resume_state, o.resume_dir, "batch");
+      const auto saved_seq = static_cast<int>(state_count(resume_state, o.resume_dir, "seq_len"));
       OCCULT_CHECK(!o.seed || *o.seed == saved_seed, "--seed {} differs from the resumed run's seed {}", *o.seed,
                    saved_seed);
       OCCULT_CHECK(!o.batch || *o.batch == saved_batch, "--batch {} differs from the resumed run's batch {}",
@@ -140,7 +243,13 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
       seed = saved_seed;
       batch = saved_batch;
       seq_len = saved_seq;
-      first_step = resume_state.at("step").get<int>() + 1;
+      first_step = static_cast<int>(state_count(resume_state, o.resume_dir, "step")) + 1;
+      const std::string changed = o.allow_changed_schedule ? "" : changed_run(resume_state, o);
+      OCCULT_CHECK(changed.empty(), "--resume {}: {}; pass --allow-changed-schedule to continue anyway", o.resume_dir,
+                   changed);
+      OCCULT_CHECK(first_step <= (o.stop_at > 0 ? o.stop_at : o.steps),
+                   "--resume {}: the checkpoint is at step {}, already at or past the last step {} of this run",
+                   o.resume_dir, first_step - 1, o.stop_at > 0 ? o.stop_at : o.steps);
       OCCULT_CHECK(first_step == optimizer.step_count() + 1, "--resume {}: trainer state step {} != optimizer step {}",
                    o.resume_dir, first_step - 1, optimizer.step_count());
     });
@@ -157,17 +266,24 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
   });
   const int last_step = o.stop_at > 0 ? o.stop_at : o.steps;
 
+  // The data's fingerprint goes into every checkpoint, so that a resume can check its data.
+  nlohmann::json fingerprint;
+  if (!o.save_dir.empty()) agree_on_errors(comm, [&] { fingerprint = data_fingerprint(o); });
+
   std::FILE* log = nullptr;
   agree_on_errors(comm, [&] {
     if (rank == 0 && !o.log_path.empty()) {
       log = std::fopen(o.log_path.c_str(), first_step > 1 ? "a" : "w");
-      OCCULT_CHECK(log != nullptr, "cannot open --log {} for writing", o.log_path);
+      OCCULT_CHECK(log != nullptr, "cannot open --log {} for writing: {}", o.log_path, std::strerror(errno));
     }
   });
+  // A failed write (a full disk, /dev/full) is remembered and fails every rank at the step's check.
+  std::string log_error;
   auto write_log = [&](const nlohmann::json& j) {
-    if (log != nullptr) {
-      std::fputs((j.dump() + "\n").c_str(), log);
-      std::fflush(log);
+    if (log == nullptr || !log_error.empty()) return;
+    const std::string line = j.dump() + "\n";
+    if (std::fputs(line.c_str(), log) < 0 || std::fflush(log) != 0) {
+      log_error = fmt::format("writing --log {} failed: {}", o.log_path, std::strerror(errno));
     }
   };
 
@@ -186,12 +302,35 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
                          {"seed", seed},
                          {"batch", batch},
                          {"seq_len", seq_len},
-                         {"data", o.data_path},
+                         {"data", o.data_ids_path.empty() ? o.data_path : o.data_ids_path},
+                         {"data_fingerprint", fingerprint},
                          {"data_position", step},
                          {"steps", o.steps},
                          {"lr", o.adamw.lr},
+                         {"warmup", o.adamw.warmup_steps},
+                         {"min_lr_ratio", o.adamw.min_lr_ratio},
+                         {"weight_decay", o.adamw.weight_decay},
+                         {"grad_clip", o.adamw.grad_clip},
+                         {"config", model_config_to_json(o.config)},
                          {"dispatch", dispatch_name(o.dispatch)}};
     save_checkpoint(o.save_dir, model, &optimizer, state);
+  };
+
+  // Runs `work` of step `step`, adding the step and its learning rate to an error it raises (a
+  // non-finite router logit after a divergence), of the same kind: agreed by every rank or not.
+  auto at_step = [&](int step, const auto& work) {
+    auto where = [&](const Error& e) {
+      const std::string weight = first_non_finite(model, /*values=*/true);
+      return fmt::format("step {} (lr {:.3g}): {}{}", step, learning_rate(adamw, step), e.message(),
+                         weight.empty() ? "" : "; first non-finite weight: " + weight);
+    };
+    try {
+      work();
+    } catch (const AgreedError& e) {
+      throw AgreedError(__FILE__, __LINE__, where(e));
+    } catch (const Error& e) {
+      throw Error(__FILE__, __LINE__, where(e));
+    }
   };
 
   ProgressBar bar("train", last_step - first_step + 1, o.progress && rank == 0);
@@ -201,10 +340,25 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     const Batch b = data.train_batch(seed, step, batch, seq_len, rank, ranks);
     comm.bytes().reset();
     const auto start = Clock::now();
-    const LossParts loss = model.forward(b.tokens, b.targets, b.sequences, seq_len);
-    model.backward();
-    const double norm = optimizer.step();
+    LossParts loss;
+    double norm = 0.0;
+    at_step(step, [&] {
+      loss = model.forward(b.tokens, b.targets, b.sequences, seq_len);
+      model.backward();
+      norm = optimizer.step();
+    });
     const double seconds = seconds_since(start);
+    // The loss and the gradient norm are global, so every rank sees a divergence at once; the
+    // agreement names the lowest rank's first non-finite gradient (or weight).
+    agree_on_errors(comm, [&] {
+      OCCULT_CHECK(log_error.empty(), "{}", log_error);
+      if (std::isfinite(loss.total) && std::isfinite(norm)) return;
+      std::string where = first_non_finite(model, /*values=*/false);
+      if (where.empty()) where = first_non_finite(model, /*values=*/true);
+      OCCULT_FAIL("training diverged at step {} (lr {:.3g}): the loss is {} and the gradient norm {}; first "
+                  "non-finite tensor: {}. Lower --lr, lengthen --warmup or set --grad-clip",
+                  step, optimizer.last_lr(), loss.total, norm, where.empty() ? "none on this rank" : where);
+    });
     const RoutingStats stats = model.routing_stats();
     StepRecord r;
     r.step = step;
@@ -243,12 +397,18 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
                            human_bytes(static_cast<double>(r.standard_bytes)), r.replicas_per_token));
     const bool eval_now = (o.eval_every > 0 && step % o.eval_every == 0) || step == last_step;
     if (eval_now) {
-      const double val = evaluate(model, data, o.eval_sequences, seq_len);
+      double val = 0.0;
+      at_step(step, [&] { val = evaluate(model, data, o.eval_sequences, seq_len); });
+      agree_on_errors(comm, [&] {
+        OCCULT_CHECK(std::isfinite(val), "training diverged at step {} (lr {:.3g}): the validation loss is {}", step,
+                     optimizer.last_lr(), val);
+        write_log({{"step", step}, {"val_loss", val}});
+        OCCULT_CHECK(log_error.empty(), "{}", log_error);
+      });
       result.evals.emplace_back(step, val);
       result.val_loss = val;
-      write_log({{"step", step}, {"val_loss", val}});
-      if (step != last_step) save(step);
     }
+    if (step != last_step && (eval_now || (o.save_every > 0 && step % o.save_every == 0))) save(step);
   }
   save(last_step);
   bar.finish(fmt::format("val loss {:.4f}", result.val_loss));

@@ -3,6 +3,10 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <new>
+#include <nlohmann/json.hpp>
+#include <string>
+
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
 
@@ -83,6 +87,29 @@ TEST(MpiCommunicator, AgreeOnErrorsFailsEveryRankWithTheLowestFailingRanksMessag
     EXPECT_EQ(e.message(), expected);
   }
   EXPECT_NO_THROW(agree_on_errors(comm, [] {}));
+}
+
+// Exceptions of other types than occult's (an allocation failure, std::stoi on bad text, a JSON
+// type error) on the last rank alone still fail every rank, as an AgreedError that says what
+// kind of failure it was.
+TEST(MpiCommunicator, AgreeOnErrorsConvertsEveryExceptionType) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), r = comm.rank();
+  const std::string prefix = D > 1 ? fmt::format("rank {}: ", D - 1) : "";
+  const auto expect_agreed = [&](const auto& raise, const std::string& start) {
+    try {
+      agree_on_errors(comm, [&] {
+        if (r == D - 1) raise();
+      });
+      FAIL() << "no error for " << start;
+    } catch (const AgreedError& e) {
+      EXPECT_EQ(e.message().rfind(prefix + start, 0), 0u) << e.message();
+    }
+  };
+  expect_agreed([] { throw std::bad_alloc(); }, "out of memory");
+  expect_agreed([] { (void)std::stoi("x"); }, "invalid value: stoi");
+  expect_agreed([] { (void)nlohmann::json::parse("\"text\"").get<int>(); }, "malformed JSON value: [json.exception");
+  expect_agreed([] { throw 7; }, "unexpected internal error");
 }
 
 }  // namespace

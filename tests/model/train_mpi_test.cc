@@ -6,10 +6,13 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
 #include "occult/core/safetensors.h"
+#include "occult/model/checkpoint.h"
 #include "occult/train/data.h"
 #include "occult/train/trainer.h"
 #include "occult/placement/placement.h"
@@ -231,7 +234,7 @@ TEST_F(TrainMpiTest, PlacementForAnotherExpertCountFailsOnEveryRank) {
 TEST_F(TrainMpiTest, MissingCorpusFailsOnEveryRank) {
   TrainOptions o = tiny_options(Dispatch::kOccult);
   o.data_path = "/nonexistent/corpus.txt";
-  expect_error([&] { train(o, comm); }, "cannot read corpus /nonexistent/corpus.txt");
+  expect_error([&] { train(o, comm); }, "--data /nonexistent/corpus.txt does not exist");
 }
 
 TEST_F(TrainMpiTest, ResumeFromAnotherConfigsCheckpointFailsOnEveryRank) {
@@ -244,6 +247,42 @@ TEST_F(TrainMpiTest, ResumeFromAnotherConfigsCheckpointFailsOnEveryRank) {
   other.config.moe_intermediate_size = 16;
   other.resume_dir = dir;
   expect_error([&] { train(other, comm); }, "the checkpoint was trained with another model config");
+  comm.barrier();
+  if (comm.rank() == 0) fs::remove_all(dir);
+}
+
+// A trainer_state.json whose manifest entry is consistent but whose seed is negative (a file
+// edited by hand) is refused naming the key, and a run diverging from the first step stops naming
+// the step and the learning rate, on every rank.
+TEST_F(TrainMpiTest, ResumeRefusesANegativeSeedAndDivergenceNamesTheStep) {
+  const std::string dir = shared_dir("negative_seed", comm.size());
+  TrainOptions first = tiny_options(Dispatch::kOccult);
+  first.stop_at = 2;
+  first.save_dir = dir;
+  train(first, comm);
+  comm.barrier();
+  if (comm.rank() == 0) {
+    const fs::path state_path = fs::path(dir) / "trainer_state.json";
+    nlohmann::json state = nlohmann::json::parse(std::ifstream(state_path));
+    state["seed"] = -3;
+    std::ofstream(state_path) << state.dump(2);
+    const fs::path manifest_path = fs::path(dir) / kCheckpointManifestFile;
+    nlohmann::json manifest = nlohmann::json::parse(std::ifstream(manifest_path));
+    manifest["files"]["trainer_state.json"] = {
+        {"bytes", fs::file_size(state_path)},
+        {"fnv1a64", fmt::format("{:016x}", file_checksum(state_path.string()))}};
+    std::ofstream(manifest_path) << manifest.dump(2);
+  }
+  comm.barrier();
+  TrainOptions second = tiny_options(Dispatch::kOccult);
+  second.resume_dir = dir;
+  second.seed.reset();
+  expect_error([&] { train(second, comm); }, "trainer_state.json: \"seed\" must be a non-negative integer, got -3");
+  TrainOptions wild = tiny_options(Dispatch::kOccult);
+  wild.adamw.lr = 1e30f;
+  wild.adamw.grad_clip = 0.0f;
+  wild.adamw.warmup_steps = 0;
+  expect_error([&] { train(wild, comm); }, "step 2 (lr ");
   comm.barrier();
   if (comm.rank() == 0) fs::remove_all(dir);
 }

@@ -161,9 +161,11 @@ std::vector<T> gather_rows_to_root(Communicator& comm, std::span<const T> local,
 std::map<std::string, ExchangeBytes> sum_over_ranks(Communicator& comm);
 
 // Collective error agreement, so bad input fails on EVERY rank with one message and no hang:
-// runs `check` locally; if any rank's check threw occult::Error, every rank throws an
-// occult::Error carrying the message of the lowest failing rank (prefixed "rank r: " unless
-// every rank failed). Call it before the first exchange that depends on the checked input.
+// runs `check` locally; if any rank's check threw (occult::Error or any other exception, which
+// describe_current_exception puts in words), every rank throws an occult::AgreedError carrying
+// the message of the lowest failing rank (prefixed "rank r: " unless every rank failed). A
+// collective inside `check` hangs when one rank throws before reaching it. Call it before the
+// first exchange that depends on the checked input.
 template <typename Check>
 void agree_on_errors(Communicator& comm, Check&& check);
 

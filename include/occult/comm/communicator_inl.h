@@ -57,9 +57,11 @@ void agree_on_errors(Communicator& comm, Check&& check) {
   std::string message;
   try {
     check();
-  } catch (const Error& e) {
+  } catch (...) {
+    // Any exception type, so that a std::bad_alloc or a JSON error on one rank still fails
+    // every rank instead of leaving the others in the next collective.
     failed = true;
-    message = e.message();
+    message = describe_current_exception();
   }
   agree_on_error_message(comm, failed, message);
 }

@@ -39,6 +39,8 @@ struct TrainOptions {
   int eval_every = 0;                   // 0 = only at the end
   std::int64_t eval_sequences = 64;     // validation windows per evaluation
   std::string save_dir;                 // checkpoint at the end (and at every eval when set)
+  int save_every = 0;                   // also save every N steps (0 = off)
+  bool allow_changed_schedule = false;  // let --resume change steps, data, lr schedule or config
   std::string resume_dir;               // continue this checkpoint's run exactly
   std::string init_dir;                 // fine-tune: start from this checkpoint's weights, fresh optimizer
   std::vector<std::string> train_only;  // tensor groups to train (trainable_tensors); empty = all
@@ -76,7 +78,10 @@ struct TrainResult {
 };
 
 // Collective. Runs the training described by `options` on `comm`'s ranks; throws occult::Error
-// on every rank for bad input (config, placement, corpus, checkpoint).
+// on every rank for bad input (config, placement, corpus, checkpoint, an option out of range, an
+// unwritable --save or --log, a --resume whose run differs from these options) before the first
+// step, and when training diverges (a non-finite loss or gradient: the step, the learning rate and
+// the first tensor holding a non-finite value are named).
 TrainResult train(const TrainOptions& options, Communicator& comm);
 
 // The `--json` document of `occult train`: steps, loss[], val_loss, tokens_per_s,
