@@ -39,17 +39,21 @@ struct Case {
 
 class ExpertKernels : public ::testing::TestWithParam<Case> {};
 
-TEST_P(ExpertKernels, MatchNaiveTwinForwardAndBackward) {
-  const Case c = GetParam();
-  std::mt19937 rng(7);
+// A receive plan of c.assignments random (row, local expert, weight) arrivals from one source.
+ReceivePlan random_plan(const Case& c, unsigned seed) {
+  std::mt19937 rng(seed);
   std::vector<Assignment> received;
   for (std::int64_t a = 0; a < c.assignments; ++a) {
     received.push_back({static_cast<std::int32_t>(rng() % c.rows), static_cast<std::int32_t>(rng() % c.num_local_experts),
                         static_cast<float>(rng() % 1000) / 1000.0f});
   }
-  ReceivePlan plan =
-      build_receive_plan(std::vector<std::int64_t>{c.rows}, std::vector<std::int64_t>{c.assignments}, received,
-                         c.num_local_experts);
+  return build_receive_plan(std::vector<std::int64_t>{c.rows}, std::vector<std::int64_t>{c.assignments}, received,
+                            c.num_local_experts);
+}
+
+TEST_P(ExpertKernels, MatchNaiveTwinForwardAndBackward) {
+  const Case c = GetParam();
+  const ReceivePlan plan = random_plan(c, 7);
   const std::size_t FH = static_cast<std::size_t>(c.hidden) * c.ffn;
   auto w1 = random_values(c.num_local_experts * FH, 1, 0.5f);
   auto w3 = random_values(c.num_local_experts * FH, 2, 0.5f);
@@ -81,15 +85,7 @@ TEST_P(ExpertKernels, MatchNaiveTwinForwardAndBackward) {
 // (BF16 -> F32 is exact, so only the order of the F32 sums differs); backward refuses them.
 TEST_P(ExpertKernels, Bf16WeightsMatchTwinOnWidenedValues) {
   const Case c = GetParam();
-  std::mt19937 rng(11);
-  std::vector<Assignment> received;
-  for (std::int64_t a = 0; a < c.assignments; ++a) {
-    received.push_back({static_cast<std::int32_t>(rng() % c.rows), static_cast<std::int32_t>(rng() % c.num_local_experts),
-                        static_cast<float>(rng() % 1000) / 1000.0f});
-  }
-  ReceivePlan plan =
-      build_receive_plan(std::vector<std::int64_t>{c.rows}, std::vector<std::int64_t>{c.assignments}, received,
-                         c.num_local_experts);
+  const ReceivePlan plan = random_plan(c, 11);
   const std::size_t FH = static_cast<std::size_t>(c.hidden) * c.ffn;
   std::vector<std::vector<float>> wide(3);
   std::vector<std::vector<std::uint16_t>> narrow(3);
