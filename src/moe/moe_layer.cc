@@ -554,6 +554,16 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   std::fill(y.begin(), y.end(), 0.0f);
   add_rows_home(wire, plan_, 0, plan_.num_send_rows(), b.recv.data(), H, y);
   timings_.forward_combine = now_seconds() - t2;
+  if (!config_.with_grads) release_forward_buffers();
+}
+
+void MoeLayer::release_forward_buffers() {
+  // A model holds one layer per transformer block; without a backward to serve, keeping each
+  // layer's rows and activations would multiply the largest batch's exchange memory by the
+  // number of layers (about 100 MB per OLMoE layer at 256 tokens per rank).
+  MoeLayerBuffers& b = *buffers_;
+  for (auto* v : {&x_, &x_recv_, &act_gate_, &act_up_, &b.expert_out}) std::vector<float>().swap(*v);
+  for (auto* v : {&b.wire_tokens, &b.send, &b.recv}) std::vector<std::byte>().swap(*v);
 }
 
 void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_router_probs, std::span<float> dx) {

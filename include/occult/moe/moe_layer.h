@@ -197,6 +197,9 @@ class MoeLayer {
   // rank's message (collective; `error` is this rank's own, if any).
   void fail_on_every_rank(bool any_failed, const std::optional<std::string>& error);
   ExpertWeightsView expert_view() const;
+  // Frees the rows, activations and messages of the last forward (inference layers, after
+  // each forward).
+  void release_forward_buffers();
   int local_index(int expert, const char* what) const;
 
   Communicator& comm_;
