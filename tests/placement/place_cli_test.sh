@@ -46,6 +46,17 @@ grep -q '"nodes_per_token"' n1.json || fail "nodes_per_token missing with --node
 for s in contiguous random greedy-fps metis hypergraph; do
   grep -q "^$s " all.txt || fail "--strategy all lacks $s: $(cat all.txt)"
 done
+# The "within limit" column says, for each strategy, whether its worst layer (imbalance max, column
+# 6) kept --max-imbalance; hypergraph enforces the limit, contiguous does not hold it on this trace.
+grep -q "imbalance max  within limit" all.txt || fail "--strategy all lacks the within limit column: $(cat all.txt)"
+awk -v limit=1.10 '$1 ~ /^(contiguous|random|greedy-fps|metis|hypergraph)$/ {
+       rows++; if ($7 != (($6 <= limit) ? "yes" : "no")) bad = 1 }
+     END { exit bad || rows != 5 }' all.txt || fail "within limit disagrees with imbalance max: $(cat all.txt)"
+grep -q "^hypergraph .* yes " all.txt || fail "hypergraph must be within the limit: $(cat all.txt)"
+grep -q "^contiguous .* no " all.txt || fail "contiguous must be over the limit: $(cat all.txt)"
+"$occult" place --traces "$law" --devices 4 --strategy all --max-imbalance 100 --json --out all2.json > all2.json.txt 2> /dev/null
+[ "$(grep -c '"within_max_imbalance": true' all2.json.txt)" = 5 ] ||
+  fail "--max-imbalance 100: every strategy must be within it: $(cat all2.json.txt)"
 
 # Bad input: clear errors naming the flag or the mismatch.
 if "$occult" place --traces "$law" --devices 65 --out x.json > err1.txt 2>&1; then fail "--devices 65 accepted"; fi
