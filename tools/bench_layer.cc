@@ -107,9 +107,10 @@ ImposedRouting routing_from_trace(const Trace& trace, int layer, int rank, int D
   return r;
 }
 
-// Plain sgemm over the same shapes the experts compute (per local expert: [m,H]x[H,F] twice
-// and [m,F]x[F,H], m = its assignments), without gather, activation or scatter: the ceiling
-// the expert kernel is measured against. Returns GFLOP/s (median of `iters`).
+// Plain sgemm over the same shapes the experts compute (per local expert, with its own W1, W3
+// and W2 as in the layer: [m,H]x[H,F] twice and [m,F]x[F,H], m = its assignments), without
+// gather, activation or scatter: the ceiling the expert kernel is measured against. Returns
+// GFLOP/s (median of `iters`).
 double sgemm_baseline_gflops(const std::vector<std::int64_t>& rows_per_expert, int H, int F, int iters) {
   std::int64_t max_rows = 1, total_rows = 0;
   for (std::int64_t m : rows_per_expert) {
@@ -117,17 +118,22 @@ double sgemm_baseline_gflops(const std::vector<std::int64_t>& rows_per_expert, i
     total_rows += m;
   }
   if (total_rows == 0) return 0;
-  std::vector<float> x(max_rows * H, 0.5f), w1(std::size_t(F) * H, 0.25f), w2(std::size_t(F) * H, 0.125f);
-  std::vector<float> a(max_rows * F), y(max_rows * H);
+  const std::size_t FH = std::size_t(F) * H, experts = rows_per_expert.size();
+  std::vector<float> x(max_rows * H, 0.5f), w1(experts * FH, 0.25f), w3(experts * FH, 0.2f), w2(experts * FH, 0.125f);
+  std::vector<float> a1(max_rows * F), a3(max_rows * F), y(max_rows * H);
   std::vector<double> rates;
   for (int it = 0; it < iters + 1; ++it) {
     const auto t0 = std::chrono::steady_clock::now();
-    for (std::int64_t m : rows_per_expert) {
+    for (std::size_t e = 0; e < experts; ++e) {
+      const std::int64_t m = rows_per_expert[e];
       if (m == 0) continue;
       const int mi = static_cast<int>(m);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, F, H, 1.0f, x.data(), H, w1.data(), H, 0.0f, a.data(), F);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, F, H, 1.0f, x.data(), H, w1.data(), H, 0.0f, a.data(), F);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, H, F, 1.0f, a.data(), F, w2.data(), F, 0.0f, y.data(), H);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, F, H, 1.0f, x.data(), H, w1.data() + e * FH, H, 0.0f,
+                  a1.data(), F);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, F, H, 1.0f, x.data(), H, w3.data() + e * FH, H, 0.0f,
+                  a3.data(), F);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, H, F, 1.0f, a1.data(), F, w2.data() + e * FH, F, 0.0f,
+                  y.data(), H);
     }
     const double s = seconds_since(t0);
     if (it > 0) rates.push_back(expert_forward_flops(total_rows, H, F) / s / 1e9);  // first run warms up
