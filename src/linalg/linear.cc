@@ -3,11 +3,11 @@
 #include <cblas.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstring>
 #include <vector>
 
 #include "occult/core/error.h"
+#include "occult/core/half.h"
 
 namespace occult {
 
@@ -15,7 +15,7 @@ namespace {
 
 // Widens n BF16 values to F32 (exact: a BF16 value is the top half of an F32).
 void widen(float* dst, const std::uint16_t* src, std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) dst[i] = std::bit_cast<float>(static_cast<std::uint32_t>(src[i]) << 16);
+  for (std::int64_t i = 0; i < n; ++i) dst[i] = bf16_to_float(src[i]);
 }
 
 }  // namespace
@@ -36,7 +36,7 @@ WeightRef WeightRef::row_offset(std::int64_t row, int cols) const {
 
 float WeightRef::at(std::int64_t row, int col, int cols) const {
   const std::int64_t i = row * cols + col;
-  if (dtype_ == WeightDType::kBF16) return std::bit_cast<float>(static_cast<std::uint32_t>(bf16_data()[i]) << 16);
+  if (dtype_ == WeightDType::kBF16) return bf16_to_float(bf16_data()[i]);
   return static_cast<const float*>(data_)[i];
 }
 

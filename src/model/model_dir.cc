@@ -138,14 +138,20 @@ namespace {
 
 }  // namespace
 
-void ModelWeights::read(const std::string& name, std::span<const std::int64_t> shape,
-                        std::span<float> out) const {
+const SafetensorsReader& ModelWeights::file_with(const std::string& name,
+                                                 std::span<const std::int64_t> shape) const {
   const auto it = where_.find(name);
   if (it == where_.end()) {
     fail_missing(dir_, files_, name, fmt::format(" (expected shape [{}])", fmt::join(shape, ", ")));
   }
   const SafetensorsReader& file = *files_[it->second];
   file.expect_shape(name, shape);
+  return file;
+}
+
+void ModelWeights::read(const std::string& name, std::span<const std::int64_t> shape,
+                        std::span<float> out) const {
+  const SafetensorsReader& file = file_with(name, shape);
   file.read_f32_into(name, out);
   file.release(name);
   // A diverged run's NaN would otherwise surface far away (a gating error, a "null" loss).
@@ -156,15 +162,10 @@ void ModelWeights::read(const std::string& name, std::span<const std::int64_t> s
 
 void ModelWeights::read_bf16(const std::string& name, std::span<const std::int64_t> shape,
                              std::span<std::uint16_t> out) const {
-  const auto it = where_.find(name);
-  if (it == where_.end()) {
-    fail_missing(dir_, files_, name, fmt::format(" (expected shape [{}])", fmt::join(shape, ", ")));
-  }
-  const SafetensorsReader& file = *files_[it->second];
-  file.expect_shape(name, shape);
+  const SafetensorsReader& file = file_with(name, shape);
   const TensorInfo& info = file.at(name);
   OCCULT_CHECK(out.size() == static_cast<std::size_t>(info.numel()), "{}: tensor '{}' has {} elements, the buffer {}",
-               file_of(name), name, info.numel(), out.size());
+               file.source(), name, info.numel(), out.size());
   if (info.dtype == DType::kBF16) {
     const auto bytes = file.raw(info);
     // safetensors is little-endian, as is every host occult builds for.
@@ -176,8 +177,7 @@ void ModelWeights::read_bf16(const std::string& name, std::span<const std::int64
   }
   file.release(name);
   for (std::size_t i = 0; i < out.size(); ++i) {
-    // All exponent bits set: Inf or NaN.
-    if ((out[i] & 0x7f80u) == 0x7f80u) fail_non_finite(file, name, bf16_to_float(out[i]), i);
+    if (!std::isfinite(bf16_to_float(out[i]))) fail_non_finite(file, name, bf16_to_float(out[i]), i);
   }
 }
 

@@ -4,16 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 namespace occult {
-
-void embedding_forward(float* out, const std::int32_t* tokens, const float* wte, std::int64_t N, int C) {
-  for (std::int64_t n = 0; n < N; ++n) {
-    std::memcpy(out + n * C, wte + static_cast<std::int64_t>(tokens[n]) * C, sizeof(float) * C);
-  }
-}
 
 void embedding_backward(float* dwte, const float* dout, const std::int32_t* tokens, std::int64_t N, int C) {
   for (std::int64_t n = 0; n < N; ++n) {
@@ -53,12 +46,6 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
       dx[c] += r * weight[c] * dy[c] - x[c] * k;
     }
   }
-}
-
-void matmul_forward(float* out, const float* in, const float* weight, std::int64_t N, int IC, int OC) {
-  if (N == 0) return;
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(N), OC, IC, 1.0f, in, IC, weight, IC,
-              0.0f, out, OC);
 }
 
 void matmul_backward(float* dinp, float* dweight, const float* dout, const float* in, const float* weight,

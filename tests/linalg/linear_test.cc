@@ -4,21 +4,20 @@
 
 #include <gtest/gtest.h>
 
-#include <bit>
 #include <cmath>
 #include <random>
 #include <vector>
 
+#include "occult/core/half.h"
+
 namespace occult {
 namespace {
-
-std::uint16_t to_bf16_truncated(float v) { return static_cast<std::uint16_t>(std::bit_cast<std::uint32_t>(v) >> 16); }
 
 TEST(LinearTest, HandComputedBf16) {
   // W [2, 3] = [[1.5, -2, 0.25], [0, 3, -0.5]] (all exact in BF16); x [1, 3] = [2, 1, 4].
   const std::vector<float> wf = {1.5f, -2.0f, 0.25f, 0.0f, 3.0f, -0.5f};
   std::vector<std::uint16_t> w;
-  for (float v : wf) w.push_back(to_bf16_truncated(v));
+  for (float v : wf) w.push_back(float_to_bf16(v));
   const std::vector<float> x = {2.0f, 1.0f, 4.0f};
   std::vector<float> out(2, 10.0f);
   linear_forward(out.data(), x.data(), WeightRef::bf16(w.data()), 1, 3, 2);
@@ -44,7 +43,7 @@ TEST_P(LinearShapes, MatchesReferenceTwin) {
   for (auto& v : x) v = u(rng);
   for (auto& v : wf) v = u(rng);
   std::vector<std::uint16_t> wb(wf.size());
-  for (std::size_t i = 0; i < wf.size(); ++i) wb[i] = to_bf16_truncated(wf[i]);
+  for (std::size_t i = 0; i < wf.size(); ++i) wb[i] = float_to_bf16(wf[i]);
   std::vector<float> init(static_cast<std::size_t>(s.n * s.oc));
   for (auto& v : init) v = u(rng);
   // Each output is a sum of IC products of magnitude <= 1: F32 summation error is bounded by
@@ -71,7 +70,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, LinearShapes,
 TEST(LinearTest, GatherRowsWidensBf16) {
   const std::vector<float> wf = {1.0f, 2.0f, -3.0f, 0.5f, 7.0f, -8.0f};  // [3, 2]
   std::vector<std::uint16_t> wb;
-  for (float v : wf) wb.push_back(to_bf16_truncated(v));
+  for (float v : wf) wb.push_back(float_to_bf16(v));
   const std::vector<std::int32_t> ids = {2, 0, 2};
   std::vector<float> a(6), b(6);
   gather_rows(a.data(), WeightRef(wf.data()), ids.data(), 3, 2);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "occult/linalg/linear.h"
 #include "occult/model/ops.h"
 
 namespace occult {
@@ -100,7 +101,7 @@ TEST(OpsTest, MatmulAndEmbeddingByHand) {
   // [1,2] @ [[1,0],[0,1],[1,1]]^T = [1, 2, 3].
   const std::vector<float> x{1, 2}, w{1, 0, 0, 1, 1, 1};
   std::vector<float> y(3);
-  matmul_forward(y.data(), x.data(), w.data(), 1, 2, 3);
+  linear_forward(y.data(), x.data(), w.data(), 1, 2, 3);
   EXPECT_EQ(y, (std::vector<float>{1, 2, 3}));
   std::vector<float> dx(2, 0.0f), dw(6, 0.0f);
   const std::vector<float> dy{1, 0, 2};
@@ -110,7 +111,7 @@ TEST(OpsTest, MatmulAndEmbeddingByHand) {
   const std::vector<float> table{0, 1, 10, 11, 20, 21};  // V=3, C=2
   const std::vector<std::int32_t> ids{2, 0, 2};
   std::vector<float> e(6), dtable(6, 0.0f);
-  embedding_forward(e.data(), ids.data(), table.data(), 3, 2);
+  gather_rows(e.data(), table.data(), ids.data(), 3, 2);
   EXPECT_EQ(e, (std::vector<float>{20, 21, 0, 1, 20, 21}));
   const std::vector<float> de{1, 1, 1, 1, 1, 1};
   embedding_backward(dtable.data(), de.data(), ids.data(), 3, 2);

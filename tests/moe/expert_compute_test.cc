@@ -3,10 +3,10 @@
 
 #include <gtest/gtest.h>
 
-#include <bit>
 #include <cmath>
 
 #include "occult/core/error.h"
+#include "occult/core/half.h"
 #include "test_util.h"
 
 namespace occult {
@@ -92,10 +92,8 @@ TEST_P(ExpertKernels, Bf16WeightsMatchTwinOnWidenedValues) {
   for (int kind = 0; kind < 3; ++kind) {
     const auto values = random_values(c.num_local_experts * FH, 21 + kind, 0.5f);
     for (float v : values) {
-      // Round to BF16 by hand (ties away are fine here: any BF16 value will do) and widen back.
-      const std::uint32_t bits = std::bit_cast<std::uint32_t>(v) + 0x8000u;
-      narrow[kind].push_back(static_cast<std::uint16_t>(bits >> 16));
-      wide[kind].push_back(std::bit_cast<float>(bits & 0xffff0000u));
+      narrow[kind].push_back(float_to_bf16(v));
+      wide[kind].push_back(bf16_to_float(narrow[kind].back()));
     }
   }
   ExpertWeightsView w32{c.num_local_experts, c.hidden, c.ffn, wide[0], wide[1], wide[2]};

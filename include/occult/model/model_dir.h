@@ -48,6 +48,9 @@ class ModelWeights {
   std::int64_t stored_bytes() const;
 
  private:
+  // The file holding `name`, after checking its shape is `shape` (throws like read()).
+  const SafetensorsReader& file_with(const std::string& name, std::span<const std::int64_t> shape) const;
+
   std::vector<std::shared_ptr<SafetensorsReader>> files_;
   std::map<std::string, std::size_t> where_;  // tensor name -> index into files_
   std::string dir_;

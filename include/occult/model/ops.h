@@ -10,8 +10,6 @@
 
 namespace occult {
 
-// out[N,C] = wte[tokens[n], :]. tokens must lie in [0, V).
-void embedding_forward(float* out, const std::int32_t* tokens, const float* wte, std::int64_t N, int C);
 // dwte[tokens[n], :] += dout[n, :].
 void embedding_backward(float* dwte, const float* dout, const std::int32_t* tokens, std::int64_t N, int C);
 
@@ -22,8 +20,6 @@ void rmsnorm_forward(float* out, float* rstd, const float* in, const float* weig
 void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const float* in, const float* weight,
                       const float* rstd, std::int64_t N, int C);
 
-// out[N,OC] = in[N,IC] @ weight[OC,IC]^T (overwrites; cblas_sgemm).
-void matmul_forward(float* out, const float* in, const float* weight, std::int64_t N, int IC, int OC);
 // dinp[N,IC] += dout @ weight (skipped when dinp is null); dweight[OC,IC] += dout^T @ in.
 void matmul_backward(float* dinp, float* dweight, const float* dout, const float* in, const float* weight,
                      std::int64_t N, int IC, int OC);
