@@ -19,6 +19,11 @@ struct CommandRegistration {
 // Calls every registered setup on `root`, in name order.
 void setup_all_commands(CLI::App& root);
 
+// Lets every subcommand of `app` (recursively) accept `app`'s own options after its name, so
+// that `occult train --collective-timeout 60 ...` works as well as `occult --collective-timeout
+// 60 train ...`. Call after setup_all_commands.
+void accept_global_options_everywhere(CLI::App& app);
+
 // The subcommand `name` of `parent`, created with `description` if it does not exist yet;
 // lets `trace synth` and `trace stats` live in separate files.
 CLI::App& command_group(CLI::App& parent, const std::string& name, const std::string& description);

@@ -35,6 +35,13 @@ void setup_all_commands(CLI::App& root) {
   for (const auto& [name, setup] : commands) setup(root);
 }
 
+void accept_global_options_everywhere(CLI::App& app) {
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    sub->fallthrough();
+    accept_global_options_everywhere(*sub);
+  }
+}
+
 CLI::App& command_group(CLI::App& parent, const std::string& name, const std::string& description) {
   for (CLI::App* sub : parent.get_subcommands([](CLI::App*) { return true; })) {
     if (sub->get_name() == name) return *sub;
@@ -111,7 +118,9 @@ std::string diagnose_unknown(CLI::App& root, int argc, char** argv) {
     if (is_flag) {
       const bool is_long = token.size() > 2 && token[1] == '-';
       const std::string name = is_long ? token.substr(0, token.find('=')) : token.substr(0, 2);
-      const CLI::Option* opt = app->get_option_no_throw(name);
+      // Options of a parent (the global ones) are accepted after a subcommand too (fallthrough).
+      const CLI::Option* opt = nullptr;
+      for (CLI::App* a = app; a != nullptr && opt == nullptr; a = a->get_parent()) opt = a->get_option_no_throw(name);
       if (opt == nullptr) {
         std::vector<std::string> names;
         for (const CLI::Option* o : app->get_options()) {
@@ -188,7 +197,21 @@ int main(int argc, char** argv) {
       "with occult (one copy per device) or standard (one copy per expert) dispatch."};
   app.require_subcommand(1);
   app.set_version_flag("--version", "occult 0.1.0");
+  app.add_option("--collective-timeout", occult::cli::mpi_run_options().collective_timeout_s,
+                 "Seconds a rank may wait in one collective before the job is ended with a message naming "
+                 "the rank, the operation and the layer (a peer killed, stopped or stuck); 0 waits forever. "
+                 "Accepted after the subcommand too")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            double v = -1;
+            return CLI::detail::lexical_cast(text, v) && v >= 0 && v < 1e9
+                       ? ""
+                       : "must be 0 (wait forever) or a positive number of seconds, got " + text;
+          },
+          "SECONDS"))
+      ->capture_default_str();
   occult::cli::setup_all_commands(app);
+  occult::cli::accept_global_options_everywhere(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

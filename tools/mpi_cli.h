@@ -21,6 +21,20 @@
 
 namespace occult::cli {
 
+// Options every MPI subcommand shares, set by global flags of the `occult` program.
+struct MpiRunOptions {
+  // --collective-timeout: a collective that lasts longer ends the job (MpiCommunicator::
+  // set_collective_timeout); 0 = wait forever. Generous, since a rank may legitimately wait
+  // for a peer that loads or saves a large checkpoint.
+  double collective_timeout_s = 900;
+};
+
+// The process's MpiRunOptions (main fills them while parsing the command line).
+inline MpiRunOptions& mpi_run_options() {
+  static MpiRunOptions options;
+  return options;
+}
+
 // Ends the whole MPI job after an exception that only this rank may have raised (the other ranks
 // may be waiting in a collective for it, so MPI_Finalize would hang): prints the message once and
 // calls MPI_Abort. A rank other than 0 waits a second first, so that when every rank failed alike
@@ -48,7 +62,8 @@ inline void abort_job_after_local_failure(const std::string& message) {
 // Test hook for the reliability suite: OCCULT_TEST_FAULT="RANK:KIND" makes rank RANK throw, as
 // the command starts and outside any error agreement, a std::bad_alloc (KIND bad_alloc), a
 // std::invalid_argument as std::stoi does (stoi), a std::runtime_error (runtime) or an
-// occult::Error (error), while the other ranks go on into their first collective.
+// occult::Error (error), or sleep forever (hang), while the other ranks go on into their first
+// collective.
 inline void inject_test_fault(int rank) {
   const char* spec = std::getenv("OCCULT_TEST_FAULT");
   if (spec == nullptr) return;
@@ -60,6 +75,10 @@ inline void inject_test_fault(int rank) {
   if (kind == "stoi") throw std::invalid_argument("stoi");
   if (kind == "runtime") throw std::runtime_error("injected test fault");
   if (kind == "error") OCCULT_FAIL("injected test fault");
+  if (kind == "hang") {
+    // A rank that stops answering without exiting, as a stopped or deadlocked process would.
+    for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+  }
 }
 
 // Runs `body(comm)` on MPI_COMM_WORLD (MPI initialised for the command if nobody has). An
@@ -75,6 +94,8 @@ void run_on_mpi_world(Body&& body) {
   MpiSession session;
   MpiCommunicator comm(MPI_COMM_WORLD);
   try {
+    comm.set_collective_timeout(mpi_run_options().collective_timeout_s);
+    comm.set_activity("start-up");
     inject_test_fault(comm.rank());
     body(comm);
   } catch (const AgreedError& e) {

@@ -7,6 +7,12 @@
 
 namespace occult {
 
+void Communicator::set_activity(std::string_view activity) {
+  const std::size_t n = std::min(activity.size(), sizeof(activity_) - 1);
+  std::memcpy(activity_, activity.data(), n);
+  activity_[n] = '\0';
+}
+
 Share rank_share(std::int64_t global, int rank, int ranks) {
   return {global * rank / ranks, global * (rank + 1) / ranks};
 }

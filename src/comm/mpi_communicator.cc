@@ -39,6 +39,7 @@ void MpiCommunicator::all_to_all_counts_into(std::span<const std::int64_t> send_
                send_counts.size(), recv.size());
   ++collective_calls_;
   const int width = static_cast<int>(send_counts.size() / size_);
+  WatchedCollective watched(watchdog_.get(), "MPI_Alltoall", "counts", activity_);
   OCCULT_MPI_CHECK(
       MPI_Alltoall(send_counts.data(), width, MPI_INT64_T, recv.data(), width, MPI_INT64_T, comm_));
 }
@@ -81,6 +82,7 @@ void MpiCommunicator::all_to_all_v(const std::string& exchange, std::span<const 
   std::byte dummy_send{}, dummy_recv{};
   const void* send_ptr = send.empty() ? &dummy_send : send.data();
   void* recv_ptr = recv.empty() ? &dummy_recv : recv.data();
+  WatchedCollective watched(watchdog_.get(), "MPI_Alltoallv", exchange.c_str(), activity_);
   OCCULT_MPI_CHECK(MPI_Alltoallv(send_ptr, sc.data(), so.data(), MPI_BYTE, recv_ptr, rc.data(), ro.data(),
                                  MPI_BYTE, comm_));
   std::int64_t to_self = send_counts[rank_], to_peers = 0;
@@ -92,8 +94,10 @@ void MpiCommunicator::all_to_all_v(const std::string& exchange, std::span<const 
 
 namespace {
 template <typename T>
-void all_reduce(MPI_Comm comm, std::int64_t& calls, std::span<T> values, MPI_Datatype type, MPI_Op op) {
+void all_reduce(MPI_Comm comm, std::int64_t& calls, CollectiveWatchdog* watchdog, const char* activity,
+                std::span<T> values, MPI_Datatype type, MPI_Op op) {
   ++calls;
+  WatchedCollective watched(watchdog, "MPI_Allreduce", "", activity);
   OCCULT_CHECK(values.size() <= static_cast<std::size_t>(INT_MAX), "all_reduce of {} values exceeds MPI's int range",
                values.size());
   if (values.empty()) {
@@ -106,14 +110,20 @@ void all_reduce(MPI_Comm comm, std::int64_t& calls, std::span<T> values, MPI_Dat
 }
 }  // namespace
 
-void MpiCommunicator::all_reduce_sum(std::span<float> values) { all_reduce(comm_, collective_calls_, values, MPI_FLOAT, MPI_SUM); }
-void MpiCommunicator::all_reduce_sum(std::span<double> values) { all_reduce(comm_, collective_calls_, values, MPI_DOUBLE, MPI_SUM); }
-void MpiCommunicator::all_reduce_sum(std::span<std::int64_t> values) {
-  all_reduce(comm_, collective_calls_, values, MPI_INT64_T, MPI_SUM);
+void MpiCommunicator::all_reduce_sum(std::span<float> values) {
+  all_reduce(comm_, collective_calls_, watchdog_.get(), activity_, values, MPI_FLOAT, MPI_SUM);
 }
-void MpiCommunicator::all_reduce_max(std::span<double> values) { all_reduce(comm_, collective_calls_, values, MPI_DOUBLE, MPI_MAX); }
+void MpiCommunicator::all_reduce_sum(std::span<double> values) {
+  all_reduce(comm_, collective_calls_, watchdog_.get(), activity_, values, MPI_DOUBLE, MPI_SUM);
+}
+void MpiCommunicator::all_reduce_sum(std::span<std::int64_t> values) {
+  all_reduce(comm_, collective_calls_, watchdog_.get(), activity_, values, MPI_INT64_T, MPI_SUM);
+}
+void MpiCommunicator::all_reduce_max(std::span<double> values) {
+  all_reduce(comm_, collective_calls_, watchdog_.get(), activity_, values, MPI_DOUBLE, MPI_MAX);
+}
 void MpiCommunicator::all_reduce_max(std::span<std::int64_t> values) {
-  all_reduce(comm_, collective_calls_, values, MPI_INT64_T, MPI_MAX);
+  all_reduce(comm_, collective_calls_, watchdog_.get(), activity_, values, MPI_INT64_T, MPI_MAX);
 }
 
 void MpiCommunicator::broadcast(std::span<std::byte> data, int root) {
@@ -122,12 +132,21 @@ void MpiCommunicator::broadcast(std::span<std::byte> data, int root) {
                data.size());
   ++collective_calls_;
   std::byte dummy{};
+  WatchedCollective watched(watchdog_.get(), "MPI_Bcast", "", activity_);
   OCCULT_MPI_CHECK(MPI_Bcast(data.empty() ? &dummy : data.data(), static_cast<int>(data.size()), MPI_BYTE, root,
                              comm_));
 }
 
+void MpiCommunicator::set_collective_timeout(double seconds) {
+  OCCULT_CHECK(seconds >= 0, "--collective-timeout must be 0 (off) or a positive number of seconds, got {}",
+               seconds);
+  watchdog_.reset();
+  if (seconds > 0) watchdog_ = std::make_unique<CollectiveWatchdog>(seconds, rank_);
+}
+
 void MpiCommunicator::barrier() {
   ++collective_calls_;
+  WatchedCollective watched(watchdog_.get(), "MPI_Barrier", "", activity_);
   OCCULT_MPI_CHECK(MPI_Barrier(comm_));
 }
 

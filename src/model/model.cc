@@ -511,6 +511,7 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
   linear_forward(m.logits, m.lnf, weight_at(m.lm_head >= 0 ? m.lm_head : m.embed), N, H, V);
   stats[0] = N > 0 ? crossentropy_forward(m.probs, m.logits, m.targets.data(), N, V) : 0.0;
   stats[1] = static_cast<double>(N);
+  comm_.set_activity("loss reduction");
   comm_.all_reduce_sum(std::span<double>(stats));
 
   const double n_global = stats[1];
@@ -597,6 +598,7 @@ void MoeTransformer::backward() {
   }
   embedding_backward(dW(m.embed), m.dresid, m.tokens.data(), N, H);
   // Dense parameters are data-parallel: sum their gradients over ranks (router included).
+  comm_.set_activity("dense gradient all-reduce");
   comm_.all_reduce_sum(std::span<float>(dense_grads_));
   m.backward_done = true;
 }

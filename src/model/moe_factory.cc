@@ -1,6 +1,9 @@
 // The model's MoE blocks on top of the expert-parallel MoeLayer of src/moe.
 #include <algorithm>
 #include <memory>
+#include <string>
+
+#include <fmt/format.h>
 
 #include "model/moe_block.h"
 #include "occult/comm/communicator.h"
@@ -18,8 +21,12 @@ namespace {
 // exchange), the experts live in the layer.
 class EpMoeBlock final : public MoeBlock {
  public:
-  EpMoeBlock(Communicator& comm, const MoeLayerConfig& config, std::vector<int> expert_to_device)
-      : layer_(comm, config, std::move(expert_to_device)) {}
+  // `layer` (the transformer layer) names the block in the activity a stuck collective reports.
+  EpMoeBlock(Communicator& comm, const MoeLayerConfig& config, std::vector<int> expert_to_device, int layer)
+      : comm_(comm),
+        layer_(comm, config, std::move(expert_to_device)),
+        forward_activity_(fmt::format("MoE layer {} forward", layer)),
+        backward_activity_(fmt::format("MoE layer {} backward", layer)) {}
 
   void forward(const float* router, const float* x, std::int64_t N, float* y) override {
     const auto& c = layer_.config();
@@ -27,6 +34,7 @@ class EpMoeBlock final : public MoeBlock {
     std::copy(router, router + static_cast<std::int64_t>(c.num_experts) * c.hidden_size, r.begin());
     const std::int64_t n = N * c.hidden_size;
     dx_.resize(static_cast<std::size_t>(n));
+    comm_.set_activity(forward_activity_);
     layer_.forward(std::span<const float>(x, n), N, std::span<float>(y, n));
   }
 
@@ -35,6 +43,7 @@ class EpMoeBlock final : public MoeBlock {
     const std::int64_t N = layer_.num_tokens();
     const std::int64_t n = N * c.hidden_size;
     layer_.zero_grad();
+    comm_.set_activity(backward_activity_);
     layer_.backward(std::span<const float>(dy, n),
                     std::span<const float>(d_probs, d_probs != nullptr ? N * c.num_experts : 0),
                     std::span<float>(dx_.data(), n));
@@ -55,7 +64,9 @@ class EpMoeBlock final : public MoeBlock {
   }
 
  private:
+  Communicator& comm_;
   MoeLayer layer_;
+  const std::string forward_activity_, backward_activity_;
   std::vector<float> dx_;  // [N,H] the layer overwrites its dx; the model accumulates
 };
 
@@ -88,7 +99,8 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
       c.prune.similarity = options.similarity[layer];
     }
   }
-  return std::make_unique<EpMoeBlock>(comm, c, std::vector<int>(expert_to_device.begin(), expert_to_device.end()));
+  return std::make_unique<EpMoeBlock>(comm, c, std::vector<int>(expert_to_device.begin(), expert_to_device.end()),
+                                      config.moe_layer(layer));
 }
 
 }  // namespace occult

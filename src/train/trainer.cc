@@ -313,6 +313,7 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
                          {"grad_clip", o.adamw.grad_clip},
                          {"config", model_config_to_json(o.config)},
                          {"dispatch", dispatch_name(o.dispatch)}};
+    comm.set_activity(fmt::format("checkpoint save at step {}", step));
     save_checkpoint(o.save_dir, model, &optimizer, state);
   };
 
@@ -342,6 +343,7 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     const auto start = Clock::now();
     LossParts loss;
     double norm = 0.0;
+    comm.set_activity(fmt::format("training step {}", step));
     at_step(step, [&] {
       loss = model.forward(b.tokens, b.targets, b.sequences, seq_len);
       model.backward();
@@ -398,6 +400,7 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     const bool eval_now = (o.eval_every > 0 && step % o.eval_every == 0) || step == last_step;
     if (eval_now) {
       double val = 0.0;
+      comm.set_activity(fmt::format("validation at step {}", step));
       at_step(step, [&] { val = evaluate(model, data, o.eval_sequences, seq_len); });
       agree_on_errors(comm, [&] {
         OCCULT_CHECK(std::isfinite(val), "training diverged at step {} (lr {:.3g}): the validation loss is {}", step,

@@ -3,7 +3,8 @@
 # exit within a time limit (a hang fails the case), exactly one "occult: error:" line naming the
 # problem, and, for saves, that no partial output is taken as a good checkpoint:
 #   faults  - an exception of another type than occult's (std::bad_alloc, std::stoi's, a runtime
-#             error) raised on one rank outside any error agreement; a checkpoint whose
+#             error) raised on one rank outside any error agreement; a rank killed, a rank stuck
+#             and a rank stopped (the collective watchdog, --collective-timeout); a checkpoint whose
 #             lm_head.weight holds a NaN (generate and eval) or an overflowing value (eval).
 #   saves   - a save killed after each file it writes and before its final rename leaves the
 #             previous checkpoint whole; torn, mixed and manifest-less checkpoints are refused
@@ -123,6 +124,29 @@ if [ "$np" -gt 1 ]; then
   wait $job || status=$?
   [ "$status" -ne 0 ] && [ "$status" -ne 124 ] || fail "killed_rank: status $status: $(tail -5 killed.txt)"
   echo "ok   killed_rank (exit $status after $(( $(date +%s) - start )) s)"
+  # A rank that stops answering without exiting (stuck before its first collective): the
+  # watchdog of a waiting rank ends the job, naming itself, the operation and the activity.
+  run hang "OCCULT_TEST_FAULT=$last:hang" -- generate --collective-timeout 2 --model base --prompt Hi \
+    --max-new-tokens 2
+  expect_error hang "rank 0 waited 2 s in MPI_" "during start-up" "stopped answering" "--collective-timeout"
+  # A rank stopped mid-training (SIGSTOP): the same, within the timeout and a poll.
+  rm -f pid.*
+  start=$(date +%s)
+  status=0
+  # shellcheck disable=SC2086
+  timeout $limit $mpi -np "$np" sh -c 'echo $$ > pid.$OMPI_COMM_WORLD_RANK; exec "$0" "$@"' "$occult" train \
+    --collective-timeout 3 --config "$src/configs/tiny.json" --data corpus.txt --steps 100000 --batch 4 \
+    --seq-len 32 --no-progress > stopped.txt 2>&1 &
+  job=$!
+  waited=0
+  while [ ! -s "pid.$last" ] && [ $waited -lt 20 ]; do sleep 1; waited=$((waited + 1)); done
+  [ -s "pid.$last" ] || fail "stopped_rank: rank $last did not start"
+  sleep 3
+  kill -STOP "$(cat "pid.$last")"
+  wait $job || status=$?
+  [ "$status" -ne 124 ] || { kill -9 "$(cat "pid.$last")"; fail "stopped_rank: no exit within $limit s"; }
+  expect_error stopped "rank 0 waited 3 s in MPI_" "during " "stopped answering"
+  echo "ok   stopped_rank (exit $status after $(( $(date +%s) - start )) s)"
 fi
 [ "$suite" != faults ] || { echo PASS; exit 0; }
 

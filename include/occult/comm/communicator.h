@@ -9,6 +9,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace occult {
@@ -114,10 +115,16 @@ class Communicator {
   // Collective operations this rank has started (every collective method counts one; latency,
   // not bandwidth, is what each costs at small batch).
   std::int64_t collective_calls() const { return collective_calls_; }
+  // Names what this rank is doing ("MoE layer 3 forward"), so that a collective that never
+  // returns can be reported with it (CollectiveWatchdog); keeps the first 95 characters and
+  // does not allocate. activity() is "" until set.
+  void set_activity(std::string_view activity);
+  const char* activity() const { return activity_; }
 
  protected:
   ByteCounter bytes_;
   std::int64_t collective_calls_ = 0;
+  char activity_[96] = {};
 };
 
 // A one-rank communicator (size 1, no MPI): for single-process tools and unit tests. Its

@@ -4,9 +4,11 @@
 
 #include <mpi.h>
 
+#include <memory>
 #include <vector>
 
 #include "occult/comm/communicator.h"
+#include "occult/comm/watchdog.h"
 
 namespace occult {
 
@@ -44,9 +46,15 @@ class MpiCommunicator final : public Communicator {
   void barrier() override;
 
   MPI_Comm handle() const { return comm_; }
+  // Watches every later collective of this communicator: one that lasts longer than
+  // `seconds` ends the job with a message naming this rank, the MPI operation, the exchange
+  // and the activity (CollectiveWatchdog, kill_job_on_timeout). 0 turns the watch off; a
+  // negative value throws occult::Error. Not collective.
+  void set_collective_timeout(double seconds);
 
  private:
   MPI_Comm comm_;
+  std::unique_ptr<CollectiveWatchdog> watchdog_;
   std::vector<int> counts_scratch_[4];  // MPI's int counts and displacements, reused per call
   int rank_ = 0;
   int size_ = 1;
