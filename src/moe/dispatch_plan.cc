@@ -58,7 +58,7 @@ DispatchPlan build_dispatch_plan(DispatchKind kind, std::span<const std::int32_t
 void build_dispatch_plan_into(DispatchPlan& plan, PlanWorkspace& ws, DispatchKind kind,
                               std::span<const std::int32_t> topk_ids, std::span<const float> topk_weights,
                               std::int64_t num_tokens, int top_k, std::span<const int> expert_to_device,
-                              int num_devices, double capacity_factor) {
+                              int num_devices, double capacity_factor, const SlotRouting* replicas) {
   const int num_experts = static_cast<int>(expert_to_device.size());
   OCCULT_CHECK(num_tokens >= 0, "dispatch plan: {} tokens", num_tokens);
   OCCULT_CHECK(top_k >= 1 && top_k <= num_experts, "dispatch plan: top-k {} outside [1, E={}]", top_k,
@@ -80,7 +80,21 @@ void build_dispatch_plan_into(DispatchPlan& plan, PlanWorkspace& ws, DispatchKin
                  num_devices);
     ws.local[e] = ws.next[d]++;
   }
-  const std::vector<int>& local = ws.local;
+  if (replicas != nullptr) {
+    OCCULT_CHECK(static_cast<std::int64_t>(replicas->slot_device.size()) == num_tokens * top_k &&
+                     static_cast<std::int64_t>(replicas->local_index.size()) ==
+                         static_cast<std::int64_t>(num_devices) * num_experts,
+                 "dispatch plan: replica routing holds {} slot devices and {} local indices, expected T*k = {} "
+                 "and D*E = {}", replicas->slot_device.size(), replicas->local_index.size(), num_tokens * top_k,
+                 static_cast<std::int64_t>(num_devices) * num_experts);
+  }
+  // The device that serves slot i, and the expert's index among that device's experts.
+  auto slot_device = [&](std::int64_t i) {
+    return replicas != nullptr ? replicas->slot_device[i] : expert_to_device[topk_ids[i]];
+  };
+  auto local_of = [&](int d, int e) {
+    return replicas != nullptr ? replicas->local_index[static_cast<std::size_t>(d) * num_experts + e] : ws.local[e];
+  };
 
   // Validate ids before any counting so a bad id can never index out of range.
   for (std::int64_t t = 0; t < num_tokens; ++t) {
@@ -90,6 +104,12 @@ void build_dispatch_plan_into(DispatchPlan& plan, PlanWorkspace& ws, DispatchKin
                    "outside [0, E={})", t, s, ids[s], num_experts);
       for (int r = 0; r < s; ++r) {
         OCCULT_CHECK(ids[r] != ids[s], "dispatch plan: token {} selects expert {} twice", t, ids[s]);
+      }
+      if (replicas != nullptr) {
+        const int d = replicas->slot_device[t * top_k + s];
+        OCCULT_CHECK(d >= 0 && d < num_devices && local_of(d, ids[s]) >= 0,
+                     "dispatch plan: token {} slot {} is routed to device {}, which does not hold expert {}", t, s,
+                     d, ids[s]);
       }
     }
   }
@@ -121,7 +141,7 @@ void build_dispatch_plan_into(DispatchPlan& plan, PlanWorkspace& ws, DispatchKin
     int n = 0;
     for (int s = 0; s < top_k; ++s) {
       if (plan.dropped[t * top_k + s]) continue;
-      const int d = expert_to_device[topk_ids[t * top_k + s]];
+      const int d = slot_device(t * top_k + s);
       if (std::find(devices.begin(), devices.begin() + n, d) == devices.begin() + n) devices[n++] = d;
     }
     std::sort(devices.begin(), devices.begin() + n);
@@ -130,7 +150,7 @@ void build_dispatch_plan_into(DispatchPlan& plan, PlanWorkspace& ws, DispatchKin
   for (std::int64_t t = 0; t < num_tokens; ++t) {
     for (int s = 0; s < top_k; ++s) {
       if (plan.dropped[t * top_k + s]) continue;
-      const int d = expert_to_device[topk_ids[t * top_k + s]];
+      const int d = slot_device(t * top_k + s);
       ++assigns[d];
       if (kind == DispatchKind::kStandard) ++rows[d];
     }
@@ -158,11 +178,11 @@ void build_dispatch_plan_into(DispatchPlan& plan, PlanWorkspace& ws, DispatchKin
         const std::int64_t slot = t * top_k + s;
         if (plan.dropped[slot]) continue;
         const int e = topk_ids[slot];
-        const int d = expert_to_device[e];
+        const int d = slot_device(slot);
         const std::int64_t row = row_fill[d]++;
         plan.row_token[plan.send_row_offsets[d] + row] = static_cast<std::int32_t>(t);
         const std::int64_t a = plan.send_assignment_offsets[d] + assign_fill[d]++;
-        plan.assignments[a] = Assignment{static_cast<std::int32_t>(row), local[e], topk_weights[slot]};
+        plan.assignments[a] = Assignment{static_cast<std::int32_t>(row), local_of(d, e), topk_weights[slot]};
         plan.assignment_slot[a] = static_cast<std::int32_t>(slot);
       }
     } else {
@@ -174,9 +194,9 @@ void build_dispatch_plan_into(DispatchPlan& plan, PlanWorkspace& ws, DispatchKin
         for (int s = 0; s < top_k; ++s) {
           const std::int64_t slot = t * top_k + s;
           const int e = topk_ids[slot];
-          if (expert_to_device[e] != d) continue;
+          if (plan.dropped[slot] || slot_device(slot) != d) continue;
           const std::int64_t a = plan.send_assignment_offsets[d] + assign_fill[d]++;
-          plan.assignments[a] = Assignment{static_cast<std::int32_t>(row), local[e], topk_weights[slot]};
+          plan.assignments[a] = Assignment{static_cast<std::int32_t>(row), local_of(d, e), topk_weights[slot]};
           plan.assignment_slot[a] = static_cast<std::int32_t>(slot);
         }
       }

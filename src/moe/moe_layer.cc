@@ -154,6 +154,10 @@ void validate_moe_layer_config(const MoeLayerConfig& c) {
 }
 
 MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> expert_to_device)
+    : MoeLayer(comm, std::move(config), std::move(expert_to_device), {}) {}
+
+MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> expert_to_device,
+                   std::vector<std::vector<int>> device_experts)
     : comm_(comm), config_(std::move(config)), expert_to_device_(std::move(expert_to_device)) {
   agree_on_errors(comm_, [&] {
     validate_moe_layer_config(config_);
@@ -176,6 +180,14 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
       pc.norm_topk_prob = config_.norm_topk_prob || config_.score_function == ScoreFunction::kSigmoid;
       validate_prune_config(pc, expert_to_device_, config_.prune.similarity);
     }
+    if (device_experts.empty()) {
+      holders_ = holders_from_primary(expert_to_device_, comm_.size());
+    } else {
+      OCCULT_CHECK(static_cast<int>(device_experts.size()) == comm_.size(),
+                   "MoE layer: the placement lists the experts of {} devices, but there are {} ranks",
+                   device_experts.size(), comm_.size());
+      holders_ = holders_from_device_experts(device_experts, expert_to_device_);
+    }
   });
   {
     // Every rank must build the same layer: a hash of what the exchanges depend on, compared
@@ -189,16 +201,28 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
       mix(v);
     }
     for (int d : expert_to_device_) mix(d);
+    for (std::uint64_t m : holders_.masks) mix(static_cast<std::int64_t>(m));
     const auto hash = static_cast<std::int64_t>(h >> 2);
     std::vector<std::int64_t> extremes = {hash, -hash};
     comm_.all_reduce_max(extremes);
     OCCULT_CHECK(extremes[0] == -extremes[1],
                  "MoE layer: the ranks were given different layer configs or placements (E, k, H, F, dispatch, "
-                 "prune devices, wire format and expert_to_device must be identical on every rank)");
+                 "prune devices, wire format, expert_to_device and replicas must be identical on every rank)");
+  }
+  // Each device holds its experts in ascending id order; without replicas that is the order of
+  // local_expert_indices.
+  const int D = comm_.size();
+  local_index_by_device_.assign(static_cast<std::size_t>(D) * config_.num_experts, -1);
+  std::vector<int> held(D, 0);
+  for (int e = 0; e < config_.num_experts; ++e) {
+    for (int d = 0; d < D; ++d) {
+      if ((holders_.masks[e] >> d) & 1u) local_index_by_device_[static_cast<std::size_t>(d) * config_.num_experts + e] = held[d]++;
+    }
+    if (holders_.copies(e) > 1) replicated_experts_.push_back(e);
   }
   local_index_of_.assign(config_.num_experts, -1);
   for (int e = 0; e < config_.num_experts; ++e) {
-    if (expert_to_device_[e] == comm_.rank()) {
+    if ((holders_.masks[e] >> comm_.rank()) & 1u) {
       local_index_of_[e] = static_cast<int>(local_experts_.size());
       local_experts_.push_back(e);
     }
@@ -400,8 +424,11 @@ void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::s
       pc.scheme = config_.prune.scheme;
       pc.weights = config_.prune.weights;
       pc.norm_topk_prob = config_.norm_topk_prob || config_.score_function == ScoreFunction::kSigmoid;
-      prune_stats_ = prune_routing(ids_, weights_, probs_, num_tokens, expert_to_device_, config_.prune.similarity,
-                                   pc, prune_workspace_);
+      prune_stats_ = replicated()
+                         ? prune_routing(ids_, weights_, probs_, num_tokens, holders_, config_.prune.similarity, pc,
+                                         prune_workspace_)
+                         : prune_routing(ids_, weights_, probs_, num_tokens, expert_to_device_,
+                                         config_.prune.similarity, pc, prune_workspace_);
       // kKeep: slot j keeps the weight (so the score) of the expert originally in slot j;
       // kRecompute: each weight is the new expert's own p.
       if (config_.prune.weights == PruneWeights::kRecompute) weight_source_ = ids_;
@@ -465,8 +492,19 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   // fail on other ranks' data.
   if (!error) {
     error = local_error([&] {
-      build_dispatch_plan_into(plan_, b.plan_workspace, config_.dispatch, ids_, weights_, num_tokens_, config_.top_k,
-                               expert_to_device_, D, config_.capacity_factor);
+      if (replicated()) {
+        // Every token starts at this rank: route_token prefers the holders it already visits,
+        // then this rank, then the lighter holder.
+        homes_.assign(static_cast<std::size_t>(num_tokens_), comm_.rank());
+        slot_device_.resize(static_cast<std::size_t>(num_tokens_) * config_.top_k);
+        route_tokens(holders_, ids_, num_tokens_, config_.top_k, homes_, slot_device_);
+        const SlotRouting routing{slot_device_, local_index_by_device_};
+        build_dispatch_plan_into(plan_, b.plan_workspace, config_.dispatch, ids_, weights_, num_tokens_,
+                                 config_.top_k, expert_to_device_, D, config_.capacity_factor, &routing);
+      } else {
+        build_dispatch_plan_into(plan_, b.plan_workspace, config_.dispatch, ids_, weights_, num_tokens_,
+                                 config_.top_k, expert_to_device_, D, config_.capacity_factor);
+      }
     });
   }
   // The one count exchange of the forward: rows, assignments and this rank's status for every
@@ -557,6 +595,33 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   if (!config_.with_grads) release_forward_buffers();
 }
 
+void MoeLayer::sum_replica_gradients() {
+  if (replicated_experts_.empty()) return;
+  // Every rank takes part (zeros for the copies it lacks): one all-reduce over the group instead
+  // of one sub-communicator per replicated expert.
+  const std::size_t FH = static_cast<std::size_t>(config_.ffn_size) * config_.hidden_size;
+  replica_grads_.assign(replicated_experts_.size() * 3 * FH, 0.0f);
+  for (std::size_t r = 0; r < replicated_experts_.size(); ++r) {
+    const int e = replicated_experts_[r];
+    if (!is_local(e)) continue;
+    const std::span<float> g[3] = {gate_proj_grad(e), up_proj_grad(e), down_proj_grad(e)};
+    for (int kind = 0; kind < 3; ++kind) {
+      const std::size_t base = (3 * r + kind) * FH;
+      for (std::size_t i = 0; i < FH; ++i) replica_grads_[base + i] = g[kind][i] - replica_before_[base + i];
+    }
+  }
+  comm_.all_reduce_sum(std::span<float>(replica_grads_));
+  for (std::size_t r = 0; r < replicated_experts_.size(); ++r) {
+    const int e = replicated_experts_[r];
+    if (!is_local(e)) continue;
+    const std::span<float> g[3] = {gate_proj_grad(e), up_proj_grad(e), down_proj_grad(e)};
+    for (int kind = 0; kind < 3; ++kind) {
+      const std::size_t base = (3 * r + kind) * FH;
+      for (std::size_t i = 0; i < FH; ++i) g[kind][i] = replica_before_[base + i] + replica_grads_[base + i];
+    }
+  }
+}
+
 void MoeLayer::release_forward_buffers() {
   // A model holds one layer per transformer block; without a backward to serve, keeping each
   // layer's rows and activations would multiply the largest batch's exchange memory by the
@@ -638,8 +703,20 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
   b.d_weight_sorted.resize(receive_.num_assignments());
   const ExpertWeightsView view = expert_view();
   ExpertGradsView grads{d_w1_, d_w3_, d_w2_};
+  if (!replicated_experts_.empty()) {
+    // What the gradients held before this backward, so that only its own part is summed.
+    const std::size_t FH = static_cast<std::size_t>(config_.ffn_size) * H;
+    replica_before_.assign(replicated_experts_.size() * 3 * FH, 0.0f);
+    for (std::size_t r = 0; r < replicated_experts_.size(); ++r) {
+      const int e = replicated_experts_[r];
+      if (!is_local(e)) continue;
+      const std::span<float> g[3] = {gate_proj_grad(e), up_proj_grad(e), down_proj_grad(e)};
+      for (int kind = 0; kind < 3; ++kind) std::copy(g[kind].begin(), g[kind].end(), replica_before_.begin() + (3 * r + kind) * FH);
+    }
+  }
   expert_backward(receive_, view, x_recv_, b.dy_recv, act_gate_, act_up_, b.expert_out, b.d_weight_sorted, grads,
                   b.expert);
+  sum_replica_gradients();
   double t2 = now_seconds();
   timings_.backward_experts = t2 - t1;
 

@@ -2,7 +2,8 @@
 // reference: outputs and every gradient, both dispatchers, with and without norm_topk_prob,
 // contiguous and scattered placements, uneven experts per device, pruning, ranks without
 // tokens; payloads that encode their source token; exact byte accounting; collective errors;
-// every wire format within its rounding; collectives per forward and backward.
+// every wire format within its rounding; collectives per forward and backward; replicated
+// experts.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -14,6 +15,7 @@
 #include "occult/core/error.h"
 #include "occult/moe/moe_layer.h"
 #include "occult/moe/reference.h"
+#include "routing/reference.h"
 #include "test_util.h"
 
 namespace occult {
@@ -270,6 +272,140 @@ TEST(MoeLayerCapacity, DroppedSlotsContributeNothing) {
   EXPECT_LT(relative_error(y, y_ref), 1e-5);
   EXPECT_LT(relative_error(dx, dx_ref), 1e-5);
 }
+
+// Replicas: device d holds its primaries (scattered) plus experts 0, 1 and (d + 2) % E, so the
+// hot experts are everywhere and others have a second holder.
+std::vector<std::vector<int>> replicated_placement(const std::vector<int>& primary, int D) {
+  const int E = static_cast<int>(primary.size());
+  std::vector<std::vector<int>> held(D);
+  for (int d = 0; d < D; ++d) {
+    for (int e = 0; e < E; ++e) {
+      if (primary[e] == d || e == 0 || e == 1 || e == (d + 2) % E) held[d].push_back(e);
+    }
+  }
+  return held;
+}
+
+struct ReplicaCase {
+  const char* name;
+  DispatchKind dispatch;
+  bool prune;
+};
+
+class MoeLayerReplicas : public ::testing::TestWithParam<ReplicaCase> {};
+
+// A replicated layer computes the unreplicated reference (forward, input and router gradients),
+// every copy of an expert holds the reference gradient of that expert (summed over its
+// holders), and each token's rows go to the holders the naive routing twin picks.
+TEST_P(MoeLayerReplicas, MatchTheUnreplicatedReferenceAndTheRoutingTwin) {
+  const ReplicaCase rc = GetParam();
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  MoeLayerConfig c;
+  c.num_experts = 8;
+  c.top_k = 3;
+  c.hidden_size = 6;
+  c.ffn_size = 5;
+  c.norm_topk_prob = true;
+  c.dispatch = rc.dispatch;
+  if (rc.prune) c.prune.max_devices = std::min(D, 2);
+  const std::vector<int> primary = make_placement(c.num_experts, D, true);
+  const std::vector<std::vector<int>> held = replicated_placement(primary, D);
+  const std::int64_t T = 14, H = c.hidden_size, E = c.num_experts, k = c.top_k;
+  const std::int64_t lo = first_token(T, rank, D), n = first_token(T, rank + 1, D) - lo;
+
+  MoeLayer layer(comm, c, primary, held);
+  EXPECT_EQ(layer.replicated(), D > 1);
+  EXPECT_EQ(layer.local_experts(), held[rank]);
+  layer.init_random(31, 0.6f);
+  const std::vector<float> x = random_values(T * H, 32);
+  const std::vector<float> dy = random_values(T * H, 33);
+  const std::vector<float> dprobs = random_values(T * E, 34, 0.1f);
+  std::vector<float> y(n * H), dx(n * H);
+  comm.bytes().reset();
+  layer.zero_grad();
+  layer.forward(rows(x, lo, n, H), n, y);
+
+  ReferenceMoeWeights w = ReferenceMoeWeights::random(c, 31, 0.6f);
+  if (rc.prune) {
+    // Pruning with replicas keeps each token within M devices of the replicated placement; the
+    // output is then the reference on the pruned routing the routing twin produces.
+    MoeLayerConfig unpruned = c;
+    unpruned.prune = {};
+    ReferenceMoeState s;
+    std::vector<float> scratch(T * H), y_ref(T * H);
+    reference_moe_forward(unpruned, w, x, T, primary, s, scratch);
+    std::vector<std::int32_t> ids = s.topk_ids;
+    std::vector<float> weights = s.topk_weights;
+    PruneConfig pc;
+    pc.num_experts = c.num_experts;
+    pc.top_k = c.top_k;
+    pc.num_devices = D;
+    pc.max_devices = c.prune.max_devices;
+    pc.norm_topk_prob = true;
+    reference::prune_routing(ids, weights, s.probs, T, held, primary, {}, pc);
+    ReferenceMoeState s2;
+    reference_moe_forward_with_routing(unpruned, w, x, T, ids, weights, s2, y_ref);
+    EXPECT_LT(relative_error(y, rows(y_ref, lo, n, H)), 1e-5) << "output";
+    EXPECT_EQ(std::vector<std::int32_t>(layer.topk_ids().begin(), layer.topk_ids().end()),
+              std::vector<std::int32_t>(rows(ids, lo, n, k).begin(), rows(ids, lo, n, k).end()));
+    return;
+  }
+  layer.backward(rows(dy, lo, n, H), rows(dprobs, lo, n, E), dx);
+
+  ReferenceMoeState state;
+  std::vector<float> y_ref(T * H), dx_ref(T * H);
+  reference_moe_forward(c, w, x, T, primary, state, y_ref);
+  ReferenceMoeWeights g_ref = ReferenceMoeWeights::zeros(c);
+  reference_moe_backward(c, w, state, x, dy, dprobs, dx_ref, g_ref);
+  EXPECT_LT(relative_error(y, rows(y_ref, lo, n, H)), 1e-5) << "output";
+  EXPECT_LT(relative_error(dx, rows(dx_ref, lo, n, H)), 1e-5) << "grad_input";
+  std::vector<float> d_router(layer.router_weight_grad().begin(), layer.router_weight_grad().end());
+  comm.all_reduce_sum(d_router);
+  EXPECT_LT(relative_error(d_router, g_ref.router), 1e-5) << "grad router";
+  const std::int64_t FH = c.ffn_size * H;
+  for (int e : layer.local_experts()) {
+    EXPECT_LT(relative_error(layer.gate_proj_grad(e), rows(g_ref.gate_proj, e, 1, FH)), 1e-5) << "gate_proj " << e;
+    EXPECT_LT(relative_error(layer.up_proj_grad(e), rows(g_ref.up_proj, e, 1, FH)), 1e-5) << "up_proj " << e;
+    EXPECT_LT(relative_error(layer.down_proj_grad(e), rows(g_ref.down_proj, e, 1, FH)), 1e-5) << "down_proj " << e;
+  }
+
+  // Rows: every rank routes its own tokens (home = the rank) with the twin's rule; occult sends
+  // one row per distinct holder, standard one per slot.
+  std::int64_t rows_total = 0, rows_remote = 0, rows_without_replicas = 0;
+  for (int r = 0; r < D; ++r) {
+    const std::int64_t rlo = first_token(T, r, D), rn = first_token(T, r + 1, D) - rlo;
+    std::vector<int> homes(rn, r), devices(rn * k);
+    const auto ids = rows(state.topk_ids, rlo, rn, k);
+    reference::route_tokens(held, c.num_experts, ids, rn, c.top_k, homes, devices);
+    for (std::int64_t t = 0; t < rn; ++t) {
+      std::vector<int> dev(devices.begin() + t * k, devices.begin() + (t + 1) * k), plain;
+      for (std::int64_t s = 0; s < k; ++s) plain.push_back(primary[ids[t * k + s]]);
+      if (rc.dispatch == DispatchKind::kOccult) {
+        for (auto* v : {&dev, &plain}) {
+          std::sort(v->begin(), v->end());
+          v->erase(std::unique(v->begin(), v->end()), v->end());
+        }
+      }
+      rows_total += static_cast<std::int64_t>(dev.size());
+      rows_without_replicas += static_cast<std::int64_t>(plain.size());
+      rows_remote += std::count_if(dev.begin(), dev.end(), [&](int d) { return d != r; });
+    }
+  }
+  const auto bytes = sum_over_ranks(comm);
+  const std::int64_t row_bytes = H * static_cast<std::int64_t>(sizeof(float));
+  for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
+    EXPECT_EQ(bytes.at(name).total_bytes(), rows_total * row_bytes) << name;
+    EXPECT_EQ(bytes.at(name).remote_bytes, rows_remote * row_bytes) << name;
+  }
+  EXPECT_LE(rows_total, rows_without_replicas);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerReplicas,
+                         ::testing::Values(ReplicaCase{"occult", DispatchKind::kOccult, false},
+                                           ReplicaCase{"standard", DispatchKind::kStandard, false},
+                                           ReplicaCase{"occult_pruned", DispatchKind::kOccult, true}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 // Expects `call` to throw occult::Error on this rank with `fragment` in the message.
 template <typename F>

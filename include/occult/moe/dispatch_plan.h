@@ -70,6 +70,14 @@ DispatchPlan build_dispatch_plan(DispatchKind kind, std::span<const std::int32_t
                                  int top_k, std::span<const int> expert_to_device, int num_devices,
                                  double capacity_factor = 0);
 
+// Replicated experts (DESIGN.md, "Replicas"): the device chosen for each (token, slot) by the
+// routing rule (route_tokens) and each device's index of each expert it holds. With it, a slot
+// goes to slot_device[t * k + s] instead of expert_to_device[id].
+struct SlotRouting {
+  std::span<const int> slot_device;  // [T * k] in [0, D)
+  std::span<const int> local_index;  // [D * E] the expert's index among device d's, -1 if absent
+};
+
 // Scratch of the plan builders, kept by a caller that plans every step so that a batch no
 // larger than an earlier one plans without allocating.
 struct PlanWorkspace {
@@ -77,11 +85,13 @@ struct PlanWorkspace {
   std::vector<std::int64_t> used, rows, assigns, row_fill, assign_fill;
 };
 
-// As build_dispatch_plan, into `plan`, reusing its storage and `workspace`'s.
+// As build_dispatch_plan, into `plan`, reusing its storage and `workspace`'s. With `replicas`,
+// each slot goes to the device it names (which must hold the slot's expert; throws otherwise)
+// and expert_to_device only gives E.
 void build_dispatch_plan_into(DispatchPlan& plan, PlanWorkspace& workspace, DispatchKind kind,
                               std::span<const std::int32_t> topk_ids, std::span<const float> topk_weights,
                               std::int64_t num_tokens, int top_k, std::span<const int> expert_to_device,
-                              int num_devices, double capacity_factor = 0);
+                              int num_devices, double capacity_factor = 0, const SlotRouting* replicas = nullptr);
 
 // local[e] = the number of experts e' < e on e's device; expert_to_device entries in [0, D).
 std::vector<int> local_expert_indices(std::span<const int> expert_to_device, int num_devices);

@@ -31,6 +31,7 @@
 #include "occult/moe/dispatch_plan.h"
 #include "occult/routing/gating.h"
 #include "occult/routing/pruning.h"
+#include "occult/routing/replicas.h"
 
 namespace occult {
 
@@ -110,6 +111,15 @@ class MoeLayer {
   // per device are fine). Errors (config, placement for another D or E) throw on every rank.
   // Weights start at zero; fill them with load_weights, init_random or parameters().
   MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> expert_to_device);
+  // Collective. A layer whose experts may be replicated (DESIGN.md, "Replicas"):
+  // device_experts[d] lists the experts device d holds (empty: none replicated, as above);
+  // every expert is held by its primary device expert_to_device[e]. Each token's slots go to
+  // holders chosen by route_token (fewest devices, home first, lighter next), so the output is
+  // the unreplicated layer's; backward sums each replicated expert's gradient over its holders
+  // (an all-reduce), so every copy gets the unreplicated gradient and stays equal after any
+  // identical optimizer step.
+  MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> expert_to_device,
+           std::vector<std::vector<int>> device_experts);
   ~MoeLayer();
   MoeLayer(const MoeLayer&) = delete;
   MoeLayer& operator=(const MoeLayer&) = delete;
@@ -118,6 +128,11 @@ class MoeLayer {
   const std::vector<int>& expert_to_device() const { return expert_to_device_; }
   // The global ids of this rank's experts, ascending ("local expert i" is local_experts()[i]).
   const std::vector<int>& local_experts() const { return local_experts_; }
+  // True when some expert has more than one holder.
+  bool replicated() const { return holders_.replicated(); }
+  // True when this rank is expert e's primary holder (the copy a checkpoint saves and a global
+  // gradient norm counts); e must be local.
+  bool is_primary(int expert) const { return expert_to_device_[expert] == comm_.rank(); }
   // True when expert `e` lives on this rank.
   bool is_local(int expert) const;
 
@@ -201,12 +216,20 @@ class MoeLayer {
   // each forward).
   void release_forward_buffers();
   int local_index(int expert, const char* what) const;
+  // Backward with replicas: adds this backward's gradient of every replicated expert over all
+  // its holders (collective; replica_before_ holds the gradients before this backward).
+  void sum_replica_gradients();
 
   Communicator& comm_;
   MoeLayerConfig config_;
   std::vector<int> expert_to_device_;
   std::vector<int> local_experts_;
   std::vector<int> local_index_of_;  // [E]: index among this rank's experts, -1 if remote
+  ExpertHolders holders_;                    // which devices hold each expert
+  std::vector<int> local_index_by_device_;   // [D, E] each device's index of e, -1 if absent (replicas)
+  std::vector<int> replicated_experts_;      // ids with more than one holder, ascending
+  std::vector<int> slot_device_, homes_;     // [T, k] holder serving each slot, [T] this rank
+  std::vector<float> replica_grads_, replica_before_;  // [R, 3, F*H] gradient sums of replicas
 
   std::vector<float> router_, d_router_;          // [E, H]
   std::vector<float> w1_, w3_, w2_;               // [L, F, H], [L, F, H], [L, H, F]
