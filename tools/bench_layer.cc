@@ -145,6 +145,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
   const int D = comm.size(), rank = comm.rank();
   MoeLayerConfig base;
   std::vector<int> e2d;
+  std::vector<std::vector<int>> held;  // device_experts when the placement has replicas
   Trace trace;
   std::vector<float> similarity;
   std::vector<WireFormat> wires;
@@ -166,12 +167,13 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     base.norm_topk_prob = a.norm_topk_prob;
     validate_moe_layer_config(base);
     if (!a.placement.empty()) {
-      Placement p = load_placement(a.placement);
+      Placement p = load_placement(a.placement, ReplicaPolicy::kAllow);
       OCCULT_CHECK(p.num_devices == D, "{}: the placement is for {} devices, but mpirun started {} ranks", a.placement,
                    p.num_devices, D);
       OCCULT_CHECK(p.num_experts == a.experts, "{}: the placement is for {} experts, --experts is {}", a.placement,
                    p.num_experts, a.experts);
       e2d = p.layer(a.layer).expert_to_device;
+      held = p.layer(a.layer).device_experts;
       similarity = p.layer(a.layer).similarity;
     } else {
       e2d.resize(a.experts);
@@ -241,11 +243,16 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
           pc.max_devices = v.prune_devices;
           pc.scheme = config.prune.scheme;
           PruneWorkspace ws;
-          prune_routing(routing.ids, routing.weights, routing.probs, T, e2d, similarity, pc, ws);
+          if (held.empty()) {
+            prune_routing(routing.ids, routing.weights, routing.probs, T, e2d, similarity, pc, ws);
+          } else {
+            prune_routing(routing.ids, routing.weights, routing.probs, T, holders_from_device_experts(held, e2d),
+                          similarity, pc, ws);
+          }
         });
       }
     }
-    MoeLayer layer(comm, config, e2d);
+    MoeLayer layer(comm, config, e2d, held);
     layer.init_random(a.seed, 1.0f / std::sqrt(static_cast<float>(H)));
     auto run_once = [&](bool backward) {
       if (a.routing_trace.empty()) {
@@ -271,13 +278,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     }
     progress.update(++step, v.name + " bytes");
     r.bytes = sum_over_ranks(comm);
-    std::vector<double> distinct = {0.0};
-    for (std::int64_t t = 0; t < T; ++t) {
-      std::vector<int> devices;
-      for (std::int64_t s = 0; s < k; ++s) devices.push_back(e2d[layer.topk_ids()[t * k + s]]);
-      std::sort(devices.begin(), devices.end());
-      distinct[0] += static_cast<double>(std::unique(devices.begin(), devices.end()) - devices.begin());
-    }
+    std::vector<double> distinct = {static_cast<double>(layer.token_device_pairs())};
     comm.all_reduce_sum(distinct);
     r.replicas_per_token = T > 0 ? distinct[0] / (static_cast<double>(T) * D) : 0;
 

@@ -124,7 +124,7 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
                  "--prune-devices must be in [0, {} ranks], got {}", comm.size(), f.prune_devices);
     if (f.placement.empty()) return;
     check_input_file("--placement", f.placement);
-    const Placement p = load_placement(f.placement);
+    const Placement p = load_placement(f.placement, ReplicaPolicy::kAllow);
     OCCULT_CHECK(
         p.num_experts == config.num_experts,
         "--placement {} is for a model with {} experts, but this model has num_experts = {}",
@@ -138,6 +138,9 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
     for (int l = 0; l < config.num_moe_layers(); ++l) {
       parallel.expert_to_device.push_back(p.layer(l).expert_to_device);
       parallel.similarity.push_back(p.layer(l).similarity);
+    }
+    if (p.has_replicas()) {
+      for (int l = 0; l < config.num_moe_layers(); ++l) parallel.device_experts.push_back(p.layer(l).device_experts);
     }
   });
   return parallel;

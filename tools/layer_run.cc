@@ -37,6 +37,7 @@ void run_layer(const LayerRunArgs& a, Communicator& comm) {
   const int D = comm.size(), rank = comm.rank();
   MoeLayerConfig config;
   std::vector<int> expert_to_device;
+  std::vector<std::vector<int>> device_experts;  // empty unless the placement has replicas
   std::vector<float> x_local, dy_local;
   std::int64_t T = 0, lo = 0, n = 0;
   std::optional<SafetensorsReader> weights;
@@ -57,13 +58,14 @@ void run_layer(const LayerRunArgs& a, Communicator& comm) {
     config.capacity_factor = a.capacity_factor;
     config.wire = parse_wire_format(a.wire, "--wire");
     if (!a.placement.empty()) {
-      Placement p = load_placement(a.placement);
+      Placement p = load_placement(a.placement, ReplicaPolicy::kAllow);
       OCCULT_CHECK(p.num_devices == D, "{}: the placement is for {} devices, but mpirun started {} ranks",
                    a.placement, p.num_devices, D);
       OCCULT_CHECK(p.num_experts == config.num_experts, "{}: the placement is for {} experts, {} has E = {}",
                    a.placement, p.num_experts, a.weights, config.num_experts);
       const LayerPlacement& lp = p.layer(a.layer);
       expert_to_device = lp.expert_to_device;
+      device_experts = lp.device_experts;
       config.prune.similarity = lp.similarity;
     } else {
       expert_to_device.resize(config.num_experts);
@@ -96,7 +98,7 @@ void run_layer(const LayerRunArgs& a, Communicator& comm) {
     }
   });
 
-  MoeLayer layer(comm, config, expert_to_device);
+  MoeLayer layer(comm, config, expert_to_device, device_experts);
   layer.load_weights(*weights);
   const int H = config.hidden_size, k = config.top_k, E = config.num_experts;
   std::vector<float> y(n * H);
@@ -110,13 +112,7 @@ void run_layer(const LayerRunArgs& a, Communicator& comm) {
   }
 
   // Replicas per token of the routing actually used (after pruning).
-  std::vector<double> devices_sum = {0.0};
-  for (std::int64_t t = 0; t < n; ++t) {
-    std::vector<int> devices;
-    for (int s = 0; s < k; ++s) devices.push_back(expert_to_device[layer.topk_ids()[t * k + s]]);
-    std::sort(devices.begin(), devices.end());
-    devices_sum[0] += static_cast<double>(std::unique(devices.begin(), devices.end()) - devices.begin());
-  }
+  std::vector<double> devices_sum = {static_cast<double>(layer.token_device_pairs())};
   comm.all_reduce_sum(devices_sum);
   const auto bytes = sum_over_ranks(comm);
 

@@ -57,7 +57,7 @@ Gathered gather(MoeTransformer& model, Source source) {
     std::vector<float> buffer(static_cast<std::size_t>(E) * 3 * FH, 0.0f);  // [E,3,F*H]
     for (std::size_t i = 0; i < tensors.size(); ++i) {
       const auto& t = tensors[i];
-      if (!t.expert || t.layer != l) continue;
+      if (!t.expert || t.layer != l || !t.primary) continue;  // one copy of a replicated expert
       const auto s = source(i);
       std::copy(s.begin(), s.end(), buffer.begin() + (static_cast<std::int64_t>(t.expert_id) * 3 + t.expert_kind) * FH);
     }

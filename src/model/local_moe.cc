@@ -34,6 +34,8 @@ class LocalMoeBlock final : public MoeBlock {
   const float* router_probs() const override { return probs_.data(); }
   const std::int32_t* topk_ids() const override { return ids_.data(); }
   const std::vector<int>& local_experts() const override { return local_; }
+  // One device holds every expert: each token touches exactly it.
+  std::int64_t token_device_pairs() const override { return N_; }
   std::span<float> expert_weight(int e, int kind) override { return slice(weights_[kind], e); }
   std::span<float> expert_grad(int e, int kind) override { return slice(grads_[kind], e); }
   std::span<std::uint16_t> expert_weight_bf16(int, int) override {

@@ -59,7 +59,7 @@ DenseElements dense_elements(const ModelConfig& c) {
 }  // namespace
 
 MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, bool training,
-                                     WeightDType weights) {
+                                     WeightDType weights, int experts_per_layer) {
   OCCULT_CHECK(num_ranks >= 1, "memory estimate: the run must have at least 1 rank, got {}",
                num_ranks);
   const std::int64_t matrix_bytes = weights == WeightDType::kBF16 ? 2 : kFloat;
@@ -67,7 +67,8 @@ MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, b
                      F = config.moe_intermediate_size;
   MemoryEstimate m;
   m.moe_layers = config.num_moe_layers();
-  m.experts_per_layer = static_cast<int>((E + num_ranks - 1) / num_ranks);
+  m.experts_per_layer =
+      experts_per_layer > 0 ? experts_per_layer : static_cast<int>((E + num_ranks - 1) / num_ranks);
   // Parameters and gradients of the dense arena.
   const std::int64_t copies = training ? 2 : 1;  // values, and gradients when training
   const DenseElements dense = dense_elements(config);
@@ -137,9 +138,10 @@ void check_memory(const MemoryEstimate& needed, const AvailableMemory& available
 }
 
 void check_model_fits_memory(const ModelConfig& config, Communicator& comm, bool training,
-                             WeightDType weights) {
+                             WeightDType weights, int experts_per_layer) {
   agree_on_errors(comm, [&] {
-    check_memory(estimate_model_memory(config, comm.size(), training, weights), available_memory_per_rank());
+    check_memory(estimate_model_memory(config, comm.size(), training, weights, experts_per_layer),
+                 available_memory_per_rank());
   });
 }
 

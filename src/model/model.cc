@@ -110,7 +110,13 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
     : config_(config), comm_(comm), options_(options), impl_(std::make_unique<Impl>()) {
   validate_model_config(config_, "model config");
   // Refuse, on every rank with one message, a model this host cannot hold before allocating it.
-  check_model_fits_memory(config_, comm_, options_.training, options_.weight_dtype);
+  int most_held = 0;  // with replicas: the most experts a rank holds in one layer
+  for (const auto& layer : options_.device_experts) {
+    if (comm_.rank() < static_cast<int>(layer.size())) most_held = std::max(most_held, static_cast<int>(layer[comm_.rank()].size()));
+  }
+  std::vector<std::int64_t> most = {most_held};
+  comm_.all_reduce_max(std::span<std::int64_t>(most));
+  check_model_fits_memory(config_, comm_, options_.training, options_.weight_dtype, static_cast<int>(most[0]));
   const int L = config_.num_hidden_layers, Lm = config_.num_moe_layers(), E = config_.num_experts,
             D = comm_.size();
   if (options_.expert_to_device.empty()) {
@@ -157,7 +163,10 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
     impl_->mlp_width[l] = m >= 0 ? config_.shared_intermediate_size() : config_.intermediate_size;
     if (m < 0) continue;
     impl_->moe[m] = local_reference ? make_local_moe_block(config_)
-                                    : make_moe_block(config_, comm_, options_, m, expert_to_device_[m]);
+                                    : make_moe_block(config_, comm_, options_, m, expert_to_device_[m],
+                                                     options_.device_experts.empty()
+                                                         ? std::vector<std::vector<int>>{}
+                                                         : options_.device_experts[m]);
   }
   build_tensors();
 }
@@ -269,6 +278,7 @@ void MoeTransformer::build_tensors() {
                      "MoE layer {} returned {} elements for {}, expected {}", l, t.value.size() + t.value_bf16.size(),
                      t.name, t.numel);
         t.expert = true;
+        t.primary = expert_to_device_[m][e] == comm_.rank();
         t.layer = l;
         t.expert_id = e;
         t.expert_kind = kind;
@@ -612,6 +622,11 @@ RoutingStats MoeTransformer::routing_stats() {
   std::vector<double> sums(Lm, 0.0);
   std::vector<char> seen(D);
   for (int l = 0; l < Lm; ++l) {
+    if (!options_.device_experts.empty()) {
+      // Replicas: the holders each token's slots actually went to.
+      sums[l] = static_cast<double>(m.moe[l]->token_device_pairs());
+      continue;
+    }
     const std::int32_t* ids = m.moe[l]->topk_ids();
     for (std::int64_t t = 0; t < N; ++t) {
       std::fill(seen.begin(), seen.end(), 0);

@@ -30,6 +30,9 @@ class MoeBlock {
   // Router probabilities [N,E] and selected experts [N,k] of the last forward.
   virtual const float* router_probs() const = 0;
   virtual const std::int32_t* topk_ids() const = 0;
+  // Sum over this rank's tokens of the distinct devices each token's kept slots went to in the
+  // last forward.
+  virtual std::int64_t token_device_pairs() const = 0;
   // Global ids of the experts this rank holds, ascending.
   virtual const std::vector<int>& local_experts() const = 0;
   // Expert e's tensor `kind` (0 gate_proj [F,H], 1 up_proj [F,H], 2 down_proj [H,F]) and its
@@ -41,9 +44,11 @@ class MoeBlock {
 };
 
 // Builds layer `layer`'s block: the expert-parallel MoeLayer of src/moe (collective).
+// `device_experts` lists each device's experts when the placement has replicas (else empty).
 std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator& comm,
                                          const ParallelOptions& options, int layer,
-                                         std::span<const int> expert_to_device);
+                                         std::span<const int> expert_to_device,
+                                         std::vector<std::vector<int>> device_experts);
 
 // Single-process MoE block holding every expert: the naive reference semantics of DESIGN.md
 // (softmax router, top-k with ties to the lower id, optional norm_topk_prob, SwiGLU experts).

@@ -22,9 +22,10 @@ namespace {
 class EpMoeBlock final : public MoeBlock {
  public:
   // `layer` (the transformer layer) names the block in the activity a stuck collective reports.
-  EpMoeBlock(Communicator& comm, const MoeLayerConfig& config, std::vector<int> expert_to_device, int layer)
+  EpMoeBlock(Communicator& comm, const MoeLayerConfig& config, std::vector<int> expert_to_device,
+             std::vector<std::vector<int>> device_experts, int layer)
       : comm_(comm),
-        layer_(comm, config, std::move(expert_to_device)),
+        layer_(comm, config, std::move(expert_to_device), std::move(device_experts)),
         forward_activity_(fmt::format("MoE layer {} forward", layer)),
         backward_activity_(fmt::format("MoE layer {} backward", layer)) {}
 
@@ -55,6 +56,7 @@ class EpMoeBlock final : public MoeBlock {
   const float* router_probs() const override { return layer_.router_probs().data(); }
   const std::int32_t* topk_ids() const override { return layer_.topk_ids().data(); }
   const std::vector<int>& local_experts() const override { return layer_.local_experts(); }
+  std::int64_t token_device_pairs() const override { return layer_.token_device_pairs(); }
   std::span<float> expert_weight(int e, int kind) override {
     return kind == 0 ? layer_.gate_proj(e) : kind == 1 ? layer_.up_proj(e) : layer_.down_proj(e);
   }
@@ -74,7 +76,8 @@ class EpMoeBlock final : public MoeBlock {
 
 std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator& comm,
                                          const ParallelOptions& options, int layer,
-                                         std::span<const int> expert_to_device) {
+                                         std::span<const int> expert_to_device,
+                                         std::vector<std::vector<int>> device_experts) {
   MoeLayerConfig c;
   c.num_experts = config.num_experts;
   c.top_k = config.num_experts_per_tok;
@@ -100,7 +103,7 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
     }
   }
   return std::make_unique<EpMoeBlock>(comm, c, std::vector<int>(expert_to_device.begin(), expert_to_device.end()),
-                                      config.moe_layer(layer));
+                                      std::move(device_experts), config.moe_layer(layer));
 }
 
 }  // namespace occult

@@ -25,6 +25,7 @@ double global_grad_norm(MoeTransformer& model, const std::vector<bool>& trainabl
   const auto& tensors = model.tensors();
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     if (!trainable.empty() && !trainable[i]) continue;
+    if (tensors[i].expert && !tensors[i].primary) continue;  // a replica's copy counts once
     double sum = 0.0;
     for (float g : tensors[i].grad) sum += static_cast<double>(g) * g;
     (tensors[i].expert ? expert : dense) += sum;

@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstring>
 #include <optional>
@@ -593,6 +594,20 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   add_rows_home(wire, plan_, 0, plan_.num_send_rows(), b.recv.data(), H, y);
   timings_.forward_combine = now_seconds() - t2;
   if (!config_.with_grads) release_forward_buffers();
+}
+
+std::int64_t MoeLayer::token_device_pairs() const {
+  // One bit per device per token, from the rows the plan sent (standard sends one row per slot,
+  // occult one per device; both name the device).
+  std::vector<std::uint64_t> seen(static_cast<std::size_t>(plan_.num_tokens), 0);
+  for (int d = 0; d < plan_.num_devices; ++d) {
+    for (std::int64_t r = plan_.send_row_offsets[d]; r < plan_.send_row_offsets[d + 1]; ++r) {
+      seen[plan_.row_token[r]] |= std::uint64_t{1} << d;
+    }
+  }
+  std::int64_t pairs = 0;
+  for (std::uint64_t m : seen) pairs += std::popcount(m);
+  return pairs;
 }
 
 void MoeLayer::sum_replica_gradients() {

@@ -40,7 +40,7 @@ std::string human_bytes(double bytes) {
 void apply_placement(const TrainOptions& o, int ranks, ParallelOptions& parallel) {
   if (o.placement_path.empty()) return;
   check_input_file("--placement", o.placement_path);
-  const Placement p = load_placement(o.placement_path);
+  const Placement p = load_placement(o.placement_path, ReplicaPolicy::kAllow);
   OCCULT_CHECK(p.num_experts == o.config.num_experts,
                "placement {} is for {} experts but the model config {} has num_experts = {}", o.placement_path,
                p.num_experts, o.config_source, o.config.num_experts);
@@ -53,6 +53,9 @@ void apply_placement(const TrainOptions& o, int ranks, ParallelOptions& parallel
     const auto& layer = p.layer(l);
     parallel.expert_to_device.push_back(layer.expert_to_device);
     parallel.similarity.push_back(layer.similarity);
+  }
+  if (p.has_replicas()) {
+    for (int l = 0; l < o.config.num_moe_layers(); ++l) parallel.device_experts.push_back(p.layer(l).device_experts);
   }
 }
 

@@ -149,6 +149,63 @@ TEST_F(TrainMpiTest, InterleavedPlacementGivesTheSameLossAsTheOneRankRun) {
   if (comm.rank() == 0) fs::remove(path);
 }
 
+// Replicas change where experts run, not what the model computes: the loss sequence is the
+// 1-rank run's, every copy of a replicated expert stays equal to the others, and the
+// checkpoint holds each expert once with the 1-rank run's values.
+TEST_F(TrainMpiTest, ReplicatedPlacementTrainsLikeTheOneRankRunAndSavesEachExpertOnce) {
+  SelfCommunicator self;
+  TrainOptions o = tiny_options(Dispatch::kOccult);
+  o.steps = 8;
+  const int D = comm.size(), E = o.config.num_experts;
+  const std::string dir = shared_dir("replicas", D);
+  o.save_dir = comm.rank() == 0 ? dir + "_reference" : "";  // every rank runs it; one saves
+  const auto reference = losses(train(o, self));
+  Placement p = contiguous_placement(E, D, o.config.num_hidden_layers);
+  p.strategy = "replicated";
+  std::size_t most = 0;
+  for (auto& layer : p.layers) {
+    layer.device_experts.assign(D, {});
+    for (int e = 0; e < E; ++e) {
+      layer.expert_to_device[e] = e % D;
+      for (int d = 0; d < D; ++d) {
+        if (e % D == d || e < 2) layer.device_experts[d].push_back(e);
+      }
+    }
+    for (const auto& held : layer.device_experts) most = std::max(most, held.size());
+  }
+  p.slots_per_device = static_cast<int>(most);
+  const std::string path = dir + ".json";
+  if (comm.rank() == 0) save_placement(p, path);
+  comm.barrier();
+  o.placement_path = path;
+  o.save_dir = dir;
+  const auto got = losses(train(o, comm));
+  ASSERT_EQ(got.size(), reference.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    EXPECT_NEAR(got[i], reference[i], 1e-4 * std::abs(reference[i])) << "step " << i + 1;
+  }
+  if (comm.rank() == 0) {
+    const SafetensorsReader saved = SafetensorsReader::open(dir + "/model.safetensors");
+    const SafetensorsReader want = SafetensorsReader::open(dir + "_reference/model.safetensors");
+    ASSERT_EQ(saved.tensors().size(), want.tensors().size());
+    for (const TensorInfo& info : want.tensors()) {
+      const auto a = saved.read_f32(info.name), b = want.read_f32(info.name);
+      double diff = 0, norm = 0;
+      for (std::size_t i = 0; i < b.size(); ++i) {
+        diff += (a[i] - b[i]) * double(a[i] - b[i]);
+        norm += b[i] * double(b[i]);
+      }
+      EXPECT_LT(std::sqrt(diff / std::max(norm, 1e-30)), 1e-3) << info.name;
+    }
+  }
+  comm.barrier();
+  if (comm.rank() == 0) {
+    fs::remove(path);
+    fs::remove_all(dir);
+    fs::remove_all(dir + "_reference");
+  }
+}
+
 TEST_F(TrainMpiTest, ResumeAfter10Of20StepsReproducesTheUninterruptedRun) {
   const auto full = losses(train(tiny_options(Dispatch::kOccult), comm));
   const std::string dir = shared_dir("resume", comm.size());

@@ -36,10 +36,11 @@ struct MemoryEstimate {
 
 // The estimate for one rank of a `num_ranks`-rank run of `config` (which must be valid, see
 // validate_model_config) with a balanced placement; without `training` (inference) no gradient
-// is allocated; `weights` is the dtype the matrices and experts are held in (ParallelOptions).
+// is allocated; `weights` is the dtype the matrices and experts are held in (ParallelOptions);
+// `experts_per_layer` > 0 replaces ceil(E / D) (a placement with replicas holds more).
 // Throws when num_ranks < 1.
 MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, bool training = true,
-                                     WeightDType weights = WeightDType::kF32);
+                                     WeightDType weights = WeightDType::kF32, int experts_per_layer = 0);
 
 // What this process may use.
 struct AvailableMemory {
@@ -75,6 +76,6 @@ void check_memory(const MemoryEstimate& needed, const AvailableMemory& available
 // refusal (or a bad OCCULT_MEMORY_LIMIT_GIB) throws on every rank with one message. `config`
 // must be valid. The MoeTransformer constructor calls it before allocating anything.
 void check_model_fits_memory(const ModelConfig& config, Communicator& comm, bool training = true,
-                             WeightDType weights = WeightDType::kF32);
+                             WeightDType weights = WeightDType::kF32, int experts_per_layer = 0);
 
 }  // namespace occult

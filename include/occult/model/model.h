@@ -44,6 +44,9 @@ struct ParallelOptions {
   // expert_to_device[m][e] for each MoE layer m (MoE layers only, in order; dense layers have no
   // experts); empty means the contiguous placement e -> floor(e*D/E).
   std::vector<std::vector<int>> expert_to_device;
+  // device_experts[m][d]: the experts device d holds in MoE layer m when the placement has
+  // replicas (DESIGN.md, "Replicas"); empty means each expert only on expert_to_device.
+  std::vector<std::vector<std::vector<int>>> device_experts;
   // Collaboration pruning budget M (0 = off) and scheme ("score", "similarity", "device-limited").
   int prune_devices = 0;
   std::string prune_scheme = "score";
@@ -70,7 +73,9 @@ struct ParamTensor {
   std::span<float> grad;             // same shape (empty in an inference-only model)
   std::int64_t offset = 0;           // first element in its dense arena, F32 or BF16 (dense tensors only)
   std::int64_t numel = 0;
-  bool expert = false;               // an expert weight, held by one rank only
+  bool expert = false;               // an expert weight, held by its holders only
+  bool primary = true;               // false for a replica's copy off its primary holder: checkpoints
+                                     // and the global gradient norm count each expert once
   int layer = -1;                    // -1 for embedding, final norm, LM head
   int expert_id = -1;                // global expert id for expert tensors
   int expert_kind = -1;              // expert tensors: 0 gate (W1), 1 up (W3), 2 down (W2)

@@ -196,6 +196,9 @@ class MoeLayer {
   // receive plan's row order, widened from the wire format (tests prove with it that every row
   // landed where planned, rounded exactly once).
   std::span<const float> received_hidden_states() const { return x_recv_; }
+  // Sum over this rank's tokens of the distinct devices each token's kept slots went to in
+  // the last forward (C_T's numerator, with replicas and pruning as they were applied).
+  std::int64_t token_device_pairs() const;
   // Pruning counters of the last forward (zeros without pruning).
   const PruneStats& prune_stats() const { return prune_stats_; }
   // Timings of the last forward and backward on this rank.
