@@ -151,6 +151,9 @@ void validate_moe_layer_config(const MoeLayerConfig& c) {
                c.num_experts, c.num_experts, c.prune.similarity.size());
   OCCULT_CHECK(c.expert_dtype == WeightDType::kF32 || !c.with_grads,
                "MoE layer: BF16 expert weights are for inference; training needs F32 weights and gradients");
+  OCCULT_CHECK(c.gemm.compute == ComputeDType::kF32 || !c.with_grads,
+               "MoE layer: BF16 compute is for inference; training computes in F32");
+  check_compute_dtype_supported(c.gemm.compute, "MoE layer");
 }
 
 MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> expert_to_device)
@@ -363,6 +366,7 @@ double MoeLayer::forward_expert_flops() const {
 double MoeLayer::backward_expert_flops() const { return 2.0 * forward_expert_flops(); }
 
 void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::span<float> y) {
+  const GemmOptionsScope gemm_scope(config_.gemm);
   const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k;
   const double t0 = now_seconds();
   // Shape and router errors stay local here; the count exchange of run_forward carries them
@@ -414,6 +418,7 @@ void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::s
 void MoeLayer::forward_with_routing(std::span<const float> x, std::int64_t num_tokens,
                                     std::span<const std::int32_t> topk_ids, std::span<const float> topk_weights,
                                     std::span<float> y) {
+  const GemmOptionsScope gemm_scope(config_.gemm);
   const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k;
   std::optional<std::string> error = local_error([&] {
     OCCULT_CHECK(num_tokens >= 0, "MoE layer forward: {} tokens", num_tokens);
@@ -567,6 +572,7 @@ void MoeLayer::release_forward_buffers() {
 }
 
 void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_router_probs, std::span<float> dx) {
+  const GemmOptionsScope gemm_scope(config_.gemm);
   const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k, D = comm_.size();
   const std::int64_t T = num_tokens_;
   const WireFormat wire = config_.wire;
