@@ -1,6 +1,5 @@
 #include "occult/moe/moe_layer.h"
 
-#include <cblas.h>
 
 #include <algorithm>
 #include <chrono>
@@ -383,9 +382,10 @@ void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::s
     std::vector<float>& logits = buffers_->logits;
     logits.resize(T * E);
     if (T > 0) {
-      // logits [T, E] = x [T, H] * W_r^T.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), E, H, 1.0f, x.data(), H,
-                  router_.data(), H, 0.0f, logits.data(), E);
+      // logits [T, E] = x [T, H] * W_r^T, always in F32 on the layer's GEMM library: the top-k
+      // choice is sensitive to the logits' last bits, and the router is a small share of the work.
+      gemm({config_.gemm.backend, ComputeDType::kF32}, false, true, static_cast<std::int64_t>(T), E, H, x.data(),
+           H, WeightRef(router_.data()), H, 0.0f, logits.data(), E);
     }
     probs_.assign(T * E, 0.0f);
     ids_.assign(T * k, 0);
@@ -713,10 +713,11 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
       }
     }
     // d_router [E, H] += dlogits^T [E, T] * x [T, H]; dx [T, H] += dlogits [T, E] * W_r [E, H].
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, E, H, static_cast<int>(T), 1.0f, dlogits.data(), E,
-                x_.data(), H, 1.0f, d_router_.data(), H);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T), H, E, 1.0f, dlogits.data(), E,
-                router_.data(), H, 1.0f, dx.data(), H);
+    const GemmOptions f32{config_.gemm.backend, ComputeDType::kF32};
+    gemm(f32, true, false, E, H, static_cast<std::int64_t>(T), dlogits.data(), E, WeightRef(x_.data()), H, 1.0f,
+         d_router_.data(), H);
+    gemm(f32, false, false, static_cast<std::int64_t>(T), H, E, dlogits.data(), E, WeightRef(router_.data()), H,
+         1.0f, dx.data(), H);
   }
   timings_.backward_router = now_seconds() - t3;
 }
