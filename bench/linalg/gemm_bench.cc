@@ -59,7 +59,9 @@ int main(int argc, char** argv) {
       {"expert tile W1 (256 rows)", 256, 512, 1024}, {"expert tile W1|W3 fused", 256, 1024, 1024},
       {"expert tile W2 (256 rows)", 256, 1024, 512}, {"expert tile W1 (96 rows)", 96, 512, 1024},
       {"dense 1024 tokens", 1024, 1024, 1024},         {"decode step (1 row)", 1, 1024, 1024},
-      {"router (1024 x 64)", 1024, 64, 1024}};
+      {"router (1024 x 64)", 1024, 64, 1024},
+      // bench/infer/model.json's shapes (H = F = 256): small tiles, where call overhead shows.
+      {"small expert tile (32 rows)", 32, 256, 256},  {"small dense (256 rows)", 256, 768, 256}};
   TextTable table({"shape", "M x N x K", "blas f32", "onednn f32", "onednn f32, bf16 W", "onednn bf16", "matmul f32, new prim",
                    "no oneDNN cache", "creation us"});
   std::mt19937 rng(1);
