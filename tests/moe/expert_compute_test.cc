@@ -8,6 +8,7 @@
 
 #include "occult/core/error.h"
 #include "occult/core/half.h"
+#include "occult/moe/moe_layer.h"
 #include "test_util.h"
 
 namespace occult {
@@ -209,6 +210,31 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ExpertKernels,
                                            Case{2, 8, 4, 400, 2 * kExpertTileRows + 37},
                                            // an expert with no assignment
                                            Case{5, 6, 5, 3, 2}));
+
+TEST(MoeLayerConfigGemm, Bf16ComputeIsForInferenceOnly) {
+  MoeLayerConfig c;
+  c.num_experts = 4;
+  c.top_k = 2;
+  c.hidden_size = 8;
+  c.ffn_size = 4;
+  c.gemm = {GemmBackend::kOneDnn, ComputeDType::kBF16};
+  c.with_grads = true;
+  try {
+    validate_moe_layer_config(c);
+    FAIL() << "BF16 compute accepted for training";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("BF16 compute is for inference"), std::string::npos) << e.what();
+  }
+  c.with_grads = false;
+  if (cpu_has_bf16_compute()) {
+    EXPECT_NO_THROW(validate_moe_layer_config(c));
+  } else {
+    EXPECT_THROW(validate_moe_layer_config(c), Error);
+  }
+  c.gemm = {GemmBackend::kBlas, ComputeDType::kF32};
+  c.with_grads = true;
+  EXPECT_NO_THROW(validate_moe_layer_config(c));
+}
 
 TEST(ExpertForward, RejectsMismatchedBuffers) {
   std::vector<Assignment> received = {{0, 0, 1.0f}};
