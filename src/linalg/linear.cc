@@ -37,11 +37,13 @@ void pack_f32(float* dst, WeightRef src, std::int64_t rows, std::int64_t cols, s
     }
   }
 }
-void pack_bf16(std::uint16_t* dst, WeightRef src, std::int64_t rows, std::int64_t cols, std::int64_t ld) {
+void pack_bf16(std::uint16_t* dst, WeightRef src, std::int64_t rows, std::int64_t cols,
+               std::int64_t ld) {
   for (std::int64_t r = 0; r < rows; ++r) {
     std::uint16_t* d = dst + r * cols;
     if (src.dtype() == WeightDType::kBF16) {
-      std::memcpy(d, src.bf16_data() + r * ld, sizeof(std::uint16_t) * static_cast<std::size_t>(cols));
+      std::memcpy(d, src.bf16_data() + r * ld,
+                  sizeof(std::uint16_t) * static_cast<std::size_t>(cols));
     } else {
       const float* s = src.f32() + r * ld;
       for (std::int64_t c = 0; c < cols; ++c) d[c] = float_to_bf16(s[c]);
@@ -50,7 +52,8 @@ void pack_bf16(std::uint16_t* dst, WeightRef src, std::int64_t rows, std::int64_
 }
 
 // The same matrix rounded to BF16 and widened back (the BLAS emulation of BF16 compute).
-void pack_bf16_as_f32(float* dst, WeightRef src, std::int64_t rows, std::int64_t cols, std::int64_t ld) {
+void pack_bf16_as_f32(float* dst, WeightRef src, std::int64_t rows, std::int64_t cols,
+                      std::int64_t ld) {
   pack_f32(dst, src, rows, cols, ld);
   if (src.dtype() == WeightDType::kBF16) return;  // already exact BF16 values
   for (std::int64_t i = 0; i < rows * cols; ++i) dst[i] = bf16_to_float(float_to_bf16(dst[i]));
@@ -58,7 +61,8 @@ void pack_bf16_as_f32(float* dst, WeightRef src, std::int64_t rows, std::int64_t
 
 template <typename T>
 T* scratch(std::vector<T>& buffer, std::int64_t size) {
-  if (static_cast<std::int64_t>(buffer.size()) < size) buffer.resize(static_cast<std::size_t>(size));
+  if (static_cast<std::int64_t>(buffer.size()) < size)
+    buffer.resize(static_cast<std::size_t>(size));
   return buffer.data();
 }
 
@@ -82,16 +86,17 @@ void scale_rows(float* C, std::int64_t M, std::int64_t N, std::int64_t ldc, floa
 
 // ---------------------------------------------------------------- BLAS path
 
-void blas_f32(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, const float* A, std::int64_t lda,
-              const float* B, std::int64_t ldb, float beta, float* C, std::int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, static_cast<int>(M),
-              static_cast<int>(N), static_cast<int>(K), 1.0f, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta,
-              C, static_cast<int>(ldc));
+void blas_f32(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, const float* A,
+              std::int64_t lda, const float* B, std::int64_t ldb, float beta, float* C,
+              std::int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), 1.0f, A,
+              static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
 }
 
-void blas_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K,
-               const float* A, std::int64_t lda, WeightRef B, std::int64_t ldb, float beta, float* C,
-               std::int64_t ldc) {
+void blas_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::int64_t N,
+               std::int64_t K, const float* A, std::int64_t lda, WeightRef B, std::int64_t ldb,
+               float beta, float* C, std::int64_t ldc) {
   Scratch& s = t_scratch;
   const std::int64_t a_rows = ta ? K : M, a_cols = ta ? M : K;
   const std::int64_t b_rows = tb ? N : K, b_cols = tb ? K : N;
@@ -114,7 +119,8 @@ void blas_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::int6
     return;
   }
   // B [N, K] in BF16: widen a panel of its rows (output columns) at a time.
-  const std::int64_t rows = std::max<std::int64_t>(16, kPanelBytes / (static_cast<std::int64_t>(sizeof(float)) * K));
+  const std::int64_t rows =
+      std::max<std::int64_t>(16, kPanelBytes / (static_cast<std::int64_t>(sizeof(float)) * K));
   float* panel = scratch(s.b_f32, std::min(rows, N) * K);
   for (std::int64_t r0 = 0; r0 < N; r0 += rows) {
     const std::int64_t m = std::min(rows, N - r0);
@@ -136,8 +142,9 @@ struct MatmulKey {
 struct MatmulKeyHash {
   std::size_t operator()(const MatmulKey& k) const {
     std::uint64_t h = 1469598103934665603ull;
-    for (std::int64_t v : {k.M, k.N, k.K, k.lda, k.ldb, k.ldc, static_cast<std::int64_t>(k.beta_bits),
-                           static_cast<std::int64_t>(k.ta + 2 * k.tb + 4 * k.bf16)}) {
+    for (std::int64_t v :
+         {k.M, k.N, k.K, k.lda, k.ldb, k.ldc, static_cast<std::int64_t>(k.beta_bits),
+          static_cast<std::int64_t>(k.ta + 2 * k.tb + 4 * k.bf16)}) {
       h = (h ^ static_cast<std::uint64_t>(v)) * 1099511628211ull;
     }
     return static_cast<std::size_t>(h);
@@ -162,7 +169,8 @@ struct OneDnn {
     // One thread count for both libraries: oneDNN runs on OpenMP, OpenBLAS on its own pool,
     // and an MPI rank is meant to use the cores OpenBLAS was given (OPENBLAS_NUM_THREADS);
     // an explicit OMP_NUM_THREADS wins.
-    if (std::getenv("OMP_NUM_THREADS") == nullptr) omp_set_num_threads(std::max(1, openblas_get_num_threads()));
+    if (std::getenv("OMP_NUM_THREADS") == nullptr)
+      omp_set_num_threads(std::max(1, openblas_get_num_threads()));
   }
 
   MatmulEntry& get(const MatmulKey& key) {
@@ -172,10 +180,12 @@ struct OneDnn {
     using dt = dnnl::memory::data_type;
     const dt in = key.bf16 ? dt::bf16 : dt::f32;
     // Row-major operands; a transposed operand is the same memory read with swapped strides.
-    const dnnl::memory::desc src_md({key.M, key.K}, in, key.ta ? dnnl::memory::dims{1, key.lda}
-                                                               : dnnl::memory::dims{key.lda, 1});
-    const dnnl::memory::desc wei_md({key.K, key.N}, in, key.tb ? dnnl::memory::dims{1, key.ldb}
-                                                               : dnnl::memory::dims{key.ldb, 1});
+    const dnnl::memory::desc src_md(
+        {key.M, key.K}, in,
+        key.ta ? dnnl::memory::dims{1, key.lda} : dnnl::memory::dims{key.lda, 1});
+    const dnnl::memory::desc wei_md(
+        {key.K, key.N}, in,
+        key.tb ? dnnl::memory::dims{1, key.ldb} : dnnl::memory::dims{key.ldb, 1});
     const dnnl::memory::desc dst_md({key.M, key.N}, dt::f32, dnnl::memory::dims{key.ldc, 1});
     dnnl::primitive_attr attr;
     const float beta = std::bit_cast<float>(key.beta_bits);
@@ -211,7 +221,8 @@ bool onednn_matmul(const MatmulKey& key, const void* a, const void* b, float* c)
   e.weights.set_data_handle(const_cast<void*>(b));
   e.dst.set_data_handle(c);
   // The C API takes a plain array: the C++ execute() would build an unordered_map every call.
-  const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, e.src.get()}, {DNNL_ARG_WEIGHTS, e.weights.get()},
+  const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, e.src.get()},
+                                  {DNNL_ARG_WEIGHTS, e.weights.get()},
                                   {DNNL_ARG_DST, e.dst.get()}};
   OCCULT_CHECK(dnnl_primitive_execute(e.primitive.get(), d.stream.get(), 3, args) == dnnl_success,
                "oneDNN matmul failed ({} x {} x {})", key.M, key.N, key.K);
@@ -222,15 +233,17 @@ bool onednn_matmul(const MatmulKey& key, const void* a, const void* b, float* c)
 // primitive, makes no heap allocation per call (a primitive's execute builds an argument map
 // every time), and is as fast on token tiles and far faster on single rows (bench/linalg).
 void onednn_sgemm(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, const float* A,
-                  std::int64_t lda, const float* B, std::int64_t ldb, float beta, float* C, std::int64_t ldc) {
+                  std::int64_t lda, const float* B, std::int64_t ldb, float beta, float* C,
+                  std::int64_t ldc) {
   onednn();  // sets the thread count on first use
-  OCCULT_CHECK(dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, beta, C, ldc) == dnnl_success,
+  OCCULT_CHECK(dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K, 1.0f, A, lda, B, ldb, beta, C,
+                          ldc) == dnnl_success,
                "oneDNN sgemm failed ({} x {} x {})", M, N, K);
 }
 
-void onednn_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K,
-                 const float* A, std::int64_t lda, WeightRef B, std::int64_t ldb, float beta, float* C,
-                 std::int64_t ldc) {
+void onednn_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::int64_t N,
+                 std::int64_t K, const float* A, std::int64_t lda, WeightRef B, std::int64_t ldb,
+                 float beta, float* C, std::int64_t ldc) {
   Scratch& s = t_scratch;
   const std::uint32_t beta_bits = std::bit_cast<std::uint32_t>(beta);
   if (compute == ComputeDType::kBF16) {
@@ -243,7 +256,8 @@ void onednn_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::in
     } else {
       pack_bf16(a, WeightRef(A), M, K, lda);
     }
-    const void* b = B.dtype() == WeightDType::kBF16 ? static_cast<const void*>(B.bf16_data()) : nullptr;
+    const void* b =
+        B.dtype() == WeightDType::kBF16 ? static_cast<const void*>(B.bf16_data()) : nullptr;
     std::int64_t b_ld = ldb;
     if (b == nullptr) {
       const std::int64_t rows = tb ? N : K, cols = tb ? K : N;
@@ -270,7 +284,8 @@ void onednn_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::in
     onednn_gemm(compute, ta, false, M, N, K, A, lda, WeightRef(b), N, beta, C, ldc);
     return;
   }
-  const std::int64_t rows = std::max<std::int64_t>(16, kPanelBytes / (static_cast<std::int64_t>(sizeof(float)) * K));
+  const std::int64_t rows =
+      std::max<std::int64_t>(16, kPanelBytes / (static_cast<std::int64_t>(sizeof(float)) * K));
   float* panel = scratch(s.b_f32, std::min(rows, N) * K);
   for (std::int64_t r0 = 0; r0 < N; r0 += rows) {
     const std::int64_t m = std::min(rows, N - r0);
@@ -281,9 +296,15 @@ void onednn_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::in
 
 }  // namespace
 
-const char* weight_dtype_name(WeightDType dtype) { return dtype == WeightDType::kBF16 ? "bf16" : "f32"; }
-const char* gemm_backend_name(GemmBackend backend) { return backend == GemmBackend::kBlas ? "blas" : "onednn"; }
-const char* compute_dtype_name(ComputeDType dtype) { return dtype == ComputeDType::kBF16 ? "bf16" : "f32"; }
+const char* weight_dtype_name(WeightDType dtype) {
+  return dtype == WeightDType::kBF16 ? "bf16" : "f32";
+}
+const char* gemm_backend_name(GemmBackend backend) {
+  return backend == GemmBackend::kBlas ? "blas" : "onednn";
+}
+const char* compute_dtype_name(ComputeDType dtype) {
+  return dtype == ComputeDType::kBF16 ? "bf16" : "f32";
+}
 
 GemmBackend parse_gemm_backend(const std::string& text, const char* what) {
   if (text == "onednn") return GemmBackend::kOneDnn;
@@ -305,21 +326,28 @@ bool cpu_has_bf16_compute() {
 
 void check_compute_dtype_supported(ComputeDType dtype, const char* what) {
   OCCULT_CHECK(dtype == ComputeDType::kF32 || cpu_has_bf16_compute(),
-               "{}: BF16 compute needs a CPU with AVX512-BF16, which this one lacks (use f32)", what);
+               "{}: BF16 compute needs a CPU with AVX512-BF16, which this one lacks (use f32)",
+               what);
 }
 
-GemmOptions current_gemm_options() { return t_options; }
+GemmOptions current_gemm_options() {
+  return t_options;
+}
 
 GemmOptionsScope::GemmOptionsScope(GemmOptions options) : previous_(t_options) {
   check_compute_dtype_supported(options.compute, "GEMM options");
   t_options = options;
 }
-GemmOptionsScope::~GemmOptionsScope() { t_options = previous_; }
+GemmOptionsScope::~GemmOptionsScope() {
+  t_options = previous_;
+}
 
 const float* WeightRef::f32(const char* what) const {
-  OCCULT_CHECK(dtype_ == WeightDType::kF32,
-               "{} is held in BF16 for inference; this operation (a backward pass or an F32 view) needs F32 "
-               "weights (load the model for training)", what);
+  OCCULT_CHECK(
+      dtype_ == WeightDType::kF32,
+      "{} is held in BF16 for inference; this operation (a backward pass or an F32 view) needs F32 "
+      "weights (load the model for training)",
+      what);
   return static_cast<const float*>(data_);
 }
 
@@ -334,8 +362,9 @@ float WeightRef::at(std::int64_t row, int col, int cols) const {
   return static_cast<const float*>(data_)[i];
 }
 
-void gemm(const GemmOptions& options, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K,
-          const float* A, std::int64_t lda, WeightRef B, std::int64_t ldb, float beta, float* C, std::int64_t ldc) {
+void gemm(const GemmOptions& options, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N,
+          std::int64_t K, const float* A, std::int64_t lda, WeightRef B, std::int64_t ldb,
+          float beta, float* C, std::int64_t ldc) {
   if (M == 0 || N == 0) return;
   if (K == 0) {
     scale_rows(C, M, N, ldc, beta);
@@ -348,12 +377,13 @@ void gemm(const GemmOptions& options, bool trans_a, bool trans_b, std::int64_t M
   }
 }
 
-void linear_forward(const GemmOptions& options, float* out, const float* x, WeightRef w, std::int64_t N, int IC,
-                    int OC, float beta) {
+void linear_forward(const GemmOptions& options, float* out, const float* x, WeightRef w,
+                    std::int64_t N, int IC, int OC, float beta) {
   gemm(options, false, true, N, OC, IC, x, IC, w, IC, beta, out, OC);
 }
 
-void linear_forward(float* out, const float* x, WeightRef w, std::int64_t N, int IC, int OC, float beta) {
+void linear_forward(float* out, const float* x, WeightRef w, std::int64_t N, int IC, int OC,
+                    float beta) {
   linear_forward(t_options, out, x, w, N, IC, OC, beta);
 }
 
@@ -368,7 +398,8 @@ void gather_rows(float* out, WeightRef w, const std::int32_t* ids, std::int64_t 
   }
 }
 
-void reference_linear_forward(float* out, const float* x, WeightRef w, std::int64_t N, int IC, int OC, float beta) {
+void reference_linear_forward(float* out, const float* x, WeightRef w, std::int64_t N, int IC,
+                              int OC, float beta) {
   for (std::int64_t i = 0; i < N; ++i) {
     for (int o = 0; o < OC; ++o) {
       double acc = 0.0;

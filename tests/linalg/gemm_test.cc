@@ -26,9 +26,13 @@ namespace {
 
 constexpr double kU = 0x1p-24;
 
-double gamma(std::int64_t n) { return 1.01 * static_cast<double>(n) * kU; }
+double gamma(std::int64_t n) {
+  return 1.01 * static_cast<double>(n) * kU;
+}
 
-float round_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
+float round_bf16(float v) {
+  return bf16_to_float(float_to_bf16(v));
+}
 
 struct Case {
   std::int64_t M, N, K;
@@ -76,14 +80,17 @@ TEST_P(GemmCases, BothBackendsBothPrecisionsMatchDoubleProduct) {
       for (const GemmBackend backend : {GemmBackend::kOneDnn, GemmBackend::kBlas}) {
         for (const bool ta : {false, true}) {
           for (const bool tb : {false, true}) {
-            const std::int64_t lda = (ta ? c.M : c.K) + pad, ldb = (tb ? c.K : c.N) + pad, ldc = c.N + pad;
+            const std::int64_t lda = (ta ? c.M : c.K) + pad, ldb = (tb ? c.K : c.N) + pad,
+                               ldc = c.N + pad;
             std::vector<float> A(static_cast<std::size_t>((ta ? c.K : c.M) * lda));
             for (std::int64_t i = 0; i < c.M; ++i) {
-              for (std::int64_t k = 0; k < c.K; ++k) A[ta ? k * lda + i : i * lda + k] = a[i * c.K + k];
+              for (std::int64_t k = 0; k < c.K; ++k)
+                A[ta ? k * lda + i : i * lda + k] = a[i * c.K + k];
             }
             std::vector<float> Bf(static_cast<std::size_t>((tb ? c.N : c.K) * ldb));
             for (std::int64_t k = 0; k < c.K; ++k) {
-              for (std::int64_t j = 0; j < c.N; ++j) Bf[tb ? j * ldb + k : k * ldb + j] = bw[k * c.N + j];
+              for (std::int64_t j = 0; j < c.N; ++j)
+                Bf[tb ? j * ldb + k : k * ldb + j] = bw[k * c.N + j];
             }
             std::vector<std::uint16_t> Bb(Bf.size());
             for (std::size_t i = 0; i < Bf.size(); ++i) Bb[i] = float_to_bf16(Bf[i]);
@@ -93,22 +100,27 @@ TEST_P(GemmCases, BothBackendsBothPrecisionsMatchDoubleProduct) {
               for (std::int64_t i = 0; i < c.M; ++i) {
                 for (std::int64_t j = 0; j < c.N; ++j) C[i * ldc + j] = c0[i * c.N + j];
               }
-              gemm({backend, compute}, ta, tb, c.M, c.N, c.K, A.data(), lda, B, ldb, beta, C.data(), ldc);
+              gemm({backend, compute}, ta, tb, c.M, c.N, c.K, A.data(), lda, B, ldb, beta, C.data(),
+                   ldc);
               for (std::int64_t i = 0; i < c.M; ++i) {
                 for (std::int64_t j = 0; j < c.N; ++j) {
                   const std::size_t e = static_cast<std::size_t>(i * c.N + j);
                   const double base = static_cast<double>(beta) * c0[e];
                   // Rounded operands grow a product by at most (1 + 2^-8)^2 < 1.0079.
-                  const double tol = gamma(c.K + 2) * (mag[e] * (round ? 1.0079 : 1.0) + std::abs(base));
-                  const double raw_tol = tol + (round ? (std::pow(1.0 + 0x1p-8, 2) - 1.0) * mag[e] : 0.0);
+                  const double tol =
+                      gamma(c.K + 2) * (mag[e] * (round ? 1.0079 : 1.0) + std::abs(base));
+                  const double raw_tol =
+                      tol + (round ? (std::pow(1.0 + 0x1p-8, 2) - 1.0) * mag[e] : 0.0);
                   const auto where = ::testing::Message()
-                                     << gemm_backend_name(backend) << " compute " << compute_dtype_name(compute)
-                                     << " B " << (b_bf16 ? "bf16" : "f32") << " ta " << ta << " tb " << tb
+                                     << gemm_backend_name(backend) << " compute "
+                                     << compute_dtype_name(compute) << " B "
+                                     << (b_bf16 ? "bf16" : "f32") << " ta " << ta << " tb " << tb
                                      << " beta " << beta << " at (" << i << ", " << j << ")";
                   ASSERT_NEAR(C[i * ldc + j], base + exact[e], tol) << where;
                   ASSERT_NEAR(C[i * ldc + j], base + exact_raw[e], raw_tol) << where;
                 }
-                for (std::int64_t j = c.N; j < ldc; ++j) ASSERT_EQ(C[i * ldc + j], 7.0f) << "padding written";
+                for (std::int64_t j = c.N; j < ldc; ++j)
+                  ASSERT_EQ(C[i * ldc + j], 7.0f) << "padding written";
               }
             }
           }
@@ -121,8 +133,9 @@ TEST_P(GemmCases, BothBackendsBothPrecisionsMatchDoubleProduct) {
 // K = 1100 with a BF16 B spans several widening panels (119 rows each) on the F32 path;
 // M = 0, N = 0 and K = 0 are the empty cases (K = 0 leaves beta * C).
 INSTANTIATE_TEST_SUITE_P(Shapes, GemmCases,
-                         ::testing::Values(Case{1, 1, 1}, Case{3, 5, 7}, Case{17, 65, 33}, Case{2, 300, 1100},
-                                           Case{70, 9, 130}, Case{0, 8, 8}, Case{5, 0, 3}, Case{4, 6, 0}));
+                         ::testing::Values(Case{1, 1, 1}, Case{3, 5, 7}, Case{17, 65, 33},
+                                           Case{2, 300, 1100}, Case{70, 9, 130}, Case{0, 8, 8},
+                                           Case{5, 0, 3}, Case{4, 6, 0}));
 
 TEST(GemmTest, ScopeSelectsTheComputePrecision) {
   if (!cpu_has_bf16_compute()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
