@@ -10,6 +10,16 @@ find_package(CLI11 REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(OPENBLAS REQUIRED IMPORTED_TARGET openblas)
 
+# oneDNN (libdnnl-dev): the default GEMM path. Header + library rather than its CMake package,
+# whose config also demands OpenCL (its GPU runtime), which occult does not use. Debian builds it
+# on OpenMP; linalg sets the OpenMP thread count, so it links OpenMP too.
+find_path(DNNL_INCLUDE_DIR oneapi/dnnl/dnnl.hpp REQUIRED)
+find_library(DNNL_LIBRARY dnnl REQUIRED)
+add_library(occult_dnnl INTERFACE)
+target_include_directories(occult_dnnl INTERFACE ${DNNL_INCLUDE_DIR})
+target_link_libraries(occult_dnnl INTERFACE ${DNNL_LIBRARY})
+find_package(OpenMP REQUIRED COMPONENTS CXX)
+
 # Tokenizer regexes (Oniguruma-style \p{L}, lookahead, inline flags) and NFC normalization.
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 pkg_check_modules(UTF8PROC REQUIRED IMPORTED_TARGET libutf8proc)

@@ -6,7 +6,8 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config
   libopenmpi-dev openmpi-bin       # Communicator (MPI all-to-all-v)
-  libopenblas-dev                  # expert GEMMs (cblas_sgemm)
+  libopenblas-dev                  # reference/fallback GEMMs (cblas_sgemm)
+  libdnnl-dev                      # oneDNN matmul: the default GEMM path (F32, BF16 on AVX512-BF16)
   libmetis-dev                     # the metis partitioner
   libcli11-dev                     # command-line parsing
   nlohmann-json3-dev               # placement / config JSON, safetensors headers

@@ -252,15 +252,16 @@ void run_bench(const BenchFlags& f) {
                         {"peak_rss_bytes_max_rank", v.peak_rss_bytes},
                         {"peak_rss_bytes_all_ranks", v.rss_bytes_all_ranks}});
       }
-      const nlohmann::json doc{{"variants", list}, {"weights_bytes", weights_bytes}, {"wire", f.model.wire}};
+      const nlohmann::json doc{{"variants", list}, {"weights_bytes", weights_bytes}, {"wire", f.model.wire},
+                               {"compute", f.model.compute}, {"gemm", f.model.gemm}};
       fmt::print("{}\n", doc.dump());
       return;
     }
     fmt::print(
-        "bench infer: {} ranks, {} wire, batch {} x {} prompt tokens, {} decode steps, {} repeats after {} "
+        "bench infer: {} ranks, {} wire, {} compute on {}, batch {} x {} prompt tokens, {} decode steps, {} repeats after {} "
         "warm-up; "
         "H={} L={} E={} k={} F={}\n",
-        comm.size(), f.model.wire, f.batch, f.prompt_tokens, f.decode_steps, f.repeats, f.warmup,
+        comm.size(), f.model.wire, f.model.compute, f.model.gemm, f.batch, f.prompt_tokens, f.decode_steps, f.repeats, f.warmup,
         config.hidden_size, config.num_hidden_layers, config.num_experts,
         config.num_experts_per_tok, config.moe_intermediate_size);
     TextTable table({"variant", "load s", "prefill ms", "prefill tok/s", "decode ms/step", "decode tok/s",
@@ -311,6 +312,7 @@ void setup(CLI::App& root) {
   cmd->add_option("--data", f->data,
                   "prompts: consecutive --prompt-tokens windows of this text (default random ids)");
   add_wire_flag(cmd, f->model);
+  add_compute_flags(cmd, f->model);
   cmd->add_option("--placement", f->model.placement, "placement JSON; default contiguous");
   cmd->add_option("--prune-devices", f->model.prune_devices,
                   "also run every dispatch with collaboration pruning to M devices (0 = no)")

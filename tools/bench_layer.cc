@@ -1,8 +1,8 @@
 // `occult bench layer`: standard vs occult (vs pruned occult) dispatch on one MoE layer, per
 // wire format, side by side in one mpirun: replicas per token, bytes per exchange, collectives
 // per forward and backward, forward/backward medians, speed-up over standard, expert GFLOP/s
-// against a plain sgemm of the same shapes, peak RSS; then decode-like small-batch latency.
-#include <cblas.h>
+// against the same GEMM path (library, precision) on the same shapes alone, peak RSS; then
+// decode-like small-batch latency.
 #include <fmt/format.h>
 #include <sys/resource.h>
 
@@ -16,6 +16,7 @@
 
 #include "command_registry.h"
 #include "moe_cli.h"
+#include "occult/core/half.h"
 #include "occult/core/progress.h"
 #include "occult/core/table.h"
 #include "occult/moe/expert_compute.h"
@@ -31,6 +32,7 @@ struct BenchLayerArgs {
   int experts = 64, top_k = 8, hidden = 1024, ffn = 512, layer = 0, iters = 10, warmup = 2;
   std::int64_t tokens_per_rank = 1024;
   std::string placement, routing_trace, prune_scheme = "score", wire = "f32", decode_tokens = "1,8,64";
+  std::string compute = "f32", gemm = "onednn", weights = "f32";
   std::vector<int> prune_devices;
   bool backward = false, json = false, norm_topk_prob = false;
   std::uint64_t seed = 1;
@@ -107,11 +109,13 @@ ImposedRouting routing_from_trace(const Trace& trace, int layer, int rank, int D
   return r;
 }
 
-// Plain sgemm over the same shapes the experts compute (per local expert, with its own W1, W3
-// and W2 as in the layer: [m,H]x[H,F] twice and [m,F]x[F,H], m = its assignments), without
-// gather, activation or scatter: the ceiling the expert kernel is measured against. Returns
-// GFLOP/s (median of `iters`).
-double sgemm_baseline_gflops(const std::vector<std::int64_t>& rows_per_expert, int H, int F, int iters) {
+// The GEMMs alone over the same shapes the experts compute (per local expert, with its own W1,
+// W3 and W2 as in the layer: [m,H]x[H,F] twice and [m,F]x[F,H], m = its assignments), through
+// the same library and precision, on weights already in the dtype the products multiply (the
+// experts convert theirs once per call), without gather, activation or scatter: the ceiling
+// the expert kernel is measured against. Returns GFLOP/s (median of `iters`).
+double gemm_baseline_gflops(const std::vector<std::int64_t>& rows_per_expert, int H, int F, int iters,
+                            const GemmOptions& options) {
   std::int64_t max_rows = 1, total_rows = 0;
   for (std::int64_t m : rows_per_expert) {
     max_rows = std::max(max_rows, m);
@@ -121,19 +125,29 @@ double sgemm_baseline_gflops(const std::vector<std::int64_t>& rows_per_expert, i
   const std::size_t FH = std::size_t(F) * H, experts = rows_per_expert.size();
   std::vector<float> x(max_rows * H, 0.5f), w1(experts * FH, 0.25f), w3(experts * FH, 0.2f), w2(experts * FH, 0.125f);
   std::vector<float> a1(max_rows * F), a3(max_rows * F), y(max_rows * H);
+  const bool bf16 = options.compute == ComputeDType::kBF16;
+  std::vector<std::uint16_t> w1b, w3b, w2b;
+  for (auto [src, dst] : {std::pair{&w1, &w1b}, std::pair{&w3, &w3b}, std::pair{&w2, &w2b}}) {
+    if (bf16) {
+      for (float v : *src) dst->push_back(float_to_bf16(v));
+    }
+  }
+  auto matrix = [&](const std::vector<float>& f, const std::vector<std::uint16_t>& b, std::size_t e) {
+    return bf16 ? WeightRef::bf16(b.data() + e * FH) : WeightRef(f.data() + e * FH);
+  };
   std::vector<double> rates;
   for (int it = 0; it < iters + 1; ++it) {
     const auto t0 = std::chrono::steady_clock::now();
     for (std::size_t e = 0; e < experts; ++e) {
       const std::int64_t m = rows_per_expert[e];
       if (m == 0) continue;
-      const int mi = static_cast<int>(m);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, F, H, 1.0f, x.data(), H, w1.data() + e * FH, H, 0.0f,
-                  a1.data(), F);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, F, H, 1.0f, x.data(), H, w3.data() + e * FH, H, 0.0f,
-                  a3.data(), F);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mi, H, F, 1.0f, a1.data(), F, w2.data() + e * FH, F, 0.0f,
-                  y.data(), H);
+      // The layer multiplies a token tile at a time; so does its ceiling.
+      for (std::int64_t r0 = 0; r0 < m; r0 += kExpertTileRows) {
+        const std::int64_t n = std::min(kExpertTileRows, m - r0);
+        linear_forward(options, a1.data(), x.data(), matrix(w1, w1b, e), n, H, F);
+        linear_forward(options, a3.data(), x.data(), matrix(w3, w3b, e), n, H, F);
+        linear_forward(options, y.data(), a1.data(), matrix(w2, w2b, e), n, F, H);
+      }
     }
     const double s = seconds_since(t0);
     if (it > 0) rates.push_back(expert_forward_flops(total_rows, H, F) / s / 1e9);  // first run warms up
@@ -165,6 +179,14 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     base.hidden_size = a.hidden;
     base.ffn_size = a.ffn;
     base.norm_topk_prob = a.norm_topk_prob;
+    base.gemm = {parse_gemm_backend(a.gemm, "--gemm"), parse_compute_dtype(a.compute, "--compute")};
+    check_compute_dtype_supported(base.gemm.compute, "--compute");
+    OCCULT_CHECK(a.weights == "f32" || a.weights == "bf16", "--weights must be f32 or bf16, got \"{}\"", a.weights);
+    base.expert_dtype = a.weights == "bf16" ? WeightDType::kBF16 : WeightDType::kF32;
+    const bool inference_only = base.expert_dtype == WeightDType::kBF16 || base.gemm.compute == ComputeDType::kBF16;
+    OCCULT_CHECK(!(inference_only && a.backward),
+                 "--weights bf16 and --compute bf16 are inference options; drop --backward to time them");
+    base.with_grads = !inference_only;
     validate_moe_layer_config(base);
     if (!a.placement.empty()) {
       Placement p = load_placement(a.placement, ReplicaPolicy::kAllow);
@@ -341,11 +363,11 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     comm.all_reduce_max(rss);
     r.peak_rss_mb = rss[0];
     if (v.dispatch == DispatchKind::kStandard && v.prune_devices == 0) {
-      // The sgemm ceiling for the shapes this rank's experts just computed.
+      // The GEMM ceiling for the shapes this rank's experts just computed.
       const ReceivePlan& rp = layer.receive_plan();
       std::vector<std::int64_t> rows_per_expert;
       for (int l = 0; l < rp.num_local_experts; ++l) rows_per_expert.push_back(rp.expert_offsets[l + 1] - rp.expert_offsets[l]);
-      std::vector<double> rate = {sgemm_baseline_gflops(rows_per_expert, a.hidden, a.ffn, a.iters)};
+      std::vector<double> rate = {gemm_baseline_gflops(rows_per_expert, a.hidden, a.ffn, a.iters, base.gemm)};
       comm.all_reduce_sum(rate);
       sgemm_gflops = rate[0] / D;
     }
@@ -367,7 +389,10 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     doc["iters"] = a.iters;
     doc["routing_trace"] = a.routing_trace;
     doc["placement"] = a.placement.empty() ? "contiguous" : a.placement;
-    doc["sgemm_gflops"] = sgemm_gflops;
+    doc["sgemm_gflops"] = sgemm_gflops;  // the GEMM ceiling (same library and precision)
+    doc["compute"] = a.compute;
+    doc["gemm"] = a.gemm;
+    doc["weights"] = a.weights;
     doc["decode_tokens_per_rank"] = decode_sizes;
     doc["variants"] = nlohmann::json::array();
     for (const auto& r : results) {
@@ -400,11 +425,12 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     std::cout << doc.dump(2) << "\n";
     return;
   }
-  fmt::print("MoE layer: E={} k={} H={} F={}, {} tokens/rank on {} ranks, placement {}, routing {}\n", a.experts,
-             a.top_k, a.hidden, a.ffn, T, D, a.placement.empty() ? "contiguous" : a.placement,
-             a.routing_trace.empty() ? "random router" : a.routing_trace);
+  fmt::print("MoE layer: E={} k={} H={} F={}, {} tokens/rank on {} ranks, placement {}, routing {}; {} weights, {} "
+             "compute on {}\n",
+             a.experts, a.top_k, a.hidden, a.ffn, T, D, a.placement.empty() ? "contiguous" : a.placement,
+             a.routing_trace.empty() ? "random router" : a.routing_trace, a.weights, a.compute, a.gemm);
   TextTable table({"variant", "wire", "C_T", "dispatch MB", "remote MB", "combine MB", "bwd disp MB", "bwd comb MB",
-                   "meta MB", "coll f/b", "fwd ms", "bwd ms", "speed-up", "expert GF/s", "% sgemm", "RSS MB"});
+                   "meta MB", "coll f/b", "fwd ms", "bwd ms", "speed-up", "expert GF/s", "% GEMM", "RSS MB"});
   auto mb = [](std::int64_t b) { return fmt::format("{:.2f}", b / 1e6); };
   for (const auto& r : results) {
     table.add_row({r.variant.name, std::string(wire_format_name(r.variant.wire)),
@@ -423,9 +449,9 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
                    fmt::format("{:.0f}", r.peak_rss_mb)});
   }
   std::cout << table.render();
-  fmt::print("sgemm on the same shapes: {:.1f} GFLOP/s per rank; bytes summed over ranks, one iteration; times are "
+  fmt::print("GEMMs alone on the same shapes ({} {}): {:.1f} GFLOP/s per rank; bytes summed over ranks, one iteration; times are "
              "medians of {} iterations (slowest rank); coll f/b = collectives per forward/backward on one rank\n",
-             sgemm_gflops, a.iters);
+             a.gemm, a.compute, sgemm_gflops, a.iters);
   if (decode_sizes.empty()) return;
   std::vector<std::string> header = {"variant"};
   for (std::int64_t n : decode_sizes) header.push_back(fmt::format("fwd ms @ {} tok/rank", std::min(n, T)));
@@ -463,6 +489,13 @@ void setup(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--decode-tokens", args->decode_tokens,
                   "tokens per rank of the decode-like latency runs, comma-separated (\"\" = none)")
+      ->capture_default_str();
+  cmd->add_option("--compute", args->compute,
+                  "GEMM precision: f32 | bf16 (activations rounded to BF16, F32 accumulation; forward only)")
+      ->capture_default_str();
+  cmd->add_option("--gemm", args->gemm, "GEMM library: onednn | blas (OpenBLAS, the reference path)")
+      ->capture_default_str();
+  cmd->add_option("--weights", args->weights, "dtype the experts are held in: f32 | bf16 (forward only)")
       ->capture_default_str();
   cmd->add_flag("--json", args->json, "print JSON on stdout instead of the table");
   cmd->callback([args] { run_on_mpi_world([&](Communicator& comm) { run_bench(*args, comm); }); });

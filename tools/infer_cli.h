@@ -33,7 +33,27 @@ struct ModelFlags {
   std::string prune_scheme = "score";
   std::uint64_t seed = 1234;  // random weights (no checkpoint)
   std::string weights = "auto";  // dtype the matrices are held in: auto | f32 | bf16
+  std::string compute = "f32";   // precision of the GEMM products (--compute)
+  std::string gemm = "onednn";   // GEMM library (--gemm)
 };
+
+// Adds --compute and --gemm: how the model's GEMMs run.
+inline void add_compute_flags(CLI::App* cmd, ModelFlags& f) {
+  cmd->add_option("--compute", f.compute,
+                  "GEMM precision: f32 | bf16 (activations rounded to BF16, F32 accumulation; needs a CPU "
+                  "with AVX512-BF16)")
+      ->capture_default_str();
+  cmd->add_option("--gemm", f.gemm, "GEMM library: onednn | blas (OpenBLAS, the reference path)")
+      ->capture_default_str();
+}
+
+// The GEMM options of --gemm and --compute; throws naming the flag for a bad value or for BF16
+// compute on a CPU without AVX512-BF16.
+inline GemmOptions resolve_gemm_options(const ModelFlags& f) {
+  GemmOptions options{parse_gemm_backend(f.gemm, "--gemm"), parse_compute_dtype(f.compute, "--compute")};
+  check_compute_dtype_supported(options.compute, "--compute");
+  return options;
+}
 
 // Adds --model (alias --checkpoint; required) and --config (optional, must match): the model a
 // command runs.
@@ -70,6 +90,7 @@ inline void add_wire_flag(CLI::App* cmd, ModelFlags& f) {
 inline void add_routing_flags(CLI::App* cmd, ModelFlags& f) {
   cmd->add_option("--dispatch", f.dispatch, "standard | occult")->capture_default_str();
   add_wire_flag(cmd, f);
+  add_compute_flags(cmd, f);
   cmd->add_option("--placement", f.placement, "placement JSON (occult place); default contiguous");
   cmd->add_option("--prune-devices", f.prune_devices, "collaboration pruning budget M (0 = off)")
       ->capture_default_str();
@@ -120,6 +141,7 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
     parallel.prune_scheme = f.prune_scheme;
     parallel.training = false;
     parallel.weight_dtype = resolve_weight_dtype(f);
+    parallel.gemm = resolve_gemm_options(f);
     OCCULT_CHECK(f.prune_devices >= 0 && f.prune_devices <= comm.size(),
                  "--prune-devices must be in [0, {} ranks], got {}", comm.size(), f.prune_devices);
     if (f.placement.empty()) return;

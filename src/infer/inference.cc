@@ -240,6 +240,7 @@ std::span<const float> InferenceEngine::decode(std::span<const int> slots,
 InferenceEngine::~InferenceEngine() = default;
 
 void InferenceEngine::forward_rows(bool prefill) {
+  const GemmOptionsScope gemm_scope(model_.parallel_options().gemm);
   const ModelConfig& c = model_.config();
   const int L = c.num_hidden_layers, H = c.hidden_size, V = c.vocab_size, NH = c.num_attention_heads,
             NKV = c.kv_heads(), hs = c.head_dim(), QD = c.q_dim(), KD = c.kv_dim();

@@ -154,6 +154,9 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
   OCCULT_CHECK(options_.weight_dtype == WeightDType::kF32 || (!options_.training && !local_reference),
                "BF16-resident weights are for inference with the expert-parallel layer (training keeps F32 "
                "weights and gradients)");
+  OCCULT_CHECK(options_.gemm.compute == ComputeDType::kF32 || !options_.training,
+               "BF16 compute is for inference (training computes in F32)");
+  check_compute_dtype_supported(options_.gemm.compute, "the model");
   impl_->moe.resize(Lm);
   impl_->moe_of_layer.assign(L, -1);
   impl_->mlp_width.assign(L, 0);
@@ -455,6 +458,7 @@ void MoeTransformer::allocate_activations(std::int64_t B, int T) {
 
 LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets,
                                   std::int64_t B, int T) {
+  const GemmOptionsScope gemm_scope(options_.gemm);
   auto& m = *impl_;
   const ModelConfig& c = config_;
   const int L = c.num_hidden_layers, Lm = c.num_moe_layers(), H = c.hidden_size, V = c.vocab_size,
@@ -548,6 +552,7 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
 }
 
 void MoeTransformer::backward() {
+  const GemmOptionsScope gemm_scope(options_.gemm);
   auto& m = *impl_;
   OCCULT_CHECK(m.forward_done, "backward() needs a forward() first");
   OCCULT_CHECK(options_.training, "backward() on a model built for inference (ParallelOptions::training = false)");

@@ -90,6 +90,7 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
   c.dispatch = options.dispatch == Dispatch::kStandard ? DispatchKind::kStandard : DispatchKind::kOccult;
   c.prune.max_devices = options.prune_devices;
   c.wire = options.wire;
+  c.gemm = options.gemm;
   if (options.prune_devices > 0) {
     const auto scheme = parse_prune_scheme(options.prune_scheme);
     OCCULT_CHECK(scheme.has_value(), "--prune-scheme must be score, similarity or device-limited, got \"{}\"",

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <vector>
 
+#include "occult/linalg/linear.h"
+
 namespace occult {
 
 void embedding_backward(float* dwte, const float* dout, const std::int32_t* tokens, std::int64_t N, int C) {
@@ -51,12 +53,10 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
 void matmul_backward(float* dinp, float* dweight, const float* dout, const float* in, const float* weight,
                      std::int64_t N, int IC, int OC) {
   if (N == 0) return;
-  if (dinp != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(N), IC, OC, 1.0f, dout, OC,
-                weight, IC, 1.0f, dinp, IC);
-  }
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, static_cast<int>(N), 1.0f, dout, OC, in, IC,
-              1.0f, dweight, IC);
+  // Backward products run in F32 on the thread's backend (BF16 compute is an inference option).
+  const GemmOptions options{current_gemm_options().backend, ComputeDType::kF32};
+  if (dinp != nullptr) gemm(options, false, false, N, IC, OC, dout, OC, WeightRef(weight), IC, 1.0f, dinp, IC);
+  gemm(options, true, false, OC, IC, N, dout, OC, WeightRef(in), IC, 1.0f, dweight, IC);
 }
 
 namespace {

@@ -1,12 +1,11 @@
 #include "occult/moe/expert_compute.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
 #include "occult/core/error.h"
+#include "occult/core/half.h"
 
 namespace occult {
 
@@ -47,6 +46,48 @@ void require_f32(const ExpertWeightsView& w, const char* what) {
                what);
 }
 
+// One expert matrix in the dtype the GEMMs multiply, converted at most once per expert and call
+// into a per-thread buffer shared by every layer (so its size does not grow with the model):
+// F32 compute over BF16 weights widens it (oneDNN 2.6 has no F32 x BF16 matmul, and widening
+// per token tile would repeat the work for every tile), BF16 compute over F32 weights rounds it.
+// Weights already in the compute dtype are used in place.
+class ComputeMatrix {
+ public:
+  WeightRef prepare(WeightRef w, std::int64_t numel, ComputeDType compute) {
+    if (compute == ComputeDType::kF32 && w.dtype() == WeightDType::kBF16) {
+      if (static_cast<std::int64_t>(f32_.size()) < numel) f32_.resize(static_cast<std::size_t>(numel));
+      const std::uint16_t* src = w.bf16_data();
+      for (std::int64_t i = 0; i < numel; ++i) f32_[i] = bf16_to_float(src[i]);
+      return WeightRef(f32_.data());
+    }
+    if (compute == ComputeDType::kBF16 && w.dtype() == WeightDType::kF32) {
+      if (static_cast<std::int64_t>(bf16_.size()) < numel) bf16_.resize(static_cast<std::size_t>(numel));
+      const float* src = w.f32();
+      for (std::int64_t i = 0; i < numel; ++i) bf16_[i] = float_to_bf16(src[i]);
+      return WeightRef::bf16(bf16_.data());
+    }
+    return w;
+  }
+
+ private:
+  std::vector<float> f32_;
+  std::vector<std::uint16_t> bf16_;
+};
+
+ComputeMatrix& compute_matrix() {
+  thread_local ComputeMatrix matrix;
+  return matrix;
+}
+
+// Gathers the n rows of x_recv that assignments [begin, begin + n) read into x_tile [n, H].
+void gather_tile(const ReceivePlan& plan, std::span<const float> x_recv, std::int64_t begin, int n, int H,
+                 float* x_tile) {
+  for (int i = 0; i < n; ++i) {
+    std::memcpy(x_tile + static_cast<std::size_t>(i) * H, x_recv.data() + plan.sorted_row[begin + i] * H,
+                sizeof(float) * H);
+  }
+}
+
 }  // namespace
 
 WeightRef ExpertWeightsView::matrix(int kind, int e) const {
@@ -71,24 +112,36 @@ void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::sp
   float* x_tile = scratch.x_tile.data();
   float* h_tile = scratch.h_tile.data();
   float* y_tile = scratch.y_tile.data();
+  const GemmOptions options = current_gemm_options();
+  ComputeMatrix& matrix = compute_matrix();
+  const std::int64_t FH = static_cast<std::int64_t>(F) * H;
   for (int e = 0; e < w.num_local_experts; ++e) {
-    const WeightRef w1 = w.matrix(0, e), w3 = w.matrix(1, e), w2 = w.matrix(2, e);
-    for (std::int64_t begin = plan.expert_offsets[e]; begin < plan.expert_offsets[e + 1]; begin += kExpertTileRows) {
-      const int n = static_cast<int>(std::min(kExpertTileRows, plan.expert_offsets[e + 1] - begin));
-      for (int i = 0; i < n; ++i) {
-        std::memcpy(x_tile + static_cast<std::size_t>(i) * H, x_recv.data() + plan.sorted_row[begin + i] * H,
-                    sizeof(float) * H);
+    const std::int64_t first = plan.expert_offsets[e], last = plan.expert_offsets[e + 1];
+    if (first == last) continue;
+    // One matrix at a time, each converted (when needed) once for all of this expert's tiles:
+    // a1 = x W1^T over every tile, then a3 = x W3^T, then y = (silu(a1) * a3) W2^T. W1 and W3 are
+    // not fused into one [2F, H] GEMM: they are separate tensors, and on this CPU a fused
+    // product of twice the width ran no faster than the two halves (bench/linalg, RESULTS.md).
+    for (int kind = 0; kind < 2; ++kind) {
+      const WeightRef wk = matrix.prepare(w.matrix(kind, e), FH, options.compute);
+      float* act = (kind == 0 ? act_gate : act_up).data();
+      for (std::int64_t begin = first; begin < last; begin += kExpertTileRows) {
+        const int n = static_cast<int>(std::min(kExpertTileRows, last - begin));
+        gather_tile(plan, x_recv, begin, n, H, x_tile);
+        // act [n, F] = x_tile [n, H] * W^T.
+        linear_forward(options, act + begin * F, x_tile, wk, n, H, F);
       }
-      float* a1 = act_gate.data() + begin * F;
-      float* a3 = act_up.data() + begin * F;
-      // a1 [n, F] = x_tile [n, H] * W1^T; a3 likewise with W3.
-      linear_forward(a1, x_tile, w1, n, H, F);
-      linear_forward(a3, x_tile, w3, n, H, F);
+    }
+    const WeightRef w2 = matrix.prepare(w.matrix(2, e), FH, options.compute);
+    for (std::int64_t begin = first; begin < last; begin += kExpertTileRows) {
+      const int n = static_cast<int>(std::min(kExpertTileRows, last - begin));
+      const float* a1 = act_gate.data() + begin * F;
+      const float* a3 = act_up.data() + begin * F;
       for (std::int64_t i = 0; i < static_cast<std::int64_t>(n) * F; ++i) {
         h_tile[i] = a1[i] * sigmoid(a1[i]) * a3[i];
       }
       // y_tile [n, H] = h_tile [n, F] * W2^T.
-      linear_forward(y_tile, h_tile, w2, n, F, H);
+      linear_forward(options, y_tile, h_tile, w2, n, F, H);
       for (int i = 0; i < n; ++i) {
         const float g = plan.sorted_weight[begin + i];
         float* dst = out.data() + plan.sorted_row[begin + i] * H;
@@ -105,6 +158,12 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
                      const ExpertGradsView& grads, ExpertScratch& scratch) {
   check_shapes(plan, w, x_recv, dx_recv.size(), act_gate.size(), act_up.size());
   require_f32(w, "expert backward");
+  // The backward always computes in F32 (BF16 compute is an inference option), on the backend
+  // this thread's options choose.
+  const GemmOptions current = current_gemm_options();
+  OCCULT_CHECK(current.compute == ComputeDType::kF32,
+               "expert backward: BF16 compute is for inference only; train with F32 compute");
+  const GemmOptions options{current.backend, ComputeDType::kF32};
   const int H = w.hidden_size, F = w.ffn_size;
   OCCULT_CHECK(dy_recv.size() == x_recv.size(), "expert backward: gradient rows hold {} floats, expected {}",
                dy_recv.size(), x_recv.size());
@@ -144,7 +203,7 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
         std::memcpy(dy_tile + static_cast<std::size_t>(i) * H, dy_recv.data() + row * H, sizeof(float) * H);
       }
       // u [n, F] = dy [n, H] * W2 [H, F]: the gradient of h before the gate weight.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, F, H, 1.0f, dy_tile, H, w2, F, 0.0f, u_tile, F);
+      gemm(options, false, false, n, F, H, dy_tile, H, WeightRef(w2), F, 0.0f, u_tile, F);
       const float* a1 = act_gate.data() + begin * F;
       const float* a3 = act_up.data() + begin * F;
       for (int i = 0; i < n; ++i) {
@@ -165,13 +224,13 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
         for (int c = 0; c < H; ++c) dyg[c] *= g;
       }
       // dW2 [H, F] += (g dy)^T [H, n] * h [n, F].
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, F, n, 1.0f, dy_tile, H, h_tile, F, 1.0f, dw2, F);
+      gemm(options, true, false, H, F, n, dy_tile, H, WeightRef(h_tile), F, 1.0f, dw2, F);
       // dW1 [F, H] += da1^T [F, n] * x [n, H]; dW3 likewise.
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, H, n, 1.0f, da1, F, x_tile, H, 1.0f, dw1, H);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, F, H, n, 1.0f, da3, F, x_tile, H, 1.0f, dw3, H);
+      gemm(options, true, false, F, H, n, da1, F, WeightRef(x_tile), H, 1.0f, dw1, H);
+      gemm(options, true, false, F, H, n, da3, F, WeightRef(x_tile), H, 1.0f, dw3, H);
       // dx [n, H] = da1 [n, F] * W1 [F, H] + da3 * W3.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, H, F, 1.0f, da1, F, w1, H, 0.0f, dx_tile, H);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, H, F, 1.0f, da3, F, w3, H, 1.0f, dx_tile, H);
+      gemm(options, false, false, n, H, F, da1, F, WeightRef(w1), H, 0.0f, dx_tile, H);
+      gemm(options, false, false, n, H, F, da3, F, WeightRef(w3), H, 1.0f, dx_tile, H);
       for (int i = 0; i < n; ++i) {
         float* dst = dx_recv.data() + plan.sorted_row[begin + i] * H;
         const float* src = dx_tile + static_cast<std::size_t>(i) * H;

@@ -1,6 +1,5 @@
 #include "occult/moe/moe_layer.h"
 
-#include <cblas.h>
 
 #include <algorithm>
 #include <bit>
@@ -152,6 +151,9 @@ void validate_moe_layer_config(const MoeLayerConfig& c) {
                c.num_experts, c.num_experts, c.prune.similarity.size());
   OCCULT_CHECK(c.expert_dtype == WeightDType::kF32 || !c.with_grads,
                "MoE layer: BF16 expert weights are for inference; training needs F32 weights and gradients");
+  OCCULT_CHECK(c.gemm.compute == ComputeDType::kF32 || !c.with_grads,
+               "MoE layer: BF16 compute is for inference; training computes in F32");
+  check_compute_dtype_supported(c.gemm.compute, "MoE layer");
 }
 
 MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> expert_to_device)
@@ -388,6 +390,7 @@ double MoeLayer::forward_expert_flops() const {
 double MoeLayer::backward_expert_flops() const { return 2.0 * forward_expert_flops(); }
 
 void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::span<float> y) {
+  const GemmOptionsScope gemm_scope(config_.gemm);
   const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k;
   const double t0 = now_seconds();
   // Shape and router errors stay local here; the count exchange of run_forward carries them
@@ -404,9 +407,10 @@ void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::s
     std::vector<float>& logits = buffers_->logits;
     logits.resize(T * E);
     if (T > 0) {
-      // logits [T, E] = x [T, H] * W_r^T.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(T), E, H, 1.0f, x.data(), H,
-                  router_.data(), H, 0.0f, logits.data(), E);
+      // logits [T, E] = x [T, H] * W_r^T, always in F32 on the layer's GEMM library: the top-k
+      // choice is sensitive to the logits' last bits, and the router is a small share of the work.
+      gemm({config_.gemm.backend, ComputeDType::kF32}, false, true, static_cast<std::int64_t>(T), E, H, x.data(),
+           H, WeightRef(router_.data()), H, 0.0f, logits.data(), E);
     }
     probs_.assign(T * E, 0.0f);
     ids_.assign(T * k, 0);
@@ -442,6 +446,7 @@ void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::s
 void MoeLayer::forward_with_routing(std::span<const float> x, std::int64_t num_tokens,
                                     std::span<const std::int32_t> topk_ids, std::span<const float> topk_weights,
                                     std::span<float> y) {
+  const GemmOptionsScope gemm_scope(config_.gemm);
   const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k;
   std::optional<std::string> error = local_error([&] {
     OCCULT_CHECK(num_tokens >= 0, "MoE layer forward: {} tokens", num_tokens);
@@ -647,6 +652,7 @@ void MoeLayer::release_forward_buffers() {
 }
 
 void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_router_probs, std::span<float> dx) {
+  const GemmOptionsScope gemm_scope(config_.gemm);
   const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k, D = comm_.size();
   const std::int64_t T = num_tokens_;
   const WireFormat wire = config_.wire;
@@ -799,10 +805,11 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
       }
     }
     // d_router [E, H] += dlogits^T [E, T] * x [T, H]; dx [T, H] += dlogits [T, E] * W_r [E, H].
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, E, H, static_cast<int>(T), 1.0f, dlogits.data(), E,
-                x_.data(), H, 1.0f, d_router_.data(), H);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(T), H, E, 1.0f, dlogits.data(), E,
-                router_.data(), H, 1.0f, dx.data(), H);
+    const GemmOptions f32{config_.gemm.backend, ComputeDType::kF32};
+    gemm(f32, true, false, E, H, static_cast<std::int64_t>(T), dlogits.data(), E, WeightRef(x_.data()), H, 1.0f,
+         d_router_.data(), H);
+    gemm(f32, false, false, static_cast<std::int64_t>(T), H, E, dlogits.data(), E, WeightRef(router_.data()), H,
+         1.0f, dx.data(), H);
   }
   timings_.backward_router = now_seconds() - t3;
 }

@@ -32,6 +32,16 @@ grep -q '"generated_tokens":48' g1.json || fail "4 prompts x 12 tokens: $(cat g1
 extract() { sed 's/.*"generations":\(\[.*\]\),"prefill_ms".*/\1/' "$1"; }
 [ "$(extract g1.json)" = "$(extract g2o.json)" ] || fail "1-rank and 2-rank text differ: $(extract g1.json) vs $(extract g2o.json)"
 [ "$(extract g1.json)" = "$(extract g2s.json)" ] || fail "standard and occult text differ"
+# The GEMM library changes only the order of F32 sums: the same greedy text on OpenBLAS. BF16
+# compute rounds every activation, so only its token count is checked.
+"$occult" generate --checkpoint ckpt --prompt "ROMEO:" --prompt-file prompts.txt --max-new-tokens 12 --temperature 0 \
+  --json --gemm blas > gb.json 2> err.txt || fail "generate --gemm blas: $(cat err.txt)"
+[ "$(extract g1.json)" = "$(extract gb.json)" ] || fail "oneDNN and OpenBLAS text differ"
+if grep -q avx512_bf16 /proc/cpuinfo; then
+  $mpi -np 2 "$occult" generate --checkpoint ckpt --prompt "ROMEO:" --prompt-file prompts.txt --max-new-tokens 12 \
+    --temperature 0 --json --compute bf16 > g16.json 2> err.txt || fail "generate --compute bf16: $(cat err.txt)"
+  grep -q '"generated_tokens":48' g16.json || fail "--compute bf16, 4 prompts x 12 tokens: $(cat g16.json)"
+fi
 # Sampling is seeded: two runs agree; streaming prints the prompt then the continuation.
 $mpi -np 2 "$occult" generate --checkpoint ckpt --prompt "ROMEO:" --max-new-tokens 16 --temperature 0.9 \
   --top-p 0.9 --seed 3 > s1.txt 2> sum.txt || fail "sampled generate: $(cat sum.txt)"
@@ -78,6 +88,10 @@ expect_error() {
   grep -q -- "$pattern" err.txt || fail "error for $* lacks '$pattern': $(cat err.txt)"
 }
 long=$(head -c 80 "$corpus" | tr '\n' ' ')
+expect_error "--compute: unknown compute precision 'fp8'" "$occult" generate --checkpoint ckpt --prompt "A" \
+  --max-new-tokens 2 --compute fp8
+expect_error "--gemm: unknown GEMM backend 'mkl'" "$occult" generate --checkpoint ckpt --prompt "A" \
+  --max-new-tokens 2 --gemm mkl
 expect_error "context" $mpi -np 2 "$occult" generate --checkpoint ckpt --prompt "$long" --max-new-tokens 4
 # Without its manifest (which would refuse the edited config.json first), the directory loads like a
 # Hugging Face one, so the weights' shapes are what disagree.

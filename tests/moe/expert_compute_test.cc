@@ -1,4 +1,5 @@
-// The tiled BLAS expert kernels against hand-computed values and their naive twins.
+// The tiled expert kernels (oneDNN and BLAS backends, F32 and BF16 compute) against
+// hand-computed values and their naive twins.
 #include "occult/moe/expert_compute.h"
 
 #include <gtest/gtest.h>
@@ -7,6 +8,7 @@
 
 #include "occult/core/error.h"
 #include "occult/core/half.h"
+#include "occult/moe/moe_layer.h"
 #include "test_util.h"
 
 namespace occult {
@@ -63,22 +65,112 @@ TEST_P(ExpertKernels, MatchNaiveTwinForwardAndBackward) {
   auto dy = random_values(c.rows * c.hidden, 5);
   const std::size_t AF = c.assignments * c.ffn;
   std::vector<float> out(x.size()), ref_out(x.size()), a1(AF), a3(AF), ra1(AF), ra3(AF);
-  ExpertScratch scratch;
-  expert_forward(plan, w, x, out, a1, a3, scratch);
   reference_expert_forward(plan, w, x, ref_out, ra1, ra3);
-  EXPECT_LT(relative_error(out, ref_out), 1e-5);
-  EXPECT_LT(relative_error(a1, ra1), 1e-5);
-  EXPECT_LT(relative_error(a3, ra3), 1e-5);
-
-  std::vector<float> dx(x.size()), ref_dx(x.size()), dg(c.assignments), ref_dg(c.assignments);
-  std::vector<float> g1(w1.size()), g3(w3.size()), g2(w2.size()), r1(w1.size()), r3(w3.size()), r2(w2.size());
-  expert_backward(plan, w, x, dy, a1, a3, dx, dg, ExpertGradsView{g1, g3, g2}, scratch);
+  std::vector<float> ref_dx(x.size()), ref_dg(c.assignments), r1(w1.size()), r3(w3.size()), r2(w2.size());
   reference_expert_backward(plan, w, x, dy, ra1, ra3, ref_dx, ref_dg, ExpertGradsView{r1, r3, r2});
-  EXPECT_LT(relative_error(dx, ref_dx), 1e-5);
-  EXPECT_LT(relative_error(dg, ref_dg), 1e-5);
-  EXPECT_LT(relative_error(g1, r1), 1e-5);
-  EXPECT_LT(relative_error(g3, r3), 1e-5);
-  EXPECT_LT(relative_error(g2, r2), 1e-5);
+  for (const GemmBackend backend : {GemmBackend::kOneDnn, GemmBackend::kBlas}) {
+    SCOPED_TRACE(gemm_backend_name(backend));
+    const GemmOptionsScope scope({backend, ComputeDType::kF32});
+    ExpertScratch scratch;
+    expert_forward(plan, w, x, out, a1, a3, scratch);
+    EXPECT_LT(relative_error(out, ref_out), 1e-5);
+    EXPECT_LT(relative_error(a1, ra1), 1e-5);
+    EXPECT_LT(relative_error(a3, ra3), 1e-5);
+
+    std::vector<float> dx(x.size()), dg(c.assignments);
+    std::vector<float> g1(w1.size()), g3(w3.size()), g2(w2.size());
+    expert_backward(plan, w, x, dy, a1, a3, dx, dg, ExpertGradsView{g1, g3, g2}, scratch);
+    EXPECT_LT(relative_error(dx, ref_dx), 1e-5);
+    EXPECT_LT(relative_error(dg, ref_dg), 1e-5);
+    EXPECT_LT(relative_error(g1, r1), 1e-5);
+    EXPECT_LT(relative_error(g3, r3), 1e-5);
+    EXPECT_LT(relative_error(g2, r2), 1e-5);
+  }
+}
+
+float round_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
+
+// BF16 compute: x and h = silu(a1) * a3 are rounded to BF16 before their GEMMs, products are
+// exact, sums run in F32. The test's weights are BF16 values (so their rounding is exact) and
+// the twin runs in double on x rounded to BF16, keeping h exact. Per output element c the
+// difference is then bounded, with u = 2^-24, gamma_n = 1.01 n u, S1_j = sum_i |W1_ji x_i| (S3
+// likewise) and |silu'| <= 1.1, by
+//   sum_a g_a sum_j |W2_cj| (dh_j + 2^-8 (|h_j| + dh_j)) + gamma_{F+1} sum_a g_a sum_j |W2_cj| |h_j| (1 + 2^-7)
+// where dh_j = 1.1 gamma_H S1_j |a3_j| + |silu(a1_j)| gamma_H S3_j + (gamma_H S1_j)(gamma_H S3_j)
+// bounds the F32 error of h before rounding (a1, a3 carry gamma_H times their S) and 2^-8 is
+// BF16's unit roundoff (8 significant bits, round to nearest); the last term is the F32
+// accumulation of the W2 product and of the stage-1 sum (k <= F terms).
+TEST_P(ExpertKernels, Bf16ComputeWithinRoundingBound) {
+  if (!cpu_has_bf16_compute()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  const Case c = GetParam();
+  const ReceivePlan plan = random_plan(c, 13);
+  const int H = c.hidden, F = c.ffn;
+  const std::size_t FH = static_cast<std::size_t>(H) * F;
+  std::vector<std::vector<float>> wide(3);
+  std::vector<std::vector<std::uint16_t>> narrow(3);
+  for (int kind = 0; kind < 3; ++kind) {
+    for (float v : random_values(c.num_local_experts * FH, 31 + kind, 0.5f)) {
+      narrow[kind].push_back(float_to_bf16(v));
+      wide[kind].push_back(bf16_to_float(narrow[kind].back()));
+    }
+  }
+  const auto x = random_values(c.rows * H, 34);
+  // The double twin with the bound above.
+  std::vector<double> want(x.size(), 0.0), bound(x.size(), 0.0);
+  const double gH = 1.01 * H * 0x1p-24, gF = 1.01 * (F + 1) * 0x1p-24, b16 = 0x1p-8;
+  for (int e = 0; e < c.num_local_experts; ++e) {
+    for (std::int64_t a = plan.expert_offsets[e]; a < plan.expert_offsets[e + 1]; ++a) {
+      const std::int64_t row = plan.sorted_row[a];
+      const double g = plan.sorted_weight[a];
+      std::vector<double> h(F), dh(F);
+      for (int j = 0; j < F; ++j) {
+        double a1 = 0, a3 = 0, s1 = 0, s3 = 0;
+        for (int i = 0; i < H; ++i) {
+          const double xi = round_bf16(x[row * H + i]);
+          const double w1 = wide[0][e * FH + j * H + i], w3 = wide[1][e * FH + j * H + i];
+          a1 += w1 * xi;
+          a3 += w3 * xi;
+          s1 += std::abs(w1 * xi);
+          s3 += std::abs(w3 * xi);
+        }
+        const double silu = a1 / (1.0 + std::exp(-a1));
+        h[j] = silu * a3;
+        dh[j] = 1.1 * gH * s1 * std::abs(a3) + std::abs(silu) * gH * s3 + gH * s1 * gH * s3;
+      }
+      for (int col = 0; col < H; ++col) {
+        double y = 0, err = 0, mag = 0;
+        for (int j = 0; j < F; ++j) {
+          const double w2 = std::abs(wide[2][e * FH + static_cast<std::size_t>(col) * F + j]);
+          y += wide[2][e * FH + static_cast<std::size_t>(col) * F + j] * h[j];
+          err += w2 * (dh[j] + b16 * (std::abs(h[j]) + dh[j]));
+          mag += w2 * std::abs(h[j]);
+        }
+        want[row * H + col] += g * y;
+        bound[row * H + col] += g * (err + gF * mag * (1.0 + 2 * b16));
+      }
+    }
+  }
+  for (const GemmBackend backend : {GemmBackend::kOneDnn, GemmBackend::kBlas}) {
+    for (int held_bf16 = 0; held_bf16 < 2; ++held_bf16) {
+      SCOPED_TRACE(::testing::Message() << gemm_backend_name(backend) << (held_bf16 ? " bf16" : " f32") << " weights");
+      const ExpertWeightsView w = held_bf16 ? ExpertWeightsView{c.num_local_experts, H, F, {}, {}, {}, narrow[0],
+                                                                narrow[1], narrow[2]}
+                                            : ExpertWeightsView{c.num_local_experts, H, F, wide[0], wide[1], wide[2]};
+      const std::size_t AF = c.assignments * F;
+      std::vector<float> out(x.size()), a1(AF), a3(AF);
+      const GemmOptionsScope scope({backend, ComputeDType::kBF16});
+      ExpertScratch scratch;
+      expert_forward(plan, w, x, out, a1, a3, scratch);
+      for (std::size_t i = 0; i < out.size(); ++i) {
+        ASSERT_NEAR(out[i], want[i], bound[i]) << "element " << i;
+      }
+      // Training never computes in BF16.
+      std::vector<float> dx(x.size()), dg(c.assignments), gw(c.num_local_experts * FH);
+      if (!held_bf16) {
+        EXPECT_THROW(expert_backward(plan, w, x, x, a1, a3, dx, dg, ExpertGradsView{gw, gw, gw}, scratch), Error);
+      }
+    }
+  }
 }
 
 // BF16-resident experts: the forward equals the naive twin run on the same values widened to F32
@@ -118,6 +210,31 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ExpertKernels,
                                            Case{2, 8, 4, 400, 2 * kExpertTileRows + 37},
                                            // an expert with no assignment
                                            Case{5, 6, 5, 3, 2}));
+
+TEST(MoeLayerConfigGemm, Bf16ComputeIsForInferenceOnly) {
+  MoeLayerConfig c;
+  c.num_experts = 4;
+  c.top_k = 2;
+  c.hidden_size = 8;
+  c.ffn_size = 4;
+  c.gemm = {GemmBackend::kOneDnn, ComputeDType::kBF16};
+  c.with_grads = true;
+  try {
+    validate_moe_layer_config(c);
+    FAIL() << "BF16 compute accepted for training";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("BF16 compute is for inference"), std::string::npos) << e.what();
+  }
+  c.with_grads = false;
+  if (cpu_has_bf16_compute()) {
+    EXPECT_NO_THROW(validate_moe_layer_config(c));
+  } else {
+    EXPECT_THROW(validate_moe_layer_config(c), Error);
+  }
+  c.gemm = {GemmBackend::kBlas, ComputeDType::kF32};
+  c.with_grads = true;
+  EXPECT_NO_THROW(validate_moe_layer_config(c));
+}
 
 TEST(ExpertForward, RejectsMismatchedBuffers) {
   std::vector<Assignment> received = {{0, 0, 1.0f}};

@@ -1,12 +1,18 @@
-// Linear layers over weights kept in the dtype they were stored in. An inference model keeps its
-// matrices in BF16 (half the memory of F32); every product still runs in F32: a BF16 weight is
-// widened to F32 a panel of rows at a time into a cache-sized scratch and multiplied by
-// cblas_sgemm, so the arithmetic equals that of the same weights held in F32 (BF16 -> F32 is
-// exact) up to the order of the sums.
+// Linear layers and GEMMs over weights kept in the dtype they were stored in. An inference model
+// keeps its matrices in BF16 (half the memory of F32). Two backends compute the products:
+// oneDNN (the default: its sgemm for F32, which allocates nothing per call; matmul primitives for
+// BF16, created once per shape and cached per thread) and cblas_sgemm (the reference and
+// fallback). Two compute precisions:
+// - F32 (the default): a BF16 weight is widened to F32 (exact), so the result equals that of the
+//   same weights held in F32 up to the order of the sums;
+// - BF16 (opt-in, inference, only on CPUs with AVX512-BF16): the activations are rounded to BF16
+//   (nearest, ties to even), F32 weights too, products are accumulated in F32 and the output
+//   is F32. The BLAS backend emulates it exactly (rounds both operands, then sgemm).
 #pragma once
 
 #include <cstdint>
 #include <span>
+#include <string>
 
 namespace occult {
 
@@ -46,10 +52,62 @@ class WeightRef {
   WeightDType dtype_ = WeightDType::kF32;
 };
 
-// out[N, OC] = beta * out + x[N, IC] @ W^T for W [OC, IC] (a PyTorch Linear without bias).
-// N may be 0.
+// Which library multiplies: oneDNN matmul, or cblas_sgemm (the reference path).
+enum class GemmBackend : std::uint8_t { kOneDnn, kBlas };
+
+// The precision products are computed in (accumulation and output are always F32).
+enum class ComputeDType : std::uint8_t { kF32, kBF16 };
+
+// "onednn" / "blas"; "f32" / "bf16".
+const char* gemm_backend_name(GemmBackend backend);
+const char* compute_dtype_name(ComputeDType dtype);
+// Parses the names above; throws occult::Error naming `what` (a flag or key) and the choices.
+GemmBackend parse_gemm_backend(const std::string& text, const char* what);
+ComputeDType parse_compute_dtype(const std::string& text, const char* what);
+
+// True when this CPU multiplies BF16 natively (AVX512-BF16, as oneDNN detects it).
+bool cpu_has_bf16_compute();
+
+// Throws occult::Error naming `what` unless `dtype` can run here (BF16 needs AVX512-BF16).
+void check_compute_dtype_supported(ComputeDType dtype, const char* what);
+
+// How the GEMMs of this thread run.
+struct GemmOptions {
+  GemmBackend backend = GemmBackend::kOneDnn;
+  ComputeDType compute = ComputeDType::kF32;
+};
+
+// The options linear_forward and gemm use on this thread when given none (initially the defaults
+// above). Owners (a model, an MoE layer, a benchmark) set them for the span of their work with a
+// GemmOptionsScope, so the kernels below them need no extra parameter.
+GemmOptions current_gemm_options();
+
+// Sets this thread's GEMM options until destruction, then restores the previous ones. Throws
+// when the compute precision cannot run on this CPU.
+class GemmOptionsScope {
+ public:
+  explicit GemmOptionsScope(GemmOptions options);
+  ~GemmOptionsScope();
+  GemmOptionsScope(const GemmOptionsScope&) = delete;
+  GemmOptionsScope& operator=(const GemmOptionsScope&) = delete;
+
+ private:
+  GemmOptions previous_;
+};
+
+// C[M, N] = beta * C + op(A) @ op(B), row-major with leading dimensions lda, ldb, ldc; op(A) is
+// A [M, K] (or A^T when trans_a, A then [K, M]); op(B) is B [K, N] (or B^T when trans_b, B then
+// [N, K]). A is F32, B F32 or BF16, C F32. M, N or K may be 0 (K = 0 scales C by beta).
+void gemm(const GemmOptions& options, bool trans_a, bool trans_b, std::int64_t M, std::int64_t N, std::int64_t K,
+          const float* A, std::int64_t lda, WeightRef B, std::int64_t ldb, float beta, float* C, std::int64_t ldc);
+
+// out[N, OC] = beta * out + x[N, IC] @ W^T for W [OC, IC] (a PyTorch Linear without bias), with
+// this thread's current GEMM options. N may be 0.
 void linear_forward(float* out, const float* x, WeightRef w, std::int64_t N, int IC, int OC,
                     float beta = 0.0f);
+// The same with explicit options.
+void linear_forward(const GemmOptions& options, float* out, const float* x, WeightRef w, std::int64_t N, int IC,
+                    int OC, float beta = 0.0f);
 
 // out[n, :] = W[ids[n], :] for W [rows, C] (an embedding lookup), widened to F32.
 void gather_rows(float* out, WeightRef w, const std::int32_t* ids, std::int64_t N, int C);
@@ -58,8 +116,8 @@ void gather_rows(float* out, WeightRef w, const std::int32_t* ids, std::int64_t 
 void reference_linear_forward(float* out, const float* x, WeightRef w, std::int64_t N, int IC, int OC,
                               float beta = 0.0f);
 
-// Rows of W widened per panel by linear_forward: as many as fit `kPanelBytes` of F32 scratch
-// (at least 16), so the widened panel stays in the L2 cache while sgemm streams x past it.
+// Rows of a BF16 W widened per panel by the BLAS path: as many as fit `kPanelBytes` of F32
+// scratch (at least 16), so the widened panel stays in the L2 cache while sgemm streams x past it.
 inline constexpr std::int64_t kPanelBytes = 512 * 1024;
 
 }  // namespace occult

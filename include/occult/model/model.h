@@ -60,6 +60,9 @@ struct ParallelOptions {
   // kBF16 holds the embedding, LM head, projection matrices and experts in BF16 (norms, biases,
   // routers and gates stay F32; all arithmetic is F32). Inference only.
   WeightDType weight_dtype = WeightDType::kF32;
+  // How every GEMM of the model runs (oneDNN or BLAS; F32, or BF16 compute for inference on a
+  // CPU with AVX512-BF16: activations rounded to BF16, F32 accumulation).
+  GemmOptions gemm;
 };
 
 // One named parameter tensor of this rank. Dense tensors live in the model's dense arena
@@ -162,6 +165,9 @@ class MoeTransformer {
   // runs the layers itself, e.g. the KV-cache inference engine (src/model/inference.cc); throws
   // naming the layer when out of range.
   MoeBlock& moe_block(int moe_layer);
+  // The options the model was built with (an engine that runs the layers itself uses their GEMM
+  // options).
+  const ParallelOptions& parallel_options() const { return options_; }
 
  private:
   struct Impl;

@@ -3,7 +3,8 @@
 // (over a token's experts on this device) formed by scatter-adding weighted results into the
 // token's row. Rows are gathered tile by tile into a small reusable buffer and results are
 // scatter-added tile by tile, so neither the input nor the output is ever copied k times (the
-// CPU form of the paper's scattering/merging sparse matmul). GEMMs go through cblas_sgemm.
+// CPU form of the paper's scattering/merging sparse matmul). GEMMs go through occult::gemm with
+// this thread's GEMM options (oneDNN or BLAS; F32, or BF16 compute in the forward).
 #pragma once
 
 #include <cstdint>
@@ -52,14 +53,16 @@ struct ExpertScratch {
   std::vector<float> x_tile, dy_tile, h_tile, y_tile, u_tile, da_gate, da_up;
 };
 
-// Forward (F32 or BF16 weights; F32 arithmetic). x_recv [R, H] -> out [R, H] (overwritten): out[r] = sum over the assignments a of
+// Forward (F32 or BF16 weights; the products in this thread's compute precision, sums in F32;
+// a matrix whose dtype differs from the compute precision is converted once per expert and
+// call, not per token tile). x_recv [R, H] -> out [R, H] (overwritten): out[r] = sum over the assignments a of
 // row r of weight_a * W2_e (silu(W1_e x_r) * (W3_e x_r)). act_gate and act_up [A, F] receive
 // W1_e x and W3_e x per assignment in the plan's expert-sorted order (for backward).
 void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& weights, std::span<const float> x_recv,
                     std::span<float> out, std::span<float> act_gate, std::span<float> act_up,
                     ExpertScratch& scratch);
 
-// Backward (F32 weights only). dy_recv [R, H] is the gradient of out; writes dx_recv [R, H] (overwritten) and
+// Backward (F32 weights and F32 compute only; throws under BF16 compute). dy_recv [R, H] is the gradient of out; writes dx_recv [R, H] (overwritten) and
 // d_weight [A] (gradient of each assignment's gate weight, expert-sorted order), and
 // accumulates the expert weight gradients.
 void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& weights, std::span<const float> x_recv,

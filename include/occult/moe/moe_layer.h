@@ -74,6 +74,9 @@ struct MoeLayerConfig {
   // kBF16 keeps the expert weights in BF16 (half the memory again; the arithmetic stays F32).
   // Inference only: requires with_grads = false.
   WeightDType expert_dtype = WeightDType::kF32;
+  // How the router and expert GEMMs run (backend, compute precision). BF16 compute is for
+  // inference only (requires with_grads = false) and needs a CPU with AVX512-BF16.
+  GemmOptions gemm;
 
   // The GatingConfig part (E, k, score function, norm_topk_prob).
   GatingConfig gating() const;
