@@ -83,7 +83,9 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
     c.prune.scheme = *scheme;
     if (*scheme == PruneScheme::kSimilarity) {
       OCCULT_CHECK(layer < static_cast<int>(options.similarity.size()) && !options.similarity[layer].empty(),
-                   "--prune-scheme similarity needs an expert similarity for layer {} in the placement file",
+                   "--prune-scheme similarity needs an expert similarity for layer {} in the placement file; "
+                   "embed one with `occult prune --traces ROUTING.safetensors --placement P.json "
+                   "--embed-similarity P-sim.json` (ROUTING from `occult profile`) and pass --placement P-sim.json",
                    layer);
       c.prune.similarity = options.similarity[layer];
     }
