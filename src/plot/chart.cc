@@ -104,10 +104,9 @@ Chart placement_chart(const std::vector<PlacementInput>& inputs, std::optional<i
       stated_by = in.source;
     }
     Series line;
-    line.label = !in.label.empty() ? in.label
-                 : doc.contains("strategy") && doc["strategy"].is_string()
-                     ? fmt::format("{} ({})", doc["strategy"].get<std::string>(), stem(in.source))
-                     : stem(in.source);
+    line.label = !in.label.empty()                                       ? in.label
+                 : doc.contains("strategy") && doc["strategy"].is_string() ? doc["strategy"].get<std::string>()
+                                                                           : stem(in.source);
     const nlohmann::json& layers = doc["layers"];
     for (std::size_t i = 0; i < layers.size(); ++i) {
       const std::string where = fmt::format("{} layers[{}]", in.source, i);
@@ -255,8 +254,10 @@ std::string gnuplot_script(const Chart& chart, const std::string& out_path) {
     }
     s += "plot ";
     for (std::size_t i = 0; i < panel.series.size(); ++i) {
-      s += fmt::format("{}$d{}_{} using 1:2 title {} pointsize 0.6", i == 0 ? "" : ", \\\n     ", p, i,
-                       quoted(panel.series[i].label));
+      // Points mark measurements while they are few; a long curve (a training log) is a line.
+      s += fmt::format("{}$d{}_{} using 1:2 title {} with {}", i == 0 ? "" : ", \\\n     ", p, i,
+                       quoted(panel.series[i].label),
+                       panel.series[i].x.size() <= 50 ? "linespoints pointsize 0.6" : "lines");
     }
     if (panel.reference) {
       s += fmt::format(", \\\n     {:.9g} title {} with lines dashtype 2 linewidth 2 linecolor rgb \"#555555\"",

@@ -74,7 +74,7 @@ TEST(PlacementChart, ReadsEvaluatePlaceAndPlacementFiles) {
   ASSERT_EQ(chart.panels.size(), 1u);
   const Panel& panel = chart.panels[0];
   ASSERT_EQ(panel.series.size(), 2u);
-  EXPECT_EQ(panel.series[0].label, "hypergraph (hg)");
+  EXPECT_EQ(panel.series[0].label, "hypergraph");
   EXPECT_THAT(panel.series[0].x, ElementsAre(0, 1));
   EXPECT_THAT(panel.series[0].y, ElementsAre(2.5, 3.25));
   EXPECT_EQ(panel.series[1].label, "mine");
