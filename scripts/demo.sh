@@ -7,7 +7,7 @@
 # (every strategy side by side), and draws the loss curve and C_T per layer (occult plot).
 #
 # Usage: scripts/demo.sh [BUILD_DIR] [--steps N] [--out DIR] [--ranks R] [-- TRAIN_FLAGS...]
-#   --steps N   training steps (default 400)
+#   --steps N   training steps (default 400; warm-up and evaluation scale with it)
 #   --out DIR   where the log, checkpoint, routing, placement and pictures go (default BUILD_DIR/demo)
 #   --ranks R   MPI ranks (default 4)
 #   after --, flags passed on to `occult train` (e.g. -- --dispatch standard)
@@ -39,8 +39,8 @@ echo "== occult demo: training configs/demo.json on data/corpus/tinyshakespeare.
     --config "$here/configs/demo.json" \
     --data "$here/data/corpus/tinyshakespeare.txt" \
     --dispatch occult \
-    --steps "$steps" --batch 16 --seq-len 128 --lr 3e-3 --warmup 30 \
-    --eval-every 100 --eval-sequences 64 --seed 1234 \
+    --steps "$steps" --batch 16 --seq-len 128 --lr 3e-3 --warmup $((steps * 30 / 400)) \
+    --eval-every $(( steps >= 4 ? steps / 4 : 1 )) --eval-sequences 64 --seed 1234 \
     --save "$out/checkpoint" --log "$out/train.jsonl" ${extra[@]+"${extra[@]}"}
 
 echo "== sample (greedy) from the trained checkpoint"
