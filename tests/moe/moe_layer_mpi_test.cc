@@ -14,6 +14,7 @@
 #include "occult/core/error.h"
 #include "occult/moe/moe_layer.h"
 #include "occult/moe/reference.h"
+#include "reference_deliveries.h"
 #include "test_util.h"
 
 namespace occult {
