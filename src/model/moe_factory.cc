@@ -73,7 +73,7 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
   c.norm_topk_prob = config.norm_topk_prob;
   c.with_grads = options.training;
   c.expert_dtype = options.weight_dtype;
-  c.dispatch = options.dispatch == Dispatch::kStandard ? DispatchKind::kStandard : DispatchKind::kOccult;
+  c.dispatch = options.dispatch;
   c.prune.max_devices = options.prune_devices;
   c.wire = options.wire;
   if (options.prune_devices > 0) {
