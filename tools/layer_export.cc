@@ -43,7 +43,8 @@ void run_export(const LayerExportArgs& a) {
   const int moe_layers = config.num_moe_layers();
   OCCULT_CHECK(moe_layers > 0, "--model {} has no MoE layer", a.model);
   OCCULT_CHECK(a.layer >= 0 && a.layer < moe_layers,
-               "--layer {} is out of range: {} has MoE layers 0..{} (layers count MoE layers only, as in traces and "
+               "--layer {} is out of range: {} has MoE layers 0..{} (layers count MoE layers only, "
+               "as in traces and "
                "placements)",
                a.layer, a.model, moe_layers - 1);
   OCCULT_CHECK(a.tokens >= 1, "--tokens must be >= 1, got {}", a.tokens);
@@ -64,8 +65,8 @@ void run_export(const LayerExportArgs& a) {
   for (int e = 0; e < E; ++e) {
     for (int kind = 0; kind < 3; ++kind) {
       // W1 and W3 are [F, H], W2 is [H, F].
-      const std::vector<std::int64_t> shape = kind == 2 ? std::vector<std::int64_t>{H, F}
-                                                        : std::vector<std::int64_t>{F, H};
+      const std::vector<std::int64_t> shape =
+          kind == 2 ? std::vector<std::int64_t>{H, F} : std::vector<std::int64_t>{F, H};
       weights.read(expert_tensor_name(config, l, e, kind), shape, buf);
       w.add_f32(fmt::format("mlp.experts.{}.{}.weight", e, kKinds[kind]), shape, buf);
     }
@@ -77,27 +78,36 @@ void run_export(const LayerExportArgs& a) {
   input.add_f32("hidden_states", {a.tokens, H}, normal_rows(a.tokens, H, a.seed));
   input.write((out / "input.safetensors").string());
   SafetensorsWriter grad;
-  grad.add_f32("grad_output", {a.tokens, H}, normal_rows(a.tokens, H, a.seed ^ 0x9E3779B97F4A7C15ull));
+  grad.add_f32("grad_output", {a.tokens, H},
+               normal_rows(a.tokens, H, a.seed ^ 0x9E3779B97F4A7C15ull));
   grad.write((out / "grad_output.safetensors").string());
-  fmt::print("layer export: MoE layer {} (model layer {}) of {}: E={} H={} F={} top-k {}{}; wrote {}/weights.safetensors, "
-             "{}/input.safetensors and {}/grad_output.safetensors ({} tokens)\n",
-             a.layer, l, a.model, E, H, F, config.num_experts_per_tok,
-             config.norm_topk_prob ? " (norm_topk_prob: run with --norm-topk-prob)" : "", a.out, a.out, a.out,
-             a.tokens);
+  fmt::print(
+      "layer export: MoE layer {} (model layer {}) of {}: E={} H={} F={} top-k {}{}; wrote "
+      "{}/weights.safetensors, "
+      "{}/input.safetensors and {}/grad_output.safetensors ({} tokens)\n",
+      a.layer, l, a.model, E, H, F, config.num_experts_per_tok,
+      config.norm_topk_prob ? " (norm_topk_prob: run with --norm-topk-prob)" : "", a.out, a.out,
+      a.out, a.tokens);
 }
 
 void setup(CLI::App& root) {
-  CLI::App& group = command_group(root, "layer", "Run one expert-parallel MoE layer (under mpirun)");
+  CLI::App& group =
+      command_group(root, "layer", "Run one expert-parallel MoE layer (under mpirun)");
   auto args = std::make_shared<LayerExportArgs>();
   CLI::App* cmd = group.add_subcommand(
-      "export", "Write one MoE layer of a model directory and random inputs in the files `layer run` reads");
-  cmd->add_option("--model,--checkpoint", args->model, "model directory (config.json + model.safetensors or shards)")
+      "export",
+      "Write one MoE layer of a model directory and random inputs in the files `layer run` reads");
+  cmd->add_option("--model,--checkpoint", args->model,
+                  "model directory (config.json + model.safetensors or shards)")
       ->required();
-  cmd->add_option("--layer", args->layer, "MoE layer ordinal (dense layers are not counted)")->capture_default_str();
-  cmd->add_option("--tokens", args->tokens, "rows of the random hidden_states and grad_output")->capture_default_str();
+  cmd->add_option("--layer", args->layer, "MoE layer ordinal (dense layers are not counted)")
+      ->capture_default_str();
+  cmd->add_option("--tokens", args->tokens, "rows of the random hidden_states and grad_output")
+      ->capture_default_str();
   cmd->add_option("--seed", args->seed, "seed of the random rows")->capture_default_str();
-  cmd->add_option("--out", args->out,
-                  "folder to write weights.safetensors, input.safetensors and grad_output.safetensors into")
+  cmd->add_option(
+         "--out", args->out,
+         "folder to write weights.safetensors, input.safetensors and grad_output.safetensors into")
       ->required();
   cmd->callback([args] { run_export(*args); });
 }

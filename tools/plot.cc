@@ -37,7 +37,9 @@ nlohmann::json read_json(const std::string& path, const char* expected) {
   }
 }
 
-void done(const std::string& out) { fmt::print("wrote {}\n", out); }
+void done(const std::string& out) {
+  fmt::print("wrote {}\n", out);
+}
 
 struct TrainArgs {
   std::string in, out;
@@ -56,12 +58,14 @@ struct InferArgs {
 
 void setup_plot(CLI::App& root) {
   CLI::App* group = root.add_subcommand(
-      "plot", "PNG pictures (gnuplot) of a training log, placement metrics or inference benchmarks");
+      "plot",
+      "PNG pictures (gnuplot) of a training log, placement metrics or inference benchmarks");
   group->require_subcommand(1);
 
   auto train = std::make_shared<TrainArgs>();
   CLI::App* t = group->add_subcommand(
-      "train", "Training and validation loss and tokens/s against the step, from `occult train --log`");
+      "train",
+      "Training and validation loss and tokens/s against the step, from `occult train --log`");
   t->add_option("--in", train->in, "JSONL log written by `occult train --log`")->required();
   t->add_option("--out", train->out, "PNG to write")->required();
   t->callback([train] {
@@ -71,13 +75,17 @@ void setup_plot(CLI::App& root) {
 
   auto placement = std::make_shared<PlacementArgs>();
   CLI::App* p = group->add_subcommand(
-      "placement", "C_T per MoE layer of one or more placements, with the top-k line of standard dispatch");
+      "placement",
+      "C_T per MoE layer of one or more placements, with the top-k line of standard dispatch");
   p->add_option("--in", placement->in,
-                "`occult evaluate --json` output, `occult place --json` output or a placement file; repeat to "
+                "`occult evaluate --json` output, `occult place --json` output or a placement "
+                "file; repeat to "
                 "compare")
       ->required();
-  p->add_option("--label", placement->labels, "name of each --in file's line, in order (default: its strategy)");
-  p->add_option("--top-k", placement->top_k, "experts per token, for the top-k line (default: the inputs' top_k)");
+  p->add_option("--label", placement->labels,
+                "name of each --in file's line, in order (default: its strategy)");
+  p->add_option("--top-k", placement->top_k,
+                "experts per token, for the top-k line (default: the inputs' top_k)");
   p->add_option("--out", placement->out, "PNG to write")->required();
   p->callback([placement] {
     OCCULT_CHECK(placement->labels.empty() || placement->labels.size() == placement->in.size(),
@@ -85,8 +93,9 @@ void setup_plot(CLI::App& root) {
                  placement->labels.size(), placement->in.size());
     std::vector<plot::PlacementInput> inputs;
     for (std::size_t i = 0; i < placement->in.size(); ++i) {
-      inputs.push_back({read_json(placement->in[i], "occult evaluate --json or occult place --json output"),
-                        placement->in[i], placement->labels.empty() ? "" : placement->labels[i]});
+      inputs.push_back(
+          {read_json(placement->in[i], "occult evaluate --json or occult place --json output"),
+           placement->in[i], placement->labels.empty() ? "" : placement->labels[i]});
     }
     plot::render_png(plot::placement_chart(inputs, placement->top_k), placement->out);
     done(placement->out);
@@ -94,8 +103,10 @@ void setup_plot(CLI::App& root) {
 
   auto infer = std::make_shared<InferArgs>();
   CLI::App* i = group->add_subcommand(
-      "infer", "Prefill and decode latency per variant against the batch, from `occult bench infer --json`");
-  i->add_option("--in", infer->in, "`occult bench infer --json` output; repeat for several batch sizes")
+      "infer",
+      "Prefill and decode latency per variant against the batch, from `occult bench infer --json`");
+  i->add_option("--in", infer->in,
+                "`occult bench infer --json` output; repeat for several batch sizes")
       ->required();
   i->add_option("--x", infer->x, "batch | prompt-tokens: what the files differ in")
       ->check(CLI::IsMember({"batch", "prompt-tokens"}))
@@ -103,9 +114,11 @@ void setup_plot(CLI::App& root) {
   i->add_option("--out", infer->out, "PNG to write")->required();
   i->callback([infer] {
     std::vector<plot::InferInput> inputs;
-    for (const auto& path : infer->in) inputs.push_back({read_json(path, "occult bench infer --json output"), path});
+    for (const auto& path : infer->in)
+      inputs.push_back({read_json(path, "occult bench infer --json output"), path});
     plot::render_png(
-        plot::infer_chart(inputs, infer->x == "batch" ? plot::InferAxis::kBatch : plot::InferAxis::kPromptTokens),
+        plot::infer_chart(
+            inputs, infer->x == "batch" ? plot::InferAxis::kBatch : plot::InferAxis::kPromptTokens),
         infer->out);
     done(infer->out);
   });

@@ -17,14 +17,17 @@ namespace {
 
 // The number at `key` of the object `row`; `where` names the file and record in the error.
 double number_at(const nlohmann::json& row, const char* key, const std::string& where) {
-  OCCULT_CHECK(row.is_object() && row.contains(key), "{}: expected key \"{}\" (a number)", where, key);
+  OCCULT_CHECK(row.is_object() && row.contains(key), "{}: expected key \"{}\" (a number)", where,
+               key);
   const nlohmann::json& v = row.at(key);
   OCCULT_CHECK(v.is_number(), "{}: key \"{}\" is {}, expected a number", where, key, v.dump());
   return v.get<double>();
 }
 
 // The file name without folders or extension: the default label of a line.
-std::string stem(const std::string& path) { return std::filesystem::path(path).stem().string(); }
+std::string stem(const std::string& path) {
+  return std::filesystem::path(path).stem().string();
+}
 
 }  // namespace
 
@@ -43,8 +46,8 @@ Chart train_chart(const std::string& jsonl, const std::string& source) {
     try {
       row = nlohmann::json::parse(line);
     } catch (const nlohmann::json::exception& e) {
-      OCCULT_FAIL("{}: not JSON ({}); expected one object per line as `occult train --log` writes", where,
-                  e.what());
+      OCCULT_FAIL("{}: not JSON ({}); expected one object per line as `occult train --log` writes",
+                  where, e.what());
     }
     OCCULT_CHECK(row.is_object(), "{}: expected a JSON object, got {}", where, row.dump());
     const double step = number_at(row, "step", where);
@@ -54,23 +57,33 @@ Chart train_chart(const std::string& jsonl, const std::string& source) {
     } else if (row.contains("loss")) {
       // The cross-entropy alone is what the validation loss measures; older logs have only "loss".
       train.x.push_back(step);
-      train.y.push_back(number_at(row, row.contains("cross_entropy") ? "cross_entropy" : "loss", where));
+      train.y.push_back(
+          number_at(row, row.contains("cross_entropy") ? "cross_entropy" : "loss", where));
       speed.x.push_back(step);
       speed.y.push_back(number_at(row, "tokens_per_s", where));
     } else {
-      OCCULT_FAIL("{}: expected key \"loss\" (a training step) or \"val_loss\" (an evaluation)", where);
+      OCCULT_FAIL("{}: expected key \"loss\" (a training step) or \"val_loss\" (an evaluation)",
+                  where);
     }
   }
-  OCCULT_CHECK(!train.x.empty(), "{} has no training step (a line with \"step\" and \"loss\"); expected the "
-               "JSONL that `occult train --log` writes", source);
-  Panel loss{.title = "loss (lower is better)", .xlabel = "step", .ylabel = "nats per token", .integer_x = true};
+  OCCULT_CHECK(!train.x.empty(),
+               "{} has no training step (a line with \"step\" and \"loss\"); expected the "
+               "JSONL that `occult train --log` writes",
+               source);
+  Panel loss{.title = "loss (lower is better)",
+             .xlabel = "step",
+             .ylabel = "nats per token",
+             .integer_x = true};
   loss.series.push_back(std::move(train));
   if (!validation.x.empty()) loss.series.push_back(std::move(validation));
-  Panel throughput{
-      .title = "training throughput (slowest rank)", .xlabel = "step", .ylabel = "tokens/s", .integer_x = true};
+  Panel throughput{.title = "training throughput (slowest rank)",
+                   .xlabel = "step",
+                   .ylabel = "tokens/s",
+                   .integer_x = true};
   throughput.series.push_back(std::move(speed));
-  return Chart{.title = fmt::format("occult train: {}", std::filesystem::path(source).filename().string()),
-               .panels = {std::move(loss), std::move(throughput)}};
+  return Chart{
+      .title = fmt::format("occult train: {}", std::filesystem::path(source).filename().string()),
+      .panels = {std::move(loss), std::move(throughput)}};
 }
 
 Chart placement_chart(const std::vector<PlacementInput>& inputs, std::optional<int> top_k) {
@@ -83,30 +96,36 @@ Chart placement_chart(const std::vector<PlacementInput>& inputs, std::optional<i
   std::string stated_by;
   for (const PlacementInput& in : inputs) {
     const nlohmann::json& doc = in.doc;
-    OCCULT_CHECK(doc.is_object(), "{}: expected a JSON object (occult evaluate --json, occult place --json or a "
-                 "placement file)", in.source);
+    OCCULT_CHECK(doc.is_object(),
+                 "{}: expected a JSON object (occult evaluate --json, occult place --json or a "
+                 "placement file)",
+                 in.source);
     const bool placement_file = doc.contains("format");
     if (placement_file) {
-      OCCULT_CHECK(doc["format"] == "occult-placement/1", "{}: key \"format\" is {}, expected \"occult-placement/1\"",
-                   in.source, doc["format"].dump());
+      OCCULT_CHECK(doc["format"] == "occult-placement/1",
+                   "{}: key \"format\" is {}, expected \"occult-placement/1\"", in.source,
+                   doc["format"].dump());
     }
     OCCULT_CHECK(doc.contains("layers") && doc["layers"].is_array() && !doc["layers"].empty(),
                  "{}: expected key \"layers\" (a non-empty list of per-layer metrics){}", in.source,
-                 doc.contains("strategies")
-                     ? "; `occult place --strategy all --json` has only means: plot each strategy's placement "
-                       "file or its `occult evaluate --json` instead"
-                     : "");
+                 doc.contains("strategies") ? "; `occult place --strategy all --json` has only "
+                                              "means: plot each strategy's placement "
+                                              "file or its `occult evaluate --json` instead"
+                                            : "");
     if (doc.contains("top_k")) {
       const int k = static_cast<int>(number_at(doc, "top_k", in.source));
-      OCCULT_CHECK(!stated_top_k || *stated_top_k == k, "{} has \"top_k\" {} but {} has {}: the inputs measure "
-                   "different models", in.source, k, stated_by, *stated_top_k);
+      OCCULT_CHECK(!stated_top_k || *stated_top_k == k,
+                   "{} has \"top_k\" {} but {} has {}: the inputs measure "
+                   "different models",
+                   in.source, k, stated_by, *stated_top_k);
       stated_top_k = k;
       stated_by = in.source;
     }
     Series line;
-    line.label = !in.label.empty()                                       ? in.label
-                 : doc.contains("strategy") && doc["strategy"].is_string() ? doc["strategy"].get<std::string>()
-                                                                           : stem(in.source);
+    line.label = !in.label.empty() ? in.label
+                 : doc.contains("strategy") && doc["strategy"].is_string()
+                     ? doc["strategy"].get<std::string>()
+                     : stem(in.source);
     const nlohmann::json& layers = doc["layers"];
     for (std::size_t i = 0; i < layers.size(); ++i) {
       const std::string where = fmt::format("{} layers[{}]", in.source, i);
@@ -115,19 +134,21 @@ Chart placement_chart(const std::vector<PlacementInput>& inputs, std::optional<i
                                                                     : static_cast<double>(i);
       const nlohmann::json& metrics = placement_file ? row.value("metrics", nlohmann::json()) : row;
       line.x.push_back(layer);
-      line.y.push_back(number_at(metrics, "replicas_per_token", placement_file ? where + " metrics" : where));
+      line.y.push_back(
+          number_at(metrics, "replicas_per_token", placement_file ? where + " metrics" : where));
     }
     panel.series.push_back(std::move(line));
   }
   if (top_k && stated_top_k) {
-    OCCULT_CHECK(*top_k == *stated_top_k, "--top-k {} disagrees with \"top_k\" {} in {}", *top_k, *stated_top_k,
-                 stated_by);
+    OCCULT_CHECK(*top_k == *stated_top_k, "--top-k {} disagrees with \"top_k\" {} in {}", *top_k,
+                 *stated_top_k, stated_by);
   }
   if (!top_k) top_k = stated_top_k;
   if (top_k) {
     OCCULT_CHECK(*top_k >= 1, "--top-k must be >= 1, got {}", *top_k);
-    panel.reference = ReferenceLine{static_cast<double>(*top_k),
-                                    fmt::format("top-k = {} (standard dispatch: a copy per expert)", *top_k)};
+    panel.reference =
+        ReferenceLine{static_cast<double>(*top_k),
+                      fmt::format("top-k = {} (standard dispatch: a copy per expert)", *top_k)};
   }
   return Chart{.title = "occult placement", .panels = {std::move(panel)}};
 }
@@ -144,26 +165,32 @@ Chart infer_chart(const std::vector<InferInput>& inputs, InferAxis axis) {
   std::map<std::string, std::map<double, Point>> points;
   for (const InferInput& in : inputs) {
     OCCULT_CHECK(in.doc.is_object() && in.doc.contains("variants") && in.doc["variants"].is_array(),
-                 "{}: expected key \"variants\" (a list), as `occult bench infer --json` writes", in.source);
+                 "{}: expected key \"variants\" (a list), as `occult bench infer --json` writes",
+                 in.source);
     const double x = number_at(in.doc, x_key, in.source);
     const nlohmann::json& variants = in.doc["variants"];
     for (std::size_t i = 0; i < variants.size(); ++i) {
       const std::string where = fmt::format("{} variants[{}]", in.source, i);
       const nlohmann::json& v = variants[i];
-      OCCULT_CHECK(v.is_object() && v.contains("name") && v["name"].is_string(), "{}: expected key \"name\" (a string)",
-                   where);
+      OCCULT_CHECK(v.is_object() && v.contains("name") && v["name"].is_string(),
+                   "{}: expected key \"name\" (a string)", where);
       const std::string name = v["name"].get<std::string>();
       auto& by_x = points[name];
       if (by_x.empty()) names.push_back(name);
-      OCCULT_CHECK(!by_x.contains(x), "{} and {} both measure variant \"{}\" at {} {}; give each --in file another "
-                   "{}", by_x.contains(x) ? by_x.at(x).source : "", in.source, name, x_key, x, x_key);
-      by_x[x] = {number_at(v, "prefill_ms", where), number_at(v, "decode_ms_per_step", where), in.source};
+      OCCULT_CHECK(!by_x.contains(x),
+                   "{} and {} both measure variant \"{}\" at {} {}; give each --in file another "
+                   "{}",
+                   by_x.contains(x) ? by_x.at(x).source : "", in.source, name, x_key, x, x_key);
+      by_x[x] = {number_at(v, "prefill_ms", where), number_at(v, "decode_ms_per_step", where),
+                 in.source};
     }
   }
   const std::string xlabel =
       axis == InferAxis::kBatch ? "batch (sequences, all ranks)" : "prompt tokens per sequence";
   Panel prefill{.title = "prefill latency (lower is better)", .xlabel = xlabel, .ylabel = "ms"};
-  Panel decode{.title = "decode latency per step (lower is better)", .xlabel = xlabel, .ylabel = "ms per step"};
+  Panel decode{.title = "decode latency per step (lower is better)",
+               .xlabel = xlabel,
+               .ylabel = "ms per step"};
   double lo = 0, hi = 0;
   for (const std::string& name : names) {
     Series p{name, {}, {}}, d{name, {}, {}};
@@ -222,24 +249,27 @@ std::string gnuplot_script(const Chart& chart, const std::string& out_path) {
     for (std::size_t i = 0; i < panel.series.size(); ++i) {
       const Series& series = panel.series[i];
       OCCULT_CHECK(series.x.size() == series.y.size() && !series.x.empty(),
-                   "series \"{}\" of panel \"{}\" has {} x and {} y values; expected the same number, at least 1",
+                   "series \"{}\" of panel \"{}\" has {} x and {} y values; expected the same "
+                   "number, at least 1",
                    series.label, panel.title, series.x.size(), series.y.size());
       s += fmt::format("$d{}_{} << EOD\n", p, i);
       for (std::size_t j = 0; j < series.x.size(); ++j) {
         OCCULT_CHECK(std::isfinite(series.x[j]) && std::isfinite(series.y[j]),
-                     "series \"{}\" of panel \"{}\" has a non-finite point ({}, {})", series.label, panel.title,
-                     series.x[j], series.y[j]);
+                     "series \"{}\" of panel \"{}\" has a non-finite point ({}, {})", series.label,
+                     panel.title, series.x[j], series.y[j]);
         s += fmt::format("{:.9g} {:.9g}\n", series.x[j], series.y[j]);
       }
       s += "EOD\n";
     }
   }
-  s += fmt::format("set multiplot layout {},1 title {}\n", chart.panels.size(), quoted(chart.title));
-  s += "set grid\nset key below horizontal\nset offsets 0, 0, graph 0.05, graph 0.05\nset style data linespoints\n";
+  s +=
+      fmt::format("set multiplot layout {},1 title {}\n", chart.panels.size(), quoted(chart.title));
+  s += "set grid\nset key below horizontal\nset offsets 0, 0, graph 0.05, graph 0.05\nset style "
+       "data linespoints\n";
   for (std::size_t p = 0; p < chart.panels.size(); ++p) {
     const Panel& panel = chart.panels[p];
-    s += fmt::format("set title {}\nset xlabel {}\nset ylabel {}\n", quoted(panel.title), quoted(panel.xlabel),
-                     quoted(panel.ylabel));
+    s += fmt::format("set title {}\nset xlabel {}\nset ylabel {}\n", quoted(panel.title),
+                     quoted(panel.xlabel), quoted(panel.ylabel));
     s += panel.log_x ? "set logscale x 2\n" : "unset logscale x\n";
     if (panel.integer_x) {
       double lo = panel.series[0].x[0], hi = lo;
@@ -247,8 +277,8 @@ std::string gnuplot_script(const Chart& chart, const std::string& out_path) {
         for (double x : series.x) lo = std::min(lo, x), hi = std::max(hi, x);
       }
       // About 16 labelled tics at most, on whole numbers.
-      s += fmt::format("set xtics {}\nset xrange [{}:{}]\n", std::max(1.0, std::ceil((hi - lo) / 16.0)), lo - 0.5,
-                       hi + 0.5);
+      s += fmt::format("set xtics {}\nset xrange [{}:{}]\n",
+                       std::max(1.0, std::ceil((hi - lo) / 16.0)), lo - 0.5, hi + 0.5);
     } else {
       s += "set xtics autofreq\nset autoscale x\n";
     }
@@ -260,8 +290,9 @@ std::string gnuplot_script(const Chart& chart, const std::string& out_path) {
                        panel.series[i].x.size() <= 50 ? "linespoints pointsize 0.6" : "lines");
     }
     if (panel.reference) {
-      s += fmt::format(", \\\n     {:.9g} title {} with lines dashtype 2 linewidth 2 linecolor rgb \"#555555\"",
-                       panel.reference->y, quoted(panel.reference->label));
+      s += fmt::format(
+          ", \\\n     {:.9g} title {} with lines dashtype 2 linewidth 2 linecolor rgb \"#555555\"",
+          panel.reference->y, quoted(panel.reference->label));
     }
     s += "\n";
   }

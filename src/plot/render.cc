@@ -26,8 +26,10 @@ std::string find_on_path(const std::string& name) {
   std::string dir;
   while (std::getline(dirs, dir, ':')) {
     // An empty PATH entry means the current folder.
-    const std::string candidate = (dir.empty() ? std::filesystem::path(".") : std::filesystem::path(dir)) / name;
-    if (::access(candidate.c_str(), X_OK) == 0 && std::filesystem::is_regular_file(candidate)) return candidate;
+    const std::string candidate =
+        (dir.empty() ? std::filesystem::path(".") : std::filesystem::path(dir)) / name;
+    if (::access(candidate.c_str(), X_OK) == 0 && std::filesystem::is_regular_file(candidate))
+      return candidate;
   }
   return "";
 }
@@ -53,9 +55,10 @@ struct Scratch {
 
 void render_png(const Chart& chart, const std::string& out_path) {
   const std::string gnuplot = find_on_path("gnuplot");
-  OCCULT_CHECK(!gnuplot.empty(),
-               "gnuplot is not installed (no gnuplot on PATH); install the Debian package gnuplot-nox "
-               "(scripts/bootstrap.sh does)");
+  OCCULT_CHECK(
+      !gnuplot.empty(),
+      "gnuplot is not installed (no gnuplot on PATH); install the Debian package gnuplot-nox "
+      "(scripts/bootstrap.sh does)");
   check_output_file("--out", out_path);
   const std::string script = gnuplot_script(chart, out_path);
 
@@ -64,7 +67,8 @@ void render_png(const Chart& chart, const std::string& out_path) {
   OCCULT_CHECK(fd >= 0, "cannot create a temporary file for the gnuplot script in {}: {}",
                std::filesystem::temp_directory_path().string(), std::strerror(errno));
   Scratch scratch{pattern, pattern + ".err"};
-  const bool written = ::write(fd, script.data(), script.size()) == static_cast<ssize_t>(script.size());
+  const bool written =
+      ::write(fd, script.data(), script.size()) == static_cast<ssize_t>(script.size());
   ::close(fd);
   OCCULT_CHECK(written, "cannot write the gnuplot script {}", scratch.script);
 
@@ -90,12 +94,14 @@ void render_png(const Chart& chart, const std::string& out_path) {
                 WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_all(scratch.errors));
   }
   // A PNG starts with these 8 bytes; anything else means gnuplot drew nothing usable.
-  constexpr std::array<unsigned char, 8> kPngSignature = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  constexpr std::array<unsigned char, 8> kPngSignature = {0x89, 'P',  'N',  'G',
+                                                          '\r', '\n', 0x1a, '\n'};
   const std::string png = read_all(out_path);
-  OCCULT_CHECK(png.size() > kPngSignature.size() &&
-                   std::equal(kPngSignature.begin(), kPngSignature.end(), png.begin(),
-                              [](unsigned char a, char b) { return a == static_cast<unsigned char>(b); }),
-               "gnuplot left no PNG at {} ({} bytes): {}", out_path, png.size(), read_all(scratch.errors));
+  OCCULT_CHECK(
+      png.size() > kPngSignature.size() &&
+          std::equal(kPngSignature.begin(), kPngSignature.end(), png.begin(),
+                     [](unsigned char a, char b) { return a == static_cast<unsigned char>(b); }),
+      "gnuplot left no PNG at {} ({} bytes): {}", out_path, png.size(), read_all(scratch.errors));
 }
 
 }  // namespace occult::plot
