@@ -252,8 +252,15 @@ void run_bench(const BenchFlags& f) {
                         {"peak_rss_bytes_max_rank", v.peak_rss_bytes},
                         {"peak_rss_bytes_all_ranks", v.rss_bytes_all_ranks}});
       }
-      const nlohmann::json doc{{"variants", list}, {"weights_bytes", weights_bytes}, {"wire", f.model.wire},
-                               {"compute", f.model.compute}, {"gemm", f.model.gemm}};
+      const nlohmann::json doc{{"variants", list},
+                               {"weights_bytes", weights_bytes},
+                               {"wire", f.model.wire},
+                               {"compute", f.model.compute},
+                               {"gemm", f.model.gemm},
+                               {"ranks", comm.size()},
+                               {"batch", f.batch},
+                               {"prompt_tokens", f.prompt_tokens},
+                               {"decode_steps", f.decode_steps}};
       fmt::print("{}\n", doc.dump());
       return;
     }

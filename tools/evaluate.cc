@@ -47,6 +47,9 @@ void run_evaluate(const EvaluateArgs& args) {
       return row;
     };
     nlohmann::ordered_json out;
+    out["strategy"] = placement.strategy;
+    out["num_devices"] = placement.num_devices;
+    out["top_k"] = trace.top_k;
     out["layers"] = nlohmann::ordered_json::array();
     for (int l = 0; l < static_cast<int>(layers.size()); ++l) {
       nlohmann::ordered_json row;

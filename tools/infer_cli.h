@@ -14,6 +14,7 @@
 #include "occult/comm/mpi_communicator.h"
 #include "mpi_cli.h"
 #include "occult/core/error.h"
+#include "occult/core/table.h"
 #include "occult/model/checkpoint.h"
 #include "occult/model/config.h"
 #include "occult/model/model.h"
@@ -180,14 +181,6 @@ inline std::unique_ptr<MoeTransformer> build_model(const ModelFlags& f, const Mo
     load_checkpoint(f.checkpoint, *model, nullptr);
   }
   return model;
-}
-
-// "1.23 MB"-style byte counts for summaries.
-inline std::string human_bytes(double bytes) {
-  if (bytes >= 1e9) return fmt::format("{:.2f} GB", bytes / 1e9);
-  if (bytes >= 1e6) return fmt::format("{:.2f} MB", bytes / 1e6);
-  if (bytes >= 1e3) return fmt::format("{:.1f} kB", bytes / 1e3);
-  return fmt::format("{:.0f} B", bytes);
 }
 
 }  // namespace occult::cli

@@ -77,7 +77,10 @@ void run_layer(const LayerRunArgs& a, Communicator& comm) {
     config.prune.weights = parse_prune_weights_flag(a.prune_weights);
     OCCULT_CHECK(config.prune.scheme != PruneScheme::kSimilarity || a.prune_devices == 0 ||
                      !config.prune.similarity.empty(),
-                 "--prune-scheme similarity needs a placement whose layer {} carries a similarity matrix", a.layer);
+                 "--prune-scheme similarity needs a placement whose layer {} carries a similarity matrix; embed one with "
+                 "`occult prune --traces ROUTING.safetensors --placement P.json --embed-similarity P-sim.json` and "
+                 "pass --placement P-sim.json",
+                 a.layer);
 
     SafetensorsReader input = SafetensorsReader::open(a.input);
     const TensorInfo& hs = input.at("hidden_states");

@@ -177,6 +177,7 @@ void run_place(const PlaceArgs& args) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (args.json) {
     json_out["out"] = args.out;
+    json_out["top_k"] = trace.top_k;
     std::cout << json_out.dump(2) << "\n";
     return;
   }

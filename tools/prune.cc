@@ -113,11 +113,17 @@ void run_prune(const PruneArgs& args) {
   const int k = trace.top_k;
   const int e = trace.num_experts;
 
+  // Without --max-devices prune only computes and writes the expert similarity.
+  const bool similarity_only = args.max_devices.empty();
+  OCCULT_CHECK(!similarity_only || !args.embed_similarity.empty() || !args.save_similarity.empty(),
+               "--max-devices is required (a budget M, or 'all'), unless the command only writes the expert "
+               "similarity (--embed-similarity OUT.json or --save-similarity OUT.safetensors)");
+  OCCULT_CHECK(!similarity_only || args.out.empty(), "--out writes a pruned trace: give --max-devices M too");
   std::vector<int> budgets;
   const bool all = args.max_devices == "all";
   if (all) {
     for (int m = 1; m <= d; ++m) budgets.push_back(m);
-  } else {
+  } else if (!similarity_only) {
     int m = 0;
     try {
       std::size_t used = 0;
@@ -170,6 +176,21 @@ void run_prune(const PruneArgs& args) {
       for (LayerPlacement& lp : with.layers) lp.similarity = similarity.at(lp.layer);
       save_placement(with, args.embed_similarity);
     }
+  }
+  if (similarity_only) {
+    if (args.json) {
+      std::cout << nlohmann::json{{"similarity_from", similarity_source},
+                                  {"embedded_in", args.embed_similarity},
+                                  {"saved_to", args.save_similarity}}
+                       .dump()
+                << "\n";
+      return;
+    }
+    std::string written = args.embed_similarity;
+    if (!args.save_similarity.empty()) written += (written.empty() ? "" : " and ") + args.save_similarity;
+    fmt::print("expert similarity of {} layers x {} experts from {}; wrote {}\n", trace.num_layers(), e,
+               similarity_source, written);
+    return;
   }
 
   PruneWorkspace workspace;
@@ -324,8 +345,8 @@ void setup_prune(CLI::App& root) {
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--max-devices", args->max_devices,
-                  "Budget M: devices a token may touch, or 'all' for a table over M = 1..D")
-      ->required();
+                  "Budget M: devices a token may touch, or 'all' for a table over M = 1..D (not needed to only "
+                  "write the similarity)");
   cmd->add_option("--scheme", args->scheme, "score (default) | similarity | device-limited");
   cmd->add_option("--weights", args->weights,
                   "keep (default): a replacement inherits the replaced weight | recompute: own p "

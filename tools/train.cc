@@ -63,8 +63,8 @@ void print_summary(const TrainResult& r, const TrainOptions& o, int ranks) {
   table.add_row({"validation loss (nats/token)", fmt::format("{:.4f}", r.val_loss)});
   table.add_row({"tokens/s", fmt::format("{:.0f}", r.tokens_per_s)});
   table.add_row({"model GFLOP/s", fmt::format("{:.2f}", r.tokens_per_s * r.flops_per_token / 1e9)});
-  table.add_row({"bytes/step (dispatch, all ranks)", fmt::format("{:.0f}", bytes / n)});
-  table.add_row({"bytes/step standard would move", fmt::format("{:.0f}", standard / n)});
+  table.add_row({"MoE exchange per step (all ranks)", human_bytes(bytes / n)});
+  table.add_row({"per step standard would move", human_bytes(standard / n)});
   // One rank moves its copies in memory: the bytes above are what the exchange would carry, not
   // traffic that standard dispatch would have sent and occult saved.
   table.add_row({"bytes saved vs standard",

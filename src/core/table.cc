@@ -1,5 +1,7 @@
 #include "occult/core/table.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cctype>
 
@@ -64,6 +66,13 @@ std::string TextTable::render() const {
   std::string out = render_row(header_, true) + rule + "\n";
   for (const auto& row : rows_) out += row.empty() ? rule + "\n" : render_row(row, false);
   return out;
+}
+
+std::string human_bytes(double bytes) {
+  if (bytes >= 1e9) return fmt::format("{:.2f} GB", bytes / 1e9);
+  if (bytes >= 1e6) return fmt::format("{:.2f} MB", bytes / 1e6);
+  if (bytes >= 1e3) return fmt::format("{:.1f} kB", bytes / 1e3);
+  return fmt::format("{:.0f} B", bytes);
 }
 
 }  // namespace occult

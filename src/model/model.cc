@@ -17,15 +17,9 @@
 
 namespace occult {
 
-Dispatch parse_dispatch(const std::string& name) {
-  if (name == "standard") return Dispatch::kStandard;
-  if (name == "occult") return Dispatch::kOccult;
-  OCCULT_FAIL("--dispatch must be \"standard\" or \"occult\", got \"{}\"", name);
-}
+Dispatch parse_dispatch(const std::string& name) { return parse_dispatch_kind(name, "--dispatch"); }
 
-const char* dispatch_name(Dispatch dispatch) {
-  return dispatch == Dispatch::kStandard ? "standard" : "occult";
-}
+const char* dispatch_name(Dispatch dispatch) { return dispatch_kind_name(dispatch).data(); }
 
 namespace {
 

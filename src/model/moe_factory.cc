@@ -87,7 +87,7 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
   c.norm_topk_prob = config.norm_topk_prob;
   c.with_grads = options.training;
   c.expert_dtype = options.weight_dtype;
-  c.dispatch = options.dispatch == Dispatch::kStandard ? DispatchKind::kStandard : DispatchKind::kOccult;
+  c.dispatch = options.dispatch;
   c.prune.max_devices = options.prune_devices;
   c.wire = options.wire;
   c.gemm = options.gemm;
@@ -98,7 +98,9 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
     c.prune.scheme = *scheme;
     if (*scheme == PruneScheme::kSimilarity) {
       OCCULT_CHECK(layer < static_cast<int>(options.similarity.size()) && !options.similarity[layer].empty(),
-                   "--prune-scheme similarity needs an expert similarity for layer {} in the placement file",
+                   "--prune-scheme similarity needs an expert similarity for layer {} in the placement file; "
+                   "embed one with `occult prune --traces ROUTING.safetensors --placement P.json "
+                   "--embed-similarity P-sim.json` (ROUTING from `occult profile`) and pass --placement P-sim.json",
                    layer);
       c.prune.similarity = options.similarity[layer];
     }

@@ -260,22 +260,4 @@ void build_receive_plan_into(ReceivePlan& plan, PlanWorkspace& ws, std::span<con
   }
 }
 
-std::vector<std::vector<DeliveredAssignment>> reference_deliveries(
-    std::span<const std::vector<std::int32_t>> topk_ids_per_rank,
-    std::span<const std::vector<float>> topk_weights_per_rank, int top_k, std::span<const int> expert_to_device,
-    int num_devices) {
-  std::vector<std::vector<DeliveredAssignment>> out(num_devices);
-  for (std::size_t r = 0; r < topk_ids_per_rank.size(); ++r) {
-    const auto& ids = topk_ids_per_rank[r];
-    const auto& weights = topk_weights_per_rank[r];
-    for (std::size_t i = 0; i < ids.size(); ++i) {
-      const int e = ids[i];
-      out[expert_to_device[e]].push_back(
-          DeliveredAssignment{static_cast<int>(r), static_cast<std::int64_t>(i / top_k), e, weights[i]});
-    }
-  }
-  for (auto& list : out) std::sort(list.begin(), list.end());
-  return out;
-}
-
 }  // namespace occult

@@ -13,6 +13,7 @@
 
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
+#include "occult/core/table.h"
 #include "occult/core/progress.h"
 #include "occult/model/checkpoint.h"
 #include "occult/text/token_source.h"
@@ -27,13 +28,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-std::string human_bytes(double bytes) {
-  if (bytes >= 1e9) return fmt::format("{:.2f} GB", bytes / 1e9);
-  if (bytes >= 1e6) return fmt::format("{:.2f} MB", bytes / 1e6);
-  if (bytes >= 1e3) return fmt::format("{:.1f} kB", bytes / 1e3);
-  return fmt::format("{:.0f} B", bytes);
 }
 
 // Placement file -> per-layer expert_to_device, checked against the model and the ranks.

@@ -27,5 +27,13 @@ TEST(TextTable, RejectsRowOfWrongWidth) {
   EXPECT_THROW(table.add_row({"1"}), Error);
 }
 
+TEST(HumanBytes, PowersOfThousandWithTheUnit) {
+  EXPECT_EQ(human_bytes(0), "0 B");
+  EXPECT_EQ(human_bytes(999), "999 B");
+  EXPECT_EQ(human_bytes(1500), "1.5 kB");
+  EXPECT_EQ(human_bytes(49395548), "49.40 MB");
+  EXPECT_EQ(human_bytes(13.84e9), "13.84 GB");
+}
+
 }  // namespace
 }  // namespace occult

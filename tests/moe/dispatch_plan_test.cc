@@ -7,6 +7,7 @@
 #include <random>
 
 #include "occult/core/error.h"
+#include "reference_deliveries.h"
 
 namespace occult {
 namespace {

@@ -15,6 +15,7 @@
 #include "occult/core/error.h"
 #include "occult/moe/moe_layer.h"
 #include "occult/moe/reference.h"
+#include "reference_deliveries.h"
 #include "routing/reference.h"
 #include "test_util.h"
 

@@ -26,7 +26,7 @@ awk '$1 ~ /^[0-9]+$/ && $5 > 1.1 { bad = 1 } END { exit bad }' place.txt ||
 
 # evaluate --json: the exact documented shape (README, `occult evaluate`).
 "$occult" evaluate --traces "$law" --placement p.json --json > eval.json
-grep -q '^{"layers":\[{"layer":0,"replicas_per_token":[0-9.]*,"remote_replicas_per_token":[0-9.]*,"intra_collab_ratio":[0-9.]*,"load_imbalance":[0-9.]*},' eval.json ||
+grep -q '^{"strategy":"hypergraph","num_devices":4,"top_k":6,"layers":\[{"layer":0,"replicas_per_token":[0-9.]*,"remote_replicas_per_token":[0-9.]*,"intra_collab_ratio":[0-9.]*,"load_imbalance":[0-9.]*},' eval.json ||
   fail "evaluate --json layer shape: $(head -c 300 eval.json)"
 grep -q '"mean":{"replicas_per_token":[0-9.]*,"remote_replicas_per_token":[0-9.]*,"intra_collab_ratio":[0-9.]*,"load_imbalance":[0-9.]*}}$' eval.json ||
   fail "evaluate --json mean: $(tail -c 300 eval.json)"

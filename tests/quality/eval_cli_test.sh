@@ -70,7 +70,7 @@ expect_error() {
   grep -q -- "$pattern" err.txt || fail "error for $* lacks '$pattern': $(cat err.txt)"
 }
 expect_error "cannot read --data missing.txt" $mpi -np 2 "$occult" eval --checkpoint base --data missing.txt
-expect_error "needs an expert similarity for layer 0" $mpi -np 2 "$occult" eval --checkpoint base --data test.txt \
+expect_error "needs an expert similarity for layer 0 in the placement file; embed one with .occult prune --traces" $mpi -np 2 "$occult" eval --checkpoint base --data test.txt \
   --placement place.json --prune-devices 1 --prune-scheme similarity
 expect_error "2 devices, but the run has 1 ranks" "$occult" eval --checkpoint base --data test.txt --placement place.json
 expect_error "--seq-len must be in \[1, max_position_embeddings = 64\], got 65" "$occult" eval --checkpoint base \

@@ -22,4 +22,8 @@ class TextTable {
   std::vector<std::vector<std::string>> rows_;  // an empty row is a rule
 };
 
+// A byte count with its unit for tables and progress lines, in powers of 1000: "512 B",
+// "1.5 kB", "49.40 MB", "13.84 GB".
+std::string human_bytes(double bytes);
+
 }  // namespace occult

@@ -20,6 +20,7 @@
 #include "occult/comm/wire_format.h"
 #include "occult/linalg/linear.h"
 #include "occult/model/config.h"
+#include "occult/moe/dispatch_plan.h"
 
 namespace occult {
 
@@ -31,9 +32,10 @@ using LayerWeights = LayerParams<const float*, WeightRef>;
 using LayerGrads = LayerParams<float*, float*>;
 
 // How the MoE blocks move tokens (DESIGN.md): one copy per (token, expert) or per (token, device).
-enum class Dispatch { kStandard, kOccult };
+// The MoE layer's own enum: the model passes it through unchanged.
+using Dispatch = DispatchKind;
 
-// Parses "standard" / "occult"; throws naming the flag value otherwise.
+// Parses "standard" / "occult" as the value of --dispatch; throws naming the value otherwise.
 Dispatch parse_dispatch(const std::string& name);
 // "standard" or "occult".
 const char* dispatch_name(Dispatch dispatch);

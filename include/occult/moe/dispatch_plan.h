@@ -131,19 +131,4 @@ void build_receive_plan_into(ReceivePlan& plan, PlanWorkspace& workspace,
                              std::span<const std::int64_t> recv_assignment_counts,
                              std::span<const Assignment> received, int num_local_experts);
 
-// Naive reference twin of plan + exchange, for tests: given every rank's routing, the
-// multiset each device should receive, as (source rank, source token, global expert, weight)
-// tuples sorted lexicographically. Standard and occult deliver the same tuples (dropless).
-struct DeliveredAssignment {
-  int source_rank = 0;
-  std::int64_t token = 0;
-  int expert = 0;
-  float weight = 0;
-  auto operator<=>(const DeliveredAssignment&) const = default;
-};
-std::vector<std::vector<DeliveredAssignment>> reference_deliveries(
-    std::span<const std::vector<std::int32_t>> topk_ids_per_rank,
-    std::span<const std::vector<float>> topk_weights_per_rank, int top_k,
-    std::span<const int> expert_to_device, int num_devices);
-
 }  // namespace occult
