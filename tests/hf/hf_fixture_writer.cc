@@ -350,8 +350,10 @@ void write_fixture(const FixtureOptions& o, const std::string& dir) {
       const std::string m = p + "mlp.";
       g.push_back(make.normal(m + "gate.weight", {c.num_experts, h}, 0.0f, kRouterStd));
       if (c.topk_method == "noaux_tc") {
-        // Large enough to change some choices against the unbiased sigmoid scores.
-        g.push_back(make.normal(m + "gate.e_score_correction_bias", {c.num_experts}, 0.0f, kBiasStd));
+        // Spread enough to change some choices against the unbiased sigmoid scores; centred
+        // above 0 so that biased scores stay positive and the experts of dropped groups
+        // (selection score 0) are not chosen.
+        g.push_back(make.normal(m + "gate.e_score_correction_bias", {c.num_experts}, 0.3f, 0.1f));
       }
       for (int e = 0; e < c.num_experts; ++e) {
         swiglu(fmt::format("{}experts.{}.", m, e), c.expert_ffn, "gate_proj.weight",
