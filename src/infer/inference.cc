@@ -277,48 +277,47 @@ void InferenceEngine::forward_rows(bool prefill) {
   if (c.mla()) grow(mla_scratch_, mla_scratch_floats(c, N));
   for (int l = 0; l < L; ++l) {
     const LayerWeights& w = layer_weights_[l];
+    rmsnorm_forward(ln_.data(), rstd_.data(), x, w.ln1, N, H, c.rms_norm_eps);
     if (c.mla()) {
-      rmsnorm_forward(ln_.data(), rstd_.data(), x, w.ln1, N, H, c.rms_norm_eps);
       mla_attention(l, prefill);
     } else {
-    float* kc = k_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
-    float* vc = v_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
-    rmsnorm_forward(ln_.data(), rstd_.data(), x, w.ln1, N, H, c.rms_norm_eps);
-    qkv_forward(c, w, ln_.data(), N, q_.data(), k_.data(), v_.data(),
-                {q_pre_.data(), k_pre_.data(), q_rstd_.data(), k_rstd_.data()});
-    if (prefill) {
-      // Each prompt starts at position 0: the model's own RoPE and attention kernels per prompt
-      // (blocked attention, same arithmetic per score, for prompts longer than a block).
-      for (const auto& seg : segments_) {
-        float* q = q_.data() + seg.first_row * QD;
-        float* k = k_.data() + seg.first_row * KD;
-        const float* v = v_.data() + seg.first_row * KD;
-        float* out = atty_.data() + seg.first_row * QD;
-        rope_forward(q, 1, seg.length, NH, hs, c.rope_theta);
-        rope_forward(k, 1, seg.length, NKV, hs, c.rope_theta);
-        if (seg.length <= block) {
-          attention_forward(out, att_.data(), q, k, v, 1, seg.length, NH, NKV, hs);
-        } else {
-          attention_prefill_blocked(out, att_.data(), q, k, v, seg.length, NH, NKV, hs, block);
+      float* kc = k_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
+      float* vc = v_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
+      qkv_forward(c, w, ln_.data(), N, q_.data(), k_.data(), v_.data(),
+                  {q_pre_.data(), k_pre_.data(), q_rstd_.data(), k_rstd_.data()});
+      if (prefill) {
+        // Each prompt starts at position 0: the model's own RoPE and attention kernels per prompt
+        // (blocked attention, same arithmetic per score, for prompts longer than a block).
+        for (const auto& seg : segments_) {
+          float* q = q_.data() + seg.first_row * QD;
+          float* k = k_.data() + seg.first_row * KD;
+          const float* v = v_.data() + seg.first_row * KD;
+          float* out = atty_.data() + seg.first_row * QD;
+          rope_forward(q, 1, seg.length, NH, hs, c.rope_theta);
+          rope_forward(k, 1, seg.length, NKV, hs, c.rope_theta);
+          if (seg.length <= block) {
+            attention_forward(out, att_.data(), q, k, v, 1, seg.length, NH, NKV, hs);
+          } else {
+            attention_prefill_blocked(out, att_.data(), q, k, v, seg.length, NH, NKV, hs, block);
+          }
+        }
+      } else {
+        rope_at_positions(q_.data(), row_pos_.data(), N, NH, hs, c.rope_theta);
+        rope_at_positions(k_.data(), row_pos_.data(), N, NKV, hs, c.rope_theta);
+      }
+      // Append this call's keys and values to each row's slot.
+      for (std::int64_t n = 0; n < N; ++n) {
+        const std::int64_t at = (static_cast<std::int64_t>(row_slot_[n]) * T + row_pos_[n]) * KD;
+        std::memcpy(kc + at, k_.data() + n * KD, sizeof(float) * KD);
+        std::memcpy(vc + at, v_.data() + n * KD, sizeof(float) * KD);
+      }
+      if (!prefill) {
+        for (std::int64_t n = 0; n < N; ++n) {
+          const std::int64_t base = static_cast<std::int64_t>(row_slot_[n]) * T * KD;
+          attention_decode_row(atty_.data() + n * QD, att_.data(), q_.data() + n * QD, kc + base,
+                               vc + base, row_pos_[n], NH, NKV, hs);
         }
       }
-    } else {
-      rope_at_positions(q_.data(), row_pos_.data(), N, NH, hs, c.rope_theta);
-      rope_at_positions(k_.data(), row_pos_.data(), N, NKV, hs, c.rope_theta);
-    }
-    // Append this call's keys and values to each row's slot.
-    for (std::int64_t n = 0; n < N; ++n) {
-      const std::int64_t at = (static_cast<std::int64_t>(row_slot_[n]) * T + row_pos_[n]) * KD;
-      std::memcpy(kc + at, k_.data() + n * KD, sizeof(float) * KD);
-      std::memcpy(vc + at, v_.data() + n * KD, sizeof(float) * KD);
-    }
-    if (!prefill) {
-      for (std::int64_t n = 0; n < N; ++n) {
-        const std::int64_t base = static_cast<std::int64_t>(row_slot_[n]) * T * KD;
-        attention_decode_row(atty_.data() + n * QD, att_.data(), q_.data() + n * QD, kc + base,
-                             vc + base, row_pos_[n], NH, NKV, hs);
-      }
-    }
     }
     output_projection_forward(c, w, atty_.data(), N, tmp_.data());
     residual_forward(x, x, tmp_.data(), N * H);

@@ -221,17 +221,16 @@ void MoeTransformer::build_tensors() {
       s.kv_a_norm = add(a + "kv_a_layernorm.weight", {KL}, l, false);
       s.kv_b = add_matrix(a + "kv_b_proj.weight", {NH * (c.qk_nope_head_dim + c.v_head_dim), KL}, l);
       s.o = add_matrix(a + "o_proj.weight", {H, c.attention_out_dim()}, l);
-    }
-    if (!c.mla()) s.q = add_matrix(a + "q_proj.weight", {QD, H}, l);
-    if (!c.mla()) {
-    s.k = add_matrix(a + "k_proj.weight", {KD, H}, l);
-    s.v = add_matrix(a + "v_proj.weight", {KD, H}, l);
-    if (c.attention_qkv_bias) {
-      s.q_bias = add(a + "q_proj.bias", {QD}, l, false);
-      s.k_bias = add(a + "k_proj.bias", {KD}, l, false);
-      s.v_bias = add(a + "v_proj.bias", {KD}, l, false);
-    }
-    s.o = add_matrix(a + "o_proj.weight", {H, QD}, l);
+    } else {
+      s.q = add_matrix(a + "q_proj.weight", {QD, H}, l);
+      s.k = add_matrix(a + "k_proj.weight", {KD, H}, l);
+      s.v = add_matrix(a + "v_proj.weight", {KD, H}, l);
+      if (c.attention_qkv_bias) {
+        s.q_bias = add(a + "q_proj.bias", {QD}, l, false);
+        s.k_bias = add(a + "k_proj.bias", {KD}, l, false);
+        s.v_bias = add(a + "v_proj.bias", {KD}, l, false);
+      }
+      s.o = add_matrix(a + "o_proj.weight", {H, QD}, l);
     }
     if (c.attention_o_bias) s.o_bias = add(a + "o_proj.bias", {H}, l, false);
     if (c.qk_norm == QkNorm::kFull) {

@@ -2,7 +2,7 @@
 
 #include <cmath>
 #include <cstddef>
-#include <vector>
+#include <array>
 
 #include "occult/core/error.h"
 
@@ -34,6 +34,8 @@ void validate_gating_config(const GatingConfig& config) {
   OCCULT_CHECK(config.num_groups >= 1 && config.num_experts % config.num_groups == 0,
                "gating: the number of expert groups ({}) must be >= 1 and divide num_experts={}",
                config.num_groups, config.num_experts);
+  OCCULT_CHECK(config.num_groups <= kMaxExpertGroups, "gating: at most {} expert groups are supported, got {}",
+               kMaxExpertGroups, config.num_groups);
   OCCULT_CHECK(config.kept_groups >= 1 && config.kept_groups <= config.num_groups,
                "gating: the kept groups per token ({}) must be in [1, number of groups={}]",
                config.kept_groups, config.num_groups);
@@ -96,9 +98,10 @@ void select_topk(std::span<const float> scores, std::span<const float> selection
   const int num_groups = config.num_groups;
   const int group_size = e / num_groups;
   const bool grouped = num_groups > 1;
-  // Per token: the group scores, then 1 for each kept group.
-  std::vector<float> group_scores(static_cast<std::size_t>(num_groups));
-  std::vector<char> kept(static_cast<std::size_t>(num_groups), 1);
+  // Per token: the group scores, then 1 for each kept group (on the stack: the MoE layer's steady
+  // state allocates nothing).
+  std::array<float, kMaxExpertGroups> group_scores{};
+  std::array<char, kMaxExpertGroups> kept{};
 
   for (std::int64_t t = 0; t < num_tokens; ++t) {
     const float* s = scores.data() + t * e;
@@ -140,7 +143,7 @@ void select_topk(std::span<const float> scores, std::span<const float> selection
     int filled = 0;
     for (int i = 0; i < e; ++i) {
       const float key = biased(i);
-      const float masked = grouped && !kept[i / group_size] ? 0.0f : key;
+      const float masked = grouped && kept[i / group_size] == 0 ? 0.0f : key;
       if (filled == k && !ranks_before(masked, i, row_w[k - 1], row_ids[k - 1])) continue;
       int pos = filled < k ? filled++ : k - 1;
       while (pos > 0 && ranks_before(masked, i, row_w[pos - 1], row_ids[pos - 1])) {

@@ -317,9 +317,9 @@ void write_fixture(const FixtureOptions& o, const std::string& dir) {
                               0.0f, kProjStd));
       g.push_back(make.normal(a + "o_proj.weight", {h, heads * c.v_head_dim}, 0.0f, kProjStd));
     } else {
-    g.push_back(make.normal(a + "q_proj.weight", {qw, h}, 0.0f, kProjStd));
-    g.push_back(make.normal(a + "k_proj.weight", {kw, h}, 0.0f, kProjStd));
-    g.push_back(make.normal(a + "v_proj.weight", {kw, h}, 0.0f, kProjStd));
+      g.push_back(make.normal(a + "q_proj.weight", {qw, h}, 0.0f, kProjStd));
+      g.push_back(make.normal(a + "k_proj.weight", {kw, h}, 0.0f, kProjStd));
+      g.push_back(make.normal(a + "v_proj.weight", {kw, h}, 0.0f, kProjStd));
     }
     if (c.qkv_bias) {
       g.push_back(make.normal(a + "q_proj.bias", {qw}, 0.0f, kBiasStd));

@@ -37,7 +37,11 @@ struct GatingConfig {
   float routed_scaling_factor = 1.0f;
 };
 
-// Throws occult::Error naming the field unless E >= 1, 1 <= k <= E, num_groups divides E,
+// The most expert groups group-limited selection takes (DeepSeek-V3 uses 8).
+inline constexpr int kMaxExpertGroups = 64;
+
+// Throws occult::Error naming the field unless E >= 1, 1 <= k <= E, num_groups divides E and is
+// at most kMaxExpertGroups,
 // 1 <= kept_groups <= num_groups, the kept groups hold at least k experts, groups of at least
 // two experts for kTopTwoSum, and a finite scaling factor > 0.
 void validate_gating_config(const GatingConfig& config);
