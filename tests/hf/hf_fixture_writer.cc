@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -352,8 +353,11 @@ void write_fixture(const FixtureOptions& o, const std::string& dir) {
       if (c.topk_method == "noaux_tc") {
         // Spread enough to change some choices against the unbiased sigmoid scores; centred
         // above 0 so that biased scores stay positive and the experts of dropped groups
-        // (selection score 0) are not chosen.
-        g.push_back(make.normal(m + "gate.e_score_correction_bias", {c.num_experts}, 0.3f, 0.1f));
+        // (selection score 0) are not chosen; multiples of 1/64, which every stored dtype holds
+        // exactly, so a half-precision directory selects like the F32 one.
+        Pending bias = make.normal(m + "gate.e_score_correction_bias", {c.num_experts}, 0.3f, 0.1f);
+        for (float& b : bias.values) b = std::round(b * 64.0f) / 64.0f;
+        g.push_back(std::move(bias));
       }
       for (int e = 0; e < c.num_experts; ++e) {
         swiglu(fmt::format("{}experts.{}.", m, e), c.expert_ffn, "gate_proj.weight",
