@@ -111,6 +111,10 @@ void grow(std::vector<T>& v, std::int64_t n) {
 }  // namespace
 
 std::int64_t kv_cache_bytes(const ModelConfig& config, std::int64_t sequences, int max_length) {
+  if (config.mla()) {
+    return static_cast<std::int64_t>(config.num_hidden_layers) * sequences * max_length *
+           static_cast<std::int64_t>(mla_latent_width(config)) * static_cast<std::int64_t>(sizeof(float));
+  }
   return 2 * static_cast<std::int64_t>(config.num_hidden_layers) * sequences * max_length *
          static_cast<std::int64_t>(config.kv_dim()) * static_cast<std::int64_t>(sizeof(float));
 }
@@ -143,13 +147,13 @@ InferenceEngine::InferenceEngine(MoeTransformer& model, const InferenceOptions& 
   embed_ = model_.weight("model.embed_tokens.weight");
   final_norm_ = W("model.norm.weight");
   lm_head_ = c.tie_word_embeddings ? embed_ : model_.weight("lm_head.weight");
-  const std::size_t floats =
-      static_cast<std::size_t>(cache_bytes() / 2 / static_cast<std::int64_t>(sizeof(float)));
+  const std::size_t floats = static_cast<std::size_t>(cache_bytes() / (c.mla() ? 1 : 2) /
+                                                       static_cast<std::int64_t>(sizeof(float)));
   // An allocation failure on one rank must fail every rank, not leave the others waiting.
   agree_on_errors(model_.comm(), [&] {
     try {
       k_cache_.assign(floats, 0.0f);
-      v_cache_.assign(floats, 0.0f);
+      if (!c.mla()) v_cache_.assign(floats, 0.0f);
     } catch (const std::bad_alloc&) {
       OCCULT_FAIL(
           "cannot allocate the KV cache of {:.1f} MiB on rank {}: lower the batch or the length",
@@ -271,44 +275,49 @@ void InferenceEngine::forward_rows(bool prefill) {
 
   float* x = x_.data();
   gather_rows(x, embed_, tokens_.data(), N, H);
+  if (c.mla()) grow(mla_scratch_, mla_scratch_floats(c, N));
   for (int l = 0; l < L; ++l) {
     const LayerWeights& w = layer_weights_[l];
-    float* kc = k_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
-    float* vc = v_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
     rmsnorm_forward(ln_.data(), rstd_.data(), x, w.ln1, N, H, c.rms_norm_eps);
-    qkv_forward(c, w, ln_.data(), N, q_.data(), k_.data(), v_.data(),
-                {q_pre_.data(), k_pre_.data(), q_rstd_.data(), k_rstd_.data()});
-    if (prefill) {
-      // Each prompt starts at position 0: the model's own RoPE and attention kernels per prompt
-      // (blocked attention, same arithmetic per score, for prompts longer than a block).
-      for (const auto& seg : segments_) {
-        float* q = q_.data() + seg.first_row * QD;
-        float* k = k_.data() + seg.first_row * KD;
-        const float* v = v_.data() + seg.first_row * KD;
-        float* out = atty_.data() + seg.first_row * QD;
-        rope_forward(q, 1, seg.length, NH, hs, c.rope_theta);
-        rope_forward(k, 1, seg.length, NKV, hs, c.rope_theta);
-        if (seg.length <= block) {
-          attention_forward(out, att_.data(), q, k, v, 1, seg.length, NH, NKV, hs);
-        } else {
-          attention_prefill_blocked(out, att_.data(), q, k, v, seg.length, NH, NKV, hs, block);
-        }
-      }
+    if (c.mla()) {
+      mla_attention(l, prefill);
     } else {
-      rope_at_positions(q_.data(), row_pos_.data(), N, NH, hs, c.rope_theta);
-      rope_at_positions(k_.data(), row_pos_.data(), N, NKV, hs, c.rope_theta);
-    }
-    // Append this call's keys and values to each row's slot.
-    for (std::int64_t n = 0; n < N; ++n) {
-      const std::int64_t at = (static_cast<std::int64_t>(row_slot_[n]) * T + row_pos_[n]) * KD;
-      std::memcpy(kc + at, k_.data() + n * KD, sizeof(float) * KD);
-      std::memcpy(vc + at, v_.data() + n * KD, sizeof(float) * KD);
-    }
-    if (!prefill) {
+      float* kc = k_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
+      float* vc = v_cache_.data() + static_cast<std::int64_t>(l) * options_.max_sequences * T * KD;
+      qkv_forward(c, w, ln_.data(), N, q_.data(), k_.data(), v_.data(),
+                  {q_pre_.data(), k_pre_.data(), q_rstd_.data(), k_rstd_.data()});
+      if (prefill) {
+        // Each prompt starts at position 0: the model's own RoPE and attention kernels per prompt
+        // (blocked attention, same arithmetic per score, for prompts longer than a block).
+        for (const auto& seg : segments_) {
+          float* q = q_.data() + seg.first_row * QD;
+          float* k = k_.data() + seg.first_row * KD;
+          const float* v = v_.data() + seg.first_row * KD;
+          float* out = atty_.data() + seg.first_row * QD;
+          rope_forward(q, 1, seg.length, NH, hs, c.rope_theta);
+          rope_forward(k, 1, seg.length, NKV, hs, c.rope_theta);
+          if (seg.length <= block) {
+            attention_forward(out, att_.data(), q, k, v, 1, seg.length, NH, NKV, hs);
+          } else {
+            attention_prefill_blocked(out, att_.data(), q, k, v, seg.length, NH, NKV, hs, block);
+          }
+        }
+      } else {
+        rope_at_positions(q_.data(), row_pos_.data(), N, NH, hs, c.rope_theta);
+        rope_at_positions(k_.data(), row_pos_.data(), N, NKV, hs, c.rope_theta);
+      }
+      // Append this call's keys and values to each row's slot.
       for (std::int64_t n = 0; n < N; ++n) {
-        const std::int64_t base = static_cast<std::int64_t>(row_slot_[n]) * T * KD;
-        attention_decode_row(atty_.data() + n * QD, att_.data(), q_.data() + n * QD, kc + base,
-                             vc + base, row_pos_[n], NH, NKV, hs);
+        const std::int64_t at = (static_cast<std::int64_t>(row_slot_[n]) * T + row_pos_[n]) * KD;
+        std::memcpy(kc + at, k_.data() + n * KD, sizeof(float) * KD);
+        std::memcpy(vc + at, v_.data() + n * KD, sizeof(float) * KD);
+      }
+      if (!prefill) {
+        for (std::int64_t n = 0; n < N; ++n) {
+          const std::int64_t base = static_cast<std::int64_t>(row_slot_[n]) * T * KD;
+          attention_decode_row(atty_.data() + n * QD, att_.data(), q_.data() + n * QD, kc + base,
+                               vc + base, row_pos_[n], NH, NKV, hs);
+        }
       }
     }
     output_projection_forward(c, w, atty_.data(), N, tmp_.data());
@@ -317,7 +326,7 @@ void InferenceEngine::forward_rows(bool prefill) {
     const int m = model_.moe_index(l);
     if (m >= 0) {
       // Collective even with N = 0: this rank's experts serve the other ranks' tokens.
-      model_.moe_block(m).forward(w.router, ln_.data(), N, tmp_.data());
+      model_.moe_block(m).forward(w.router, w.router_bias, ln_.data(), N, tmp_.data());
       residual_forward(x, x, tmp_.data(), N * H);
     }
     if (model_.mlp_width(l) > 0) {
@@ -333,6 +342,51 @@ void InferenceEngine::forward_rows(bool prefill) {
   linear_forward(logits_.data(), lnf_.data(), lm_head_, n_out, H, V);
 }
 
+void InferenceEngine::mla_attention(int layer, bool prefill) {
+  const ModelConfig& c = model_.config();
+  const int NH = c.num_attention_heads, hs = c.head_dim(), QD = c.q_dim(), LW = mla_latent_width(c);
+  const std::int64_t N = rows_, T = options_.max_length;
+  const LayerWeights& w = layer_weights_[layer];
+  float* cache = k_cache_.data() + static_cast<std::int64_t>(layer) * options_.max_sequences * T * LW;
+  // The latent rows go straight into each row's slot; q stays in q_.
+  grow(k_pre_, N * LW);
+  float* latent = k_pre_.data();
+  mla_project(c, w, ln_.data(), N, row_pos_.data(), q_.data(), latent, mla_scratch_.data());
+  for (std::int64_t n = 0; n < N; ++n) {
+    const std::int64_t at = (static_cast<std::int64_t>(row_slot_[n]) * T + row_pos_[n]) * LW;
+    std::memcpy(cache + at, latent + n * LW, sizeof(float) * LW);
+  }
+  const int block = options_.attention_block_rows > 0 ? options_.attention_block_rows : kDefaultAttentionBlockRows;
+  if (prefill) {
+    // The prompt's keys and values expanded from its own latent rows, then the model's kernels.
+    mla_expand(c, w, latent, N, k_.data(), v_.data(), mla_scratch_.data());
+    for (const auto& seg : segments_) {
+      const float* q = q_.data() + seg.first_row * QD;
+      const float* k = k_.data() + seg.first_row * QD;
+      const float* v = v_.data() + seg.first_row * QD;
+      float* out = atty_.data() + seg.first_row * QD;
+      if (seg.length <= block) {
+        attention_forward(out, att_.data(), q, k, v, 1, seg.length, NH, NH, hs);
+      } else {
+        attention_prefill_blocked(out, att_.data(), q, k, v, seg.length, NH, NH, hs, block);
+      }
+    }
+  } else {
+    // Each decode row expands its slot's cached latents (positions 0..pos) into keys and values.
+    for (std::int64_t n = 0; n < N; ++n) {
+      const int pos = row_pos_[n];
+      grow(mla_k_, static_cast<std::int64_t>(pos + 1) * QD);
+      grow(mla_v_, static_cast<std::int64_t>(pos + 1) * QD);
+      grow(mla_scratch_, mla_scratch_floats(c, pos + 1));
+      mla_expand(c, w, cache + static_cast<std::int64_t>(row_slot_[n]) * T * LW, pos + 1, mla_k_.data(),
+                 mla_v_.data(), mla_scratch_.data());
+      attention_decode_row(atty_.data() + n * QD, att_.data(), q_.data() + n * QD, mla_k_.data(), mla_v_.data(), pos,
+                           NH, NH, hs);
+    }
+  }
+  mla_compact_heads(c, atty_.data(), N);
+}
+
 LayerRouting InferenceEngine::routing(int layer) {
   const ModelConfig& c = model_.config();
   MoeBlock& block = model_.moe_block(layer);
@@ -346,9 +400,10 @@ LayerRouting InferenceEngine::routing(int layer) {
   for (std::int64_t t = 0; t < rows_; ++t) {
     float sum = 0.0f;
     for (int j = 0; j < K; ++j) sum += r.router_probs[t * E + r.topk_ids[t * K + j]];
+    const bool normalise = c.norm_topk_prob || c.score_function == ScoreFunction::kSigmoid;
     for (int j = 0; j < K; ++j) {
       const float p = r.router_probs[t * E + r.topk_ids[t * K + j]];
-      r.topk_weights[t * K + j] = c.norm_topk_prob ? p / sum : p;
+      r.topk_weights[t * K + j] = (normalise ? p / sum : p) * c.routed_scaling_factor;
     }
   }
   return r;

@@ -72,12 +72,29 @@ void validate_model_config(const ModelConfig& c, const std::string& source) {
   OCCULT_CHECK(c.num_experts_per_tok <= c.num_experts,
                "{}: config key \"num_experts_per_tok\" ({}) must not exceed \"num_experts\" ({})", source,
                c.num_experts_per_tok, c.num_experts);
-  OCCULT_CHECK(c.explicit_head_dim > 0 || c.hidden_size % c.num_attention_heads == 0,
+  if (c.mla()) {
+    for (auto [value, key] : {std::pair{c.qk_nope_head_dim, "qk_nope_head_dim"}, {c.qk_rope_head_dim, "qk_rope_head_dim"},
+                              {c.v_head_dim, "v_head_dim"}}) {
+      positive(value, key);
+    }
+    OCCULT_CHECK(c.q_lora_rank >= 0, "{}: config key \"q_lora_rank\" must be null or >= 1, got {}", source,
+                 c.q_lora_rank);
+    OCCULT_CHECK(c.qk_rope_head_dim % 2 == 0, "{}: config key \"qk_rope_head_dim\" = {} must be even for RoPE",
+                 source, c.qk_rope_head_dim);
+  }
+  try {
+    validate_gating_config(c.gating());
+  } catch (const Error& e) {
+    OCCULT_FAIL("{}: the router of config keys n_group, topk_group, num_experts_per_tok and routed_scaling_factor "
+                "is invalid: {}",
+                source, e.message());
+  }
+  OCCULT_CHECK(c.mla() || c.explicit_head_dim > 0 || c.hidden_size % c.num_attention_heads == 0,
                "{}: config key \"hidden_size\" ({}) must be divisible by \"num_attention_heads\" ({})",
                source, c.hidden_size, c.num_attention_heads);
   OCCULT_CHECK(c.explicit_head_dim >= 0, "{}: config key \"head_dim\" must be >= 1, got {}", source,
                c.explicit_head_dim);
-  OCCULT_CHECK(c.head_dim() % 2 == 0, "{}: head size {} = {} must be even for RoPE", source,
+  OCCULT_CHECK(c.mla() || c.head_dim() % 2 == 0, "{}: head size {} = {} must be even for RoPE", source,
                c.explicit_head_dim > 0 ? "head_dim" : "hidden_size/num_attention_heads", c.head_dim());
   OCCULT_CHECK(c.num_key_value_heads >= 0 && c.num_attention_heads % c.kv_heads() == 0,
                "{}: config key \"num_key_value_heads\" ({}) must divide \"num_attention_heads\" ({})", source,
@@ -173,7 +190,12 @@ bool same_architecture(const ModelConfig& a, const ModelConfig& b) {
          a.num_experts == b.num_experts && a.num_experts_per_tok == b.num_experts_per_tok &&
          a.moe_intermediate_size == b.moe_intermediate_size && a.n_shared_experts == b.n_shared_experts &&
          a.norm_topk_prob == b.norm_topk_prob && a.tie_word_embeddings == b.tie_word_embeddings &&
-         a.rope_theta == b.rope_theta && a.rms_norm_eps == b.rms_norm_eps;
+         a.rope_theta == b.rope_theta && a.rms_norm_eps == b.rms_norm_eps &&
+         a.score_function == b.score_function && a.n_group == b.n_group && a.topk_group == b.topk_group &&
+         a.group_score == b.group_score && a.routed_scaling_factor == b.routed_scaling_factor &&
+         a.router_selection_bias == b.router_selection_bias && a.q_lora_rank == b.q_lora_rank &&
+         a.kv_lora_rank == b.kv_lora_rank && a.qk_nope_head_dim == b.qk_nope_head_dim &&
+         a.qk_rope_head_dim == b.qk_rope_head_dim && a.v_head_dim == b.v_head_dim;
 }
 
 }  // namespace occult

@@ -29,7 +29,8 @@ class LocalMoeBlock final : public MoeBlock {
     w_.d_up_proj = grads_[1].data();
     w_.d_down_proj = grads_[2].data();
   }
-  void forward(const float* router, const float* x, std::int64_t N, float* y) override;
+  void forward(const float* router, const float* selection_bias, const float* x, std::int64_t N,
+               float* y) override;
   void backward(const float* dy, const float* d_probs, float* dx, float* d_router) override;
   const float* router_probs() const override { return probs_.data(); }
   const std::int32_t* topk_ids() const override { return ids_.data(); }
@@ -65,7 +66,7 @@ class LocalMoeBlock final : public MoeBlock {
   std::vector<float> ye_;          // [N,k,H] expert outputs before gating
 };
 
-void LocalMoeBlock::forward(const float* router, const float* x, std::int64_t N, float* y) {
+void LocalMoeBlock::forward(const float* router, const float*, const float* x, std::int64_t N, float* y) {
   w_.router = router;
   const int H = config_.hidden_size, E = config_.num_experts, K = config_.num_experts_per_tok,
             F = config_.moe_intermediate_size;
@@ -213,6 +214,11 @@ void LocalMoeBlock::backward(const float* dy, const float* d_probs, float* dx, f
 }  // namespace
 
 std::unique_ptr<MoeBlock> make_local_moe_block(const ModelConfig& config) {
+  OCCULT_CHECK(config.score_function == ScoreFunction::kSoftmax && config.n_group == 1 &&
+                   config.routed_scaling_factor == 1.0f && !config.router_selection_bias,
+               "the single-process reference MoE block implements the softmax top-k router only (model_type {} "
+               "routes with sigmoid scores, groups, a scaling factor or a selection bias)",
+               config.model_type);
   return std::make_unique<LocalMoeBlock>(config);
 }
 

@@ -35,7 +35,18 @@ DenseElements dense_elements(const ModelConfig& c) {
   n.matrices = V * H;  // model.embed_tokens
   for (int l = 0; l < c.num_hidden_layers; ++l) {
     n.others += 2 * H;                           // input_layernorm, post_attention_layernorm
-    n.matrices += QD * H + 2 * KD * H + H * QD;  // q, k, v, o projections
+    if (c.mla()) {
+      const std::int64_t NH = c.num_attention_heads, QK = NH * c.qk_head_dim(), QL = c.q_lora_rank,
+                         KL = c.kv_lora_rank;
+      // q_proj, or q_a_proj, q_a_layernorm and q_b_proj; kv_a_proj_with_mqa, kv_a_layernorm,
+      // kv_b_proj; o_proj.
+      n.matrices += QL > 0 ? QL * H + QK * QL : QK * H;
+      n.others += QL + KL;
+      n.matrices += (KL + c.qk_rope_head_dim) * H + NH * (c.qk_nope_head_dim + c.v_head_dim) * KL;
+      n.matrices += H * c.attention_out_dim();
+    } else {
+      n.matrices += QD * H + 2 * KD * H + H * QD;  // q, k, v, o projections
+    }
     if (c.attention_qkv_bias) n.others += QD + 2 * KD;
     if (c.attention_o_bias) n.others += H;
     if (c.qk_norm == QkNorm::kFull) n.others += QD + KD;
@@ -43,6 +54,7 @@ DenseElements dense_elements(const ModelConfig& c) {
     if (c.is_moe_layer(l)) {
       const std::int64_t W = c.shared_intermediate_size();
       n.others += E * H;  // router
+      if (c.router_selection_bias) n.others += E;  // its e_score_correction_bias
       if (W > 0) {
         n.matrices += 3 * W * H;
         if (c.shared_expert_gate) n.others += H;
@@ -77,7 +89,9 @@ MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, b
   // Per MoE layer (src/moe/moe_layer.cc): the router copy (and its gradient) [E,H], and per
   // local expert gate/up [F,H] and down [H,F] (with their gradients).
   const std::int64_t experts = static_cast<std::int64_t>(m.experts_per_layer) * 3 * F * H;
-  const std::int64_t per_layer = copies * E * H * kFloat + experts * matrix_bytes + (copies - 1) * experts * kFloat;
+  const std::int64_t bias = config.router_selection_bias ? E * kFloat : 0;  // the layer's selection bias copy
+  const std::int64_t per_layer =
+      copies * E * H * kFloat + bias + experts * matrix_bytes + (copies - 1) * experts * kFloat;
   m.expert_bytes = m.moe_layers * per_layer;
   return m;
 }

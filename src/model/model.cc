@@ -28,7 +28,8 @@ namespace {
 struct LayerSlots {
   int ln1 = -1, q = -1, k = -1, v = -1, o = -1, q_bias = -1, k_bias = -1, v_bias = -1, o_bias = -1;
   int q_norm = -1, k_norm = -1, ln2 = -1, router = -1;
-  int mlp_gate = -1, mlp_up = -1, mlp_down = -1, shared_gate = -1;
+  int mlp_gate = -1, mlp_up = -1, mlp_down = -1, shared_gate = -1, router_bias = -1;
+  int q_a = -1, q_b = -1, q_a_norm = -1, kv_a = -1, kv_b = -1, kv_a_norm = -1;  // MLA
 };
 
 // One layer's saved activations, views into the activation arena. N = B*T, QD = NH*hd,
@@ -91,6 +92,9 @@ struct MoeTransformer::Impl {
   float* dlogits;  // [N, V]
   float* dprobs;   // [N, E] aux-loss gradient on router probabilities
   std::vector<std::int32_t> tokens, targets;  // [N]
+  // MLA only: scratch of the projections, the latent rows [N, KL+R] and each row's position.
+  std::vector<float> mla_scratch, mla_latent;
+  std::vector<int> positions;
 
   // Global statistics of the last forward.
   LossParts loss;
@@ -145,6 +149,10 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
   }
   OCCULT_CHECK(E >= D, "num_experts = {} is smaller than the {} ranks: every rank must hold an expert", E, D);
   OCCULT_CHECK(!local_reference || D == 1, "the single-process reference MoE block runs on 1 rank, not {}", D);
+  OCCULT_CHECK(!options_.training || !config_.mla(),
+               "model_type {} (multi-head latent attention) runs inference only (logits, generate, eval, profile): "
+               "training and fine-tuning it are not implemented",
+               config_.model_type);
   OCCULT_CHECK(options_.weight_dtype == WeightDType::kF32 || (!options_.training && !local_reference),
                "BF16-resident weights are for inference with the expert-parallel layer (training keeps F32 "
                "weights and gradients)");
@@ -206,15 +214,30 @@ void MoeTransformer::build_tensors() {
     const std::string a = p + "self_attn.";
     auto& s = impl_->layers[l];
     s.ln1 = add(p + "input_layernorm.weight", {H}, l, false);
-    s.q = add_matrix(a + "q_proj.weight", {QD, H}, l);
-    s.k = add_matrix(a + "k_proj.weight", {KD, H}, l);
-    s.v = add_matrix(a + "v_proj.weight", {KD, H}, l);
-    if (c.attention_qkv_bias) {
-      s.q_bias = add(a + "q_proj.bias", {QD}, l, false);
-      s.k_bias = add(a + "k_proj.bias", {KD}, l, false);
-      s.v_bias = add(a + "v_proj.bias", {KD}, l, false);
+    if (c.mla()) {
+      const std::int64_t NH = c.num_attention_heads, QL = c.q_lora_rank, KL = c.kv_lora_rank;
+      if (QL > 0) {
+        s.q_a = add_matrix(a + "q_a_proj.weight", {QL, H}, l);
+        s.q_a_norm = add(a + "q_a_layernorm.weight", {QL}, l, false);
+        s.q_b = add_matrix(a + "q_b_proj.weight", {NH * c.qk_head_dim(), QL}, l);
+      } else {
+        s.q = add_matrix(a + "q_proj.weight", {NH * c.qk_head_dim(), H}, l);
+      }
+      s.kv_a = add_matrix(a + "kv_a_proj_with_mqa.weight", {KL + c.qk_rope_head_dim, H}, l);
+      s.kv_a_norm = add(a + "kv_a_layernorm.weight", {KL}, l, false);
+      s.kv_b = add_matrix(a + "kv_b_proj.weight", {NH * (c.qk_nope_head_dim + c.v_head_dim), KL}, l);
+      s.o = add_matrix(a + "o_proj.weight", {H, c.attention_out_dim()}, l);
+    } else {
+      s.q = add_matrix(a + "q_proj.weight", {QD, H}, l);
+      s.k = add_matrix(a + "k_proj.weight", {KD, H}, l);
+      s.v = add_matrix(a + "v_proj.weight", {KD, H}, l);
+      if (c.attention_qkv_bias) {
+        s.q_bias = add(a + "q_proj.bias", {QD}, l, false);
+        s.k_bias = add(a + "k_proj.bias", {KD}, l, false);
+        s.v_bias = add(a + "v_proj.bias", {KD}, l, false);
+      }
+      s.o = add_matrix(a + "o_proj.weight", {H, QD}, l);
     }
-    s.o = add_matrix(a + "o_proj.weight", {H, QD}, l);
     if (c.attention_o_bias) s.o_bias = add(a + "o_proj.bias", {H}, l, false);
     if (c.qk_norm == QkNorm::kFull) {
       s.q_norm = add(a + "q_norm.weight", {QD}, l, false);
@@ -227,6 +250,7 @@ void MoeTransformer::build_tensors() {
     const std::int64_t W = impl_->mlp_width[l];
     if (impl_->moe_of_layer[l] >= 0) {
       s.router = add(router_tensor_name(c, l), {E, H}, l, true);
+      if (c.router_selection_bias) s.router_bias = add(router_bias_tensor_name(c, l), {E}, l, false);
       if (W > 0) {
         s.mlp_gate = add_matrix(shared_tensor_name(c, l, 0), {W, H}, l);
         s.mlp_up = add_matrix(shared_tensor_name(c, l, 1), {W, H}, l);
@@ -310,6 +334,13 @@ LayerParams<P, M> layer_params(const LayerSlots& s, At at, MatrixAt matrix_at) {
   w.mlp_up = matrix_at(s.mlp_up);
   w.mlp_down = matrix_at(s.mlp_down);
   w.shared_gate = at(s.shared_gate);
+  w.router_bias = at(s.router_bias);
+  w.q_a = matrix_at(s.q_a);
+  w.q_b = matrix_at(s.q_b);
+  w.q_a_norm = at(s.q_a_norm);
+  w.kv_a = matrix_at(s.kv_a);
+  w.kv_b = matrix_at(s.kv_b);
+  w.kv_a_norm = at(s.kv_a_norm);
   return w;
 }
 
@@ -386,7 +417,8 @@ void MoeTransformer::init_weights(std::uint64_t seed) {
     float* data = t.value.data();
     if (t.shape.size() == 1) {
       // Biases start at 0, RMSNorm gains at 1.
-      std::fill(data, data + t.numel, t.name.ends_with(".bias") ? 0.0f : 1.0f);
+      const bool bias = t.name.ends_with(".bias") || t.name.ends_with(".e_score_correction_bias");
+      std::fill(data, data + t.numel, bias ? 0.0f : 1.0f);
       continue;
     }
     const bool out_proj = t.name.ends_with("o_proj.weight") || t.name.ends_with("down_proj.weight") ||
@@ -488,17 +520,29 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
     const float* x = m.resid + l * N * H;
     float* out = m.resid + (l + 1) * N * H;
     rmsnorm_forward(a.ln1, a.rstd1, x, w.ln1, N, H, c.rms_norm_eps);
-    qkv_forward(c, w, a.ln1, N, a.q, a.k, a.v, {a.q_pre, a.k_pre, a.q_rstd, a.k_rstd});
-    rope_forward(a.q, B, T, NH, hd, c.rope_theta);
-    rope_forward(a.k, B, T, NKV, hd, c.rope_theta);
-    attention_forward(a.atty, a.att, a.q, a.k, a.v, B, T, NH, NKV, hd);
+    if (c.mla()) {
+      // Inference only (the constructor refuses training), so atty may be compacted in place.
+      m.mla_scratch.resize(static_cast<std::size_t>(mla_scratch_floats(c, N)));
+      m.mla_latent.resize(static_cast<std::size_t>(N * mla_latent_width(c)));
+      m.positions.resize(static_cast<std::size_t>(N));
+      for (std::int64_t n = 0; n < N; ++n) m.positions[n] = static_cast<int>(n % T);
+      mla_project(c, w, a.ln1, N, m.positions.data(), a.q, m.mla_latent.data(), m.mla_scratch.data());
+      mla_expand(c, w, m.mla_latent.data(), N, a.k, a.v, m.mla_scratch.data());
+      attention_forward(a.atty, a.att, a.q, a.k, a.v, B, T, NH, NKV, hd);
+      mla_compact_heads(c, a.atty, N);
+    } else {
+      qkv_forward(c, w, a.ln1, N, a.q, a.k, a.v, {a.q_pre, a.k_pre, a.q_rstd, a.k_rstd});
+      rope_forward(a.q, B, T, NH, hd, c.rope_theta);
+      rope_forward(a.k, B, T, NKV, hd, c.rope_theta);
+      attention_forward(a.atty, a.att, a.q, a.k, a.v, B, T, NH, NKV, hd);
+    }
     output_projection_forward(c, w, a.atty, N, m.tmp);
     residual_forward(a.mid, x, m.tmp, N * H);
     rmsnorm_forward(a.ln2, a.rstd2, a.mid, w.ln2, N, H, c.rms_norm_eps);
     std::copy(a.mid, a.mid + N * H, out);
     const int mi = m.moe_of_layer[l];
     if (mi >= 0) {
-      m.moe[mi]->forward(w.router, a.ln2, N, m.tmp);
+      m.moe[mi]->forward(w.router, w.router_bias, a.ln2, N, m.tmp);
       residual_forward(out, out, m.tmp, N * H);
     }
     if (m.mlp_width[l] > 0) {

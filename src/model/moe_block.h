@@ -20,9 +20,11 @@ struct ParallelOptions;
 class MoeBlock {
  public:
   virtual ~MoeBlock() = default;
-  // Collective. y[N,H] = MoE(x[N,H]) with router weight router[E,H] (overwrites y); keeps what
-  // backward needs. x must stay alive and unchanged until backward.
-  virtual void forward(const float* router, const float* x, std::int64_t N, float* y) = 0;
+  // Collective. y[N,H] = MoE(x[N,H]) with router weight router[E,H] and, when the config has
+  // one, the selection bias selection_bias[E] (else null) (overwrites y); keeps what backward
+  // needs. x must stay alive and unchanged until backward.
+  virtual void forward(const float* router, const float* selection_bias, const float* x, std::int64_t N,
+                       float* y) = 0;
   // Collective. dx[N,H] += d/dx and d_router[E,H] += d/dW_r (local, not reduced), given dy[N,H]
   // and an extra gradient on the router probabilities d_probs[N,E] (the aux loss). Expert
   // gradients are overwritten (one backward per step).

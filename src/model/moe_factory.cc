@@ -29,10 +29,15 @@ class EpMoeBlock final : public MoeBlock {
         forward_activity_(fmt::format("MoE layer {} forward", layer)),
         backward_activity_(fmt::format("MoE layer {} backward", layer)) {}
 
-  void forward(const float* router, const float* x, std::int64_t N, float* y) override {
+  void forward(const float* router, const float* selection_bias, const float* x, std::int64_t N,
+               float* y) override {
     const auto& c = layer_.config();
     auto r = layer_.router_weight();
     std::copy(router, router + static_cast<std::int64_t>(c.num_experts) * c.hidden_size, r.begin());
+    if (c.selection_bias) {
+      OCCULT_CHECK(selection_bias != nullptr, "the MoE layer's router needs its selection bias");
+      std::copy(selection_bias, selection_bias + c.num_experts, layer_.selection_bias().begin());
+    }
     const std::int64_t n = N * c.hidden_size;
     dx_.resize(static_cast<std::size_t>(n));
     comm_.set_activity(forward_activity_);
@@ -83,8 +88,13 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
   c.top_k = config.num_experts_per_tok;
   c.hidden_size = config.hidden_size;
   c.ffn_size = config.moe_intermediate_size;
-  c.score_function = ScoreFunction::kSoftmax;
+  c.score_function = config.score_function;
   c.norm_topk_prob = config.norm_topk_prob;
+  c.num_groups = config.n_group;
+  c.kept_groups = config.topk_group;
+  c.group_score = config.group_score;
+  c.routed_scaling_factor = config.routed_scaling_factor;
+  c.selection_bias = config.router_selection_bias;
   c.with_grads = options.training;
   c.expert_dtype = options.weight_dtype;
   c.dispatch = options.dispatch;

@@ -70,6 +70,12 @@ ReferenceLoss reference_model_loss(const ModelConfig& cfg, const ReferenceParams
   const int V = cfg.vocab_size, H = cfg.hidden_size, L = cfg.num_hidden_layers, NH = cfg.num_attention_heads,
             E = cfg.num_experts, K = cfg.num_experts_per_tok, F = cfg.moe_intermediate_size,
             S = cfg.shared_intermediate_size(), hs = H / NH;
+  // The training twin covers what training runs: no latent attention, the softmax top-k router.
+  OCCULT_CHECK(!cfg.mla() && cfg.score_function == ScoreFunction::kSoftmax && cfg.n_group == 1 &&
+                   cfg.routed_scaling_factor == 1.0f && !cfg.router_selection_bias,
+               "the model's reference twin does not implement model_type {} (latent attention or the DeepSeek-V3 "
+               "router)",
+               cfg.model_type);
   const std::int64_t N = B * T;
   const double eps = cfg.rms_norm_eps;
   OCCULT_CHECK(static_cast<std::int64_t>(tokens.size()) == N && static_cast<std::int64_t>(targets.size()) == N,

@@ -132,6 +132,10 @@ GatingConfig MoeLayerConfig::gating() const {
   g.top_k = top_k;
   g.score_function = score_function;
   g.norm_topk_prob = norm_topk_prob;
+  g.num_groups = num_groups;
+  g.kept_groups = kept_groups;
+  g.group_score = group_score;
+  g.routed_scaling_factor = routed_scaling_factor;
   return g;
 }
 
@@ -141,6 +145,11 @@ void validate_moe_layer_config(const MoeLayerConfig& c) {
                c.num_experts);
   OCCULT_CHECK(c.hidden_size >= 1, "MoE layer: hidden size (H) is {}, expected >= 1", c.hidden_size);
   OCCULT_CHECK(c.ffn_size >= 1, "MoE layer: expert FFN size (F) is {}, expected >= 1", c.ffn_size);
+  validate_gating_config(c.gating());
+  OCCULT_CHECK(c.prune.max_devices == 0 || c.prune.weights != PruneWeights::kRecompute ||
+                   c.routed_scaling_factor == 1.0f,
+               "MoE layer: pruning with recomputed weights does not apply the routed scaling factor ({})",
+               c.routed_scaling_factor);
   OCCULT_CHECK(c.capacity_factor >= 0, "MoE layer: capacity factor {} is negative", c.capacity_factor);
   OCCULT_CHECK(c.capacity_factor == 0 || c.dispatch == DispatchKind::kStandard,
                "MoE layer: a capacity factor applies to standard dispatch only (occult is dropless)");
@@ -233,6 +242,7 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
   const std::size_t E = config_.num_experts, H = config_.hidden_size, F = config_.ffn_size;
   const std::size_t L = local_experts_.size();
   router_.assign(E * H, 0.0f);
+  if (config_.selection_bias) selection_bias_.assign(E, 0.0f);
   if (config_.expert_dtype == WeightDType::kBF16) {
     w1_bf16_.assign(L * F * H, 0);
     w3_bf16_.assign(L * F * H, 0);
@@ -418,7 +428,7 @@ void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::s
     const GatingConfig gating = config_.gating();
     prune_stats_ = PruneStats{};
     router_scores(logits, num_tokens, gating, probs_);
-    select_topk(probs_, {}, num_tokens, gating, ids_, weights_);
+    select_topk(probs_, selection_bias_, num_tokens, gating, ids_, weights_);
     weight_source_ = ids_;
     if (config_.prune.max_devices > 0) {
       PruneConfig pc;
@@ -776,7 +786,11 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
     // dg per (token, slot); dropped slots have none.
     std::vector<float>& dg = b.dg;
     dg.assign(T * k, 0.0f);
-    for (std::int64_t a = 0; a < plan_.num_assignments(); ++a) dg[plan_.assignment_slot[a]] = b.d_weight_send[a];
+    // g = scale * (normalised score): the scale multiplies the gradient reaching the scores.
+    const float scale = config_.routed_scaling_factor;
+    for (std::int64_t a = 0; a < plan_.num_assignments(); ++a) {
+      dg[plan_.assignment_slot[a]] = scale * b.d_weight_send[a];
+    }
     const bool normalise = config_.norm_topk_prob || config_.score_function == ScoreFunction::kSigmoid;
     std::vector<float>& dlogits = b.dlogits;
     std::vector<double>& dp = b.dp;

@@ -26,6 +26,7 @@ ReferenceMoeWeights ReferenceMoeWeights::zeros(const MoeLayerConfig& c) {
   w.gate_proj.assign(E * F * H, 0.0f);
   w.up_proj.assign(E * F * H, 0.0f);
   w.down_proj.assign(E * H * F, 0.0f);
+  if (c.selection_bias) w.selection_bias.assign(E, 0.0f);
   return w;
 }
 
@@ -66,7 +67,7 @@ void gate_weights(const MoeLayerConfig& c, ReferenceMoeState& s) {
     for (int j = 0; j < k; ++j) z += p[s.weight_source[t * k + j]];
     for (int j = 0; j < k; ++j) {
       const double pj = p[s.weight_source[t * k + j]];
-      s.topk_weights[t * k + j] = static_cast<float>(normalise ? pj / z : pj);
+      s.topk_weights[t * k + j] = static_cast<float>((normalise ? pj / z : pj) * c.routed_scaling_factor);
     }
   }
 }
@@ -96,7 +97,8 @@ void expert_apply(const MoeLayerConfig& c, const ReferenceMoeWeights& w, int e, 
 }  // namespace
 
 void reference_route(const MoeLayerConfig& c, std::span<const float> logits, std::int64_t T,
-                     std::span<const int> expert_to_device, ReferenceMoeState& s) {
+                     std::span<const int> expert_to_device, ReferenceMoeState& s,
+                     std::span<const float> selection_bias) {
   const int E = c.num_experts, k = c.top_k;
   OCCULT_CHECK(logits.size() == static_cast<std::size_t>(T) * E, "reference route: logits hold {}, expected {}*{}",
                logits.size(), T, E);
@@ -116,12 +118,30 @@ void reference_route(const MoeLayerConfig& c, std::span<const float> logits, std
     }
   }
   s.topk_ids.assign(static_cast<std::size_t>(T) * k, 0);
-  std::vector<int> order(E);
+  std::vector<int> order(E), group_order(c.num_groups);
+  std::vector<float> key(E), group_score(c.num_groups);
+  const int size = E / c.num_groups;
   for (std::int64_t t = 0; t < T; ++t) {
     const float* p = s.probs.data() + t * E;
+    for (int e = 0; e < E; ++e) key[e] = selection_bias.empty() ? p[e] : p[e] + selection_bias[e];
+    if (c.num_groups > 1) {
+      // Group score: the best key, or the sum of the two best; keep the kept_groups best groups
+      // (ties to the lower group), and give every other expert the key 0.
+      for (int g = 0; g < c.num_groups; ++g) {
+        std::vector<float> members(key.begin() + g * size, key.begin() + (g + 1) * size);
+        std::sort(members.rbegin(), members.rend());
+        group_score[g] = c.group_score == GroupScore::kMax ? members[0] : members[0] + members[1];
+      }
+      std::iota(group_order.begin(), group_order.end(), 0);
+      std::stable_sort(group_order.begin(), group_order.end(),
+                       [&](int a, int b) { return group_score[a] > group_score[b]; });
+      std::vector<char> kept(c.num_groups, 0);
+      for (int j = 0; j < c.kept_groups; ++j) kept[group_order[j]] = 1;
+      for (int e = 0; e < E; ++e) key[e] = kept[e / size] ? key[e] : 0.0f;
+    }
     std::iota(order.begin(), order.end(), 0);
-    // Descending score, ties to the lower id.
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return p[a] > p[b]; });
+    // Descending key, ties to the lower id.
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return key[a] > key[b]; });
     for (int j = 0; j < k; ++j) s.topk_ids[t * k + j] = order[j];
   }
   s.weight_source = s.topk_ids;
@@ -182,7 +202,7 @@ void reference_moe_forward(const MoeLayerConfig& c, const ReferenceMoeWeights& w
       logits[t * E + e] = static_cast<float>(acc);
     }
   }
-  reference_route(c, logits, T, expert_to_device, s);
+  reference_route(c, logits, T, expert_to_device, s, w.selection_bias);
   mix_expert_outputs(c, w, x, T, s, y);
 }
 
@@ -255,6 +275,8 @@ void reference_moe_backward(const MoeLayerConfig& c, const ReferenceMoeWeights& 
     if (!s.routing_imposed) {
       const float* p = s.probs.data() + t * E;
       for (int e = 0; e < E; ++e) dp[e] = d_router_probs.empty() ? 0.0 : d_router_probs[t * E + e];
+      // g = scale * (normalised) score: the scale reaches the scores' gradient.
+      for (int j = 0; j < k; ++j) dg[j] *= c.routed_scaling_factor;
       if (normalise) {
         double z = 0, gdot = 0;
         for (int j = 0; j < k; ++j) z += p[s.weight_source[t * k + j]];

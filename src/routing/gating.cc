@@ -2,20 +2,13 @@
 
 #include <cmath>
 #include <cstddef>
+#include <array>
 
 #include "occult/core/error.h"
 
 namespace occult {
 
 namespace {
-
-void check_config(const GatingConfig& config) {
-  OCCULT_CHECK(config.num_experts >= 1, "gating: num_experts must be >= 1, got {}",
-               config.num_experts);
-  OCCULT_CHECK(config.top_k >= 1 && config.top_k <= config.num_experts,
-               "gating: top_k must be in [1, num_experts={}], got {}", config.num_experts,
-               config.top_k);
-}
 
 std::size_t checked_extent(std::int64_t num_tokens, int width, std::size_t actual, const char* what) {
   OCCULT_CHECK(num_tokens >= 0, "gating: num_tokens must be >= 0, got {}", num_tokens);
@@ -32,9 +25,35 @@ inline bool ranks_before(float key_a, int a, float key_b, int b) {
 
 }  // namespace
 
+void validate_gating_config(const GatingConfig& config) {
+  OCCULT_CHECK(config.num_experts >= 1, "gating: num_experts must be >= 1, got {}",
+               config.num_experts);
+  OCCULT_CHECK(config.top_k >= 1 && config.top_k <= config.num_experts,
+               "gating: top_k must be in [1, num_experts={}], got {}", config.num_experts,
+               config.top_k);
+  OCCULT_CHECK(config.num_groups >= 1 && config.num_experts % config.num_groups == 0,
+               "gating: the number of expert groups ({}) must be >= 1 and divide num_experts={}",
+               config.num_groups, config.num_experts);
+  OCCULT_CHECK(config.num_groups <= kMaxExpertGroups, "gating: at most {} expert groups are supported, got {}",
+               kMaxExpertGroups, config.num_groups);
+  OCCULT_CHECK(config.kept_groups >= 1 && config.kept_groups <= config.num_groups,
+               "gating: the kept groups per token ({}) must be in [1, number of groups={}]",
+               config.kept_groups, config.num_groups);
+  const int group_size = config.num_experts / config.num_groups;
+  OCCULT_CHECK(config.num_groups == 1 || config.kept_groups * group_size >= config.top_k,
+               "gating: {} kept groups of {} experts hold fewer than top_k={} experts",
+               config.kept_groups, group_size, config.top_k);
+  OCCULT_CHECK(config.num_groups == 1 || config.group_score != GroupScore::kTopTwoSum || group_size >= 2,
+               "gating: scoring a group by its two best experts needs groups of >= 2 experts, got {}",
+               group_size);
+  OCCULT_CHECK(std::isfinite(config.routed_scaling_factor) && config.routed_scaling_factor > 0.0f,
+               "gating: the routed scaling factor must be finite and > 0, got {}",
+               config.routed_scaling_factor);
+}
+
 void router_scores(std::span<const float> logits, std::int64_t num_tokens, const GatingConfig& config,
                    std::span<float> scores) {
-  check_config(config);
+  validate_gating_config(config);
   const int e = config.num_experts;
   checked_extent(num_tokens, e, logits.size(), "logits");
   checked_extent(num_tokens, e, scores.size(), "scores");
@@ -65,7 +84,7 @@ void router_scores(std::span<const float> logits, std::int64_t num_tokens, const
 void select_topk(std::span<const float> scores, std::span<const float> selection_bias,
                  std::int64_t num_tokens, const GatingConfig& config, std::span<std::int32_t> ids,
                  std::span<float> weights) {
-  check_config(config);
+  validate_gating_config(config);
   const int e = config.num_experts;
   const int k = config.top_k;
   checked_extent(num_tokens, e, scores.size(), "scores");
@@ -76,27 +95,63 @@ void select_topk(std::span<const float> scores, std::span<const float> selection
                selection_bias.size(), e);
   const bool has_bias = !selection_bias.empty();
   const bool normalize = config.norm_topk_prob || config.score_function == ScoreFunction::kSigmoid;
+  const int num_groups = config.num_groups;
+  const int group_size = e / num_groups;
+  const bool grouped = num_groups > 1;
+  // Per token: the group scores, then 1 for each kept group (on the stack: the MoE layer's steady
+  // state allocates nothing).
+  std::array<float, kMaxExpertGroups> group_scores{};
+  std::array<char, kMaxExpertGroups> kept{};
 
   for (std::int64_t t = 0; t < num_tokens; ++t) {
     const float* s = scores.data() + t * e;
     std::int32_t* row_ids = ids.data() + t * k;
     float* row_w = weights.data() + t * k;
+    auto biased = [&](int i) {
+      const float key = has_bias ? s[i] + selection_bias[i] : s[i];
+      OCCULT_CHECK(key == key, "gating: token {} expert {} has a NaN score", t, i);
+      return key;
+    };
+    if (grouped) {
+      for (int g = 0; g < num_groups; ++g) {
+        float best = biased(g * group_size), second = 0.0f;
+        bool has_second = false;
+        for (int i = g * group_size + 1; i < (g + 1) * group_size; ++i) {
+          const float key = biased(i);
+          if (key > best) {
+            second = best;
+            best = key;
+          } else if (!has_second || key > second) {
+            second = key;
+          }
+          has_second = true;
+        }
+        group_scores[g] = config.group_score == GroupScore::kMax ? best : best + second;
+      }
+      // Keep the kept_groups best groups: a group is kept when fewer than kept_groups groups
+      // rank before it (higher score, or equal score and a lower id).
+      for (int g = 0; g < num_groups; ++g) {
+        int before = 0;
+        for (int h = 0; h < num_groups; ++h) before += ranks_before(group_scores[h], h, group_scores[g], g) ? 1 : 0;
+        kept[g] = before < config.kept_groups ? 1 : 0;
+      }
+    }
     // Partial selection: row_w holds the selection keys of the current best `filled` experts
     // in rank order (insertion sort), so no per-token buffer is needed; they are replaced by
     // the gate weights below. Experts arrive in ascending id, so an equal key never moves
     // ahead of an earlier one: ties go to the lower id.
     int filled = 0;
     for (int i = 0; i < e; ++i) {
-      const float key = has_bias ? s[i] + selection_bias[i] : s[i];
-      OCCULT_CHECK(key == key, "gating: token {} expert {} has a NaN score", t, i);
-      if (filled == k && !ranks_before(key, i, row_w[k - 1], row_ids[k - 1])) continue;
+      const float key = biased(i);
+      const float masked = grouped && kept[i / group_size] == 0 ? 0.0f : key;
+      if (filled == k && !ranks_before(masked, i, row_w[k - 1], row_ids[k - 1])) continue;
       int pos = filled < k ? filled++ : k - 1;
-      while (pos > 0 && ranks_before(key, i, row_w[pos - 1], row_ids[pos - 1])) {
+      while (pos > 0 && ranks_before(masked, i, row_w[pos - 1], row_ids[pos - 1])) {
         row_w[pos] = row_w[pos - 1];
         row_ids[pos] = row_ids[pos - 1];
         --pos;
       }
-      row_w[pos] = key;
+      row_w[pos] = masked;
       row_ids[pos] = i;
     }
     // Gate weights come from the unbiased scores, summed in rank order.
@@ -108,6 +163,9 @@ void select_topk(std::span<const float> scores, std::span<const float> selection
     if (normalize) {
       OCCULT_CHECK(sum > 0.0f, "gating: token {} has zero total score over its top-{} experts", t, k);
       for (int j = 0; j < k; ++j) row_w[j] /= sum;
+    }
+    if (config.routed_scaling_factor != 1.0f) {
+      for (int j = 0; j < k; ++j) row_w[j] *= config.routed_scaling_factor;
     }
   }
 }

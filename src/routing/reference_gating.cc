@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <vector>
 
 #include "occult/core/error.h"
@@ -41,20 +42,35 @@ void select_topk(std::span<const float> scores, std::span<const float> selection
                    ids.size() == static_cast<std::size_t>(num_tokens * k) &&
                    weights.size() == ids.size(),
                "reference select_topk: shapes do not match");
+  OCCULT_CHECK(config.num_groups >= 1 && e % config.num_groups == 0 && config.kept_groups >= 1 &&
+                   config.kept_groups <= config.num_groups,
+               "reference select_topk: bad groups");
+  const int size = e / config.num_groups;
+  struct Candidate {
+    float key;
+    int id;
+  };
+  auto descending = [](const Candidate& a, const Candidate& b) { return a.key != b.key ? a.key > b.key : a.id < b.id; };
   for (std::int64_t t = 0; t < num_tokens; ++t) {
-    struct Candidate {
-      float key;
-      int id;
-    };
-    std::vector<Candidate> all;
-    for (int i = 0; i < e; ++i) {
-      const float bias = selection_bias.empty() ? 0.0f : selection_bias[i];
-      const float key = selection_bias.empty() ? scores[t * e + i] : scores[t * e + i] + bias;
-      all.push_back({key, i});
+    std::vector<float> keys(e);
+    for (int i = 0; i < e; ++i) keys[i] = selection_bias.empty() ? scores[t * e + i] : scores[t * e + i] + selection_bias[i];
+    std::vector<char> kept(config.num_groups, 1);
+    if (config.num_groups > 1) {
+      // Score each group from its sorted keys, sort the groups, keep the first kept_groups.
+      std::vector<Candidate> groups;
+      for (int g = 0; g < config.num_groups; ++g) {
+        std::vector<float> members(keys.begin() + g * size, keys.begin() + (g + 1) * size);
+        std::sort(members.begin(), members.end(), std::greater<float>());
+        const float score = config.group_score == GroupScore::kMax ? members[0] : members[0] + members[1];
+        groups.push_back({score, g});
+      }
+      std::sort(groups.begin(), groups.end(), descending);
+      std::fill(kept.begin(), kept.end(), 0);
+      for (int j = 0; j < config.kept_groups; ++j) kept[groups[j].id] = 1;
     }
-    std::sort(all.begin(), all.end(), [](const Candidate& a, const Candidate& b) {
-      return a.key != b.key ? a.key > b.key : a.id < b.id;
-    });
+    std::vector<Candidate> all;
+    for (int i = 0; i < e; ++i) all.push_back({kept[i / size] ? keys[i] : 0.0f, i});
+    std::sort(all.begin(), all.end(), descending);
     float sum = 0.0f;
     for (int j = 0; j < k; ++j) {
       ids[t * k + j] = all[j].id;
@@ -64,6 +80,7 @@ void select_topk(std::span<const float> scores, std::span<const float> selection
     if (config.norm_topk_prob || config.score_function == ScoreFunction::kSigmoid) {
       for (int j = 0; j < k; ++j) weights[t * k + j] /= sum;
     }
+    for (int j = 0; j < k; ++j) weights[t * k + j] *= config.routed_scaling_factor;
   }
 }
 

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "model/layers/blocks.h"
 #include "model/moe_block.h"
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
@@ -33,11 +34,7 @@ void count_routing(MoeTransformer& model, std::int64_t N, RoutingCounters& c) {
   const ModelConfig& cfg = model.config();
   const int L = cfg.num_moe_layers(), E = cfg.num_experts, K = cfg.num_experts_per_tok,
             D = model.comm().size();
-  GatingConfig gating;
-  gating.num_experts = E;
-  gating.top_k = K;
-  gating.score_function = ScoreFunction::kSoftmax;
-  gating.norm_topk_prob = cfg.norm_topk_prob;
+  const GatingConfig gating = cfg.gating();
   std::vector<std::int32_t> plain(static_cast<std::size_t>(N) * K);
   std::vector<float> plain_weights(plain.size());
   std::vector<std::int32_t> a(K), b(K);
@@ -46,8 +43,11 @@ void count_routing(MoeTransformer& model, std::int64_t N, RoutingCounters& c) {
     MoeBlock& block = model.moe_block(l);
     const std::int32_t* ids = block.topk_ids();
     if (N > 0) {
-      select_topk(std::span<const float>(block.router_probs(), static_cast<std::size_t>(N) * E), {},
-                  N, gating, plain, plain_weights);
+      // The model's selection bias (DeepSeek-V3), when it has one, is part of the choice.
+      const float* bias = model.layer_weights(cfg.moe_layer(l)).router_bias;
+      select_topk(std::span<const float>(block.router_probs(), static_cast<std::size_t>(N) * E),
+                  std::span<const float>(bias, bias != nullptr ? static_cast<std::size_t>(E) : 0), N, gating, plain,
+                  plain_weights);
     }
     for (std::int64_t t = 0; t < N; ++t) {
       std::fill(seen.begin(), seen.end(), 0);

@@ -5,7 +5,9 @@
 // layer sparse, tied head), every rank loads the same tiny random F32 model directory with
 // load_checkpoint into an expert-parallel model, with each dispatcher: standard (contiguous
 // placement) and occult (the fixture writer's round-robin placement, non-contiguous). Five
-// sequences of different lengths are spread over the ranks; each rank prefills its prompts and
+// sequences of different lengths are spread over the ranks (deepseek_v2 and deepseek_v3, default
+// and alt: multi-head latent attention, whose cache holds the latent rows and expands them at
+// every decode step); each rank prefills its prompts and
 // decodes the rest of each sequence one token per step, and every returned logits row (the
 // prompt's last token, then every decoded position) must equal the row of a 1-process full
 // forward over the whole sequence (local reference MoE block) at the same position. A second
@@ -136,9 +138,17 @@ void check_fixture_decoding(Communicator& comm, const Case& c,
   }
 
   SelfCommunicator self;
-  MoeTransformer reference(config, self, {}, /*local_reference=*/true);
+  // The naive block implements the softmax top-k router only; DeepSeek-V2/V3 routers (groups,
+  // sigmoid, bias, scaling) are checked against the twin by the layer and logits tests, so their
+  // full forward here runs the expert-parallel block on one rank.
+  const bool naive_router = config.score_function == ScoreFunction::kSoftmax && config.n_group == 1 &&
+                            config.routed_scaling_factor == 1.0f && !config.router_selection_bias;
+  ParallelOptions inference;
+  inference.training = false;
+  MoeTransformer reference(config, self, inference, /*local_reference=*/naive_router);
   load_checkpoint(dir, reference, nullptr);
   ParallelOptions parallel;
+  parallel.training = false;
   parallel.dispatch = c.dispatch;
   if (c.dispatch == Dispatch::kOccult) parallel.expert_to_device = round_robin(dir, comm.size());
   MoeTransformer model(config, comm, parallel);
@@ -168,7 +178,8 @@ std::vector<Case> all_cases() {
   const std::vector<std::pair<const char*, const char*>> fixtures = {
       {"olmoe", "default"},    {"olmoe", "alt"},         {"qwen2_moe", "default"},
       {"deepseek", "default"}, {"qwen3_moe", "default"}, {"qwen3_moe", "alt"},
-      {"mixtral", "default"}};
+      {"mixtral", "default"},  {"deepseek_v2", "default"}, {"deepseek_v2", "alt"},
+      {"deepseek_v3", "default"}, {"deepseek_v3", "alt"}};
   for (const auto& [arch, variant] : fixtures) {
     for (const Dispatch d : {Dispatch::kStandard, Dispatch::kOccult}) {
       cases.push_back({arch, variant, d});

@@ -3,7 +3,10 @@
 # on a sharded model directory missing a shard (the message names the shard file), one whose
 # config.json has a misspelt key (it names config.json and the key), and a model above the
 # per-rank memory limit OCCULT_MEMORY_LIMIT_GIB (it names the bytes needed and available). In each
-# case the run exits non-zero and "occult: error:" is printed exactly once, not once per rank.
+# case the run exits non-zero and "occult: error:" is printed exactly once, not once per rank. The
+# same holds for DeepSeek-V2/V3 keys occult does not compute (YaRN rope_scaling, another router,
+# groups that do not divide the experts, attention biases, a missing MLA key), and fine-tuning a
+# latent-attention model is refused with one message.
 # Usage: hf_errors_cli_test.sh OCCULT_BINARY HF_FIXTURE_BINARY [MPIEXEC]
 set -eu
 occult=$1
@@ -58,6 +61,46 @@ cp -r "$dir/good" "$dir/bad_key"
 sed 's/"rope_theta"/"rope_thetta"/' "$dir/good/config.json" > "$dir/bad_key/config.json"
 grep -q '"rope_thetta"' "$dir/bad_key/config.json" || fail "could not misspell rope_theta in config.json"
 expect_error bad_key "$dir/bad_key" "$dir/bad_key/config.json" '"rope_thetta"' 'did you mean "rope_theta"'
+
+# DeepSeek-V2/V3 keys occult does not compute: each a clear error naming the key. corrupt NAME ARCH
+# SED_EXPR writes a copy of a valid ARCH directory with its config.json edited by SED_EXPR.
+"$fixture" write --arch deepseek_v3 --out "$dir/v3" --seed 5 || fail "hf_fixture write deepseek_v3"
+"$fixture" write --arch deepseek_v2 --out "$dir/v2" --seed 5 || fail "hf_fixture write deepseek_v2"
+$mpi -np 2 "$occult" logits --model "$dir/v3" --input-ids "$dir/ids" --out "$dir/v3.logits" \
+  > "$dir/v3.txt" 2>&1 || fail "the valid deepseek_v3 directory does not run: $(cat "$dir/v3.txt")"
+corrupt() {
+  name=$1 arch=$2 expr=$3
+  cp -r "$dir/$arch" "$dir/$name"
+  sed "$expr" "$dir/$arch/config.json" > "$dir/$name/config.json"
+  ! cmp -s "$dir/$arch/config.json" "$dir/$name/config.json" || fail "$name: sed '$expr' changed nothing"
+}
+corrupt yarn v3 's/"rope_scaling": null/"rope_scaling": {"type": "yarn", "factor": 40, "mscale_all_dim": 1}/'
+expect_error yarn "$dir/yarn" '"rope_scaling"' "yarn" "is not supported"
+corrupt v3_greedy v3 's/"noaux_tc"/"greedy"/'
+expect_error v3_greedy "$dir/v3_greedy" '"topk_method"' '"greedy"' "deepseek_v3"
+corrupt v3_softmax v3 's/"sigmoid"/"softmax"/'
+expect_error v3_softmax "$dir/v3_softmax" '"scoring_func"' "sigmoid"
+corrupt v3_groups v3 's/"n_group": 4/"n_group": 3/'
+expect_error v3_groups "$dir/v3_groups" '"n_group" = 3' "divide n_routed_experts = 8"
+corrupt v3_unnormalised v3 's/"norm_topk_prob": true/"norm_topk_prob": false/'
+expect_error v3_unnormalised "$dir/v3_unnormalised" '"norm_topk_prob"' "deepseek_v3"
+corrupt v2_noaux v2 's/"group_limited_greedy"/"noaux_tc"/'
+expect_error v2_noaux "$dir/v2_noaux" '"topk_method"' '"noaux_tc"' "deepseek_v2"
+corrupt v2_bias v2 's/"attention_bias": false/"attention_bias": true/'
+expect_error v2_bias "$dir/v2_bias" '"attention_bias"' "MLA"
+corrupt v2_no_latent v2 '/"kv_lora_rank"/d'
+expect_error v2_no_latent "$dir/v2_no_latent" '"kv_lora_rank" is missing'
+
+# Fine-tuning a latent-attention family is refused with one message.
+"$fixture" input-ids --batch 4 --seq 64 --vocab 96 --seed 2 --dtype i64 --out "$dir/corpus" || fail "hf_fixture input-ids"
+out="$dir/train_v3.txt"
+status=0
+$mpi -np 2 "$occult" train --init "$dir/v3" --data-ids "$dir/corpus" --steps 1 --batch 2 --seq-len 4 --no-progress \
+  > "$out" 2>&1 || status=$?
+[ "$status" -ne 0 ] || fail "train --init deepseek_v3 exited 0"
+count=$(grep -c '^occult: error:.*deepseek_v3.*inference only' "$out" || true)
+[ "$count" -eq 1 ] || fail "train --init deepseek_v3: expected one error naming the family: $(cat "$out")"
+echo "ok   train --init deepseek_v3 refused: $(grep '^occult: error:' "$out")"
 
 extra="-x OCCULT_MEMORY_LIMIT_GIB=0.000001"
 expect_error memory_limit "$dir/good" "the model needs" "(1073 bytes) are available per rank" \

@@ -94,7 +94,7 @@ int main(int argc, char** argv) {
   std::string out;
   int tied = -1;
   CLI::App* write = app.add_subcommand("write", "write a tiny random model directory");
-  write->add_option("--arch", fixture.arch, "olmoe, qwen2_moe, deepseek, qwen3_moe or mixtral")
+  write->add_option("--arch", fixture.arch, "olmoe, qwen2_moe, deepseek, deepseek_v2, deepseek_v3, qwen3_moe or mixtral")
       ->required();
   write->add_option("--out", out, "directory to write")->required();
   write->add_option("--dtype", fixture.dtype, "f32, bf16 or f16")->capture_default_str();

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -129,6 +130,76 @@ nlohmann::ordered_json fixture_config(const FixtureOptions& o) {
     c["rope_theta"] = 10000.0;
     c["rope_scaling"] = nullptr;
     c["tie_word_embeddings"] = o.tied.value_or(false);
+  } else if (o.arch == "deepseek_v2") {
+    // Multi-head latent attention without q_lora_rank (DeepSeek-V2-Lite style), softmax router,
+    // two fused shared experts, first layer dense. default: group_limited_greedy (4 groups of
+    // 2, 2 kept), weights not renormalised so routed_scaling_factor applies; alt: q_lora_rank,
+    // greedy top-k, renormalised (the scaling factor then does not apply), moe_layer_freq 2.
+    common_keys(c, o, "DeepseekV2ForCausalLM", "deepseek_v2");
+    c["auto_map"] = {{"AutoConfig", "configuration_deepseek.DeepseekV2Config"},
+                     {"AutoModelForCausalLM", "modeling_deepseek.DeepseekV2ForCausalLM"}};
+    c["num_key_value_heads"] = kHeads;
+    c["q_lora_rank"] = alt ? nlohmann::ordered_json(12) : nlohmann::ordered_json(nullptr);
+    c["kv_lora_rank"] = 16;
+    c["qk_nope_head_dim"] = 8;
+    c["qk_rope_head_dim"] = 4;
+    c["v_head_dim"] = 8;
+    c["intermediate_size"] = kDenseFfn;
+    c["moe_intermediate_size"] = kExpertFfn;
+    c["n_routed_experts"] = kExperts;
+    c["n_shared_experts"] = 2;
+    c["num_experts_per_tok"] = 3;
+    c["first_k_dense_replace"] = 1;
+    c["moe_layer_freq"] = alt ? 2 : 1;
+    c["norm_topk_prob"] = alt;
+    c["scoring_func"] = "softmax";
+    c["topk_method"] = alt ? "greedy" : "group_limited_greedy";
+    c["n_group"] = alt ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(4);
+    c["topk_group"] = alt ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(2);
+    c["routed_scaling_factor"] = alt ? 2.0 : 1.5;
+    c["aux_loss_alpha"] = 0.001;
+    c["seq_aux"] = true;
+    c["ep_size"] = 1;
+    c["attention_bias"] = false;
+    c["pretraining_tp"] = 1;
+    c["rope_theta"] = 10000.0;
+    c["rope_scaling"] = nullptr;
+    c["tie_word_embeddings"] = o.tied.value_or(false);
+  } else if (o.arch == "deepseek_v3") {
+    // MLA with q_lora_rank and v_head_dim (12) above qk_nope + qk_rope (8), sigmoid router with
+    // e_score_correction_bias, noaux_tc over 4 groups of 2 (2 kept), normalised weights times
+    // routed_scaling_factor 2.5, one shared expert, first layer dense. alt: no q_lora_rank,
+    // v_head_dim below the query head, 2 groups of 4 (1 kept), no shared expert.
+    common_keys(c, o, "DeepseekV3ForCausalLM", "deepseek_v3");
+    c["auto_map"] = {{"AutoConfig", "configuration_deepseek.DeepseekV3Config"},
+                     {"AutoModelForCausalLM", "modeling_deepseek.DeepseekV3ForCausalLM"}};
+    c["num_key_value_heads"] = kHeads;
+    c["q_lora_rank"] = alt ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(12);
+    c["kv_lora_rank"] = 16;
+    c["qk_nope_head_dim"] = alt ? 8 : 4;
+    c["qk_rope_head_dim"] = 4;
+    c["v_head_dim"] = alt ? 6 : 12;
+    c["intermediate_size"] = kDenseFfn;
+    c["moe_intermediate_size"] = kExpertFfn;
+    c["n_routed_experts"] = kExperts;
+    c["n_shared_experts"] = alt ? 0 : 1;
+    c["num_experts_per_tok"] = 3;
+    c["first_k_dense_replace"] = 1;
+    c["moe_layer_freq"] = 1;
+    c["norm_topk_prob"] = true;
+    c["scoring_func"] = "sigmoid";
+    c["topk_method"] = "noaux_tc";
+    c["n_group"] = alt ? 2 : 4;
+    c["topk_group"] = alt ? 1 : 2;
+    c["routed_scaling_factor"] = 2.5;
+    c["num_nextn_predict_layers"] = 1;
+    c["aux_loss_alpha"] = 0.001;
+    c["seq_aux"] = true;
+    c["ep_size"] = 1;
+    c["attention_bias"] = false;
+    c["rope_theta"] = 10000.0;
+    c["rope_scaling"] = nullptr;
+    c["tie_word_embeddings"] = o.tied.value_or(false);
   } else if (o.arch == "qwen3_moe") {
     // GQA, head_dim 16 != hidden/heads 8, per-head QK-norm. default: layer 0 dense via
     // mlp_only_layers, renormalised top-k; alt: all layers sparse, no renormalisation, tied.
@@ -165,7 +236,8 @@ nlohmann::ordered_json fixture_config(const FixtureOptions& o) {
     c["router_jitter_noise"] = 0.0;
     c["tie_word_embeddings"] = o.tied.value_or(alt);
   } else {
-    OCCULT_FAIL("--arch must be olmoe, qwen2_moe, deepseek, qwen3_moe or mixtral, got \"{}\"",
+    OCCULT_FAIL("--arch must be olmoe, qwen2_moe, deepseek, deepseek_v2, deepseek_v3, qwen3_moe or mixtral, got "
+                "\"{}\"",
                 o.arch);
   }
   return c;
@@ -230,15 +302,32 @@ void write_fixture(const FixtureOptions& o, const std::string& dir) {
     };
     g.push_back(make.normal(p + "input_layernorm.weight", {h}, 1.0f, kNormNoise));
     const std::string a = p + "self_attn.";
-    g.push_back(make.normal(a + "q_proj.weight", {qw, h}, 0.0f, kProjStd));
-    g.push_back(make.normal(a + "k_proj.weight", {kw, h}, 0.0f, kProjStd));
-    g.push_back(make.normal(a + "v_proj.weight", {kw, h}, 0.0f, kProjStd));
+    if (c.mla) {
+      const std::int64_t heads = c.num_heads, qk = c.qk_nope_head_dim + c.qk_rope_head_dim;
+      if (c.q_lora_rank > 0) {
+        g.push_back(make.normal(a + "q_a_proj.weight", {c.q_lora_rank, h}, 0.0f, kProjStd));
+        g.push_back(make.normal(a + "q_a_layernorm.weight", {c.q_lora_rank}, 1.0f, kNormNoise));
+        g.push_back(make.normal(a + "q_b_proj.weight", {heads * qk, c.q_lora_rank}, 0.0f, kProjStd));
+      } else {
+        g.push_back(make.normal(a + "q_proj.weight", {heads * qk, h}, 0.0f, kProjStd));
+      }
+      g.push_back(make.normal(a + "kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, h}, 0.0f,
+                              kProjStd));
+      g.push_back(make.normal(a + "kv_a_layernorm.weight", {c.kv_lora_rank}, 1.0f, kNormNoise));
+      g.push_back(make.normal(a + "kv_b_proj.weight", {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
+                              0.0f, kProjStd));
+      g.push_back(make.normal(a + "o_proj.weight", {h, heads * c.v_head_dim}, 0.0f, kProjStd));
+    } else {
+      g.push_back(make.normal(a + "q_proj.weight", {qw, h}, 0.0f, kProjStd));
+      g.push_back(make.normal(a + "k_proj.weight", {kw, h}, 0.0f, kProjStd));
+      g.push_back(make.normal(a + "v_proj.weight", {kw, h}, 0.0f, kProjStd));
+    }
     if (c.qkv_bias) {
       g.push_back(make.normal(a + "q_proj.bias", {qw}, 0.0f, kBiasStd));
       g.push_back(make.normal(a + "k_proj.bias", {kw}, 0.0f, kBiasStd));
       g.push_back(make.normal(a + "v_proj.bias", {kw}, 0.0f, kBiasStd));
     }
-    g.push_back(make.normal(a + "o_proj.weight", {h, qw}, 0.0f, kProjStd));
+    if (!c.mla) g.push_back(make.normal(a + "o_proj.weight", {h, qw}, 0.0f, kProjStd));
     if (c.o_bias) g.push_back(make.normal(a + "o_proj.bias", {h}, 0.0f, kBiasStd));
     if (c.model_type == "olmoe") {
       g.push_back(make.normal(a + "q_norm.weight", {qw}, 1.0f, kNormNoise));
@@ -261,6 +350,15 @@ void write_fixture(const FixtureOptions& o, const std::string& dir) {
     } else {
       const std::string m = p + "mlp.";
       g.push_back(make.normal(m + "gate.weight", {c.num_experts, h}, 0.0f, kRouterStd));
+      if (c.topk_method == "noaux_tc") {
+        // Spread enough to change some choices against the unbiased sigmoid scores; centred
+        // above 0 so that biased scores stay positive and the experts of dropped groups
+        // (selection score 0) are not chosen; multiples of 1/64, which every stored dtype holds
+        // exactly, so a half-precision directory selects like the F32 one.
+        Pending bias = make.normal(m + "gate.e_score_correction_bias", {c.num_experts}, 0.3f, 0.1f);
+        for (float& b : bias.values) b = std::round(b * 64.0f) / 64.0f;
+        g.push_back(std::move(bias));
+      }
       for (int e = 0; e < c.num_experts; ++e) {
         swiglu(fmt::format("{}experts.{}.", m, e), c.expert_ffn, "gate_proj.weight",
                "up_proj.weight", "down_proj.weight");

@@ -39,7 +39,10 @@ constexpr const char* kShard3 = "model-00003-of-00003.safetensors";
 // The model of `dir` with its weights, loaded as `occult logits` loads it.
 std::unique_ptr<MoeTransformer> load(const std::string& dir, Communicator& comm) {
   const ModelConfig config = load_checkpoint_config(dir);
-  auto model = std::make_unique<MoeTransformer>(config, comm, ParallelOptions{});
+  // Latent-attention families load for inference only (no gradient buffers); the others train.
+  ParallelOptions options;
+  options.training = !config.mla();
+  auto model = std::make_unique<MoeTransformer>(config, comm, options);
   load_checkpoint(dir, *model, nullptr);
   return model;
 }
@@ -292,7 +295,7 @@ TEST_F(ModelDirTest, SavedCheckpointLoadsBackBitForBit) {
 // What the independent reader sees in a saved directory equals what it sees in the original, for
 // an F32 fixture of every architecture (and its alternative variant).
 TEST_F(ModelDirTest, SavedCheckpointIsAHuggingFaceDirectory) {
-  for (const char* arch : {"olmoe", "qwen2_moe", "deepseek", "qwen3_moe", "mixtral"}) {
+  for (const char* arch : {"olmoe", "qwen2_moe", "deepseek", "qwen3_moe", "mixtral", "deepseek_v2", "deepseek_v3"}) {
     for (const char* variant : {"default", "alt"}) {
       SCOPED_TRACE(std::string(arch) + " " + variant);
       hf::FixtureOptions o;
@@ -335,6 +338,23 @@ TEST_F(ModelDirTest, SavedCheckpointIsAHuggingFaceDirectory) {
       EXPECT_EQ(a.config.shared_ffn, b.config.shared_ffn);
       EXPECT_EQ(a.config.shared_gate, b.config.shared_gate);
       EXPECT_EQ(a.config.sparse, b.config.sparse);
+      EXPECT_EQ(a.config.mla, b.config.mla);
+      EXPECT_EQ(a.config.q_lora_rank, b.config.q_lora_rank);
+      EXPECT_EQ(a.config.kv_lora_rank, b.config.kv_lora_rank);
+      EXPECT_EQ(a.config.qk_nope_head_dim, b.config.qk_nope_head_dim);
+      EXPECT_EQ(a.config.qk_rope_head_dim, b.config.qk_rope_head_dim);
+      EXPECT_EQ(a.config.v_head_dim, b.config.v_head_dim);
+      EXPECT_EQ(a.config.scoring_func, b.config.scoring_func);
+      EXPECT_EQ(a.config.topk_method, b.config.topk_method);
+      EXPECT_EQ(a.config.n_group, b.config.n_group);
+      EXPECT_EQ(a.config.topk_group, b.config.topk_group);
+      EXPECT_EQ(a.config.norm_topk_prob, b.config.norm_topk_prob);
+      // DeepSeek-V2 applies routed_scaling_factor only to weights it does not renormalise.
+      auto scaling = [](const hf::HfConfig& c) {
+        const bool unused = c.model_type == "deepseek_v2" && c.norm_topk_prob && c.top_k > 1;
+        return unused ? 1.0 : c.routed_scaling_factor;
+      };
+      EXPECT_NEAR(scaling(a.config), scaling(b.config), 1e-7);
       ASSERT_EQ(a.tensors.size(), b.tensors.size());
       for (const auto& [name, tensor] : a.tensors) {
         SCOPED_TRACE(name);

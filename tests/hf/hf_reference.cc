@@ -130,6 +130,89 @@ std::vector<RoutedExpert> route_top_k(std::span<const double> router_logits, int
   return chosen;
 }
 
+void apply_interleaved_rope(std::span<double> x, int position, double theta) {
+  const int dim = static_cast<int>(x.size());
+  OCCULT_CHECK(dim % 2 == 0, "apply_interleaved_rope: dim {} is odd", dim);
+  for (int i = 0; i < dim / 2; ++i) {
+    const double angle = position * std::pow(theta, -2.0 * i / dim);
+    const double a = x[2 * i], b = x[2 * i + 1];
+    x[2 * i] = a * std::cos(angle) - b * std::sin(angle);
+    x[2 * i + 1] = b * std::cos(angle) + a * std::sin(angle);
+  }
+}
+
+std::vector<RoutedExpert> route_deepseek(std::span<const double> logits, std::span<const double> bias,
+                                         const HfConfig& c, double* gap) {
+  const int n = static_cast<int>(logits.size());
+  std::vector<double> scores(n);
+  if (c.scoring_func == "softmax") {
+    const double max_logit = *std::max_element(logits.begin(), logits.end());
+    double denom = 0.0;
+    for (int e = 0; e < n; ++e) denom += std::exp(logits[e] - max_logit);
+    for (int e = 0; e < n; ++e) scores[e] = std::exp(logits[e] - max_logit) / denom;
+  } else {
+    OCCULT_CHECK(c.scoring_func == "sigmoid", "route_deepseek: scoring_func {}", c.scoring_func);
+    for (int e = 0; e < n; ++e) scores[e] = 1.0 / (1.0 + std::exp(-logits[e]));
+  }
+  std::vector<double> choice = scores;
+  if (c.topk_method == "noaux_tc") {
+    OCCULT_CHECK(static_cast<int>(bias.size()) == n, "route_deepseek: noaux_tc needs e_score_correction_bias");
+    for (int e = 0; e < n; ++e) choice[e] += bias[e];
+  }
+  double smallest_gap = INFINITY;
+  // Softmax scores carry relative float errors, so their gaps are measured as log ratios (the
+  // logit gaps); biased sigmoid scores carry absolute ones.
+  auto gap_between = [&](double a, double b) {
+    if (c.scoring_func != "softmax") return a - b;
+    return b > 0.0 ? std::log(a / b) : INFINITY;
+  };
+  // Descending order of values, ties to the lower index (a stable sort of the indices).
+  auto order_of = [](const std::vector<double>& values) {
+    std::vector<int> order(values.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return values[a] > values[b]; });
+    return order;
+  };
+  if (c.topk_method != "greedy") {
+    const int size = n / c.n_group;
+    std::vector<double> group_scores(c.n_group);
+    for (int g = 0; g < c.n_group; ++g) {
+      std::vector<double> members(choice.begin() + g * size, choice.begin() + (g + 1) * size);
+      std::sort(members.begin(), members.end(), std::greater<>());
+      group_scores[g] = c.topk_method == "noaux_tc" ? members[0] + members[1] : members[0];
+    }
+    const std::vector<int> groups = order_of(group_scores);
+    if (c.topk_group < c.n_group) {
+      smallest_gap = gap_between(group_scores[groups[c.topk_group - 1]], group_scores[groups[c.topk_group]]);
+    }
+    std::vector<bool> kept(c.n_group, false);
+    for (int j = 0; j < c.topk_group; ++j) kept[groups[j]] = true;
+    for (int e = 0; e < n; ++e) {
+      if (!kept[e / size]) choice[e] = 0.0;  // masked_fill(~mask, 0.0)
+    }
+  }
+  const std::vector<int> order = order_of(choice);
+  if (c.top_k < n) {
+    smallest_gap = std::min(smallest_gap, gap_between(choice[order[c.top_k - 1]], choice[order[c.top_k]]));
+  }
+  if (gap != nullptr) *gap = smallest_gap;
+  std::vector<RoutedExpert> chosen;
+  double sum = 0.0;
+  for (int j = 0; j < c.top_k; ++j) {
+    const int e = order[j];
+    // V3 gathers the unbiased scores; V2 keeps the (masked) values it selected on.
+    const double w = c.topk_method == "noaux_tc" ? scores[e] : choice[e];
+    chosen.push_back({e, w});
+    sum += w;
+  }
+  const bool renormalise = c.top_k > 1 && c.norm_topk_prob;
+  for (RoutedExpert& r : chosen) {
+    if (renormalise) r.weight /= sum + 1e-20;
+    if (c.model_type == "deepseek_v3" || !renormalise) r.weight *= c.routed_scaling_factor;
+  }
+  return chosen;
+}
+
 namespace {
 
 // The logit gap between the k-th and (k+1)-th expert (infinite when every expert is chosen).
@@ -226,6 +309,32 @@ HfConfig read_hf_config(const std::string& dir) {
     for (int l = 0; l < c.num_layers; ++l) {
       c.sparse[l] = has_routed && l >= first_dense && l % freq == 0;
     }
+  } else if (c.model_type == "deepseek_v2" || c.model_type == "deepseek_v3") {
+    const bool v3 = c.model_type == "deepseek_v3";
+    c.mla = true;
+    c.q_lora_rank = get_or<int>(cfg, "q_lora_rank", 0);
+    c.kv_lora_rank = require(cfg, "kv_lora_rank", path).get<int>();
+    c.qk_nope_head_dim = require(cfg, "qk_nope_head_dim", path).get<int>();
+    c.qk_rope_head_dim = require(cfg, "qk_rope_head_dim", path).get<int>();
+    c.v_head_dim = require(cfg, "v_head_dim", path).get<int>();
+    c.num_experts = require(cfg, "n_routed_experts", path).get<int>();
+    c.expert_ffn = require(cfg, "moe_intermediate_size", path).get<int>();
+    c.shared_ffn = get_or<int>(cfg, "n_shared_experts", 0) * c.expert_ffn;
+    c.scoring_func = get_or<std::string>(cfg, "scoring_func", "softmax");
+    c.topk_method = get_or<std::string>(cfg, "topk_method", v3 ? "noaux_tc" : "greedy");
+    OCCULT_CHECK(v3 ? c.topk_method == "noaux_tc" && c.scoring_func == "sigmoid"
+                    : c.topk_method != "noaux_tc" && c.scoring_func == "softmax",
+                 "{}: topk_method {} with scoring_func {} is not modelled for {}", path, c.topk_method,
+                 c.scoring_func, c.model_type);
+    if (c.topk_method != "greedy") {
+      c.n_group = require(cfg, "n_group", path).get<int>();
+      c.topk_group = require(cfg, "topk_group", path).get<int>();
+    }
+    c.norm_topk_prob = get_or<bool>(cfg, "norm_topk_prob", false);
+    c.routed_scaling_factor = get_or<double>(cfg, "routed_scaling_factor", 1.0);
+    const int first_dense = get_or<int>(cfg, "first_k_dense_replace", 0);
+    const int freq = get_or<int>(cfg, "moe_layer_freq", 1);
+    for (int l = 0; l < c.num_layers; ++l) c.sparse[l] = l >= first_dense && l % freq == 0;
   } else if (c.model_type == "mixtral") {
     c.head_dim = get_or<int>(cfg, "head_dim", c.head_dim);
     c.num_experts = require(cfg, "num_local_experts", path).get<int>();
@@ -320,9 +429,19 @@ void mlp_forward(std::span<double> out, std::span<const double> x, const HfModel
   std::vector<double> router(e);
   linear(router, x, m.at(moe_names(c.model_type, layer, 0).router, {e, h}), {}, c.num_experts,
          c.hidden_size);
-  if (stats) stats->min_top_k_gap = std::min(stats->min_top_k_gap, top_k_gap(router, c.top_k));
+  if (stats && !c.mla) stats->min_top_k_gap = std::min(stats->min_top_k_gap, top_k_gap(router, c.top_k));
   std::vector<double> y(h);
-  for (const RoutedExpert& r : route_top_k(router, c.top_k, c.renormalize)) {
+  std::vector<RoutedExpert> routed;
+  if (c.mla) {
+    double gap = INFINITY;
+    const auto bias = c.topk_method == "noaux_tc" ? m.at(l + "gate.e_score_correction_bias", {e})
+                                                   : std::span<const double>{};
+    routed = route_deepseek(router, bias, c, &gap);
+    if (stats) stats->min_top_k_gap = std::min(stats->min_top_k_gap, gap);
+  } else {
+    routed = route_top_k(router, c.top_k, c.renormalize);
+  }
+  for (const RoutedExpert& r : routed) {
     const MoeNames n = moe_names(c.model_type, layer, r.expert);
     swiglu_mlp(y, x, m.at(n.expert_gate, {f, h}), m.at(n.expert_up, {f, h}),
                m.at(n.expert_down, {h, f}), c.hidden_size, c.expert_ffn);
@@ -344,10 +463,75 @@ void mlp_forward(std::span<double> out, std::span<const double> x, const HfModel
   }
 }
 
+// DeepSeek-V2/V3 multi-head latent attention of one layer over one sequence (positions
+// 0..seq-1); x_norm [T, H] in, out [T, H]. The latent norms use DeepseekV2RMSNorm's default
+// epsilon 1e-6; scores are scaled by (qk_nope + qk_rope)^-1/2 (no rope_scaling).
+void mla_attention_forward(std::span<double> out, std::span<const double> x_norm, const HfModel& m, int layer,
+                           int seq) {
+  const HfConfig& c = m.config;
+  const std::int64_t h = c.hidden_size, heads = c.num_heads, nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim,
+                     vd = c.v_head_dim, qk = nope + rope, kl = c.kv_lora_rank, ql = c.q_lora_rank;
+  const std::string p = fmt::format("model.layers.{}.self_attn.", layer);
+  constexpr double kLatentEps = 1e-6;
+  // Per token: q [heads, qk] (rope part rotated), k [heads, qk], v [heads, vd].
+  std::vector<double> q(seq * heads * qk), k(seq * heads * qk), v(seq * heads * vd);
+  for (int t = 0; t < seq; ++t) {
+    auto xt = x_norm.subspan(t * h, h);
+    std::span<double> qt(&q[t * heads * qk], heads * qk);
+    if (ql > 0) {
+      std::vector<double> qa(ql);
+      linear(qa, xt, m.at(p + "q_a_proj.weight", {ql, h}), {}, ql, h);
+      rms_norm(qa, qa, m.at(p + "q_a_layernorm.weight", {ql}), kLatentEps);
+      linear(qt, qa, m.at(p + "q_b_proj.weight", {heads * qk, ql}), {}, heads * qk, ql);
+    } else {
+      linear(qt, xt, m.at(p + "q_proj.weight", {heads * qk, h}), {}, heads * qk, h);
+    }
+    std::vector<double> ckv(kl + rope), kv(heads * (nope + vd));
+    linear(ckv, xt, m.at(p + "kv_a_proj_with_mqa.weight", {kl + rope, h}), {}, kl + rope, h);
+    std::span<double> latent(ckv.data(), kl), k_pe(ckv.data() + kl, rope);
+    rms_norm(latent, latent, m.at(p + "kv_a_layernorm.weight", {kl}), kLatentEps);
+    linear(kv, latent, m.at(p + "kv_b_proj.weight", {heads * (nope + vd), kl}), {}, heads * (nope + vd), kl);
+    apply_interleaved_rope(k_pe, t, c.rope_theta);
+    for (int hd = 0; hd < heads; ++hd) {
+      apply_interleaved_rope(qt.subspan(hd * qk + nope, rope), t, c.rope_theta);
+      double* kh = &k[(t * heads + hd) * qk];
+      const double* kvh = &kv[hd * (nope + vd)];
+      for (std::int64_t d = 0; d < nope; ++d) kh[d] = kvh[d];
+      for (std::int64_t d = 0; d < rope; ++d) kh[nope + d] = k_pe[d];
+      for (std::int64_t d = 0; d < vd; ++d) v[(t * heads + hd) * vd + d] = kvh[nope + d];
+    }
+  }
+  const double scale = 1.0 / std::sqrt(static_cast<double>(qk));
+  std::vector<double> attn(heads * vd), scores(seq);
+  for (int t = 0; t < seq; ++t) {
+    for (int hd = 0; hd < heads; ++hd) {
+      double max_score = -INFINITY;
+      for (int s = 0; s <= t; ++s) {
+        double dot = 0.0;
+        for (int d = 0; d < qk; ++d) dot += q[(t * heads + hd) * qk + d] * k[(s * heads + hd) * qk + d];
+        scores[s] = dot * scale;
+        max_score = std::max(max_score, scores[s]);
+      }
+      double denom = 0.0;
+      for (int s = 0; s <= t; ++s) denom += (scores[s] = std::exp(scores[s] - max_score));
+      for (int d = 0; d < vd; ++d) {
+        double acc = 0.0;
+        for (int s = 0; s <= t; ++s) acc += scores[s] / denom * v[(s * heads + hd) * vd + d];
+        attn[hd * vd + d] = acc;
+      }
+    }
+    linear(out.subspan(t * h, h), attn, m.at(p + "o_proj.weight", {h, heads * vd}), {}, h, heads * vd);
+  }
+}
+
 // Self-attention of one layer over one sequence; x_norm [T, H] in, out [T, H].
 void attention_forward(std::span<double> out, std::span<const double> x_norm, const HfModel& m,
                        int layer, int seq) {
   const HfConfig& c = m.config;
+  if (c.mla) {
+    mla_attention_forward(out, x_norm, m, layer, seq);
+    return;
+  }
   const std::int64_t h = c.hidden_size;
   const std::int64_t qw = static_cast<std::int64_t>(c.num_heads) * c.head_dim;
   const std::int64_t kw = static_cast<std::int64_t>(c.num_kv_heads) * c.head_dim;

@@ -1,5 +1,5 @@
 // A naive double-precision twin of the Hugging Face causal-LM forward for the MoE architectures
-// occult loads (olmoe, qwen2_moe, deepseek, qwen3_moe, mixtral), written from the semantics of
+// occult loads (olmoe, qwen2_moe, deepseek, deepseek_v2, deepseek_v3, qwen3_moe, mixtral), written from the semantics of
 // each `modeling_<arch>.py` and independent of src/model, so that it can check the production
 // forward. Every op is a free function on row-major double spans; weights are HF Linear
 // weights [out, in], y = W x.
@@ -48,6 +48,11 @@ struct RoutedExpert {
 std::vector<RoutedExpert> route_top_k(std::span<const double> router_logits, int k,
                                       bool renormalize);
 
+// Rotates one DeepSeek rope vector [dim] in place at `position`: the pair (2i, 2i+1) turned by
+// position * theta^(-2i/dim) (Hugging Face's DeepSeek RoPE de-interleaves before rotate_half,
+// which permutes q and k alike and so gives these dot products).
+void apply_interleaved_rope(std::span<double> x, int position, double theta);
+
 // The architecture-independent description the forward needs, parsed from config.json.
 struct HfConfig {
   std::string model_type;
@@ -70,7 +75,30 @@ struct HfConfig {
   int shared_ffn = 0;        // width of the shared expert MLP, 0 when there is none
   bool shared_gate = false;  // qwen2_moe scales the shared expert by sigmoid(gate x)
   std::vector<bool> sparse;  // per layer: the MLP is the sparse MoE block
+  // DeepSeek-V2/V3: multi-head latent attention and the MoEGate router.
+  bool mla = false;
+  int q_lora_rank = 0;  // 0: q_proj
+  int kv_lora_rank = 0;
+  int qk_nope_head_dim = 0;
+  int qk_rope_head_dim = 0;
+  int v_head_dim = 0;
+  std::string scoring_func = "softmax";
+  std::string topk_method = "greedy";
+  int n_group = 1;
+  int topk_group = 1;
+  bool norm_topk_prob = false;
+  double routed_scaling_factor = 1.0;
 };
+
+// DeepSeek's MoEGate for one token: scores (softmax or sigmoid of the logits), the selection
+// scores (+ e_score_correction_bias for noaux_tc; `bias` may be empty otherwise), group
+// limiting (group_limited_greedy: a group's best score; noaux_tc: the sum of its two best),
+// topk_group groups kept and the others' scores set to 0, top-k (ties to the lower index), the
+// weights (V2: the masked scores; V3: the unbiased scores), renormalised when norm_topk_prob and
+// k > 1, and routed_scaling_factor (V2: only when not renormalised; V3: always). `gap` (may be
+// null) receives the smaller of the k-th/(k+1)-th selection gap and the kept/next group gap.
+std::vector<RoutedExpert> route_deepseek(std::span<const double> router_logits, std::span<const double> bias,
+                                         const HfConfig& config, double* gap);
 
 // Parses `dir`/config.json; throws occult::Error naming the key for a missing or unknown arch key.
 HfConfig read_hf_config(const std::string& dir);

@@ -112,6 +112,8 @@ Counted count_allocated(MoeTransformer& model) {
   const std::int64_t router_copies = model.dense_grads().empty() ? 1 : 2;
   n.experts += static_cast<std::int64_t>(c.num_moe_layers()) * router_copies * c.num_experts *
                c.hidden_size * 4;
+  // The layer's copy of the selection bias [E] (DeepSeek-V3), which has no gradient.
+  if (c.router_selection_bias) n.experts += static_cast<std::int64_t>(c.num_moe_layers()) * c.num_experts * 4;
   return n;
 }
 
@@ -150,6 +152,27 @@ std::vector<std::pair<std::string, ModelConfig>> configs() {
   deepseek_like.n_shared_experts = 2;
   deepseek_like.intermediate_size = 14;
   out.emplace_back("first dense layer, two fused shared experts", deepseek_like);
+  // Multi-head latent attention (inference only): q_proj, or q_a_proj + q_a_layernorm + q_b_proj;
+  // kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj; an o_proj of NH * v_head_dim inputs.
+  ModelConfig v2_like = testing::tiny_config(true, false, false);
+  v2_like.model_type = "deepseek_v2";
+  v2_like.num_hidden_layers = 3;
+  v2_like.first_k_dense_replace = 1;
+  v2_like.intermediate_size = 14;
+  v2_like.kv_lora_rank = 6;
+  v2_like.qk_nope_head_dim = 3;
+  v2_like.qk_rope_head_dim = 2;
+  v2_like.v_head_dim = 4;
+  v2_like.n_group = 2;
+  out.emplace_back("latent attention without q_lora_rank, groups", v2_like);
+  ModelConfig v3_like = v2_like;
+  v3_like.model_type = "deepseek_v3";
+  v3_like.q_lora_rank = 5;
+  v3_like.v_head_dim = 7;
+  v3_like.score_function = ScoreFunction::kSigmoid;
+  v3_like.router_selection_bias = true;
+  v3_like.routed_scaling_factor = 2.5f;
+  out.emplace_back("latent attention with q_lora_rank, selection bias", v3_like);
   return out;
 }
 
@@ -166,7 +189,7 @@ TEST_F(MemoryTest, EstimateEqualsWhatTheModelAllocates) {
       for (const int mode : {0, 1, 2}) {  // training; inference in F32; inference in BF16
         const bool training = mode == 0;
         const WeightDType dtype = mode == 2 ? WeightDType::kBF16 : WeightDType::kF32;
-        if (config.num_experts < D) continue;
+        if (config.num_experts < D || (training && config.mla())) continue;
         SCOPED_TRACE(label + ", " + std::to_string(D) + " ranks" + (training ? "" : ", inference") +
                      (mode == 2 ? " in BF16" : ""));
         const MemoryEstimate estimate = estimate_model_memory(config, D, training, dtype);

@@ -107,6 +107,71 @@ TEST(ArchConfigTest, FamiliesMapTheirKeys) {
   EXPECT_TRUE(same_architecture(parse_model_config(saved, "saved"), d));
 }
 
+nlohmann::json deepseek_v2_json() {
+  return nlohmann::json{{"model_type", "deepseek_v2"},  {"hidden_size", 8},        {"num_hidden_layers", 3},
+                        {"num_attention_heads", 2},     {"num_key_value_heads", 2}, {"n_routed_experts", 8},
+                        {"num_experts_per_tok", 2},     {"moe_intermediate_size", 6}, {"n_shared_experts", 1},
+                        {"intermediate_size", 10},      {"first_k_dense_replace", 1}, {"max_position_embeddings", 16},
+                        {"q_lora_rank", nullptr},       {"kv_lora_rank", 6},       {"qk_nope_head_dim", 3},
+                        {"qk_rope_head_dim", 2},        {"v_head_dim", 4},         {"topk_method", "group_limited_greedy"},
+                        {"n_group", 4},                 {"topk_group", 2},         {"routed_scaling_factor", 1.5},
+                        {"scoring_func", "softmax"},    {"norm_topk_prob", false}};
+}
+
+TEST(ArchConfigTest, DeepseekV2AndV3MapLatentAttentionAndTheirRouters) {
+  const ModelConfig v2 = parse_model_config(deepseek_v2_json(), "cfg.json");
+  EXPECT_TRUE(v2.mla());
+  EXPECT_EQ(v2.q_lora_rank, 0);
+  EXPECT_EQ(v2.qk_head_dim(), 5);
+  EXPECT_EQ(v2.head_dim(), 5);  // the kernels' padded head: max(3 + 2, 4)
+  EXPECT_EQ(v2.kv_heads(), 2);
+  EXPECT_EQ(v2.attention_out_dim(), 8);
+  EXPECT_EQ(v2.n_group, 4);
+  EXPECT_EQ(v2.topk_group, 2);
+  EXPECT_EQ(v2.group_score, GroupScore::kMax);
+  EXPECT_EQ(v2.score_function, ScoreFunction::kSoftmax);
+  EXPECT_FLOAT_EQ(v2.routed_scaling_factor, 1.5f);  // not renormalised: the factor applies
+  EXPECT_FALSE(v2.router_selection_bias);
+  EXPECT_EQ(v2.num_moe_layers(), 2);
+  EXPECT_TRUE(same_architecture(parse_model_config(model_config_to_json(v2), "saved"), v2));
+  // Renormalised V2 weights are not scaled; greedy top-k reads no groups.
+  auto j = deepseek_v2_json();
+  j["norm_topk_prob"] = true;
+  j["topk_method"] = "greedy";
+  const ModelConfig greedy = parse_model_config(j, "cfg.json");
+  EXPECT_FLOAT_EQ(greedy.routed_scaling_factor, 1.0f);
+  EXPECT_EQ(greedy.n_group, 1);
+
+  j = deepseek_v2_json();
+  j["model_type"] = "deepseek_v3";
+  j["scoring_func"] = "sigmoid";
+  j["topk_method"] = "noaux_tc";
+  j["norm_topk_prob"] = true;
+  j["q_lora_rank"] = 5;
+  j["v_head_dim"] = 7;
+  const ModelConfig v3 = parse_model_config(j, "cfg.json");
+  EXPECT_EQ(v3.q_lora_rank, 5);
+  EXPECT_EQ(v3.head_dim(), 7);
+  EXPECT_EQ(v3.score_function, ScoreFunction::kSigmoid);
+  EXPECT_EQ(v3.group_score, GroupScore::kTopTwoSum);
+  EXPECT_TRUE(v3.router_selection_bias);
+  EXPECT_FLOAT_EQ(v3.routed_scaling_factor, 1.5f);  // V3 scales its normalised weights
+  EXPECT_TRUE(same_architecture(parse_model_config(model_config_to_json(v3), "saved"), v3));
+  EXPECT_FALSE(same_architecture(v2, v3));
+
+  // DeepSeek-MoE (v1) points latent attention at the families that have it.
+  j = deepseek_v2_json();
+  j["model_type"] = "deepseek";
+  j.erase("topk_method");
+  j.erase("n_group");
+  j.erase("topk_group");
+  j.erase("routed_scaling_factor");
+  EXPECT_NE(config_error(j).find("\"kv_lora_rank\" = 6 is not supported: multi-head latent attention belongs to "
+                                 "model_type deepseek_v2 / deepseek_v3"),
+            std::string::npos)
+      << config_error(j);
+}
+
 TEST(ArchConfigTest, UnsupportedMisspeltAndUnknownKeysNameTheKey) {
   auto j = olmoe_json();
   j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};

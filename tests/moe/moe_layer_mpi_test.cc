@@ -52,6 +52,13 @@ struct LayerCase {
   ScoreFunction score = ScoreFunction::kSoftmax;
   PruneScheme prune_scheme = PruneScheme::kScore;
   PruneWeights prune_weights = PruneWeights::kKeep;
+  // Group-limited routing (DeepSeek-V2/V3): groups, kept groups, group score, output scaling and
+  // a selection bias.
+  int groups = 1;
+  int kept_groups = 1;
+  GroupScore group_score = GroupScore::kMax;
+  float scale = 1.0f;
+  bool bias = false;
 };
 
 class MoeLayerVsReference : public ::testing::TestWithParam<LayerCase> {};
@@ -68,6 +75,11 @@ TEST_P(MoeLayerVsReference, OutputsGradientsAndBytesMatch) {
   c.norm_topk_prob = lc.norm;
   c.score_function = lc.score;
   c.dispatch = lc.dispatch;
+  c.num_groups = lc.groups;
+  c.kept_groups = lc.kept_groups;
+  c.group_score = lc.group_score;
+  c.routed_scaling_factor = lc.scale;
+  c.selection_bias = lc.bias;
   if (lc.prune) {
     c.prune.max_devices = std::max(1, D / 2);
     c.prune.scheme = lc.prune_scheme;
@@ -84,6 +96,11 @@ TEST_P(MoeLayerVsReference, OutputsGradientsAndBytesMatch) {
   const std::vector<float> dprobs = random_values(T * E, 24, 0.1f);
 
   ReferenceMoeWeights w = ReferenceMoeWeights::random(c, 21, 0.6f);
+  if (lc.bias) {
+    // Large enough to change the choice of experts against the unbiased scores.
+    w.selection_bias = random_values(E, 25, 0.3f);
+    std::copy(w.selection_bias.begin(), w.selection_bias.end(), layer.selection_bias().begin());
+  }
   ReferenceMoeState state;
   std::vector<float> y_ref(T * H), dx_ref(T * H);
   reference_moe_forward(c, w, x, T, placement, state, y_ref);
@@ -162,7 +179,13 @@ INSTANTIATE_TEST_SUITE_P(
                       LayerCase{"occult_pruned_recompute", DispatchKind::kOccult, true, true, 8, 2, true, 12,
                                 ScoreFunction::kSoftmax, PruneScheme::kScore, PruneWeights::kRecompute},
                       LayerCase{"occult_pruned_device_limited", DispatchKind::kOccult, false, false, 8, 2, true, 12,
-                                ScoreFunction::kSoftmax, PruneScheme::kDeviceLimited, PruneWeights::kKeep}),
+                                ScoreFunction::kSoftmax, PruneScheme::kDeviceLimited, PruneWeights::kKeep},
+                      LayerCase{"standard_groups_max_scaled", DispatchKind::kStandard, false, true, 8, 2, false, 13,
+                                ScoreFunction::kSoftmax, PruneScheme::kScore, PruneWeights::kKeep, 4, 2,
+                                GroupScore::kMax, 1.5f},
+                      LayerCase{"occult_sigmoid_groups_bias_scaled", DispatchKind::kOccult, true, false, 8, 3, false,
+                                13, ScoreFunction::kSigmoid, PruneScheme::kScore, PruneWeights::kKeep, 4, 2,
+                                GroupScore::kTopTwoSum, 2.5f, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 // x[t][c] = t * H + c for the global token t: every received row names its source token, and

@@ -56,6 +56,11 @@ TEST(ReferenceMoe, TopKTiesGoToTheLowerId) {
 struct GradCase {
   bool norm;
   ScoreFunction score;
+  // Group-limited selection (2 groups of 2, 1 kept), output scaling and a selection bias.
+  bool groups = false;
+  GroupScore group_score = GroupScore::kMax;
+  float scale = 1.0f;
+  bool bias = false;
 };
 
 class ReferenceGradients : public ::testing::TestWithParam<GradCase> {};
@@ -70,8 +75,13 @@ TEST_P(ReferenceGradients, MatchFiniteDifferences) {
   c.ffn_size = 2;
   c.norm_topk_prob = GetParam().norm;
   c.score_function = GetParam().score;
+  c.num_groups = GetParam().groups ? 2 : 1;
+  c.group_score = GetParam().group_score;
+  c.routed_scaling_factor = GetParam().scale;
+  c.selection_bias = GetParam().bias;
   const std::int64_t T = 3;
   ReferenceMoeWeights w = ReferenceMoeWeights::random(c, 11, 0.8f);
+  if (c.selection_bias) w.selection_bias = {0.3f, -0.2f, 0.1f, 0.0f};
   std::vector<float> x = random_values(T * c.hidden_size, 12);
   const std::vector<float> r = random_values(T * c.hidden_size, 13);
   const std::vector<float> q = random_values(T * c.num_experts, 14);
@@ -114,7 +124,10 @@ TEST_P(ReferenceGradients, MatchFiniteDifferences) {
 INSTANTIATE_TEST_SUITE_P(Gating, ReferenceGradients,
                          ::testing::Values(GradCase{false, ScoreFunction::kSoftmax},
                                            GradCase{true, ScoreFunction::kSoftmax},
-                                           GradCase{true, ScoreFunction::kSigmoid}));
+                                           GradCase{true, ScoreFunction::kSigmoid},
+                                           GradCase{false, ScoreFunction::kSoftmax, true, GroupScore::kMax, 1.5f},
+                                           GradCase{true, ScoreFunction::kSigmoid, true, GroupScore::kTopTwoSum,
+                                                    2.5f, true}));
 
 TEST(ReferenceMoe, RejectsBadShapes) {
   MoeLayerConfig c = tiny_config(false);

@@ -130,6 +130,114 @@ TEST(Gating, MatchesReferenceTwinBitForBit) {
   EXPECT_EQ(cases, 400);
 }
 
+// Group-limited selection by hand: each case lists scores, bias and the expected choice.
+TEST(Gating, GroupLimitedTopKByHand) {
+  std::vector<std::int32_t> ids(2);
+  std::vector<float> w(2);
+  // DeepSeek-V2 group_limited_greedy: 3 groups of 2, group score = best score, 1 kept group.
+  // Plain top-2 would be {1, 4}; the kept group {0, 1} gives {1, 0}; weights scaled by 2.
+  GatingConfig v2{6, 2, ScoreFunction::kSoftmax, false, 3, 1, GroupScore::kMax, 2.0f};
+  select_topk(std::vector<float>{0.1f, 0.3f, 0.05f, 0.05f, 0.28f, 0.22f}, {}, 1, v2, ids, w);
+  EXPECT_EQ(ids, (std::vector<std::int32_t>{1, 0}));
+  EXPECT_FLOAT_EQ(w[0], 0.6f);
+  EXPECT_FLOAT_EQ(w[1], 0.2f);
+  // Two kept groups of the same three: {0,1} and {4,5}: top-2 {1, 4}.
+  v2.kept_groups = 2;
+  select_topk(std::vector<float>{0.1f, 0.3f, 0.05f, 0.05f, 0.28f, 0.22f}, {}, 1, v2, ids, w);
+  EXPECT_EQ(ids, (std::vector<std::int32_t>{1, 4}));
+
+  // DeepSeek-V3 noaux_tc: 4 groups of 2 scored by the sum of their two best biased keys.
+  // keys = [0.9, 0.1 | 0.6, 0.6 | 0.5, 0.65 | 0.2, 0.3]: sums 1.0, 1.2, 1.15, 0.5, so groups
+  // 1 and 2 are kept and expert 0 (the best single key) is not chosen. Top-3 by key: 5, then
+  // 2 and 3 tied at 0.6 (lower id first). Weights from the unbiased scores, normalised, x2.5.
+  GatingConfig v3{8, 3, ScoreFunction::kSigmoid, true, 4, 2, GroupScore::kTopTwoSum, 2.5f};
+  std::vector<std::int32_t> ids3(3);
+  std::vector<float> w3(3);
+  const std::vector<float> scores{0.9f, 0.1f, 0.6f, 0.6f, 0.5f, 0.45f, 0.2f, 0.3f};
+  const std::vector<float> bias{0, 0, 0, 0, 0, 0.2f, 0, 0};
+  select_topk(scores, bias, 1, v3, ids3, w3);
+  EXPECT_EQ(ids3, (std::vector<std::int32_t>{5, 2, 3}));
+  EXPECT_NEAR(w3[0], 0.45 / 1.65 * 2.5, 1e-6);
+  EXPECT_NEAR(w3[1], 0.6 / 1.65 * 2.5, 1e-6);
+  EXPECT_NEAR(w3[2], 0.6 / 1.65 * 2.5, 1e-6);
+}
+
+TEST(Gating, GroupTiesGoToTheLowerGroupAndId) {
+  std::vector<std::int32_t> ids(2);
+  std::vector<float> w(2);
+  // Groups {0,1} and {2,3} tie at 0.4: group 0 is kept, so expert 2 (also 0.4) is not chosen.
+  GatingConfig c{4, 2, ScoreFunction::kSoftmax, false, 2, 1, GroupScore::kMax, 1.0f};
+  select_topk(std::vector<float>{0.2f, 0.4f, 0.4f, 0.1f}, {}, 1, c, ids, w);
+  EXPECT_EQ(ids, (std::vector<std::int32_t>{1, 0}));
+  // Group 0 scores 0.2 + 0.2 = 0.4 and group 1 0.3 + 0.1 = 0.4 by top-two sum: group 0 again.
+  c.group_score = GroupScore::kTopTwoSum;
+  select_topk(std::vector<float>{0.2f, 0.2f, 0.3f, 0.1f}, {}, 1, c, ids, w);
+  EXPECT_EQ(ids, (std::vector<std::int32_t>{0, 1}));
+}
+
+TEST(Gating, ExpertsOutsideKeptGroupsCompeteWithKeyZero) {
+  // keys = scores + bias = [-0.3, 0.1 | -0.05, -0.05]: group sums -0.2 and -0.1 keep group 1,
+  // whose keys are negative, so the masked experts 0 and 1 (key 0) win, as with Hugging Face's
+  // masked_fill(0.0). Weights: 0.2 / 0.5 and 0.3 / 0.5.
+  GatingConfig c{4, 2, ScoreFunction::kSigmoid, true, 2, 1, GroupScore::kTopTwoSum, 1.0f};
+  std::vector<std::int32_t> ids(2);
+  std::vector<float> w(2);
+  select_topk(std::vector<float>{0.2f, 0.3f, 0.25f, 0.25f}, std::vector<float>{-0.5f, -0.2f, -0.3f, -0.3f}, 1, c,
+              ids, w);
+  EXPECT_EQ(ids, (std::vector<std::int32_t>{0, 1}));
+  EXPECT_FLOAT_EQ(w[0], 0.4f);
+  EXPECT_FLOAT_EQ(w[1], 0.6f);
+}
+
+TEST(Gating, GroupLimitedMatchesReferenceTwinBitForBit) {
+  std::mt19937 rng(99);
+  int grouped = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    const int groups = 1 + static_cast<int>(rng() % 6);
+    const int size = 2 + static_cast<int>(rng() % 5);
+    const int e = groups * size;
+    const int kept = 1 + static_cast<int>(rng() % groups);
+    const int k = 1 + static_cast<int>(rng() % (kept * size));
+    const std::int64_t t = 1 + rng() % 30;
+    GatingConfig config{e, k, rng() % 2 ? ScoreFunction::kSoftmax : ScoreFunction::kSigmoid, rng() % 2 == 0,
+                        groups, kept, rng() % 2 ? GroupScore::kMax : GroupScore::kTopTwoSum,
+                        rng() % 2 ? 1.0f : 2.5f};
+    // Half the trials draw logits from a few integers, so ties (within and between groups) are frequent.
+    const bool coarse = trial % 2 == 0;
+    std::uniform_real_distribution<float> uniform(-6.0f, 6.0f);
+    std::vector<float> logits(t * e);
+    for (float& x : logits) x = coarse ? static_cast<float>(static_cast<int>(rng() % 3) - 1) : uniform(rng);
+    std::vector<float> bias;
+    if (rng() % 2 == 0) {
+      bias.resize(e);
+      for (float& b : bias) b = coarse ? static_cast<float>(static_cast<int>(rng() % 3) - 1) * 0.5f : uniform(rng) * 0.2f;
+    }
+    std::vector<float> scores(t * e);
+    router_scores(logits, t, config, scores);
+    std::vector<std::int32_t> fast_ids(t * k), ref_ids(t * k);
+    std::vector<float> fast_w(t * k), ref_w(t * k);
+    select_topk(scores, bias, t, config, fast_ids, fast_w);
+    reference::select_topk(scores, bias, t, config, ref_ids, ref_w);
+    ASSERT_EQ(fast_ids, ref_ids) << "trial " << trial << " E=" << e << " groups=" << groups << " kept=" << kept;
+    ASSERT_TRUE(same_bits(fast_w, ref_w)) << "trial " << trial;
+    grouped += groups > 1 && kept < groups ? 1 : 0;
+  }
+  EXPECT_GT(grouped, 100);
+}
+
+TEST(Gating, RejectsBadGroups) {
+  std::vector<float> s(8), w(2);
+  std::vector<std::int32_t> ids(2);
+  auto config = [](int groups, int kept, int k, GroupScore score, float scale) {
+    return GatingConfig{8, k, ScoreFunction::kSoftmax, false, groups, kept, score, scale};
+  };
+  EXPECT_THROW(select_topk(s, {}, 1, config(3, 1, 2, GroupScore::kMax, 1.0f), ids, w), Error);  // 3 does not divide 8
+  EXPECT_THROW(select_topk(s, {}, 1, config(4, 5, 2, GroupScore::kMax, 1.0f), ids, w), Error);  // kept > groups
+  EXPECT_THROW(select_topk(s, {}, 1, config(8, 1, 2, GroupScore::kMax, 1.0f), ids, w), Error);  // 1 expert < k
+  EXPECT_THROW(select_topk(s, {}, 1, config(8, 2, 2, GroupScore::kTopTwoSum, 1.0f), ids, w), Error);  // size 1
+  EXPECT_THROW(select_topk(s, {}, 1, config(1, 1, 2, GroupScore::kMax, 0.0f), ids, w), Error);  // scale 0
+}
+
 TEST(Gating, RejectsBadShapesAndConfig) {
   std::vector<float> s(8), w(2);
   std::vector<std::int32_t> ids(2);

@@ -44,7 +44,8 @@ struct InferenceOptions {
 inline constexpr int kDefaultAttentionBlockRows = 1024;
 
 // Bytes of a KV cache of `sequences` slots x `max_length` positions: 2 (K, V) * L * NKV*hd floats
-// each.
+// each; under multi-head latent attention, L * (kv_lora_rank + qk_rope_head_dim) floats each
+// (the latent and the rotated shared key part; keys and values are expanded from it).
 std::int64_t kv_cache_bytes(const ModelConfig& config, std::int64_t sequences, int max_length);
 
 // One rank's KV-cache inference engine over a model it does not own (the model must outlive it).
@@ -80,13 +81,17 @@ class InferenceEngine {
 
   // The routing of MoE layer `layer` (an ordinal among MoE layers) for this rank's tokens of the last prefill/decode, in row
   // order (prompts concatenated): top-k ids, router_probs and the gate weights recomputed from
-  // them by DESIGN.md's rule (p_i, or normalised over the k with norm_topk_prob). Those weights
+  // them by DESIGN.md's rule (p_i, or normalised over the k with norm_topk_prob or sigmoid
+  // scores, times routed_scaling_factor). Those weights
   // are the model's own only when it runs without collaboration pruning.
   LayerRouting routing(int layer);
 
  private:
   // Runs rows_ tokens through every layer; prefill when `segments_` is set, else decode rows.
   void forward_rows(bool prefill);
+  // Multi-head latent attention of layer `layer` for the current rows: ln_ -> atty_ [N, NH*v],
+  // appending the rows' latents to the cache.
+  void mla_attention(int layer, bool prefill);
 
   MoeTransformer& model_;
   InferenceOptions options_;
@@ -94,7 +99,9 @@ class InferenceEngine {
   std::vector<LayerWeights> layer_weights_;
   WeightRef embed_, lm_head_;
   const float* final_norm_ = nullptr;
-  std::vector<float> k_cache_, v_cache_;  // [L, S, T, NKV*hd] each (S slots, T = max_length)
+  std::vector<float> k_cache_, v_cache_;  // [L, S, T, NKV*hd] each (S slots, T = max_length);
+                                          // MLA: k_cache_ [L, S, T, KL+R] latents, v_cache_ empty
+  std::vector<float> mla_scratch_, mla_k_, mla_v_;  // MLA: projections; one slot's expanded K, V
   std::vector<int> lengths_;              // [num_sequences] tokens cached per slot
 
   // The rows of the current call. N = rows_.

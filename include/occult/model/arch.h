@@ -81,6 +81,8 @@ std::vector<std::string> supported_model_types();
 // the shared expert (kind 0/1/2) and its gate, the dense MLP (kind 0/1/2).
 std::string expert_tensor_name(const ModelConfig& config, int layer, int expert, int kind);
 std::string router_tensor_name(const ModelConfig& config, int layer);
+// The router's selection bias [E] (DeepSeek-V3 "mlp.gate.e_score_correction_bias").
+std::string router_bias_tensor_name(const ModelConfig& config, int layer);
 std::string shared_tensor_name(const ModelConfig& config, int layer, int kind);
 std::string shared_gate_tensor_name(const ModelConfig& config, int layer);
 std::string dense_mlp_tensor_name(const ModelConfig& config, int layer, int kind);

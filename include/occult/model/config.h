@@ -5,6 +5,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "occult/routing/gating.h"
+
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -44,6 +47,24 @@ struct ModelConfig {
   bool attention_o_bias = false;          // o projection has a bias
   QkNorm qk_norm = QkNorm::kNone;         // normalisation of q and k before RoPE
   bool norm_topk_prob = false;            // g_i = p_i / sum_{j in S} p_j when set
+  // The router beyond softmax top-k (GatingConfig): sigmoid scores, group-limited selection,
+  // the multiplier of the routed weights, and a per-layer selection bias
+  // mlp.gate.e_score_correction_bias [E] (DeepSeek-V3).
+  ScoreFunction score_function = ScoreFunction::kSoftmax;
+  int n_group = 1;                        // expert groups (1: no group limit)
+  int topk_group = 1;                     // groups kept per token
+  GroupScore group_score = GroupScore::kMax;
+  float routed_scaling_factor = 1.0f;     // multiplies every routed gate weight
+  bool router_selection_bias = false;     // the router has e_score_correction_bias
+  // Multi-head latent attention (DeepSeek-V2/V3), on when kv_lora_rank > 0: q from q_proj, or
+  // q_a_proj -> RMSNorm -> q_b_proj when q_lora_rank > 0; kv_a_proj_with_mqa gives the latent
+  // [kv_lora_rank] and a key part [qk_rope_head_dim] shared by every head; the latent is
+  // normalised and expanded by kv_b_proj into per-head [qk_nope_head_dim | v_head_dim].
+  int q_lora_rank = 0;
+  int kv_lora_rank = 0;
+  int qk_nope_head_dim = 0;
+  int qk_rope_head_dim = 0;
+  int v_head_dim = 0;
   float router_aux_loss_coef = 0.01f;     // weight of the Switch load-balancing loss
   float rope_theta = 10000.0f;            // RoPE base
   int max_position_embeddings = 0;        // longest sequence the model accepts
@@ -53,10 +74,36 @@ struct ModelConfig {
   std::vector<int> eos_token_ids;         // generation stops at any of these (may be empty)
   int bos_token_id = -1;                  // -1 when the config names none
 
-  // Head size hd.
-  int head_dim() const { return explicit_head_dim > 0 ? explicit_head_dim : hidden_size / num_attention_heads; }
-  // Key/value heads (NKV).
-  int kv_heads() const { return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads; }
+  // True for multi-head latent attention.
+  bool mla() const { return kv_lora_rank > 0; }
+  // MLA: the size of a query/key head (nope + rope).
+  int qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
+  // Head size hd of the attention kernels. MLA runs them on heads padded with zeros to
+  // max(qk_head_dim, v_head_dim), which changes no score and no output.
+  int head_dim() const {
+    if (mla()) return std::max(qk_head_dim(), v_head_dim);
+    return explicit_head_dim > 0 ? explicit_head_dim : hidden_size / num_attention_heads;
+  }
+  // Key/value heads (NKV); MLA expands one latent into every head.
+  int kv_heads() const {
+    if (mla()) return num_attention_heads;
+    return num_key_value_heads > 0 ? num_key_value_heads : num_attention_heads;
+  }
+  // Width of o_proj's input: NH*hd, or NH*v_head_dim under MLA.
+  int attention_out_dim() const { return mla() ? num_attention_heads * v_head_dim : q_dim(); }
+  // The router's gating rule (E, k and everything above).
+  GatingConfig gating() const {
+    GatingConfig g;
+    g.num_experts = num_experts;
+    g.top_k = num_experts_per_tok;
+    g.score_function = score_function;
+    g.norm_topk_prob = norm_topk_prob;
+    g.num_groups = n_group;
+    g.kept_groups = topk_group;
+    g.group_score = group_score;
+    g.routed_scaling_factor = routed_scaling_factor;
+    return g;
+  }
   // Width of the query projection NH*hd and of each key/value projection NKV*hd.
   int q_dim() const { return num_attention_heads * head_dim(); }
   int kv_dim() const { return kv_heads() * head_dim(); }

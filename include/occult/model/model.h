@@ -1,6 +1,7 @@
 // The decoder-only MoE transformer of every supported architecture family (arch.h): token
 // embedding; per layer RMSNorm -> causal attention (grouped-query heads, optional q/k/v/o
-// biases, optional QK-norm, RoPE) -> residual -> RMSNorm -> an MoE block (router, top-k routed
+// biases, optional QK-norm, RoPE; or DeepSeek-V2/V3 multi-head latent attention, inference
+// only) -> residual -> RMSNorm -> an MoE block (router, top-k routed
 // SwiGLU experts, optional shared expert with an optional sigmoid gate) or a dense SwiGLU MLP ->
 // residual; then the final RMSNorm, the LM head (optionally tied to the embedding) and
 // cross-entropy plus the Switch load-balancing loss over the MoE layers.
@@ -107,7 +108,8 @@ struct RoutingStats {
 class MoeTransformer {
  public:
   // Collective. Validates the placement against the config (one entry per layer, E experts,
-  // devices in [0, comm.size()), balanced); throws naming what mismatches.
+  // devices in [0, comm.size()), balanced); throws naming what mismatches, and refuses to train
+  // a multi-head latent attention model (its backward is not implemented).
   // `local_reference` selects the single-process naive MoE block (1 rank only; tests use it
   // as the reference the expert-parallel layer is compared against).
   MoeTransformer(const ModelConfig& config, Communicator& comm, const ParallelOptions& options,

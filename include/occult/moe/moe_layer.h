@@ -60,6 +60,14 @@ struct MoeLayerConfig {
   int ffn_size = 0;     // F, each expert's SwiGLU width
   ScoreFunction score_function = ScoreFunction::kSoftmax;
   bool norm_topk_prob = false;  // softmax only: g_i = p_i / sum_{j in S} p_j
+  // Group-limited selection and output scaling (GatingConfig's fields of the same names).
+  int num_groups = 1;
+  int kept_groups = 1;
+  GroupScore group_score = GroupScore::kMax;
+  float routed_scaling_factor = 1.0f;
+  // The layer holds a per-expert selection bias [E] (DeepSeek-V3 e_score_correction_bias),
+  // added to the scores for the choice of experts only, never to the gate weights.
+  bool selection_bias = false;
   DispatchKind dispatch = DispatchKind::kOccult;
   // Standard dispatch only: 0 = dropless (default); c > 0 caps each expert at
   // ceil(c * T_local * k / E) assignments from each rank (token order; the rest are dropped).
@@ -78,7 +86,7 @@ struct MoeLayerConfig {
   // inference only (requires with_grads = false) and needs a CPU with AVX512-BF16.
   GemmOptions gemm;
 
-  // The GatingConfig part (E, k, score function, norm_topk_prob).
+  // The GatingConfig part (E, k, score function, norm_topk_prob, groups, scaling).
   GatingConfig gating() const;
 };
 
@@ -141,6 +149,9 @@ class MoeLayer {
 
   // Router weight W_r [E, H] (replicated) and its gradient (local; the model all-reduces it).
   std::span<float> router_weight() { return router_; }
+  // The selection bias [E] (empty unless config.selection_bias; starts at zero). It has no
+  // gradient: the choice of experts is piecewise constant in it.
+  std::span<float> selection_bias() { return selection_bias_; }
   std::span<float> router_weight_grad() { return d_router_; }
   // Expert `e`'s W1 (gate_proj) [F, H], W3 (up_proj) [F, H], W2 (down_proj) [H, F] and their
   // gradients; `e` is a global id and must be local (throws naming it otherwise). The weight
@@ -238,6 +249,7 @@ class MoeLayer {
   std::vector<float> replica_grads_, replica_before_;  // [R, 3, F*H] gradient sums of replicas
 
   std::vector<float> router_, d_router_;          // [E, H]
+  std::vector<float> selection_bias_;             // [E] when config_.selection_bias
   std::vector<float> w1_, w3_, w2_;               // [L, F, H], [L, F, H], [L, H, F]
   std::vector<std::uint16_t> w1_bf16_, w3_bf16_, w2_bf16_;  // the same, when held in BF16
   std::vector<float> d_w1_, d_w3_, d_w2_;

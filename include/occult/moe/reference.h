@@ -18,6 +18,7 @@ struct ReferenceMoeWeights {
   std::vector<float> gate_proj;  // [E, F, H] W1
   std::vector<float> up_proj;    // [E, F, H] W3
   std::vector<float> down_proj;  // [E, H, F] W2
+  std::vector<float> selection_bias;  // [E] when config.selection_bias, else empty
 
   // Zero-filled weights of the config's shapes.
   static ReferenceMoeWeights zeros(const MoeLayerConfig& config);
@@ -58,11 +59,12 @@ void reference_moe_backward(const MoeLayerConfig& config, const ReferenceMoeWeig
                             std::span<const float> dy, std::span<const float> d_router_probs,
                             std::span<float> dx, ReferenceMoeWeights& grads);
 
-// The naive routing of one token set: scores, top-k (descending, ties to the lower id),
+// The naive routing of one token set: scores, top-k of score + selection bias among the kept
+// groups (descending, ties to the lower id; experts of other groups compete with key 0),
 // pruning to config.prune.max_devices devices when set, and gate weights with their sources.
 void reference_route(const MoeLayerConfig& config, std::span<const float> logits,
                      std::int64_t num_tokens, std::span<const int> expert_to_device,
-                     ReferenceMoeState& state);
+                     ReferenceMoeState& state, std::span<const float> selection_bias = {});
 
 // The deterministic initial value init_random gives element `index` of tensor `tensor_id`
 // (0 = router, 1 + 3e + {0,1,2} = expert e's gate/up/down), uniform in [-scale, scale).

@@ -8,8 +8,9 @@ namespace occult {
 namespace {
 
 void read(ConfigReader& r, ModelConfig& c) {
-  r.reject_unless("q_lora_rank", {}, "multi-head latent attention (DeepSeek-V2/V3) is not implemented");
-  r.reject_unless("kv_lora_rank", {}, "multi-head latent attention (DeepSeek-V2/V3) is not implemented");
+  const char* mla = "multi-head latent attention belongs to model_type deepseek_v2 / deepseek_v3, not deepseek";
+  r.reject_unless("q_lora_rank", {}, mla);
+  r.reject_unless("kv_lora_rank", {}, mla);
   read_routed_experts(r, c, "n_routed_experts", "moe_intermediate_size");
   c.n_shared_experts = r.get_int("n_shared_experts", 0);
   c.intermediate_size = r.get_int("intermediate_size", 0);
@@ -19,11 +20,14 @@ void read(ConfigReader& r, ModelConfig& c) {
   c.norm_topk_prob = r.get_bool("norm_topk_prob", false) && c.num_experts_per_tok > 1;
   c.attention_qkv_bias = c.attention_o_bias = r.get_bool("attention_bias", false);
   c.router_aux_loss_coef = r.get_float("aux_loss_alpha", c.router_aux_loss_coef);
-  r.reject_unless("scoring_func", {"softmax"}, "only the softmax router is implemented for model_type deepseek");
-  r.reject_unless("topk_method", {"greedy"}, "only greedy top-k is implemented");
-  r.reject_unless("routed_scaling_factor", {1, 1.0}, "scaling the routed output is not implemented");
-  r.reject_unless("n_group", {1}, "group-limited routing is not implemented");
-  r.reject_unless("topk_group", {1}, "group-limited routing is not implemented");
+  // DeepSeek-MoE's gate is softmax greedy top-k; the other routers are DeepSeek-V2/V3's.
+  const char* router = "model_type deepseek routes by softmax greedy top-k (the DeepSeek-V2/V3 routers are "
+                       "model_type deepseek_v2 / deepseek_v3)";
+  r.reject_unless("scoring_func", {"softmax"}, router);
+  r.reject_unless("topk_method", {"greedy"}, router);
+  r.reject_unless("routed_scaling_factor", {1, 1.0}, router);
+  r.reject_unless("n_group", {1}, router);
+  r.reject_unless("topk_group", {1}, router);
   // seq_aux selects the sequence-wise form of the training-only auxiliary loss.
   r.ignore({"seq_aux", "ep_size"});
 }

@@ -27,5 +27,7 @@ const ArchSpec& qwen2_moe_arch();
 const ArchSpec& qwen3_moe_arch();
 const ArchSpec& deepseek_arch();
 const ArchSpec& mixtral_arch();
+const ArchSpec& deepseek_v2_arch();
+const ArchSpec& deepseek_v3_arch();
 
 }  // namespace occult

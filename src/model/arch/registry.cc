@@ -12,7 +12,8 @@ namespace {
 // Every family occult runs; one line per family.
 const std::vector<const ArchSpec*>& registry() {
   static const std::vector<const ArchSpec*> specs = {&occult_moe_arch(), &olmoe_arch(),     &qwen2_moe_arch(),
-                                                     &qwen3_moe_arch(),  &deepseek_arch(), &mixtral_arch()};
+                                                     &qwen3_moe_arch(),  &deepseek_arch(), &mixtral_arch(),
+                                                     &deepseek_v2_arch(), &deepseek_v3_arch()};
   return specs;
 }
 
@@ -153,6 +154,10 @@ std::string expert_tensor_name(const ModelConfig& c, int layer, int expert, int 
 
 std::string router_tensor_name(const ModelConfig& c, int layer) {
   return fmt::format("model.layers.{}.{}gate.weight", layer, arch_spec(c.model_type).names.moe_prefix);
+}
+
+std::string router_bias_tensor_name(const ModelConfig& c, int layer) {
+  return fmt::format("model.layers.{}.{}gate.e_score_correction_bias", layer, arch_spec(c.model_type).names.moe_prefix);
 }
 
 std::string shared_tensor_name(const ModelConfig& c, int layer, int kind) {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <vector>
 
 #include "occult/model/ops.h"
 
@@ -76,9 +78,117 @@ void qkv_backward(const ModelConfig& c, const LayerWeights& w,
   project_backward(dx, g.v, g.v_bias, dv, x, w.v, N, H, KD);
 }
 
+std::int64_t mla_scratch_floats(const ModelConfig& c, std::int64_t N) {
+  const std::int64_t NH = c.num_attention_heads;
+  const std::int64_t q = c.q_lora_rank + NH * c.qk_head_dim() + 1;  // latent q, q, rstd
+  const std::int64_t kv = c.kv_lora_rank + static_cast<std::int64_t>(NH) * (c.qk_nope_head_dim + c.v_head_dim);
+  return N * std::max(q, kv);
+}
+
+namespace {
+
+// Rotates `heads` vectors of `rd` values per row, x[n*row + h*stride + i], at positions[n]:
+// de-interleave (even entries first, odd after), then RoPE with rotate_half pairs (i, i+rd/2),
+// frequency theta^(-2i/rd), the angle in double and cos/sin rounded to float as ops.cc's RoPE.
+void deepseek_rope(float* x, std::int64_t N, std::int64_t row, int heads, std::int64_t stride, int rd,
+                   const int* positions, float theta) {
+  const int half = rd / 2;
+  std::vector<float> cosv(half), sinv(half), tmp(rd);
+  for (std::int64_t n = 0; n < N; ++n) {
+    for (int i = 0; i < half; ++i) {
+      const double angle = positions[n] * std::pow(static_cast<double>(theta), -2.0 * i / rd);
+      cosv[i] = static_cast<float>(std::cos(angle));
+      sinv[i] = static_cast<float>(std::sin(angle));
+    }
+    for (int h = 0; h < heads; ++h) {
+      float* v = x + n * row + h * stride;
+      for (int i = 0; i < half; ++i) {
+        tmp[i] = v[2 * i];
+        tmp[half + i] = v[2 * i + 1];
+      }
+      for (int i = 0; i < half; ++i) {
+        const float a = tmp[i], b = tmp[i + half];
+        v[i] = a * cosv[i] - b * sinv[i];
+        v[i + half] = b * cosv[i] + a * sinv[i];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, std::int64_t N,
+                 const int* positions, float* q, float* latent, float* scratch) {
+  const int H = c.hidden_size, NH = c.num_attention_heads, hd = c.head_dim(), QK = c.qk_head_dim(),
+            NOPE = c.qk_nope_head_dim, R = c.qk_rope_head_dim, KL = c.kv_lora_rank, QL = c.q_lora_rank;
+  // Query heads [N, NH, QK] in scratch, then spread into q's padded heads.
+  float* qh = scratch;
+  float* rstd = scratch + N * NH * QK;
+  if (QL > 0) {
+    float* qa = rstd + N;  // [N, QL]
+    linear_forward(qa, x, w.q_a, N, H, QL);
+    rmsnorm_forward(qa, rstd, qa, w.q_a_norm, N, QL, kMlaLatentNormEps);
+    linear_forward(qh, qa, w.q_b, N, QL, NH * QK);
+  } else {
+    linear_forward(qh, x, w.q, N, H, NH * QK);
+  }
+  // The kernels scale scores by 1/sqrt(hd); the family's scale is 1/sqrt(QK).
+  const float prescale = hd == QK ? 1.0f : std::sqrt(static_cast<float>(hd) / static_cast<float>(QK));
+  for (std::int64_t n = 0; n < N; ++n) {
+    for (int h = 0; h < NH; ++h) {
+      const float* src = qh + (n * NH + h) * QK;
+      float* dst = q + (n * NH + h) * hd;
+      for (int i = 0; i < QK; ++i) dst[i] = src[i];
+      std::fill(dst + QK, dst + hd, 0.0f);
+    }
+  }
+  deepseek_rope(q + NOPE, N, static_cast<std::int64_t>(NH) * hd, NH, hd, R, positions, c.rope_theta);
+  if (prescale != 1.0f) {
+    for (std::int64_t i = 0; i < N * NH * hd; ++i) q[i] *= prescale;
+  }
+  linear_forward(latent, x, w.kv_a, N, H, KL + R);
+  for (std::int64_t n = 0; n < N; ++n) {
+    float* row = latent + n * (KL + R);
+    rmsnorm_forward(row, rstd + n, row, w.kv_a_norm, 1, KL, kMlaLatentNormEps);
+  }
+  deepseek_rope(latent + KL, N, KL + R, 1, 0, R, positions, c.rope_theta);
+}
+
+void mla_expand(const ModelConfig& c, const LayerWeights& w, const float* latent, std::int64_t N,
+                float* k, float* v, float* scratch) {
+  const int NH = c.num_attention_heads, hd = c.head_dim(), NOPE = c.qk_nope_head_dim, R = c.qk_rope_head_dim,
+            V = c.v_head_dim, KL = c.kv_lora_rank;
+  const int KV = NOPE + V;
+  // The latent rows are strided (KL + R); the projection reads KL of each.
+  for (std::int64_t n = 0; n < N; ++n) {
+    std::copy(latent + n * (KL + R), latent + n * (KL + R) + KL, scratch + n * KL);
+  }
+  float* kv = scratch + N * KL;  // [N, NH, NOPE + V]
+  linear_forward(kv, scratch, w.kv_b, N, KL, NH * KV);
+  for (std::int64_t n = 0; n < N; ++n) {
+    const float* pe = latent + n * (KL + R) + KL;
+    for (int h = 0; h < NH; ++h) {
+      const float* src = kv + (n * NH + h) * KV;
+      float* kd = k + (n * NH + h) * hd;
+      float* vd = v + (n * NH + h) * hd;
+      std::copy(src, src + NOPE, kd);
+      std::copy(pe, pe + R, kd + NOPE);
+      std::fill(kd + NOPE + R, kd + hd, 0.0f);
+      std::copy(src + NOPE, src + KV, vd);
+      std::fill(vd + V, vd + hd, 0.0f);
+    }
+  }
+}
+
+void mla_compact_heads(const ModelConfig& c, float* atty, std::int64_t N) {
+  const std::int64_t NH = c.num_attention_heads, hd = c.head_dim(), V = c.v_head_dim;
+  // Destinations never pass their sources (V <= hd), so one forward sweep is safe.
+  for (std::int64_t r = 0; r < N * NH; ++r) std::memmove(atty + r * V, atty + r * hd, sizeof(float) * V);
+}
+
 void output_projection_forward(const ModelConfig& c, const LayerWeights& w,
                                const float* atty, std::int64_t N, float* out) {
-  project(out, atty, w.o, w.o_bias, N, c.q_dim(), c.hidden_size);
+  project(out, atty, w.o, w.o_bias, N, c.attention_out_dim(), c.hidden_size);
 }
 
 void output_projection_backward(const ModelConfig& c, const LayerWeights& w,

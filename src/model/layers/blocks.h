@@ -29,6 +29,12 @@ struct LayerParams {
   P router = nullptr;                    // [E,H], MoE layers only
   M mlp_gate = {}, mlp_up = {}, mlp_down = {};  // dense MLP or shared expert
   P shared_gate = nullptr;  // [1,H] sigmoid gate of the shared expert
+  P router_bias = nullptr;  // [E] selection bias of the router (DeepSeek-V3), MoE layers only
+  // Multi-head latent attention (config.mla()); q above is q_proj when q_lora_rank is 0.
+  M q_a = {}, q_b = {};     // [QL,H], [NH*QK,QL]
+  P q_a_norm = nullptr;     // [QL]
+  M kv_a = {}, kv_b = {};   // [KL+R,H], [NH*(NOPE+V),KL]
+  P kv_a_norm = nullptr;    // [KL]
 };
 
 // A layer's weights (matrices in F32 or BF16) and its gradients (F32).
@@ -55,10 +61,33 @@ void qkv_backward(const ModelConfig& c, const LayerWeights& w,
                   const float* dk, const float* dv, const QkvSaved& saved, float* dx,
                   float* scratch_q, float* scratch_k);
 
-// out[N,H] = atty[N,QD] @ o^T (+ o_bias) (overwrites).
+// Multi-head latent attention (DeepSeek-V2/V3). The attention kernels run on NH heads of
+// hd = config.head_dim() values: q and k hold [nope | rope | zeros], v holds [v | zeros], so
+// the scores and outputs are those of the unpadded heads; q is pre-scaled so that the kernels'
+// 1/sqrt(hd) becomes the family's 1/sqrt(qk_nope_head_dim + qk_rope_head_dim).
+// RMSNorm epsilon of q_a_layernorm and kv_a_layernorm (Hugging Face builds them with its
+// default, not the config's rms_norm_eps).
+inline constexpr float kMlaLatentNormEps = 1e-6f;
+// Floats of one token's latent row (what the KV cache keeps): kv_lora_rank + qk_rope_head_dim.
+inline int mla_latent_width(const ModelConfig& c) { return c.kv_lora_rank + c.qk_rope_head_dim; }
+// Floats of scratch mla_project and mla_expand need for N rows.
+std::int64_t mla_scratch_floats(const ModelConfig& c, std::int64_t N);
+// q[N, NH*hd] (overwrites) and latent[N, KL+R] = [RMSNorm(c_kv) | k_pe] of x[N,H], RoPE applied
+// to q's rope part and to k_pe at positions[n] (Hugging Face DeepSeek RoPE: the rope part is
+// de-interleaved, even entries then odd, then rotated by rotate_half).
+void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, std::int64_t N,
+                 const int* positions, float* q, float* latent, float* scratch);
+// k, v [N, NH*hd] (overwrite) of latent rows [N, KL+R] (as mla_project wrote them): per head
+// k = [k_nope | k_pe | zeros], v = [v | zeros].
+void mla_expand(const ModelConfig& c, const LayerWeights& w, const float* latent, std::int64_t N,
+                float* k, float* v, float* scratch);
+// atty[N, NH*hd] -> atty[N, NH*v_head_dim] in place: each head's first v_head_dim values.
+void mla_compact_heads(const ModelConfig& c, float* atty, std::int64_t N);
+
+// out[N,H] = atty[N,AD] @ o^T (+ o_bias) (overwrites); AD = config.attention_out_dim().
 void output_projection_forward(const ModelConfig& c, const LayerWeights& w,
                                const float* atty, std::int64_t N, float* out);
-// datty[N,QD] += d/d atty, and the o_proj (and bias) gradients, given dout[N,H].
+// datty[N,AD] += d/d atty, and the o_proj (and bias) gradients, given dout[N,H].
 void output_projection_backward(const ModelConfig& c, const LayerWeights& w,
                                 const LayerGrads& g, const float* atty, std::int64_t N,
                                 const float* dout, float* datty);
