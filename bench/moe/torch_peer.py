@@ -23,7 +23,6 @@ import struct
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -36,7 +35,8 @@ def read_trace_layer(path, layer):
         header_len = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(header_len))
         base = 8 + header_len
-        dtypes = {"U8": np.uint8, "I32": np.int32, "I64": np.int64, "F16": np.float16, "F32": np.float32}
+        dtypes = {"U8": torch.uint8, "I32": torch.int32, "I64": torch.int64, "F16": torch.float16,
+                  "F32": torch.float32}
 
         def tensor(name):
             if name not in header:
@@ -44,14 +44,14 @@ def read_trace_layer(path, layer):
             info = header[name]
             begin, end = info["data_offsets"]
             f.seek(base + begin)
-            data = np.frombuffer(f.read(end - begin), dtype=dtypes[info["dtype"]])
+            data = torch.frombuffer(bytearray(f.read(end - begin)), dtype=dtypes[info["dtype"]])
             return data.reshape(info["shape"])
 
-        ids = tensor(f"layers.{layer}.topk_ids").astype(np.int64)
+        ids = tensor(f"layers.{layer}.topk_ids").to(torch.int64)
         name = f"layers.{layer}.topk_weights"
-        weights = tensor(name).astype(np.float32) if name in header else np.full(ids.shape, 1.0 / ids.shape[1], np.float32)
+        weights = tensor(name).to(torch.float32) if name in header else torch.full(ids.shape, 1.0 / ids.shape[1])
         meta = header.get("__metadata__", {})
-        return ids, weights, int(meta.get("num_experts", ids.max() + 1))
+        return ids, weights, int(meta.get("num_experts", int(ids.max()) + 1))
 
 
 class AllToAll(torch.autograd.Function):
@@ -93,8 +93,8 @@ def run_rank(rank, args):
         n = all_ids.shape[0]
         lo, hi = n * rank // D, n * (rank + 1) // D
         rows = [lo + i % (hi - lo) for i in range(T)]
-        ids = torch.from_numpy(all_ids[rows])
-        gates = torch.from_numpy(all_weights[rows])
+        ids = all_ids[rows]
+        gates = all_weights[rows]
     else:
         g = torch.Generator().manual_seed(1234 + rank)
         ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])
