@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages occult builds and tests with, only those that are missing.
 # Idempotent and quick when everything is present (one dpkg query, no network).
+# Usage: scripts/bootstrap.sh [--peer]
 set -euo pipefail
 
 packages=(
@@ -19,6 +20,11 @@ packages=(
   iproute2                         # bench/cluster.sh: network namespaces + htb shaping
   gnuplot-nox                      # plots in bench/
 )
+
+# --peer: also the benchmark peers' packages (bench/moe/peer.sh), never needed to build or test.
+if [ "${1:-}" = "--peer" ]; then
+  packages+=(python3-torch)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
