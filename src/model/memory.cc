@@ -7,6 +7,8 @@
 #include <sstream>
 
 #include "occult/comm/communicator.h"
+#include "occult/comm/wire_format.h"
+#include "occult/model/model.h"
 #include "occult/core/error.h"
 
 namespace occult {
@@ -94,6 +96,55 @@ MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, b
       copies * E * H * kFloat + bias + experts * matrix_bytes + (copies - 1) * experts * kFloat;
   m.expert_bytes = m.moe_layers * per_layer;
   return m;
+}
+
+std::int64_t estimate_moe_buffer_bytes(const ModelConfig& c, int num_ranks, std::int64_t tokens_per_rank,
+                                       int wire_bytes, bool training) {
+  OCCULT_CHECK(num_ranks >= 1 && tokens_per_rank >= 0 && wire_bytes >= 1,
+               "MoE buffer estimate: {} ranks, {} tokens per rank, {} bytes per value", num_ranks, tokens_per_rank,
+               wire_bytes);
+  const std::int64_t N = tokens_per_rank, H = c.hidden_size, E = c.num_experts, k = c.num_experts_per_tok,
+                     F = c.moe_intermediate_size;
+  // Balanced routing: a rank serves as many assignments as its own tokens make (N * k).
+  const std::int64_t A = N * k;
+  const std::int64_t routing = N * H * kFloat + N * E * kFloat + 3 * A * 4;  // x copy, probs, ids/weights/sources
+  const std::int64_t plan = A * (4 + 12 + 4 + 1) + A * (8 + 4 + 8);         // send side, then receive side
+  const std::int64_t rows = 2 * A * H * kFloat + 2 * A * F * kFloat;        // received rows, outputs, W1x/W3x
+  const std::int64_t messages = 2 * (A * H * wire_bytes + A * 12);          // one send and one receive buffer
+  const std::int64_t per_layer = routing + plan + rows + messages;
+  return (training ? c.num_moe_layers() : std::min(1, c.num_moe_layers())) * per_layer;
+}
+
+void check_training_step_fits_memory(MoeTransformer& model, const std::vector<bool>& trainable,
+                                     std::int64_t batch_per_rank, int seq_len) {
+  Communicator& comm = model.comm();
+  agree_on_errors(comm, [&] {
+    const ModelConfig& c = model.config();
+    StepMemoryEstimate step;
+    const auto& tensors = model.tensors();
+    for (std::size_t i = 0; i < tensors.size(); ++i) {
+      if (trainable.empty() || trainable[i]) step.optimizer_bytes += 2 * tensors[i].numel * kFloat;
+    }
+    step.activation_bytes = model.activation_bytes(batch_per_rank, seq_len);
+    step.moe_buffer_bytes = estimate_moe_buffer_bytes(c, comm.size(), batch_per_rank * seq_len,
+                                                      wire_bytes_per_value(model.parallel_options().wire), true);
+    const AvailableMemory available = available_memory_per_rank();
+    if (available.bytes_per_rank < 0) return;
+    // A limit from the environment is the whole budget, the model included; MemAvailable is
+    // read now, after the model (and the optimizer) took theirs.
+    const MemoryEstimate held = estimate_model_memory(c, comm.size(), true, WeightDType::kF32);
+    const std::int64_t room = available.from_environment ? available.bytes_per_rank - held.total_bytes()
+                                                          : available.bytes_per_rank + step.optimizer_bytes;
+    OCCULT_CHECK(step.total_bytes() <= room,
+                 "a training step of {} sequences x {} tokens per rank needs {} GiB per rank (optimizer moments {}, "
+                 "activations {}, MoE routing and exchange buffers about {}) but {} GiB are available per rank ({}): "
+                 "lower --batch or --seq-len, or use more ranks",
+                 batch_per_rank, seq_len, gib(step.total_bytes()), gib(step.optimizer_bytes),
+                 gib(step.activation_bytes), gib(step.moe_buffer_bytes), gib(std::max<std::int64_t>(room, 0)),
+                 available.from_environment ? fmt::format("{} minus the model's {} GiB", kMemoryLimitEnv,
+                                                          gib(held.total_bytes()))
+                                            : "MemAvailable with the model loaded");
+  });
 }
 
 AvailableMemory available_memory_per_rank() {

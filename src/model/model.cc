@@ -436,8 +436,16 @@ void MoeTransformer::init_weights(std::uint64_t seed) {
 }
 
 void MoeTransformer::allocate_activations(std::int64_t B, int T) {
+  if (impl_->B == B && impl_->T == T) return;
+  layout_activations(B, T, true);
+}
+
+std::int64_t MoeTransformer::activation_bytes(std::int64_t B, int T) {
+  return layout_activations(B, T, false) * static_cast<std::int64_t>(sizeof(float));
+}
+
+std::int64_t MoeTransformer::layout_activations(std::int64_t B, int T, bool assign) {
   auto& m = *impl_;
-  if (m.B == B && m.T == T) return;
   const ModelConfig& c = config_;
   const std::int64_t L = c.num_hidden_layers, H = c.hidden_size, V = c.vocab_size, NH = c.num_attention_heads,
                      NKV = c.kv_heads(), QD = c.q_dim(), KD = c.kv_dim(), E = c.num_experts;
@@ -456,9 +464,12 @@ void MoeTransformer::allocate_activations(std::int64_t B, int T) {
       {&m.dh1, N * Fmax},          {&m.dh3, N * Fmax},  {&m.dhh, N * Fmax},  {&m.dlogits, N * V},
       {&m.dprobs, N * E},
   };
-  m.la.assign(static_cast<std::size_t>(L), LayerActs{});
+  // A dry run must not disturb the views of the arena in use.
+  std::vector<LayerActs> dry_run_views;
+  std::vector<LayerActs>& views = assign ? m.la : dry_run_views;
+  views.assign(static_cast<std::size_t>(L), LayerActs{});
   for (std::int64_t l = 0; l < L; ++l) {
-    LayerActs& a = m.la[l];
+    LayerActs& a = views[l];
     const std::int64_t F = m.mlp_width[l];
     const bool gated = F > 0 && m.moe_of_layer[l] >= 0 && c.shared_expert_gate;
     const Slot layer_slots[] = {
@@ -472,6 +483,7 @@ void MoeTransformer::allocate_activations(std::int64_t B, int T) {
   }
   std::int64_t total = 0;
   for (const auto& s : slots) total += s.size;
+  if (!assign) return total;
   m.acts.assign(static_cast<std::size_t>(total), 0.0f);
   std::int64_t offset = 0;
   for (const auto& s : slots) {
@@ -480,6 +492,7 @@ void MoeTransformer::allocate_activations(std::int64_t B, int T) {
   }
   m.B = B;
   m.T = T;
+  return total;
 }
 
 LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets,

@@ -16,6 +16,7 @@
 #include "occult/core/table.h"
 #include "occult/core/progress.h"
 #include "occult/model/checkpoint.h"
+#include "occult/model/memory.h"
 #include "occult/text/token_source.h"
 #include "occult/train/data.h"
 #include "occult/placement/placement.h"
@@ -261,6 +262,7 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
                  "--seq-len must be in [1, max_position_embeddings = {}], got {}", o.config.max_position_embeddings,
                  seq_len);
   });
+  check_training_step_fits_memory(model, trainable, (batch + ranks - 1) / ranks, seq_len);
   const int last_step = o.stop_at > 0 ? o.stop_at : o.steps;
 
   // The data's fingerprint goes into every checkpoint, so that a resume can check its data.

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "occult/linalg/linear.h"
 #include "occult/model/config.h"
@@ -13,6 +14,7 @@
 namespace occult {
 
 class Communicator;
+class MoeTransformer;
 
 // The bytes one rank holds for the model's parameters (F32, or BF16 matrices for inference) and
 // (training) their F32 gradients, as the
@@ -70,6 +72,31 @@ AvailableMemory available_memory_per_rank();
 // counts, when `needed` exceeds `available` (never when available.bytes_per_rank is unknown).
 // Not collective.
 void check_memory(const MemoryEstimate& needed, const AvailableMemory& available);
+
+// What one training step adds per rank on top of the parameters (and gradients).
+struct StepMemoryEstimate {
+  std::int64_t optimizer_bytes = 0;   // AdamW's two F32 moments of this rank's trainable tensors
+  std::int64_t activation_bytes = 0;  // the model's activation arena for the batch shape (exact)
+  // The MoE layers' routing state, plans, received rows, expert activations and exchange
+  // messages, assuming balanced routing (each rank serves its share of the assignments) and one
+  // row per assignment (standard dispatch; occult sends fewer): an estimate, not a bound.
+  std::int64_t moe_buffer_bytes = 0;
+  std::int64_t total_bytes() const { return optimizer_bytes + activation_bytes + moe_buffer_bytes; }
+};
+
+// The MoE buffers of StepMemoryEstimate for `config` on `num_ranks` ranks, `tokens_per_rank`
+// tokens each, with `wire_bytes` bytes per exchanged value: kept by every MoE layer when
+// training, by one layer at a time for inference.
+std::int64_t estimate_moe_buffer_bytes(const ModelConfig& config, int num_ranks, std::int64_t tokens_per_rank,
+                                       int wire_bytes, bool training);
+
+// Collective: refuses, on every rank with one message naming the parts and the flags that
+// shrink them, a training step whose memory (StepMemoryEstimate for `batch_per_rank` sequences
+// of `seq_len` tokens, AdamW over the tensors marked in `trainable`, all when empty) does not
+// fit what this rank may still use: MemAvailable now (the model is already allocated), or
+// OCCULT_MEMORY_LIMIT_GIB minus the model's estimate. Call before the first step.
+void check_training_step_fits_memory(MoeTransformer& model, const std::vector<bool>& trainable,
+                                     std::int64_t batch_per_rank, int seq_len);
 
 // Collective over `comm`: estimates one rank's memory for `config` on comm.size() ranks, reads
 // what this rank may use and checks the one against the other under agree_on_errors, so that a

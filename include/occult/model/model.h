@@ -172,11 +172,16 @@ class MoeTransformer {
   // The options the model was built with (an engine that runs the layers itself uses their GEMM
   // options).
   const ParallelOptions& parallel_options() const { return options_; }
+  // Bytes of the activation arena a forward of B sequences of T tokens allocates (on its first
+  // call with that shape; backward needs nothing more): for memory checks before a run.
+  std::int64_t activation_bytes(std::int64_t B, int T);
 
  private:
   struct Impl;
   void build_tensors();
   void allocate_activations(std::int64_t B, int T);
+  // The arena's layout for (B, T): its size in floats; points the views into it when `assign`.
+  std::int64_t layout_activations(std::int64_t B, int T, bool assign);
   LayerGrads layer_grads(int layer);
   WeightRef weight_at(std::size_t slot) const;
 
