@@ -94,6 +94,29 @@ void blas_f32(bool ta, bool tb, std::int64_t M, std::int64_t N, std::int64_t K, 
               static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
 }
 
+// F32 products over a BF16 B: calls product(tb, r0, n, b, ldb) for output columns [r0, r0+n)
+// with b their widened part of B. B [N, K] (tb) is widened a panel of rows (output columns) at a
+// time, so the scratch stays cache-sized and C[:, r0:r0+n] is written in place with ldc; B [K, N]
+// is widened whole (no caller streams such a B).
+template <typename Product>
+void for_each_widened_panel(bool tb, std::int64_t N, std::int64_t K, WeightRef B, std::int64_t ldb, Scratch& s,
+                            Product&& product) {
+  if (!tb) {
+    float* b = scratch(s.b_f32, K * N);
+    pack_f32(b, B, K, N, ldb);
+    product(false, 0, N, b, N);
+    return;
+  }
+  const std::int64_t rows =
+      std::max<std::int64_t>(16, kPanelBytes / (static_cast<std::int64_t>(sizeof(float)) * K));
+  float* panel = scratch(s.b_f32, std::min(rows, N) * K);
+  for (std::int64_t r0 = 0; r0 < N; r0 += rows) {
+    const std::int64_t m = std::min(rows, N - r0);
+    pack_f32(panel, B.row_offset(r0, static_cast<int>(ldb)), m, K, ldb);
+    product(true, r0, m, panel, K);
+  }
+}
+
 void blas_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::int64_t N,
                std::int64_t K, const float* A, std::int64_t lda, WeightRef B, std::int64_t ldb,
                float beta, float* C, std::int64_t ldc) {
@@ -112,22 +135,10 @@ void blas_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::int6
     blas_f32(ta, tb, M, N, K, A, lda, B.f32(), ldb, beta, C, ldc);
     return;
   }
-  if (!tb) {  // B [K, N] in BF16: widen it whole (no caller streams such a B; kept simple)
-    float* b = scratch(s.b_f32, K * N);
-    pack_f32(b, B, K, N, ldb);
-    blas_f32(ta, tb, M, N, K, A, lda, b, N, beta, C, ldc);
-    return;
-  }
-  // B [N, K] in BF16: widen a panel of its rows (output columns) at a time.
-  const std::int64_t rows =
-      std::max<std::int64_t>(16, kPanelBytes / (static_cast<std::int64_t>(sizeof(float)) * K));
-  float* panel = scratch(s.b_f32, std::min(rows, N) * K);
-  for (std::int64_t r0 = 0; r0 < N; r0 += rows) {
-    const std::int64_t m = std::min(rows, N - r0);
-    pack_f32(panel, B.row_offset(r0, static_cast<int>(ldb)), m, K, ldb);
-    // C[:, r0:r0+m] = beta * C[:, r0:r0+m] + op(A) @ panel^T, written in place with ldc.
-    blas_f32(ta, true, M, m, K, A, lda, panel, K, beta, C + r0, ldc);
-  }
+  for_each_widened_panel(tb, N, K, B, ldb, s, [&](bool panel_t, std::int64_t r0, std::int64_t n, const float* b,
+                                                     std::int64_t b_ld) {
+    blas_f32(ta, panel_t, M, n, K, A, lda, b, b_ld, beta, C + r0, ldc);
+  });
 }
 
 // ---------------------------------------------------------------- oneDNN path
@@ -276,22 +287,11 @@ void onednn_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::in
     onednn_sgemm(ta, tb, M, N, K, A, lda, B.f32(), ldb, beta, C, ldc);
     return;
   }
-  // F32 compute over a BF16 B (oneDNN 2.6 has no f32 x bf16 matmul): widen B a panel of rows at
-  // a time as the BLAS path does, or whole when B is [K, N].
-  if (!tb) {
-    float* b = scratch(s.b_f32, K * N);
-    pack_f32(b, B, K, N, ldb);
-    onednn_gemm(compute, ta, false, M, N, K, A, lda, WeightRef(b), N, beta, C, ldc);
-    return;
-  }
-  const std::int64_t rows =
-      std::max<std::int64_t>(16, kPanelBytes / (static_cast<std::int64_t>(sizeof(float)) * K));
-  float* panel = scratch(s.b_f32, std::min(rows, N) * K);
-  for (std::int64_t r0 = 0; r0 < N; r0 += rows) {
-    const std::int64_t m = std::min(rows, N - r0);
-    pack_f32(panel, B.row_offset(r0, static_cast<int>(ldb)), m, K, ldb);
-    onednn_sgemm(ta, true, M, m, K, A, lda, panel, K, beta, C + r0, ldc);
-  }
+  // F32 compute over a BF16 B (oneDNN 2.6 has no f32 x bf16 matmul): widened as the BLAS path does.
+  for_each_widened_panel(tb, N, K, B, ldb, s, [&](bool panel_t, std::int64_t r0, std::int64_t n, const float* b,
+                                                     std::int64_t b_ld) {
+    onednn_sgemm(ta, panel_t, M, n, K, A, lda, b, b_ld, beta, C + r0, ldc);
+  });
 }
 
 }  // namespace
