@@ -625,31 +625,38 @@ std::int64_t MoeLayer::token_device_pairs() const {
   return pairs;
 }
 
+template <typename Visit>
+void MoeLayer::for_each_local_replica_grad(Visit&& visit) {
+  const std::size_t FH = static_cast<std::size_t>(config_.ffn_size) * config_.hidden_size;
+  for (std::size_t r = 0; r < replicated_experts_.size(); ++r) {
+    const int e = replicated_experts_[r];
+    if (!is_local(e)) continue;
+    const std::span<float> g[3] = {gate_proj_grad(e), up_proj_grad(e), down_proj_grad(e)};
+    for (int kind = 0; kind < 3; ++kind) visit(g[kind], (3 * r + kind) * FH);
+  }
+}
+
+void MoeLayer::snapshot_replica_gradients() {
+  if (replicated_experts_.empty()) return;
+  const std::size_t FH = static_cast<std::size_t>(config_.ffn_size) * config_.hidden_size;
+  replica_before_.assign(replicated_experts_.size() * 3 * FH, 0.0f);
+  for_each_local_replica_grad(
+      [&](std::span<float> g, std::size_t base) { std::copy(g.begin(), g.end(), replica_before_.begin() + base); });
+}
+
 void MoeLayer::sum_replica_gradients() {
   if (replicated_experts_.empty()) return;
   // Every rank takes part (zeros for the copies it lacks): one all-reduce over the group instead
   // of one sub-communicator per replicated expert.
   const std::size_t FH = static_cast<std::size_t>(config_.ffn_size) * config_.hidden_size;
   replica_grads_.assign(replicated_experts_.size() * 3 * FH, 0.0f);
-  for (std::size_t r = 0; r < replicated_experts_.size(); ++r) {
-    const int e = replicated_experts_[r];
-    if (!is_local(e)) continue;
-    const std::span<float> g[3] = {gate_proj_grad(e), up_proj_grad(e), down_proj_grad(e)};
-    for (int kind = 0; kind < 3; ++kind) {
-      const std::size_t base = (3 * r + kind) * FH;
-      for (std::size_t i = 0; i < FH; ++i) replica_grads_[base + i] = g[kind][i] - replica_before_[base + i];
-    }
-  }
+  for_each_local_replica_grad([&](std::span<float> g, std::size_t base) {
+    for (std::size_t i = 0; i < g.size(); ++i) replica_grads_[base + i] = g[i] - replica_before_[base + i];
+  });
   comm_.all_reduce_sum(std::span<float>(replica_grads_));
-  for (std::size_t r = 0; r < replicated_experts_.size(); ++r) {
-    const int e = replicated_experts_[r];
-    if (!is_local(e)) continue;
-    const std::span<float> g[3] = {gate_proj_grad(e), up_proj_grad(e), down_proj_grad(e)};
-    for (int kind = 0; kind < 3; ++kind) {
-      const std::size_t base = (3 * r + kind) * FH;
-      for (std::size_t i = 0; i < FH; ++i) g[kind][i] = replica_before_[base + i] + replica_grads_[base + i];
-    }
-  }
+  for_each_local_replica_grad([&](std::span<float> g, std::size_t base) {
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] = replica_before_[base + i] + replica_grads_[base + i];
+  });
 }
 
 void MoeLayer::release_forward_buffers() {
@@ -734,17 +741,7 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
   b.d_weight_sorted.resize(receive_.num_assignments());
   const ExpertWeightsView view = expert_view();
   ExpertGradsView grads{d_w1_, d_w3_, d_w2_};
-  if (!replicated_experts_.empty()) {
-    // What the gradients held before this backward, so that only its own part is summed.
-    const std::size_t FH = static_cast<std::size_t>(config_.ffn_size) * H;
-    replica_before_.assign(replicated_experts_.size() * 3 * FH, 0.0f);
-    for (std::size_t r = 0; r < replicated_experts_.size(); ++r) {
-      const int e = replicated_experts_[r];
-      if (!is_local(e)) continue;
-      const std::span<float> g[3] = {gate_proj_grad(e), up_proj_grad(e), down_proj_grad(e)};
-      for (int kind = 0; kind < 3; ++kind) std::copy(g[kind].begin(), g[kind].end(), replica_before_.begin() + (3 * r + kind) * FH);
-    }
-  }
+  snapshot_replica_gradients();
   expert_backward(receive_, view, x_recv_, b.dy_recv, act_gate_, act_up_, b.expert_out, b.d_weight_sorted, grads,
                   b.expert);
   sum_replica_gradients();

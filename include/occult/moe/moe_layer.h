@@ -233,9 +233,14 @@ class MoeLayer {
   // each forward).
   void release_forward_buffers();
   int local_index(int expert, const char* what) const;
-  // Backward with replicas: adds this backward's gradient of every replicated expert over all
-  // its holders (collective; replica_before_ holds the gradients before this backward).
+  // Backward with replicas: keeps the replicated experts' gradients before this backward, then
+  // adds this backward's part of each over all its holders (collective).
+  void snapshot_replica_gradients();
   void sum_replica_gradients();
+  // Calls visit(gradient, offset in the [R, 3, F*H] replica buffers) for each tensor of each
+  // replicated expert this rank holds.
+  template <typename Visit>
+  void for_each_local_replica_grad(Visit&& visit);
 
   Communicator& comm_;
   MoeLayerConfig config_;
