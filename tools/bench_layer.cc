@@ -228,7 +228,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     }
   }
 
-  const std::int64_t T = a.tokens_per_rank, H = a.hidden, E = a.experts, k = a.top_k;
+  const std::int64_t T = a.tokens_per_rank, H = a.hidden, k = a.top_k;
   std::vector<float> x(T * H), dy(T * H), y(T * H), dx(T * H);
   for (std::int64_t i = 0; i < T * H; ++i) {
     x[i] = moe_init_value(a.seed + 1000 + rank, 0, i, 1.0f);
@@ -258,12 +258,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
       if (!a.routing_trace.empty()) {
         // The imposed routing bypasses the router, so prune it here with the same rules.
         agree_on_errors(comm, [&] {
-          PruneConfig pc;
-          pc.num_experts = static_cast<int>(E);
-          pc.top_k = static_cast<int>(k);
-          pc.num_devices = D;
-          pc.max_devices = v.prune_devices;
-          pc.scheme = config.prune.scheme;
+          const PruneConfig pc = config.prune_config(D);
           PruneWorkspace ws;
           if (held.empty()) {
             prune_routing(routing.ids, routing.weights, routing.probs, T, e2d, similarity, pc, ws);

@@ -139,6 +139,19 @@ GatingConfig MoeLayerConfig::gating() const {
   return g;
 }
 
+PruneConfig MoeLayerConfig::prune_config(int num_devices) const {
+  PruneConfig pc;
+  pc.num_experts = num_experts;
+  pc.top_k = top_k;
+  pc.num_devices = num_devices;
+  pc.max_devices = prune.max_devices;
+  pc.scheme = prune.scheme;
+  pc.weights = prune.weights;
+  // Sigmoid (DeepSeek-V3) weights are always normalised over the selection.
+  pc.norm_topk_prob = norm_topk_prob || score_function == ScoreFunction::kSigmoid;
+  return pc;
+}
+
 void validate_moe_layer_config(const MoeLayerConfig& c) {
   OCCULT_CHECK(c.num_experts >= 1, "MoE layer: num_experts (E) is {}, expected >= 1", c.num_experts);
   OCCULT_CHECK(c.top_k >= 1 && c.top_k <= c.num_experts, "MoE layer: top-k is {}, expected in [1, E={}]", c.top_k,
@@ -182,14 +195,7 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
                    "made for another number of devices?)", e, expert_to_device_[e], comm_.size());
     }
     if (config_.prune.max_devices > 0) {
-      PruneConfig pc;
-      pc.num_experts = config_.num_experts;
-      pc.top_k = config_.top_k;
-      pc.num_devices = comm_.size();
-      pc.max_devices = config_.prune.max_devices;
-      pc.scheme = config_.prune.scheme;
-      pc.weights = config_.prune.weights;
-      pc.norm_topk_prob = config_.norm_topk_prob || config_.score_function == ScoreFunction::kSigmoid;
+      const PruneConfig pc = config_.prune_config(comm_.size());
       validate_prune_config(pc, expert_to_device_, config_.prune.similarity);
     }
     if (device_experts.empty()) {
@@ -431,14 +437,7 @@ void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::s
     select_topk(probs_, selection_bias_, num_tokens, gating, ids_, weights_);
     weight_source_ = ids_;
     if (config_.prune.max_devices > 0) {
-      PruneConfig pc;
-      pc.num_experts = E;
-      pc.top_k = k;
-      pc.num_devices = comm_.size();
-      pc.max_devices = config_.prune.max_devices;
-      pc.scheme = config_.prune.scheme;
-      pc.weights = config_.prune.weights;
-      pc.norm_topk_prob = config_.norm_topk_prob || config_.score_function == ScoreFunction::kSigmoid;
+      const PruneConfig pc = config_.prune_config(comm_.size());
       prune_stats_ = replicated()
                          ? prune_routing(ids_, weights_, probs_, num_tokens, holders_, config_.prune.similarity, pc,
                                          prune_workspace_)
@@ -780,41 +779,15 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
   timings_.backward_combine = t3 - t2;
 
   if (!routing_imposed_ && T > 0) {
-    // dg per (token, slot); dropped slots have none.
+    // The gate-weight gradient per (token, slot); dropped slots have none.
     std::vector<float>& dg = b.dg;
     dg.assign(T * k, 0.0f);
-    // g = scale * (normalised score): the scale multiplies the gradient reaching the scores.
-    const float scale = config_.routed_scaling_factor;
-    for (std::int64_t a = 0; a < plan_.num_assignments(); ++a) {
-      dg[plan_.assignment_slot[a]] = scale * b.d_weight_send[a];
-    }
-    const bool normalise = config_.norm_topk_prob || config_.score_function == ScoreFunction::kSigmoid;
+    for (std::int64_t a = 0; a < plan_.num_assignments(); ++a) dg[plan_.assignment_slot[a]] = b.d_weight_send[a];
     std::vector<float>& dlogits = b.dlogits;
     std::vector<double>& dp = b.dp;
     dlogits.resize(T * E);
     dp.resize(E);
-    for (std::int64_t t = 0; t < T; ++t) {
-      const float* p = probs_.data() + t * E;
-      for (int e = 0; e < E; ++e) dp[e] = d_router_probs.empty() ? 0.0 : d_router_probs[t * E + e];
-      const std::int32_t* src = weight_source_.data() + t * k;
-      if (normalise) {
-        // g_j = p_src(j) / Z: dL/dp_src(j) = (dg_j - sum_i dg_i g_i) / Z.
-        double z = 0, gdot = 0;
-        for (int j = 0; j < k; ++j) z += p[src[j]];
-        for (int j = 0; j < k; ++j) gdot += static_cast<double>(dg[t * k + j]) * p[src[j]] / z;
-        for (int j = 0; j < k; ++j) dp[src[j]] += (dg[t * k + j] - gdot) / z;
-      } else {
-        for (int j = 0; j < k; ++j) dp[src[j]] += dg[t * k + j];
-      }
-      float* dl = dlogits.data() + t * E;
-      if (config_.score_function == ScoreFunction::kSoftmax) {
-        double dot = 0;
-        for (int e = 0; e < E; ++e) dot += dp[e] * p[e];
-        for (int e = 0; e < E; ++e) dl[e] = static_cast<float>(p[e] * (dp[e] - dot));
-      } else {
-        for (int e = 0; e < E; ++e) dl[e] = static_cast<float>(dp[e] * p[e] * (1.0 - p[e]));
-      }
-    }
+    gating_backward(probs_, weight_source_, dg, d_router_probs, T, config_.gating(), dlogits, dp);
     // d_router [E, H] += dlogits^T [E, T] * x [T, H]; dx [T, H] += dlogits [T, E] * W_r [E, H].
     const GemmOptions f32{config_.gemm.backend, ComputeDType::kF32};
     gemm(f32, true, false, E, H, static_cast<std::int64_t>(T), dlogits.data(), E, WeightRef(x_.data()), H, 1.0f,

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "occult/core/error.h"
+#include "routing/reference.h"
 
 namespace occult {
 
@@ -149,20 +150,13 @@ void reference_route(const MoeLayerConfig& c, std::span<const float> logits, std
     OCCULT_CHECK(static_cast<int>(expert_to_device.size()) == E,
                  "reference route: pruning needs the placement (expert_to_device of E = {} entries)", E);
     const int D = *std::max_element(expert_to_device.begin(), expert_to_device.end()) + 1;
-    PruneConfig pc;
-    pc.num_experts = E;
-    pc.top_k = k;
-    pc.num_devices = D;
-    pc.max_devices = c.prune.max_devices;
-    pc.scheme = c.prune.scheme;
-    pc.weights = c.prune.weights;
-    pc.norm_topk_prob = c.norm_topk_prob || c.score_function == ScoreFunction::kSigmoid;
-    // The pruning rules themselves are routing's (with their own twin); the reference only
-    // needs the pruned ids. Weights are re-derived below from their sources.
-    gate_weights(c, s);  // the pre-pruning weights prune_routing starts from
+    // The pruning rules are routing's naive twin (written apart from the production
+    // prune_routing the layer runs); the reference only needs the pruned ids. Weights are
+    // re-derived below from their sources.
+    gate_weights(c, s);  // the pre-pruning weights pruning starts from
     std::vector<float> pruned_weights = s.topk_weights;
-    PruneWorkspace workspace;
-    prune_routing(s.topk_ids, pruned_weights, s.probs, T, expert_to_device, c.prune.similarity, pc, workspace);
+    reference::prune_routing(s.topk_ids, pruned_weights, s.probs, T, expert_to_device, c.prune.similarity,
+                             c.prune_config(D));
     if (c.prune.weights == PruneWeights::kRecompute) s.weight_source = s.topk_ids;
   }
   gate_weights(c, s);

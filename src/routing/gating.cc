@@ -170,4 +170,44 @@ void select_topk(std::span<const float> scores, std::span<const float> selection
   }
 }
 
+void gating_backward(std::span<const float> scores, std::span<const std::int32_t> weight_sources,
+                     std::span<const float> d_weights, std::span<const float> d_scores, std::int64_t num_tokens,
+                     const GatingConfig& config, std::span<float> d_logits, std::span<double> scratch) {
+  const int E = config.num_experts, k = config.top_k;
+  const std::int64_t T = num_tokens;
+  OCCULT_CHECK(static_cast<std::int64_t>(scores.size()) == T * E && static_cast<std::int64_t>(d_logits.size()) == T * E &&
+                   static_cast<std::int64_t>(weight_sources.size()) == T * k &&
+                   static_cast<std::int64_t>(d_weights.size()) == T * k &&
+                   (d_scores.empty() || static_cast<std::int64_t>(d_scores.size()) == T * E) &&
+                   static_cast<int>(scratch.size()) >= E,
+               "gating backward: sizes disagree with T = {}, E = {}, k = {}", T, E, k);
+  // g = scale * (normalised) score: the scale multiplies the gradient reaching the scores.
+  const double scale = config.routed_scaling_factor;
+  const bool normalise = config.norm_topk_prob || config.score_function == ScoreFunction::kSigmoid;
+  std::span<double> dp = scratch.first(E);
+  for (std::int64_t t = 0; t < T; ++t) {
+    const float* p = scores.data() + t * E;
+    const float* dg = d_weights.data() + t * k;
+    for (int e = 0; e < E; ++e) dp[e] = d_scores.empty() ? 0.0 : d_scores[t * E + e];
+    const std::int32_t* src = weight_sources.data() + t * k;
+    if (normalise) {
+      // g_j = p_src(j) / Z: dL/dp_src(j) = (dg_j - sum_i dg_i g_i) / Z.
+      double z = 0, gdot = 0;
+      for (int j = 0; j < k; ++j) z += p[src[j]];
+      for (int j = 0; j < k; ++j) gdot += static_cast<double>(static_cast<float>(scale * dg[j])) * p[src[j]] / z;
+      for (int j = 0; j < k; ++j) dp[src[j]] += (static_cast<float>(scale * dg[j]) - gdot) / z;
+    } else {
+      for (int j = 0; j < k; ++j) dp[src[j]] += static_cast<float>(scale * dg[j]);
+    }
+    float* dl = d_logits.data() + t * E;
+    if (config.score_function == ScoreFunction::kSoftmax) {
+      double dot = 0;
+      for (int e = 0; e < E; ++e) dot += dp[e] * p[e];
+      for (int e = 0; e < E; ++e) dl[e] = static_cast<float>(p[e] * (dp[e] - dot));
+    } else {
+      for (int e = 0; e < E; ++e) dl[e] = static_cast<float>(dp[e] * p[e] * (1.0 - p[e]));
+    }
+  }
+}
+
 }  // namespace occult

@@ -285,6 +285,14 @@ TEST(MoeLayerCapacity, DroppedSlotsContributeNothing) {
   for (std::int64_t l : load) expected_dropped += std::max<std::int64_t>(0, l - capacity);
   EXPECT_EQ(dropped, expected_dropped);
   EXPECT_GE(dropped, n - capacity);  // expert 0 alone overflows
+  // Which ones: each expert keeps its first `capacity` assignments in token order. Expert 0 is
+  // slot 0 of every token, so exactly its slots of tokens >= capacity are dropped; expert
+  // e = t % 3 + 1 gets every third token from t = e - 1.
+  for (std::int64_t t = 0; t < n; ++t) {
+    EXPECT_EQ(layer.plan().dropped[t * k], t >= capacity ? 1 : 0) << "token " << t << " expert 0";
+    const std::int64_t nth = t / 3;  // this token is expert (t % 3 + 1)'s nth assignment
+    EXPECT_EQ(layer.plan().dropped[t * k + 1], nth >= capacity ? 1 : 0) << "token " << t << " expert " << t % 3 + 1;
+  }
   MoeLayerConfig rc = c;
   rc.capacity_factor = 0;
   ReferenceMoeWeights w = ReferenceMoeWeights::random(rc, 8, 0.5f);
@@ -325,6 +333,7 @@ TEST_P(MoeLayerReplicas, MatchTheUnreplicatedReferenceAndTheRoutingTwin) {
   const ReplicaCase rc = GetParam();
   MpiCommunicator comm(MPI_COMM_WORLD);
   const int D = comm.size(), rank = comm.rank();
+  if (D == 1) GTEST_SKIP() << "one rank holds every expert once: nothing to replicate";
   MoeLayerConfig c;
   c.num_experts = 8;
   c.top_k = 3;
@@ -339,7 +348,7 @@ TEST_P(MoeLayerReplicas, MatchTheUnreplicatedReferenceAndTheRoutingTwin) {
   const std::int64_t lo = first_token(T, rank, D), n = first_token(T, rank + 1, D) - lo;
 
   MoeLayer layer(comm, c, primary, held);
-  EXPECT_EQ(layer.replicated(), D > 1);
+  EXPECT_TRUE(layer.replicated());
   EXPECT_EQ(layer.local_experts(), held[rank]);
   layer.init_random(31, 0.6f);
   const std::vector<float> x = random_values(T * H, 32);

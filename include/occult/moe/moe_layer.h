@@ -88,6 +88,9 @@ struct MoeLayerConfig {
 
   // The GatingConfig part (E, k, score function, norm_topk_prob, groups, scaling).
   GatingConfig gating() const;
+  // The pruning rules of `prune` for `num_devices` devices: the one place a layer's pruning
+  // configuration is built (the layer, its reference twin and the benchmarks all use it).
+  PruneConfig prune_config(int num_devices) const;
 };
 
 // Throws occult::Error naming the field unless E >= 1, 1 <= k <= E, H >= 1, F >= 1,

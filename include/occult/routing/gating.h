@@ -58,4 +58,14 @@ void select_topk(std::span<const float> scores, std::span<const float> selection
                  std::int64_t num_tokens, const GatingConfig& config, std::span<std::int32_t> ids,
                  std::span<float> weights);
 
+// The backward of router_scores and of the gate weights: given d_weights [T, k], the gradient of
+// the gate weights as the layer used them (routed_scaling_factor included), weight_sources
+// [T, k] (the expert whose score each slot's weight was computed from: the selection, or after
+// pruning with kept weights the replaced expert), the scores [T, E] and an extra gradient on the
+// scores d_scores [T, E] (may be empty), writes d_logits [T, E]. The selection itself (top-k,
+// groups, bias) is piecewise constant and contributes nothing. `scratch` holds E doubles.
+void gating_backward(std::span<const float> scores, std::span<const std::int32_t> weight_sources,
+                     std::span<const float> d_weights, std::span<const float> d_scores, std::int64_t num_tokens,
+                     const GatingConfig& config, std::span<float> d_logits, std::span<double> scratch);
+
 }  // namespace occult
