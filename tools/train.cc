@@ -25,6 +25,7 @@ struct TrainFlags {
   std::int64_t batch = 0, eval_sequences = 64;
   std::uint64_t seed = 0;
   float lr = 1e-3f, weight_decay = 0.1f, grad_clip = 1.0f, min_lr_ratio = 0.1f;
+  float bias_update_rate = 0.0f;
   bool json = false, no_progress = false, allow_changed_schedule = false;
 };
 
@@ -111,6 +112,7 @@ void run_train(const TrainFlags& f, CLI::App& app) {
     o.adamw.lr = f.lr;
     o.adamw.weight_decay = f.weight_decay;
     o.adamw.grad_clip = f.grad_clip;
+    o.bias_update_rate = f.bias_update_rate;
     o.adamw.min_lr_ratio = f.min_lr_ratio;
     o.adamw.warmup_steps = f.warmup >= 0 ? f.warmup : std::min(100, f.steps / 10);
     o.eval_every = f.eval_every;
@@ -170,6 +172,10 @@ void setup(CLI::App& root) {
   cmd->add_option("--min-lr-ratio", flags->min_lr_ratio, "cosine floor as a fraction of --lr")->capture_default_str();
   cmd->add_option("--weight-decay", flags->weight_decay, "AdamW decoupled weight decay")->capture_default_str();
   cmd->add_option("--grad-clip", flags->grad_clip, "global gradient-norm clip (0 = off)")->capture_default_str();
+  cmd->add_option("--bias-update-rate", flags->bias_update_rate,
+                  "auxiliary-loss-free balancing: after each step every MoE layer's selection bias moves by this "
+                  "rate towards the under-loaded experts (needs a router with a bias: topk_method noaux_tc; 0 = off)")
+      ->capture_default_str();
   cmd->add_option("--eval-every", flags->eval_every, "validate every N steps (0 = at the end only)");
   cmd->add_option("--eval-sequences", flags->eval_sequences, "validation windows per evaluation")
       ->capture_default_str();
