@@ -72,6 +72,8 @@ void print_summary(const TrainResult& r, const TrainOptions& o, int ranks) {
                  ranks > 1 ? fmt::format("{:.1f}%", standard > 0 ? 100.0 * (1.0 - bytes / standard) : 0.0)
                            : std::string(kNoSavingsAtOneRank)});
   table.add_row({"replicas per token C_T (mean / max layer)", fmt::format("{:.3f} / {:.3f}", replicas / n, max_ct)});
+  table.add_row({"max/mean expert load (first -> last step)",
+                 fmt::format("{:.3f} -> {:.3f}", first.max_load_ratio, last.max_load_ratio)});
   table.add_row({"train time (s)", fmt::format("{:.1f}", r.seconds)});
   fmt::print("{}", table.render());
 }
