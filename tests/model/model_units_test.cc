@@ -354,6 +354,33 @@ TEST(OptimizerTest, AdamWFirstStepMovesEachWeightByLrPlusDecay) {
   for (float v : n.value) EXPECT_NEAR(v, 1.0f - lr, 1e-6f);  // gains are not decayed
 }
 
+// The selection bias of a noaux_tc router moves only by the balancing rule: even with a gradient
+// and weight decay, AdamW leaves it as it is, and it does not count in the clipping norm.
+TEST(OptimizerTest, AdamWLeavesTheSelectionBiasAlone) {
+  ModelConfig c = testing::tiny_config(false, false, false);
+  c.score_function = ScoreFunction::kSigmoid;
+  c.group_score = GroupScore::kTopTwoSum;
+  c.router_selection_bias = true;
+  SelfCommunicator comm;
+  MoeTransformer model(c, comm, ParallelOptions{});
+  model.init_weights(1);
+  AdamWOptions o;
+  o.lr = 0.01f;
+  o.weight_decay = 0.5f;
+  o.grad_clip = 0.0f;
+  o.total_steps = 10;
+  AdamW adam(model, o);
+  const auto& bias = *model.find("model.layers.0.mlp.gate.e_score_correction_bias");
+  EXPECT_FALSE(bias.optimized);
+  for (std::size_t i = 0; i < bias.value.size(); ++i) bias.value[i] = 0.25f * static_cast<float>(i);
+  const std::vector<float> before(bias.value.begin(), bias.value.end());
+  for (float& g : model.dense_grads()) g = 0.0f;
+  for (float& g : bias.grad) g = 2.0f;
+  EXPECT_EQ(global_grad_norm(model), 0.0);
+  adam.step();
+  EXPECT_EQ(std::vector<float>(bias.value.begin(), bias.value.end()), before);
+}
+
 TEST(CheckpointTest, RoundTripsWeightsAndMomentsInHuggingFaceNames) {
   const ModelConfig c = testing::tiny_config(true, true, false);
   SelfCommunicator comm;
