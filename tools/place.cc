@@ -11,6 +11,8 @@
 #include "occult/core/error.h"
 #include "occult/core/progress.h"
 #include "occult/core/table.h"
+#include "occult/model/config.h"
+#include "occult/placement/groups.h"
 #include "occult/placement/place.h"
 
 namespace occult::cli {
@@ -29,7 +31,24 @@ struct PlaceArgs {
   int replica_chunks = PartitionOptions{}.replica_chunks;
   bool json = false;
   std::string out;
+  int groups = 0;                 // the model's expert groups (0: not placing by groups)
+  std::string groups_from_model;  // or: a model directory whose config.json gives n_group
 };
+
+// The number of expert groups to place by: --groups, or n_group of --groups-from-model's
+// config.json (0 when neither is given).
+int expert_groups(const PlaceArgs& args, const Trace& trace) {
+  if (args.groups_from_model.empty()) return args.groups;
+  const std::string path = args.groups_from_model + "/config.json";
+  const ModelConfig config = load_model_config(path);
+  OCCULT_CHECK(config.n_group > 1,
+               "--groups-from-model {}: the model routes without expert groups (n_group = {}); give --groups G",
+               args.groups_from_model, config.n_group);
+  OCCULT_CHECK(config.num_experts == trace.num_experts,
+               "--groups-from-model {}: the model has {} routed experts but the traces have {}", args.groups_from_model,
+               config.num_experts, trace.num_experts);
+  return config.n_group;
+}
 
 Trace load_calibration(const std::vector<std::string>& paths) {
   std::vector<Trace> traces;
@@ -56,6 +75,16 @@ void run_place(const PlaceArgs& args) {
   std::vector<std::string> strategies = all ? partitioner_names()
                                             : std::vector<std::string>{args.strategy};
   if (!all) make_partitioner(args.strategy);  // fail on a bad name before any work
+  // With groups, the group placement is the one written and is compared, in the strategies
+  // table, with the strategy (or strategies) placed on the same traces.
+  const int groups = expert_groups(args, trace);
+  OCCULT_CHECK(groups >= 0, "--groups must be >= 1, got {}", groups);
+  if (groups > 0) {
+    group_placement(trace.num_experts, groups, args.devices);  // fail on bad counts before any work
+    OCCULT_CHECK(!slots, "--groups places whole groups without replicas; drop --slots-per-device");
+    strategies.insert(strategies.begin(), "groups");
+  }
+  const bool compare = all || groups > 0;
   const bool with_nodes = args.nodes > 1;
 
   // The written placement: the chosen strategy, or the default one under `all`.
@@ -84,9 +113,11 @@ void run_place(const PlaceArgs& args) {
     ProgressBar progress(fmt::format("place {}", strategy), trace.num_layers(), !args.json);
     const auto t0 = std::chrono::steady_clock::now();
     Placement placement =
-        place_experts(trace, strategy, options, args.cross_layer, [&](int layer, int done, double) {
-          progress.update(done, fmt::format("layer {}", layer));
-        });
+        strategy == "groups"
+            ? place_expert_groups(trace, groups, options)
+            : place_experts(trace, strategy, options, args.cross_layer, [&](int layer, int done, double) {
+                progress.update(done, fmt::format("layer {}", layer));
+              });
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     progress.finish(fmt::format("{:.2f} s", seconds));
@@ -110,7 +141,7 @@ void run_place(const PlaceArgs& args) {
     double max_imbalance = 0;
     for (const PlacementMetrics& m : per_layer) max_imbalance = std::max(max_imbalance, m.load_imbalance);
 
-    if (all) {
+    if (compare) {
       // Only some strategies balance load; the column says which ones kept every layer within
       // --max-imbalance on the calibration traces (a margin absorbs the rounding of the load ratio).
       const bool within_limit = max_imbalance <= args.max_imbalance + 1e-9;
@@ -170,7 +201,8 @@ void run_place(const PlaceArgs& args) {
         fmt::print("{}", table.render());
       }
     }
-    if (strategy == (all ? std::string(kDefaultStrategy) : args.strategy)) written = std::move(placement);
+    const std::string chosen = groups > 0 ? "groups" : all ? std::string(kDefaultStrategy) : args.strategy;
+    if (strategy == chosen) written = std::move(placement);
   }
   save_placement(written, args.out);
   const double total =
@@ -181,17 +213,18 @@ void run_place(const PlaceArgs& args) {
     std::cout << json_out.dump(2) << "\n";
     return;
   }
-  if (all) fmt::print("{}", comparison.render());
+  if (compare) fmt::print("{}", comparison.render());
   const std::vector<PlacementMetrics> m = evaluate_placement(trace, written, args.out, "calibration");
   const PlacementMetrics mean = mean_metrics(m);
   double max_imbalance = 0;
   for (const PlacementMetrics& x : m) max_imbalance = std::max(max_imbalance, x.load_imbalance);
   fmt::print(
-      "placed {} layers x {} experts on {} devices{}{} with '{}': mean replicas_per_token {:.3f} "
+      "placed {} layers x {} experts on {} devices{}{}{} with '{}': mean replicas_per_token {:.3f} "
       "(of top-k {}), max load_imbalance {:.3f}; wrote {} ({:.2f} s)\n",
       trace.num_layers(), trace.num_experts, args.devices,
       with_nodes ? fmt::format(" ({} nodes)", args.nodes) : "",
-      slots ? fmt::format(" x {} slots", args.slots_per_device) : "", written.strategy,
+      slots ? fmt::format(" x {} slots", args.slots_per_device) : "",
+      groups > 0 ? fmt::format(" in {} groups of {}", groups, trace.num_experts / groups) : "", written.strategy,
       mean.replicas_per_token, trace.top_k, max_imbalance, args.out, total);
 }
 
@@ -224,8 +257,16 @@ void setup_place(CLI::App& root) {
   cmd->add_option("--replica-chunks", args->replica_chunks,
                   "Replicas: the load limit must hold on each of this many parts of the calibration trace")
       ->capture_default_str();
+  auto* groups = cmd->add_option("--groups", args->groups,
+                                 "Place the model's G expert groups (E/G consecutive ids, DeepSeek's n_group) whole "
+                                 "on devices (G a multiple of D, or D of G); writes that placement and compares its "
+                                 "C_T with --strategy's on the same traces");
+  cmd->add_option("--groups-from-model", args->groups_from_model,
+                  "As --groups, with G = n_group of this model directory's config.json")
+      ->excludes(groups);
   cmd->add_flag("--json", args->json, "Machine-readable summary on stdout");
-  cmd->add_option("--out", args->out, "Placement JSON to write (under `all`: the default strategy's)")
+  cmd->add_option("--out", args->out,
+                  "Placement JSON to write (under `all`: the default strategy's; with --groups: the group placement)")
       ->required();
   cmd->callback([args] { run_place(*args); });
 }

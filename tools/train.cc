@@ -25,6 +25,7 @@ struct TrainFlags {
   std::int64_t batch = 0, eval_sequences = 64;
   std::uint64_t seed = 0;
   float lr = 1e-3f, weight_decay = 0.1f, grad_clip = 1.0f, min_lr_ratio = 0.1f;
+  float bias_update_rate = 0.0f;
   bool json = false, no_progress = false, allow_changed_schedule = false;
 };
 
@@ -71,6 +72,8 @@ void print_summary(const TrainResult& r, const TrainOptions& o, int ranks) {
                  ranks > 1 ? fmt::format("{:.1f}%", standard > 0 ? 100.0 * (1.0 - bytes / standard) : 0.0)
                            : std::string(kNoSavingsAtOneRank)});
   table.add_row({"replicas per token C_T (mean / max layer)", fmt::format("{:.3f} / {:.3f}", replicas / n, max_ct)});
+  table.add_row({"max/mean expert load (first -> last step)",
+                 fmt::format("{:.3f} -> {:.3f}", first.max_load_ratio, last.max_load_ratio)});
   table.add_row({"train time (s)", fmt::format("{:.1f}", r.seconds)});
   fmt::print("{}", table.render());
 }
@@ -111,6 +114,7 @@ void run_train(const TrainFlags& f, CLI::App& app) {
     o.adamw.lr = f.lr;
     o.adamw.weight_decay = f.weight_decay;
     o.adamw.grad_clip = f.grad_clip;
+    o.bias_update_rate = f.bias_update_rate;
     o.adamw.min_lr_ratio = f.min_lr_ratio;
     o.adamw.warmup_steps = f.warmup >= 0 ? f.warmup : std::min(100, f.steps / 10);
     o.eval_every = f.eval_every;
@@ -170,6 +174,10 @@ void setup(CLI::App& root) {
   cmd->add_option("--min-lr-ratio", flags->min_lr_ratio, "cosine floor as a fraction of --lr")->capture_default_str();
   cmd->add_option("--weight-decay", flags->weight_decay, "AdamW decoupled weight decay")->capture_default_str();
   cmd->add_option("--grad-clip", flags->grad_clip, "global gradient-norm clip (0 = off)")->capture_default_str();
+  cmd->add_option("--bias-update-rate", flags->bias_update_rate,
+                  "auxiliary-loss-free balancing: after each step every MoE layer's selection bias moves by this "
+                  "rate towards the under-loaded experts (needs a router with a bias: topk_method noaux_tc; 0 = off)")
+      ->capture_default_str();
   cmd->add_option("--eval-every", flags->eval_every, "validate every N steps (0 = at the end only)");
   cmd->add_option("--eval-sequences", flags->eval_sequences, "validation windows per evaluation")
       ->capture_default_str();

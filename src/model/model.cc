@@ -250,7 +250,10 @@ void MoeTransformer::build_tensors() {
     const std::int64_t W = impl_->mlp_width[l];
     if (impl_->moe_of_layer[l] >= 0) {
       s.router = add(router_tensor_name(c, l), {E, H}, l, true);
-      if (c.router_selection_bias) s.router_bias = add(router_bias_tensor_name(c, l), {E}, l, false);
+      if (c.router_selection_bias) {
+        s.router_bias = add(router_bias_tensor_name(c, l), {E}, l, false);
+        tensors_[s.router_bias].optimized = false;
+      }
       if (W > 0) {
         s.mlp_gate = add_matrix(shared_tensor_name(c, l, 0), {W, H}, l);
         s.mlp_up = add_matrix(shared_tensor_name(c, l, 1), {W, H}, l);
@@ -713,6 +716,22 @@ RoutingStats MoeTransformer::routing_stats() {
   r.standard_bytes = m.loss.tokens * K * static_cast<std::int64_t>(config_.hidden_size) *
                      wire_bytes_per_value(options_.wire) * Lm * exchanges;
   return r;
+}
+
+std::vector<std::int64_t> MoeTransformer::expert_loads() {
+  auto& m = *impl_;
+  OCCULT_CHECK(m.forward_done, "expert_loads() needs a forward() first");
+  const int Lm = config_.num_moe_layers(), K = config_.num_experts_per_tok, E = config_.num_experts;
+  const std::int64_t N = m.B * m.T;
+  std::vector<std::int64_t> loads(static_cast<std::size_t>(Lm) * E, 0);
+  for (int l = 0; l < Lm; ++l) {
+    const std::int32_t* ids = m.moe[l]->topk_ids();
+    for (std::int64_t i = 0; i < N * K; ++i) {
+      if (ids[i] >= 0 && ids[i] < E) ++loads[static_cast<std::size_t>(l) * E + ids[i]];
+    }
+  }
+  comm_.all_reduce_sum(std::span<std::int64_t>(loads));
+  return loads;
 }
 
 MoeBlock& MoeTransformer::moe_block(int moe_layer) {

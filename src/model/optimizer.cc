@@ -24,7 +24,7 @@ double global_grad_norm(MoeTransformer& model, const std::vector<bool>& trainabl
   double dense = 0.0, expert = 0.0;
   const auto& tensors = model.tensors();
   for (std::size_t i = 0; i < tensors.size(); ++i) {
-    if (!trainable.empty() && !trainable[i]) continue;
+    if ((!trainable.empty() && !trainable[i]) || !tensors[i].optimized) continue;
     if (tensors[i].expert && !tensors[i].primary) continue;  // a replica's copy counts once
     double sum = 0.0;
     for (float g : tensors[i].grad) sum += static_cast<double>(g) * g;
@@ -84,7 +84,7 @@ double AdamW::step() {
   const auto& tensors = model_.tensors();
   for (std::size_t i = 0; i < tensors.size(); ++i) {
     const auto& t = tensors[i];
-    if (!trainable_.empty() && !trainable_[i]) continue;
+    if ((!trainable_.empty() && !trainable_[i]) || !t.optimized) continue;
     float* p = t.value.data();
     const float* g = t.grad.data();
     float* m = m_[i].data();

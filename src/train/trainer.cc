@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -15,8 +16,10 @@
 #include "occult/core/error.h"
 #include "occult/core/table.h"
 #include "occult/core/progress.h"
+#include "occult/model/arch.h"
 #include "occult/model/checkpoint.h"
 #include "occult/model/memory.h"
+#include "occult/routing/bias_balance.h"
 #include "occult/text/token_source.h"
 #include "occult/train/data.h"
 #include "occult/placement/placement.h"
@@ -80,6 +83,12 @@ void check_option_ranges(const TrainOptions& o) {
   OCCULT_CHECK(o.eval_sequences >= 1, "--eval-sequences must be >= 1, got {}", o.eval_sequences);
   OCCULT_CHECK(o.save_every >= 0, "--save-every must be >= 0 (0 = off), got {}", o.save_every);
   OCCULT_CHECK(o.save_every == 0 || !o.save_dir.empty(), "--save-every needs --save DIR");
+  OCCULT_CHECK(std::isfinite(o.bias_update_rate) && o.bias_update_rate >= 0,
+               "--bias-update-rate must be >= 0 (0 = off), got {}", o.bias_update_rate);
+  OCCULT_CHECK(o.bias_update_rate == 0 || o.config.router_selection_bias,
+               "--bias-update-rate {} needs a router with a selection bias, but the model config {} has none: set "
+               "config key \"topk_method\" to \"noaux_tc\" (which adds mlp.gate.e_score_correction_bias)",
+               o.bias_update_rate, o.config_source);
 }
 
 // `key` of trainer_state.json as a non-negative integer; throws naming the file and the key.
@@ -102,7 +111,8 @@ std::string changed_run(const nlohmann::json& state, const TrainOptions& o) {
                                                      {"warmup", a.warmup_steps},
                                                      {"min_lr_ratio", a.min_lr_ratio},
                                                      {"weight_decay", a.weight_decay},
-                                                     {"grad_clip", a.grad_clip}};
+                                                     {"grad_clip", a.grad_clip},
+                                                     {"bias_update_rate", o.bias_update_rate}};
   for (const auto& [key, value] : schedule) {
     if (!state.contains(key) || !state.at(key).is_number()) continue;
     const double saved = state.at(key).get<double>();
@@ -140,6 +150,21 @@ std::string first_non_finite(MoeTransformer& model, bool values) {
     }
   }
   return "";
+}
+
+// Max over MoE layers of (the most loaded expert's assignments / the mean over experts);
+// loads is [layers * E]. 1 is perfect balance; 0 when there were no assignments.
+double max_load_ratio(const std::vector<std::int64_t>& loads, int num_experts) {
+  double worst = 0.0;
+  for (std::size_t first = 0; first + num_experts <= loads.size(); first += num_experts) {
+    std::int64_t total = 0, most = 0;
+    for (int e = 0; e < num_experts; ++e) {
+      total += loads[first + e];
+      most = std::max(most, loads[first + e]);
+    }
+    if (total > 0) worst = std::max(worst, static_cast<double>(most) * num_experts / static_cast<double>(total));
+  }
+  return worst;
 }
 
 double evaluate(MoeTransformer& model, const TextDataset& data, std::int64_t sequences, int seq_len) {
@@ -310,6 +335,7 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
                          {"min_lr_ratio", o.adamw.min_lr_ratio},
                          {"weight_decay", o.adamw.weight_decay},
                          {"grad_clip", o.adamw.grad_clip},
+                         {"bias_update_rate", o.bias_update_rate},
                          {"config", model_config_to_json(o.config)},
                          {"dispatch", dispatch_name(o.dispatch)}};
     comm.set_activity(fmt::format("checkpoint save at step {}", step));
@@ -333,6 +359,19 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     }
   };
 
+  // Auxiliary-loss-free balancing: every rank holds the same global loads, so every rank's
+  // (replicated) bias takes the same step.
+  const int num_experts = o.config.num_experts;
+  auto update_biases = [&](const std::vector<std::int64_t>& loads) {
+    for (int l = 0; l < o.config.num_hidden_layers; ++l) {
+      const int m = model.moe_index(l);
+      if (m < 0) continue;
+      update_selection_bias(std::span<const std::int64_t>(loads).subspan(static_cast<std::size_t>(m) * num_experts,
+                                                                          num_experts),
+                            o.bias_update_rate, model.param(router_bias_tensor_name(o.config, l)));
+    }
+  };
+
   ProgressBar bar("train", last_step - first_step + 1, o.progress && rank == 0);
   double train_seconds = 0.0;
   std::int64_t train_tokens = 0;
@@ -342,11 +381,14 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     const auto start = Clock::now();
     LossParts loss;
     double norm = 0.0;
+    std::vector<std::int64_t> loads;
     comm.set_activity(fmt::format("training step {}", step));
     at_step(step, [&] {
       loss = model.forward(b.tokens, b.targets, b.sequences, seq_len);
       model.backward();
       norm = optimizer.step();
+      loads = model.expert_loads();
+      if (o.bias_update_rate > 0) update_biases(loads);
     });
     const double seconds = seconds_since(start);
     // The loss and the gradient norm are global, so every rank sees a divergence at once; the
@@ -370,6 +412,8 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     r.grad_norm = norm;
     r.replicas_per_token = stats.replicas_per_token;
     r.max_replicas_per_token = stats.max_replicas_per_token;
+    r.max_load_ratio = max_load_ratio(loads, num_experts);
+    r.expert_loads = std::move(loads);
     r.bytes = stats.dispatch_bytes;
     r.standard_bytes = stats.standard_bytes;
     // The slowest rank sets the pace.
@@ -388,6 +432,7 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
                {"grad_norm", r.grad_norm},
                {"replicas_per_token", r.replicas_per_token},
                {"max_replicas_per_token", r.max_replicas_per_token},
+               {"max_load_ratio", r.max_load_ratio},
                {"bytes", r.bytes},
                {"standard_bytes", r.standard_bytes},
                {"tokens_per_s", r.tokens_per_s},
@@ -413,6 +458,13 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
     if (step != last_step && (eval_now || (o.save_every > 0 && step % o.save_every == 0))) save(step);
   }
   save(last_step);
+  if (o.config.router_selection_bias) {
+    for (int l = 0; l < o.config.num_hidden_layers; ++l) {
+      if (model.moe_index(l) < 0) continue;
+      const std::span<const float> bias = model.param(router_bias_tensor_name(o.config, l));
+      result.selection_bias.emplace_back(bias.begin(), bias.end());
+    }
+  }
   bar.finish(fmt::format("val loss {:.4f}", result.val_loss));
   if (log != nullptr) std::fclose(log);
   result.seconds = train_seconds;
@@ -421,10 +473,11 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
 }
 
 std::string train_result_json(const TrainResult& r) {
-  nlohmann::json loss = nlohmann::json::array();
+  nlohmann::json loss = nlohmann::json::array(), load_ratio = nlohmann::json::array();
   double bytes = 0.0, standard = 0.0, replicas = 0.0;
   for (const auto& s : r.steps) {
     loss.push_back(s.loss);
+    load_ratio.push_back(s.max_load_ratio);
     bytes += static_cast<double>(s.bytes);
     standard += static_cast<double>(s.standard_bytes);
     replicas += s.replicas_per_token;
@@ -432,6 +485,7 @@ std::string train_result_json(const TrainResult& r) {
   const double n = r.steps.empty() ? 1.0 : static_cast<double>(r.steps.size());
   nlohmann::json j{{"steps", r.steps.size()},
                    {"loss", loss},
+                   {"max_load_ratio", load_ratio},
                    {"val_loss", r.val_loss},
                    {"tokens_per_s", r.tokens_per_s},
                    {"bytes_per_step", bytes / n},

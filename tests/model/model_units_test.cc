@@ -199,6 +199,56 @@ TEST(ArchConfigTest, UnsupportedMisspeltAndUnknownKeysNameTheKey) {
   EXPECT_EQ(config_error(own), "cfg.json: unknown config key \"flavour\"");
 }
 
+// occult's own family reads DeepSeek's router keys (the reader the DeepSeek families share) and
+// writes them back only when they differ from plain softmax top-k.
+TEST(ArchConfigTest, OccultMoeReadsTheDeepseekRouterKeys) {
+  auto j = tiny_json();
+  const ModelConfig plain = parse_model_config(j, "cfg.json");
+  EXPECT_EQ(plain.score_function, ScoreFunction::kSoftmax);
+  EXPECT_EQ(plain.n_group, 1);
+  EXPECT_FALSE(plain.router_selection_bias);
+  EXPECT_FALSE(j.contains("scoring_func") || j.contains("topk_method") || j.contains("n_group"));
+  j["scoring_func"] = "sigmoid";
+  j["topk_method"] = "noaux_tc";
+  j["n_group"] = 2;
+  j["topk_group"] = 1;
+  j["routed_scaling_factor"] = 2.5;
+  const ModelConfig c = parse_model_config(j, "cfg.json");
+  EXPECT_EQ(c.score_function, ScoreFunction::kSigmoid);
+  EXPECT_EQ(c.group_score, GroupScore::kTopTwoSum);
+  EXPECT_EQ(c.n_group, 2);
+  EXPECT_EQ(c.topk_group, 1);
+  EXPECT_EQ(c.routed_scaling_factor, 2.5f);
+  EXPECT_TRUE(c.router_selection_bias);
+  EXPECT_TRUE(same_architecture(parse_model_config(model_config_to_json(c), "saved"), c));
+  auto v2 = tiny_json();
+  v2["topk_method"] = "group_limited_greedy";
+  v2["n_group"] = 2;
+  v2["topk_group"] = 1;
+  const ModelConfig g = parse_model_config(v2, "cfg.json");
+  EXPECT_EQ(g.group_score, GroupScore::kMax);
+  EXPECT_FALSE(g.router_selection_bias);
+  EXPECT_TRUE(same_architecture(parse_model_config(model_config_to_json(g), "saved"), g));
+
+  auto bad = tiny_json();
+  bad["scoring_func"] = "tanh";
+  EXPECT_EQ(config_error(bad), "cfg.json: config key \"scoring_func\" = \"tanh\" is not supported (softmax or sigmoid)");
+  bad = tiny_json();
+  bad["topk_method"] = "aux";
+  EXPECT_EQ(config_error(bad),
+            "cfg.json: config key \"topk_method\" = \"aux\" is not supported (greedy, group_limited_greedy or "
+            "noaux_tc)");
+  bad = tiny_json();
+  bad["n_group"] = 2;
+  EXPECT_NE(config_error(bad).find("config key \"n_group\" = 2 is not supported: topk_method greedy looks at no "
+                                   "groups"),
+            std::string::npos)
+      << config_error(bad);
+  bad = v2;
+  bad["n_group"] = 3;
+  EXPECT_EQ(config_error(bad), "cfg.json: config key \"n_group\" = 3 must be >= 1 and divide num_experts = 4");
+}
+
 TEST(ConfigTest, MissingFileNamesThePath) {
   EXPECT_THROW(
       {
@@ -302,6 +352,33 @@ TEST(OptimizerTest, AdamWFirstStepMovesEachWeightByLrPlusDecay) {
     EXPECT_NEAR(t.value[i], before[i] - lr * (sign + 0.5f * before[i]), 1e-6f);
   }
   for (float v : n.value) EXPECT_NEAR(v, 1.0f - lr, 1e-6f);  // gains are not decayed
+}
+
+// The selection bias of a noaux_tc router moves only by the balancing rule: even with a gradient
+// and weight decay, AdamW leaves it as it is, and it does not count in the clipping norm.
+TEST(OptimizerTest, AdamWLeavesTheSelectionBiasAlone) {
+  ModelConfig c = testing::tiny_config(false, false, false);
+  c.score_function = ScoreFunction::kSigmoid;
+  c.group_score = GroupScore::kTopTwoSum;
+  c.router_selection_bias = true;
+  SelfCommunicator comm;
+  MoeTransformer model(c, comm, ParallelOptions{});
+  model.init_weights(1);
+  AdamWOptions o;
+  o.lr = 0.01f;
+  o.weight_decay = 0.5f;
+  o.grad_clip = 0.0f;
+  o.total_steps = 10;
+  AdamW adam(model, o);
+  const auto& bias = *model.find("model.layers.0.mlp.gate.e_score_correction_bias");
+  EXPECT_FALSE(bias.optimized);
+  for (std::size_t i = 0; i < bias.value.size(); ++i) bias.value[i] = 0.25f * static_cast<float>(i);
+  const std::vector<float> before(bias.value.begin(), bias.value.end());
+  for (float& g : model.dense_grads()) g = 0.0f;
+  for (float& g : bias.grad) g = 2.0f;
+  EXPECT_EQ(global_grad_norm(model), 0.0);
+  adam.step();
+  EXPECT_EQ(std::vector<float>(bias.value.begin(), bias.value.end()), before);
 }
 
 TEST(CheckpointTest, RoundTripsWeightsAndMomentsInHuggingFaceNames) {

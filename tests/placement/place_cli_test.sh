@@ -95,4 +95,21 @@ grep -q "r.json: the placement is for 4 devices, but mpirun started 1 ranks" err
 if "$occult" place --traces "$law" --devices 4 --slots-per-device 15 --out x.json > err7.txt 2>&1; then fail "15 slots accepted"; fi
 grep -q "occult: error: --slots-per-device 15 cannot hold 64 experts on 4 devices: needs at least ceil(E/D) = 16" err7.txt ||
   fail "$(cat err7.txt)"
+# Expert groups: 8 groups of 8 whole on 4 devices (2 groups each) is the contiguous placement, so
+# both rows give the same C_T; the group placement is the one written.
+"$occult" place --traces "$law" --devices 4 --groups 8 --strategy contiguous --out g.json > g.txt 2> /dev/null
+grep -q "placed 26 layers x 64 experts on 4 devices in 8 groups of 8 with 'groups'" g.txt || fail "$(tail -1 g.txt)"
+grep -q '"strategy": "groups"' g.json || fail "group placement strategy field"
+awk '$1 == "groups" { g = $2 } $1 == "contiguous" { c = $2 } END { exit !(g != "" && g == c) }' g.txt ||
+  fail "groups must equal contiguous here: $(cat g.txt)"
+mkdir -p grouped_model
+cat > grouped_model/config.json <<'JSON'
+{"model_type": "occult_moe", "vocab_size": 256, "hidden_size": 32, "num_hidden_layers": 2,
+ "num_attention_heads": 2, "num_experts": 64, "num_experts_per_tok": 6, "moe_intermediate_size": 16,
+ "max_position_embeddings": 64, "topk_method": "group_limited_greedy", "n_group": 16, "topk_group": 2}
+JSON
+"$occult" place --traces "$law" --devices 4 --groups-from-model grouped_model --strategy contiguous --out gm.json > gm.txt 2> /dev/null
+grep -q "on 4 devices in 16 groups of 4 with 'groups'" gm.txt || fail "--groups-from-model: $(tail -1 gm.txt)"
+if "$occult" place --traces "$law" --devices 4 --groups 3 --out x.json > err8.txt 2>&1; then fail "--groups 3 accepted"; fi
+grep -q "occult: error: --groups 3 must be >= 1 and divide the 64 experts" err8.txt || fail "$(cat err8.txt)"
 echo "place/evaluate CLI: all checks passed"

@@ -86,6 +86,9 @@ struct ParamTensor {
   int expert_id = -1;                // global expert id for expert tensors
   int expert_kind = -1;              // expert tensors: 0 gate (W1), 1 up (W3), 2 down (W2)
   bool decay = false;                // AdamW weight decay applies (matrices, not norm gains)
+  bool optimized = true;             // false for a router's selection bias (e_score_correction_bias):
+                                     // it has no gradient and moves only by the balancing rule
+                                     // (update_selection_bias), never by AdamW or weight decay
 };
 
 // The loss of one forward pass, already averaged over the GLOBAL batch (all ranks).
@@ -163,6 +166,9 @@ class MoeTransformer {
   void backward();
   // Routing statistics and bytes of the last forward (+ backward when it ran). Collective.
   RoutingStats routing_stats();
+  // Collective. Per MoE layer, the top-k assignments each expert received in the last forward,
+  // summed over ranks: [num_moe_layers * E], layer-major (identical on every rank).
+  std::vector<std::int64_t> expert_loads();
   // Logits [B,T,V] of the last forward (this rank's tokens).
   std::span<const float> logits() const;
   // The MoE block of MoE layer `moe_layer` (an ordinal in [0, num_moe_layers)), for code that

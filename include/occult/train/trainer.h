@@ -36,6 +36,10 @@ struct TrainOptions {
   std::optional<int> seq_len;           // tokens per sequence (default min(128, max_position_embeddings))
   std::optional<std::uint64_t> seed;    // default 1234
   AdamWOptions adamw;                   // lr, warm-up, decay...; total_steps is set from steps
+  // Auxiliary-loss-free balancing (DeepSeek-V3): after each optimizer step every MoE layer's
+  // selection bias moves by this rate towards its under-loaded experts (update_selection_bias on
+  // the step's global top-k loads). 0 = off; > 0 needs a router with a selection bias.
+  float bias_update_rate = 0.0f;
   int eval_every = 0;                   // 0 = only at the end
   std::int64_t eval_sequences = 64;     // validation windows per evaluation
   std::string save_dir;                 // checkpoint at the end (and at every eval when set)
@@ -58,6 +62,8 @@ struct StepRecord {
   double grad_norm = 0.0;
   double replicas_per_token = 0.0;      // C_T averaged over layers
   double max_replicas_per_token = 0.0;  // max over layers (<= M when pruning)
+  double max_load_ratio = 0.0;          // max over MoE layers of (max expert load / mean expert load)
+  std::vector<std::int64_t> expert_loads;  // [MoE layers * E] global top-k assignments of the step
   std::int64_t bytes = 0;               // hidden-state bytes of the 4 exchanges, all ranks
   std::int64_t standard_bytes = 0;      // what standard dispatch moves for the same routing
   double seconds = 0.0;
@@ -75,6 +81,8 @@ struct TrainResult {
   std::int64_t num_parameters = 0;
   std::int64_t num_active_parameters = 0;
   double flops_per_token = 0.0;               // 6 * active matmul parameters + attention
+  std::vector<std::vector<float>> selection_bias;  // per MoE layer, this rank's router selection bias
+                                                   // after the last step (empty without one)
 };
 
 // Collective. Runs the training described by `options` on `comm`'s ranks; throws occult::Error
@@ -84,7 +92,7 @@ struct TrainResult {
 // the first tensor holding a non-finite value are named).
 TrainResult train(const TrainOptions& options, Communicator& comm);
 
-// The `--json` document of `occult train`: steps, loss[], val_loss, tokens_per_s,
+// The `--json` document of `occult train`: steps, loss[], max_load_ratio[], val_loss, tokens_per_s,
 // bytes_per_step, standard_bytes_per_step, replicas_per_token.
 std::string train_result_json(const TrainResult& result);
 

@@ -1,4 +1,6 @@
 // Keys every family shares.
+#include <cmath>
+
 #include "model/arch/families.h"
 #include "occult/core/error.h"
 
@@ -66,6 +68,30 @@ void reject_sliding_window(ConfigReader& r, bool enabled) {
   } else {
     r.ignore({"sliding_window", "max_window_layers"});
   }
+}
+
+void read_expert_groups(ConfigReader& r, ModelConfig& c, const char* experts_key, bool required) {
+  if (required) {
+    r.require("n_group");
+    r.require("topk_group");
+  }
+  c.n_group = r.get_int("n_group", 1);
+  c.topk_group = r.get_int("topk_group", 1);
+  OCCULT_CHECK(c.n_group >= 1 && c.num_experts % c.n_group == 0,
+               "{}: config key \"n_group\" = {} must be >= 1 and divide {} = {}", r.source(), c.n_group,
+               experts_key, c.num_experts);
+  OCCULT_CHECK(c.topk_group >= 1 && c.topk_group <= c.n_group,
+               "{}: config key \"topk_group\" = {} must be in [1, n_group = {}]", r.source(), c.topk_group, c.n_group);
+  OCCULT_CHECK(c.topk_group * (c.num_experts / c.n_group) >= c.num_experts_per_tok,
+               "{}: config key \"topk_group\" = {} keeps {} experts per token, fewer than num_experts_per_tok = {}",
+               r.source(), c.topk_group, c.topk_group * (c.num_experts / c.n_group), c.num_experts_per_tok);
+}
+
+float read_routed_scaling(ConfigReader& r) {
+  const float s = r.get_float("routed_scaling_factor", 1.0f);
+  OCCULT_CHECK(std::isfinite(s) && s > 0.0f, "{}: config key \"routed_scaling_factor\" must be > 0, got {}",
+               r.source(), s);
+  return s;
 }
 
 }  // namespace occult

@@ -8,8 +8,6 @@
 //   - V3: sigmoid scores, topk_method noaux_tc (selection on score + e_score_correction_bias,
 //     group score = sum of its two best biased scores); weights normalised, then multiplied by
 //     routed_scaling_factor.
-#include <cmath>
-
 #include "model/arch/families.h"
 #include "occult/core/error.h"
 
@@ -49,28 +47,6 @@ void read_moe_layout(ConfigReader& r, ModelConfig& c) {
   r.ignore({"seq_aux", "ep_size", "num_nextn_predict_layers"});
 }
 
-void read_groups(ConfigReader& r, ModelConfig& c) {
-  r.require("n_group");
-  r.require("topk_group");
-  c.n_group = r.get_int("n_group", 1);
-  c.topk_group = r.get_int("topk_group", 1);
-  OCCULT_CHECK(c.n_group >= 1 && c.num_experts % c.n_group == 0,
-               "{}: config key \"n_group\" = {} must be >= 1 and divide n_routed_experts = {}", r.source(), c.n_group,
-               c.num_experts);
-  OCCULT_CHECK(c.topk_group >= 1 && c.topk_group <= c.n_group,
-               "{}: config key \"topk_group\" = {} must be in [1, n_group = {}]", r.source(), c.topk_group, c.n_group);
-  OCCULT_CHECK(c.topk_group * (c.num_experts / c.n_group) >= c.num_experts_per_tok,
-               "{}: config key \"topk_group\" = {} keeps {} experts per token, fewer than num_experts_per_tok = {}",
-               r.source(), c.topk_group, c.topk_group * (c.num_experts / c.n_group), c.num_experts_per_tok);
-}
-
-float read_scaling(ConfigReader& r) {
-  const float s = r.get_float("routed_scaling_factor", 1.0f);
-  OCCULT_CHECK(std::isfinite(s) && s > 0.0f, "{}: config key \"routed_scaling_factor\" must be > 0, got {}",
-               r.source(), s);
-  return s;
-}
-
 void read_v2(ConfigReader& r, ModelConfig& c) {
   read_mla(r, c);
   read_moe_layout(r, c);
@@ -81,14 +57,14 @@ void read_v2(ConfigReader& r, ModelConfig& c) {
                "group_limited_greedy)",
                r.source(), method);
   if (method == "group_limited_greedy") {
-    read_groups(r, c);
+    read_expert_groups(r, c, "n_routed_experts", /*required=*/true);
     c.group_score = GroupScore::kMax;
   } else {
     r.ignore({"n_group", "topk_group"});  // greedy top-k looks at no groups
   }
   // MoEGate renormalises only when k > 1; the scaling factor applies only when it does not.
   c.norm_topk_prob = r.get_bool("norm_topk_prob", false) && c.num_experts_per_tok > 1;
-  const float scale = read_scaling(r);
+  const float scale = read_routed_scaling(r);
   c.routed_scaling_factor = c.norm_topk_prob ? 1.0f : scale;
 }
 
@@ -97,7 +73,7 @@ void read_v3(ConfigReader& r, ModelConfig& c) {
   read_moe_layout(r, c);
   r.reject_unless("scoring_func", {"sigmoid"}, "model_type deepseek_v3 scores experts with sigmoid");
   r.reject_unless("topk_method", {"noaux_tc"}, "model_type deepseek_v3 selects experts with noaux_tc");
-  read_groups(r, c);
+  read_expert_groups(r, c, "n_routed_experts", /*required=*/true);
   c.score_function = ScoreFunction::kSigmoid;
   c.group_score = GroupScore::kTopTwoSum;
   c.router_selection_bias = true;
@@ -115,7 +91,7 @@ void read_v3(ConfigReader& r, ModelConfig& c) {
                "would not be normalised)",
                r.source());
   c.norm_topk_prob = true;
-  c.routed_scaling_factor = read_scaling(r);
+  c.routed_scaling_factor = read_routed_scaling(r);
 }
 
 void write_common(const ModelConfig& c, nlohmann::json& j) {

@@ -21,6 +21,13 @@ void write_qwen_dense_layers(const ModelConfig& config, nlohmann::json& json);
 // window applies whenever it is set).
 void reject_sliding_window(ConfigReader& reader, bool enabled);
 
+// DeepSeek's group-limited routing: "n_group" and "topk_group" (both required when `required`,
+// else 1 when absent), checked against the E routed experts (read under `experts_key`, named in
+// errors) and num_experts_per_tok.
+void read_expert_groups(ConfigReader& reader, ModelConfig& config, const char* experts_key, bool required);
+// "routed_scaling_factor" (1 when absent), finite and > 0.
+float read_routed_scaling(ConfigReader& reader);
+
 const ArchSpec& occult_moe_arch();
 const ArchSpec& olmoe_arch();
 const ArchSpec& qwen2_moe_arch();
