@@ -131,6 +131,17 @@ std::vector<std::int32_t> read_token_ids(const std::string& path) {
   return out;
 }
 
+std::vector<std::int32_t> read_model_tokens(const std::string& text_path, const std::string& ids_path,
+                                            const TextCodec& codec, int vocab_size, const std::string& cache_dir) {
+  std::vector<std::int32_t> ids = ids_path.empty() ? tokenize_file(text_path, codec, cache_dir) : read_token_ids(ids_path);
+  const std::string& source = ids_path.empty() ? text_path : ids_path;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    OCCULT_CHECK(ids[i] >= 0 && ids[i] < vocab_size, "{}: token {} is id {}, outside the model's vocabulary [0, {})",
+                 source, i, ids[i], vocab_size);
+  }
+  return ids;
+}
+
 std::vector<std::int32_t> tokenize_file(const std::string& path, const TextCodec& codec,
                                         const std::string& cache_dir) {
   OCCULT_CHECK(fs::exists(path), "cannot read text {}: no such file", path);

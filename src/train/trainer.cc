@@ -218,21 +218,15 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
       } else {
         check_input_file("--data-ids", o.data_ids_path);
       }
-      if (!o.data_ids_path.empty()) {
-        std::vector<std::int32_t> ids = read_token_ids(o.data_ids_path);
-        for (std::size_t i = 0; i < ids.size(); ++i) {
-          OCCULT_CHECK(ids[i] < o.config.vocab_size, "{}: token {} is id {}, outside the vocabulary [0, {})",
-                       o.data_ids_path, i, ids[i], o.config.vocab_size);
-        }
-        d.emplace(std::move(ids), o.data_ids_path);
+      // Ids need no codec (a model directory without a tokenizer still reads them).
+      const TextCodec codec = o.data_ids_path.empty() ? TextCodec::for_model(o.text_model_dir, o.config.vocab_size)
+                                                      : TextCodec::bytes();
+      if (o.data_ids_path.empty() && codec.is_bytes()) {
+        d.emplace(o.data_path);  // bytes are the ids: the dataset reads the file itself
         return;
       }
-      const TextCodec codec = TextCodec::for_model(o.text_model_dir, o.config.vocab_size);
-      if (codec.is_bytes()) {
-        d.emplace(o.data_path);
-      } else {
-        d.emplace(tokenize_file(o.data_path, codec, o.token_cache_dir), o.data_path);
-      }
+      d.emplace(read_model_tokens(o.data_path, o.data_ids_path, codec, o.config.vocab_size, o.token_cache_dir),
+                o.data_ids_path.empty() ? o.data_path : o.data_ids_path);
     });
     return std::move(*d);
   }();

@@ -50,6 +50,13 @@ class TextCodec {
 // prints), or whitespace-separated integers. Throws naming the file and what was expected.
 std::vector<std::int32_t> read_token_ids(const std::string& path);
 
+// The token stream a model of `vocab_size` reads: the ids of `ids_path` when it is non-empty,
+// else the text of `text_path` under `codec` (tokenize_file, cached in `cache_dir`); throws
+// naming the file, the position and the id when an id lies outside [0, vocab_size).
+std::vector<std::int32_t> read_model_tokens(const std::string& text_path, const std::string& ids_path,
+                                            const TextCodec& codec, int vocab_size,
+                                            const std::string& cache_dir = {});
+
 // The ids of text file `path` under `codec`. With a non-empty `cache_dir` the stream is stored
 // there (safetensors, I32) under a key of the file's absolute path, size and modification time
 // and the codec's identity, and read back instead of tokenizing again; a corpus is tokenized once.
