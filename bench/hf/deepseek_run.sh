@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# A DeepSeek-V2 model at a real model's size: writes a random-weight deepseek_v2 directory with
+# DeepSeek-V2-Lite's shapes (hidden 2048, 16 heads, q_lora_rank null, kv_lora_rank 512,
+# qk_nope 128 / qk_rope 64 / v_head 128, 64 routed experts top-6 of width 1408, 2 shared
+# experts, layer 0 dense of width 10944, vocab 102400; BF16, one shard per layer; never
+# committed) with fewer layers than its 27, and measures at 4 ranks, standard against occult
+# dispatch in the same run (occult bench infer): load time, peak RSS, prefill tokens/s, decode
+# ms/step and MoE bytes moved per token. Then prints the KV-cache bytes per token of the latent
+# cache occult keeps against a cache of full keys and values, both computed from config.json,
+# and profiles the model's routing into a trace (E=64, k=6, the format of the shipped
+# data/traces/dsv2lite-*.safetensors) that `occult place` and `occult evaluate` then read.
+#
+# Usage: bench/hf/deepseek_run.sh [BUILD_DIR] [LAYERS] [RANKS] [REPEATS]
+#   LAYERS defaults to 4 (1 dense + 3 MoE layers, 4.4 GB of BF16 on disk; the whole 4-rank run
+#   stays under 10 GB of RSS); per-layer figures scale linearly to V2-Lite's 27.
+#   REPEATS (default 3) measured repeats after one warm-up, medians reported.
+# Results: BUILD_DIR/bench-hf/ (the checkpoint is reused when present; delete it to rewrite).
+set -euo pipefail
+build=${1:-build}
+layers=${2:-4}
+ranks=${3:-4}
+repeats=${4:-3}
+out=$build/bench-hf
+model=$out/dsv2lite-shapes-L$layers
+report=$out/dsv2lite-L$layers-np$ranks.txt
+mkdir -p "$out"
+export OPENBLAS_NUM_THREADS=1
+if [ ! -f "$model/model.safetensors.index.json" ]; then
+  "$build/bench/hf/bench_hf_checkpoint" --arch deepseek_v2 --out "$model" --layers "$layers"
+fi
+mpi=(mpirun --allow-run-as-root --oversubscribe -x OPENBLAS_NUM_THREADS=1 -np "$ranks")
+"${mpi[@]}" "$build/occult" bench infer --model "$model" --batch 8 --prompt-tokens 64 --decode-steps 16 \
+  --repeats "$repeats" --warmup 1 --no-progress | tee "$report"
+
+# KV-cache bytes per token (occult's cache holds F32): per layer, the latent cache keeps
+# kv_lora_rank + qk_rope_head_dim floats; a full cache keeps every head's key
+# (qk_nope_head_dim + qk_rope_head_dim) and value (v_head_dim).
+jq -r '
+  (.num_hidden_layers) as $L | (.num_attention_heads) as $NH |
+  (.kv_lora_rank + .qk_rope_head_dim) as $latent |
+  ($NH * (.qk_nope_head_dim + .qk_rope_head_dim)) as $k | ($NH * .v_head_dim) as $v |
+  "KV cache per token per layer: latent \($latent) floats = \($latent * 4) B; full K+V \($k) + \($v) floats = \(($k + $v) * 4) B (\((($k + $v) / $latent * 100 | round) / 100)x the latent)",
+  "KV cache per token, \($L) layers: latent \($latent * 4 * $L) B; full \(($k + $v) * 4 * $L) B; 27 layers (DeepSeek-V2-Lite): latent \($latent * 4 * 27) B, full \(($k + $v) * 4 * 27) B"
+' "$model/config.json" | tee -a "$report"
+
+# Routing profile of 2048 fixed token ids (sequences of 256) -> place -> evaluate.
+jq -n -c '[range(0; 2048) | (. * 7919 + 13) % 102400]' > "$out/dsv2lite-ids.json"
+"${mpi[@]}" "$build/occult" profile --model "$model" --input-ids "$out/dsv2lite-ids.json" --seq-len 256 \
+  --out "$out/dsv2lite-L$layers-trace.safetensors" --no-progress | tee -a "$report"
+"$build/occult" place --traces "$out/dsv2lite-L$layers-trace.safetensors" --devices "$ranks" \
+  --out "$out/dsv2lite-L$layers-placement.json" | tee -a "$report"
+"$build/occult" evaluate --traces "$out/dsv2lite-L$layers-trace.safetensors" \
+  --placement "$out/dsv2lite-L$layers-placement.json" | tee -a "$report"
+echo "results: $report"
