@@ -8,7 +8,8 @@
 # ms/step and MoE bytes moved per token. Then prints the KV-cache bytes per token of the latent
 # cache occult keeps against a cache of full keys and values, both computed from config.json,
 # and profiles the model's routing into a trace (E=64, k=6, the format of the shipped
-# data/traces/dsv2lite-*.safetensors) that `occult place` and `occult evaluate` then read.
+# data/traces/dsv2lite-*.safetensors) that `occult place` and `occult evaluate` then read, and
+# times one layer's latent-attention decode step absorbed against expanded (bench_mla_decode).
 #
 # Usage: bench/hf/deepseek_run.sh [BUILD_DIR] [LAYERS] [RANKS] [REPEATS]
 #   LAYERS defaults to 4 (1 dense + 3 MoE layers, 4.4 GB of BF16 on disk; the whole 4-rank run
@@ -45,10 +46,13 @@ jq -r '
 
 # Routing profile of 2048 fixed token ids (sequences of 256) -> place -> evaluate.
 jq -n -c '[range(0; 2048) | (. * 7919 + 13) % 102400]' > "$out/dsv2lite-ids.json"
-"${mpi[@]}" "$build/occult" profile --model "$model" --input-ids "$out/dsv2lite-ids.json" --seq-len 256 \
+"${mpi[@]}" "$build/occult" profile --model "$model" --input-ids "$out/dsv2lite-ids.json" --tokens 0 --seq-len 256 \
   --out "$out/dsv2lite-L$layers-trace.safetensors" --no-progress | tee -a "$report"
 "$build/occult" place --traces "$out/dsv2lite-L$layers-trace.safetensors" --devices "$ranks" \
   --out "$out/dsv2lite-L$layers-placement.json" | tee -a "$report"
 "$build/occult" evaluate --traces "$out/dsv2lite-L$layers-trace.safetensors" \
   --placement "$out/dsv2lite-L$layers-placement.json" | tee -a "$report"
+
+# One layer's latent-attention decode step, absorbed against the expand-every-step reference.
+"$build/bench/hf/bench_mla_decode" --rows 4 --contexts 256 1024 2048 --repeats 3 | tee -a "$report"
 echo "results: $report"
