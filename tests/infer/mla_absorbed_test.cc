@@ -38,21 +38,26 @@ ModelConfig mla_config(int heads, int nope, int rope, int v, int kl) {
 // [W_UK_h c | k_pe], values W_UV_h c, scores scaled by 1/sqrt(hd), all in double.
 std::vector<double> expanded_twin(const ModelConfig& c, WeightRef kv_b, const std::vector<float>& q,
                                   const std::vector<std::vector<float>>& latents) {
-  const int NH = c.num_attention_heads, hd = c.head_dim(), NOPE = c.qk_nope_head_dim, R = c.qk_rope_head_dim,
-            V = c.v_head_dim, KL = c.kv_lora_rank, LW = KL + R, KV = NOPE + V;
+  const int NH = c.num_attention_heads, hd = c.head_dim(), NOPE = c.qk_nope_head_dim,
+            R = c.qk_rope_head_dim, V = c.v_head_dim, KL = c.kv_lora_rank, LW = KL + R,
+            KV = NOPE + V;
   const std::size_t N = latents.size();
   std::vector<double> out(N * NH * V, 0.0);
   for (std::size_t n = 0; n < N; ++n) {
     const int len = static_cast<int>(latents[n].size()) / LW;
     for (int h = 0; h < NH; ++h) {
-      std::vector<double> keys(static_cast<std::size_t>(len) * (NOPE + R)), values(static_cast<std::size_t>(len) * V);
+      std::vector<double> keys(static_cast<std::size_t>(len) * (NOPE + R)),
+          values(static_cast<std::size_t>(len) * V);
       for (int t = 0; t < len; ++t) {
         const float* lat = latents[n].data() + t * LW;
         for (int i = 0; i < NOPE + V; ++i) {
           double acc = 0.0;
-          for (int j = 0; j < KL; ++j) acc += static_cast<double>(kv_b.at(h * KV + i, j, KL)) * lat[j];
-          if (i < NOPE) keys[t * (NOPE + R) + i] = acc;
-          else values[t * V + i - NOPE] = acc;
+          for (int j = 0; j < KL; ++j)
+            acc += static_cast<double>(kv_b.at(h * KV + i, j, KL)) * lat[j];
+          if (i < NOPE)
+            keys[t * (NOPE + R) + i] = acc;
+          else
+            values[t * V + i - NOPE] = acc;
         }
         for (int i = 0; i < R; ++i) keys[t * (NOPE + R) + NOPE + i] = lat[KL + i];
       }
@@ -60,7 +65,8 @@ std::vector<double> expanded_twin(const ModelConfig& c, WeightRef kv_b, const st
       double maxv = -1e300, sum = 0.0;
       for (int t = 0; t < len; ++t) {
         double dot = 0.0;
-        for (int i = 0; i < NOPE + R; ++i) dot += static_cast<double>(q[(n * NH + h) * hd + i]) * keys[t * (NOPE + R) + i];
+        for (int i = 0; i < NOPE + R; ++i)
+          dot += static_cast<double>(q[(n * NH + h) * hd + i]) * keys[t * (NOPE + R) + i];
         p[t] = dot / std::sqrt(static_cast<double>(hd));
         maxv = std::max(maxv, p[t]);
       }
@@ -74,8 +80,8 @@ std::vector<double> expanded_twin(const ModelConfig& c, WeightRef kv_b, const st
 }
 
 void check_absorbed(const ModelConfig& c, bool bf16) {
-  const int NH = c.num_attention_heads, hd = c.head_dim(), KL = c.kv_lora_rank, LW = mla_latent_width(c),
-            KV = c.qk_nope_head_dim + c.v_head_dim;
+  const int NH = c.num_attention_heads, hd = c.head_dim(), KL = c.kv_lora_rank,
+            LW = mla_latent_width(c), KV = c.qk_nope_head_dim + c.v_head_dim;
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> kv_b(static_cast<std::size_t>(NH) * KV * KL);
@@ -108,7 +114,8 @@ void check_absorbed(const ModelConfig& c, bool bf16) {
     norm = std::max(norm, std::abs(want[i]));
   }
   // F32 sums of at most KL + R + len terms of unit size: a few ulps relative to the output.
-  EXPECT_LT(err, 2e-5 * std::max(1.0, norm)) << "heads " << NH << " v_head_dim " << c.v_head_dim << " bf16 " << bf16;
+  EXPECT_LT(err, 2e-5 * std::max(1.0, norm))
+      << "heads " << NH << " v_head_dim " << c.v_head_dim << " bf16 " << bf16;
   EXPECT_GT(norm, 0.1);  // the comparison is not between two near-zero outputs
 }
 
@@ -143,7 +150,8 @@ TEST(MlaAbsorbed, OnePositionGivesItsValuesByHand) {
   const float* rows[] = {latent.data()};
   const int lengths[] = {1};
   const std::vector<float> q = {0.25f, 1.0f, -1.0f};
-  std::vector<float> out(1, 0.0f), scratch(static_cast<std::size_t>(mla_absorbed_scratch_floats(c, 1, 1)));
+  std::vector<float> out(1, 0.0f),
+      scratch(static_cast<std::size_t>(mla_absorbed_scratch_floats(c, 1, 1)));
   mla_attend_absorbed(c, w, q.data(), 1, rows, lengths, out.data(), scratch.data());
   EXPECT_FLOAT_EQ(out[0], 3.0f * 0.5f - 2.0f);
 }
