@@ -36,16 +36,20 @@ mpi=(mpirun --allow-run-as-root --oversubscribe -x OPENBLAS_NUM_THREADS=1 -np "$
 # KV-cache bytes per token (occult's cache holds F32): per layer, the latent cache keeps
 # kv_lora_rank + qk_rope_head_dim floats; a full cache keeps every head's key
 # (qk_nope_head_dim + qk_rope_head_dim) and value (v_head_dim).
-jq -r '
-  (.num_hidden_layers) as $L | (.num_attention_heads) as $NH |
-  (.kv_lora_rank + .qk_rope_head_dim) as $latent |
-  ($NH * (.qk_nope_head_dim + .qk_rope_head_dim)) as $k | ($NH * .v_head_dim) as $v |
-  "KV cache per token per layer: latent \($latent) floats = \($latent * 4) B; full K+V \($k) + \($v) floats = \(($k + $v) * 4) B (\((($k + $v) / $latent * 100 | round) / 100)x the latent)",
-  "KV cache per token, \($L) layers: latent \($latent * 4 * $L) B; full \(($k + $v) * 4 * $L) B; 27 layers (DeepSeek-V2-Lite): latent \($latent * 4 * 27) B, full \(($k + $v) * 4 * 27) B"
-' "$model/config.json" | tee -a "$report"
+python3 - "$model/config.json" <<'PY' | tee -a "$report"
+import json, sys
+c = json.load(open(sys.argv[1]))
+L, NH = c["num_hidden_layers"], c["num_attention_heads"]
+latent = c["kv_lora_rank"] + c["qk_rope_head_dim"]
+k, v = NH * (c["qk_nope_head_dim"] + c["qk_rope_head_dim"]), NH * c["v_head_dim"]
+print(f"KV cache per token per layer: latent {latent} floats = {latent * 4} B; "
+      f"full K+V {k} + {v} floats = {(k + v) * 4} B ({(k + v) / latent:.2f}x the latent)")
+print(f"KV cache per token, {L} layers: latent {latent * 4 * L} B; full {(k + v) * 4 * L} B; "
+      f"27 layers (DeepSeek-V2-Lite): latent {latent * 4 * 27} B, full {(k + v) * 4 * 27} B")
+PY
 
 # Routing profile of 2048 fixed token ids (sequences of 256) -> place -> evaluate.
-jq -n -c '[range(0; 2048) | (. * 7919 + 13) % 102400]' > "$out/dsv2lite-ids.json"
+python3 -c 'import json; print(json.dumps([(i * 7919 + 13) % 102400 for i in range(2048)]))' > "$out/dsv2lite-ids.json"
 "${mpi[@]}" "$build/occult" profile --model "$model" --input-ids "$out/dsv2lite-ids.json" --tokens 0 --seq-len 256 \
   --out "$out/dsv2lite-L$layers-trace.safetensors" --no-progress | tee -a "$report"
 "$build/occult" place --traces "$out/dsv2lite-L$layers-trace.safetensors" --devices "$ranks" \
