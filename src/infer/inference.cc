@@ -371,6 +371,19 @@ void InferenceEngine::mla_attention(int layer, bool prefill) {
         attention_prefill_blocked(out, att_.data(), q, k, v, seg.length, NH, NH, hs, block);
       }
     }
+  } else if (options_.mla_absorbed_decode) {
+    // Attention in latent space: kv_b folded into each query and output, the cache read as is.
+    mla_rows_.resize(static_cast<std::size_t>(N));
+    mla_lengths_.resize(static_cast<std::size_t>(N));
+    int longest = 0;
+    for (std::int64_t n = 0; n < N; ++n) {
+      mla_rows_[n] = cache + static_cast<std::int64_t>(row_slot_[n]) * T * LW;
+      mla_lengths_[n] = row_pos_[n] + 1;
+      longest = std::max(longest, mla_lengths_[n]);
+    }
+    grow(mla_scratch_, mla_absorbed_scratch_floats(c, N, longest));
+    mla_attend_absorbed(c, w, q_.data(), N, mla_rows_.data(), mla_lengths_.data(), atty_.data(), mla_scratch_.data());
+    return;  // atty_ already holds NH * v_head_dim values per row
   } else {
     // Each decode row expands its slot's cached latents (positions 0..pos) into keys and values.
     for (std::int64_t n = 0; n < N; ++n) {

@@ -6,8 +6,9 @@
 // load_checkpoint into an expert-parallel model, with each dispatcher: standard (contiguous
 // placement) and occult (the fixture writer's round-robin placement, non-contiguous). Five
 // sequences of different lengths are spread over the ranks (deepseek_v2 and deepseek_v3, default
-// and alt: multi-head latent attention, whose cache holds the latent rows and expands them at
-// every decode step); each rank prefills its prompts and
+// and alt: multi-head latent attention, whose cache holds the latent rows; decode attends over
+// them in latent space with kv_b absorbed, and a third test checks the reference form that
+// expands them at every step); each rank prefills its prompts and
 // decodes the rest of each sequence one token per step, and every returned logits row (the
 // prompt's last token, then every decoded position) must equal the row of a 1-process full
 // forward over the whole sequence (local reference MoE block) at the same position. A second
@@ -121,7 +122,7 @@ class HfDecodeMpiTest : public ::testing::TestWithParam<Case> {
 // top-k ties) against the single-process naive-block model of the same directory.
 void check_fixture_decoding(Communicator& comm, const Case& c,
                             const std::vector<int>& prompt_lengths, int attention_block_rows,
-                            std::int64_t* rows_checked) {
+                            std::int64_t* rows_checked, bool mla_absorbed_decode = true) {
   const Fixture fixture(c, comm.rank());
   const std::string dir = fixture.dir.string();
   const ModelConfig config = load_checkpoint_config(dir);
@@ -155,7 +156,7 @@ void check_fixture_decoding(Communicator& comm, const Case& c,
   load_checkpoint(dir, model, nullptr);
 
   testing::check_cached_decoding(comm, model, reference, seqs, prompt_lengths, attention_block_rows,
-                                 kMaxRelativeError, rows_checked);
+                                 kMaxRelativeError, rows_checked, mla_absorbed_decode);
 }
 
 TEST_P(HfDecodeMpiTest, KvCacheDecodeReproducesTheFullForwardAtEveryPosition) {
@@ -171,6 +172,15 @@ TEST_P(HfDecodeMpiTest, BlockedPrefillAttentionMatchesTheFullForward) {
   std::int64_t rows = 0;
   check_fixture_decoding(comm, GetParam(), {9, 7, 1, 10, 6}, 2, &rows);
   EXPECT_EQ(rows, 0 + 5 + 4 + 6 + 1);
+}
+
+TEST_P(HfDecodeMpiTest, ExpandedLatentDecodeMatchesTheFullForward) {
+  // The expand-every-step form of latent-attention decode, kept as the absorbed form's reference.
+  const std::string arch = GetParam().arch;
+  if (arch != "deepseek_v2" && arch != "deepseek_v3") GTEST_SKIP() << "no latent attention";
+  std::int64_t rows = 0;
+  check_fixture_decoding(comm, GetParam(), {1, 4, 5, 3, 6}, 0, &rows, /*mla_absorbed_decode=*/false);
+  EXPECT_EQ(rows, 30);
 }
 
 std::vector<Case> all_cases() {

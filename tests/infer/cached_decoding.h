@@ -32,12 +32,14 @@ inline double relative_error(std::span<const float> a, std::span<const float> b)
 // (blocked prefill attention of `attention_block_rows` query rows; 0 = the default), then decodes
 // the rest, every rank taking the same number of steps. Each returned row must be within
 // `max_relative_error` of `reference`'s full forward (a model on one process). *rows_checked
-// gets the decoded rows checked over all ranks.
+// gets the decoded rows checked over all ranks. `mla_absorbed_decode` picks the engine's
+// latent-attention decode form (absorbed or expanded; no effect without latent attention).
 inline void check_cached_decoding(Communicator& comm, MoeTransformer& model,
                                   MoeTransformer& reference,
                                   const std::vector<std::vector<std::int32_t>>& seqs,
                                   const std::vector<int>& prompt_lengths, int attention_block_rows,
-                                  double max_relative_error, std::int64_t* rows_checked) {
+                                  double max_relative_error, std::int64_t* rows_checked,
+                                  bool mla_absorbed_decode = true) {
   const ModelConfig& config = model.config();
   const int V = config.vocab_size;
   const Share share = rank_share(static_cast<std::int64_t>(seqs.size()), comm.rank(), comm.size());
@@ -53,7 +55,8 @@ inline void check_cached_decoding(Communicator& comm, MoeTransformer& model,
   const int n = static_cast<int>(prompts.size());
   InferenceEngine engine(model, {.max_sequences = n,
                                  .max_length = config.max_position_embeddings,
-                                 .attention_block_rows = attention_block_rows});
+                                 .attention_block_rows = attention_block_rows,
+                                 .mla_absorbed_decode = mla_absorbed_decode});
   const auto row = [&](const std::vector<float>& logits, int t) {
     return std::span<const float>(logits).subspan(static_cast<std::size_t>(t) * V, V);
   };

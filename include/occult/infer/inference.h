@@ -38,6 +38,10 @@ struct InferenceOptions {
   // query rows, so the score scratch is O(block x len) instead of the whole-prompt kernel's
   // O(NH x len^2) (4 GiB for one 16k-token prompt with 4 heads). 0 = kDefaultAttentionBlockRows.
   int attention_block_rows = 0;
+  // Multi-head latent attention decode: attend in latent space with kv_b folded into the query
+  // and the output (the default; no per-step expansion of the cache), or expand every cached
+  // latent into keys and values each step (the reference form, O(len) kv_b products per step).
+  bool mla_absorbed_decode = true;
 };
 
 // Query rows per prefill attention block when InferenceOptions::attention_block_rows is 0.
@@ -45,7 +49,7 @@ inline constexpr int kDefaultAttentionBlockRows = 1024;
 
 // Bytes of a KV cache of `sequences` slots x `max_length` positions: 2 (K, V) * L * NKV*hd floats
 // each; under multi-head latent attention, L * (kv_lora_rank + qk_rope_head_dim) floats each
-// (the latent and the rotated shared key part; keys and values are expanded from it).
+// (the latent and the rotated shared key part; decode attends over it in latent space).
 std::int64_t kv_cache_bytes(const ModelConfig& config, std::int64_t sequences, int max_length);
 
 // One rank's KV-cache inference engine over a model it does not own (the model must outlive it).
@@ -102,6 +106,8 @@ class InferenceEngine {
   std::vector<float> k_cache_, v_cache_;  // [L, S, T, NKV*hd] each (S slots, T = max_length);
                                           // MLA: k_cache_ [L, S, T, KL+R] latents, v_cache_ empty
   std::vector<float> mla_scratch_, mla_k_, mla_v_;  // MLA: projections; one slot's expanded K, V
+  std::vector<const float*> mla_rows_;              // MLA absorbed decode: each row's cached latents
+  std::vector<int> mla_lengths_;                    // and their count
   std::vector<int> lengths_;              // [num_sequences] tokens cached per slot
 
   // The rows of the current call. N = rows_.

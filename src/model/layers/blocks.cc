@@ -180,6 +180,54 @@ void mla_expand(const ModelConfig& c, const LayerWeights& w, const float* latent
   }
 }
 
+std::int64_t mla_absorbed_scratch_floats(const ModelConfig& c, std::int64_t N, std::int64_t max_keys) {
+  const std::int64_t NH = c.num_attention_heads;
+  // Absorbed queries [N, NH, KL+R], contexts [N, NH, KL], one row's scores [NH, max_keys].
+  return N * NH * (mla_latent_width(c) + c.kv_lora_rank) + NH * max_keys;
+}
+
+void mla_attend_absorbed(const ModelConfig& c, const LayerWeights& w, const float* q, std::int64_t N,
+                         const float* const* latents, const int* lengths, float* out, float* scratch) {
+  const int NH = c.num_attention_heads, hd = c.head_dim(), NOPE = c.qk_nope_head_dim, R = c.qk_rope_head_dim,
+            V = c.v_head_dim, KL = c.kv_lora_rank;
+  const int LW = KL + R, KV = NOPE + V;
+  const std::int64_t QD = static_cast<std::int64_t>(NH) * hd;
+  float* qc = scratch;                                 // [N, NH, LW]
+  float* ctx = qc + N * NH * LW;                       // [N, NH, KL]
+  float* scores = ctx + N * NH * KL;                   // [NH, keys]
+  const GemmOptions weights = current_gemm_options();
+  // The latents are activations: their products stay in F32 whatever the weights' precision.
+  GemmOptions acts = weights;
+  acts.compute = ComputeDType::kF32;
+  // Absorbed queries: q_nope W_UK_h for all rows at once per head (kv_b read once per call),
+  // then the rope part unchanged, so one dot with a latent row gives the whole score.
+  for (int h = 0; h < NH; ++h) {
+    gemm(weights, false, false, N, KL, NOPE, q + h * hd, QD, w.kv_b.row_offset(static_cast<std::int64_t>(h) * KV, KL),
+         KL, 0.0f, qc + static_cast<std::int64_t>(h) * LW, static_cast<std::int64_t>(NH) * LW);
+  }
+  for (std::int64_t n = 0; n < N; ++n) {
+    for (int h = 0; h < NH; ++h) {
+      const float* src = q + n * QD + h * hd + NOPE;
+      std::copy(src, src + R, qc + (n * NH + h) * LW + KL);
+    }
+  }
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  for (std::int64_t n = 0; n < N; ++n) {
+    const int len = lengths[n];
+    // scores [NH, len] = scale * qc_n [NH, LW] @ latents^T; softmax per head; ctx = P @ c_kv.
+    gemm(acts, false, true, NH, len, LW, qc + n * NH * LW, LW, WeightRef(latents[n]), LW, 0.0f, scores, len);
+    for (std::int64_t i = 0; i < static_cast<std::int64_t>(NH) * len; ++i) scores[i] *= scale;
+    for (int h = 0; h < NH; ++h) causal_softmax_row(scores + static_cast<std::int64_t>(h) * len, len - 1, len);
+    gemm(acts, false, false, NH, KL, len, scores, len, WeightRef(latents[n]), LW, 0.0f, ctx + n * NH * KL, KL);
+  }
+  // o_h = ctx_h W_UV_h^T for all rows per head.
+  for (int h = 0; h < NH; ++h) {
+    gemm(weights, false, true, N, V, KL, ctx + static_cast<std::int64_t>(h) * KL, static_cast<std::int64_t>(NH) * KL,
+         w.kv_b.row_offset(static_cast<std::int64_t>(h) * KV + NOPE, KL), KL, 0.0f, out + static_cast<std::int64_t>(h) * V,
+         static_cast<std::int64_t>(NH) * V);
+  }
+}
+
 void mla_compact_heads(const ModelConfig& c, float* atty, std::int64_t N) {
   const std::int64_t NH = c.num_attention_heads, hd = c.head_dim(), V = c.v_head_dim;
   // Destinations never pass their sources (V <= hd), so one forward sweep is safe.

@@ -81,6 +81,20 @@ void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, st
 // k = [k_nope | k_pe | zeros], v = [v | zeros].
 void mla_expand(const ModelConfig& c, const LayerWeights& w, const float* latent, std::int64_t N,
                 float* k, float* v, float* scratch);
+// Floats of scratch mla_attend_absorbed needs for N query rows attending over at most
+// `max_keys` cached positions.
+std::int64_t mla_absorbed_scratch_floats(const ModelConfig& c, std::int64_t N, std::int64_t max_keys);
+// Attention of N query rows against cached latents without expanding them into keys and values
+// (the absorbed form of multi-head latent attention): per head h, with W_UK_h [NOPE, KL] and
+// W_UV_h [V, KL] the key and value rows of kv_b,
+//   scores_t = scale * ([q_nope W_UK_h | q_rope] . latent_t),  o_h = (softmax(scores) . c_kv) W_UV_h^T,
+// which equals attending over mla_expand's keys and values up to the order of the sums.
+// q [N, NH*hd] as mla_project wrote it (pre-scaled, so scale = 1/sqrt(hd)); row n attends over
+// its own latent rows latents[n][0 .. lengths[n]) ([lengths[n], KL+R], as mla_project wrote
+// them). out [N, NH*v_head_dim] (overwrites). The weight products run with this thread's GEMM
+// options, the products with the latents in F32.
+void mla_attend_absorbed(const ModelConfig& c, const LayerWeights& w, const float* q, std::int64_t N,
+                         const float* const* latents, const int* lengths, float* out, float* scratch);
 // atty[N, NH*hd] -> atty[N, NH*v_head_dim] in place: each head's first v_head_dim values.
 void mla_compact_heads(const ModelConfig& c, float* atty, std::int64_t N);
 
