@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The quality experiment of issue 7, one command on 4 ranks: pretrain a base MoE model
+# The quality experiment, one command on 4 ranks: pretrain a base MoE model
 # (configs/quality-base.json) on tinyshakespeare; profile its routing on held-out Shakespeare;
 # place its experts (hypergraph, D = 4) and embed the router-probability similarity into the
 # placement; fine-tune on gsm8k-train with the same step budget under standard routing, M=2

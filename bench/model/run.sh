@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The model benchmark of issue 5: validation loss of the demo config against the corpus's
+# The model benchmark: validation loss of the demo config against the corpus's
 # byte-unigram entropy, the loss curve and tokens/s at 1 and 4 ranks, and model FLOP utilisation
 # against the single-thread sgemm rate measured in the same run (bench_model).
 # Usage: bench/model/run.sh [BUILD_DIR] [STEPS]   (results go to BUILD_DIR/bench-model/)

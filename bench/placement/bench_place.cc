@@ -1,4 +1,4 @@
-// Placement speed and quality (issue 2, "Speed" and "Done when"). Single-threaded.
+// Placement speed and quality against the placement targets. Single-threaded.
 //
 //   speed (real):      all layers of one shipped trace at D devices with the default strategy,
 //                      medians over repeats after a warm-up, greedy-fps and metis in the same run;

@@ -1,4 +1,4 @@
-// Collaboration-pruning throughput (issue 3: prune 1M tokens x k=8 against a 64-expert,
+// Collaboration-pruning throughput (target: prune 1M tokens x k=8 against a 64-expert,
 // 8-device placement in well under a second on one core), each scheme, against the naive
 // reference twin in the same run; plus gating (softmax + top-k) for scale. Single-threaded.
 //
