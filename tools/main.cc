@@ -14,6 +14,7 @@
 #include "command_registry.h"
 #include "mpi_cli.h"
 #include "occult/core/error.h"
+#include "occult/model/memory.h"
 
 namespace occult::cli {
 
@@ -137,7 +138,9 @@ std::string diagnose_unknown(CLI::App& root, int argc, char** argv) {
       // Skip the values the option takes (none after "--name=value" or for a flag).
       if (is_long && token.find('=') != std::string::npos) continue;
       int left = opt->get_items_expected_max();
-      while (left > 0 && i + 1 < argc && argv[i + 1][0] != '-' && find_subcommand(app, argv[i + 1]) == nullptr) {
+      // A value may be a negative number ("-1"), never another flag.
+      auto is_value = [&](const char* v) { return v[0] != '-' || (v[1] >= '0' && v[1] <= '9') || v[1] == '.'; };
+      while (left > 0 && i + 1 < argc && is_value(argv[i + 1]) && find_subcommand(app, argv[i + 1]) == nullptr) {
         ++i;
         --left;
       }
@@ -210,6 +213,22 @@ int main(int argc, char** argv) {
           },
           "SECONDS"))
       ->capture_default_str();
+  app.add_option_function<std::string>(
+         "--memory-limit",
+         [](const std::string& gib) {
+           // The memory checks read the variable (occult/model/memory.h), so every rank and every
+           // library path sees the same budget.
+           ::setenv(occult::kMemoryLimitEnv, gib.c_str(), 1);
+         },
+         "GiB each rank may use; commands refuse, before allocating, what would not fit (default: the "
+         "host's available memory divided by its ranks; the same as OCCULT_MEMORY_LIMIT_GIB)")
+      ->check(CLI::Validator(
+          [](std::string& text) -> std::string {
+            double v = -1;
+            return CLI::detail::lexical_cast(text, v) && v > 0 && v < 1e9 ? ""
+                                                                         : "must be a positive number of GiB, got " + text;
+          },
+          "GIB"));
   occult::cli::setup_all_commands(app);
   occult::cli::accept_global_options_everywhere(app);
   try {

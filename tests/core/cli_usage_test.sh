@@ -28,6 +28,13 @@ expect_error e4.txt 'occult: error: unknown flag --devcies for "occult place"; d
 # The value of a known flag is not taken for a command or a flag.
 expect_error e5.txt 'occult: error: unknown flag --max-imbalanse for "occult place"; did you mean --max-imbalance?' \
   "$occult" place --devices 4 --max-imbalanse 1.2
+# The global flags, before or after the subcommand, with their values checked (a negative value is
+# a value, not a flag).
+if "$occult" --memory-limit -1 train > /dev/null 2> e7.txt; then fail "--memory-limit -1 accepted"; fi
+grep -q '^--memory-limit: must be a positive number of GiB, got -1' e7.txt || fail "$(cat e7.txt)"
+if "$occult" train --collective-timeout -5 > /dev/null 2> e8.txt; then fail "--collective-timeout -5 accepted"; fi
+grep -q '^--collective-timeout: must be 0 (wait forever) or a positive number of seconds, got -5' e8.txt ||
+  fail "$(cat e8.txt)"
 # Nothing close: the known commands are listed instead of a guess.
 if "$occult" zzzzzzzz > /dev/null 2> e6.txt; then fail "zzzzzzzz accepted"; fi
 grep -q '^occult: error: unknown command "zzzzzzzz"; the commands are: .*train' e6.txt || fail "$(cat e6.txt)"

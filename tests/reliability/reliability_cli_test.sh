@@ -221,7 +221,7 @@ for case in "--min-lr-ratio -0.5" "--weight-decay -1" "--warmup -1" "--grad-clip
 done
 # A step too large for the memory left after the model: refused before the first step, naming
 # the parts and the flags that shrink them (the model alone fits the 10 MiB budget).
-run step_memory "OCCULT_MEMORY_LIMIT_GIB=0.01" -- train --config "$src/configs/tiny.json" --data corpus.txt \
+run step_memory -- train --memory-limit 0.01 --config "$src/configs/tiny.json" --data corpus.txt \
   --steps 2 --batch 256 --seq-len 64 --no-progress
 expect_error step_memory "a training step of" "activations" "MoE routing and exchange buffers" "lower --batch"
 grep -q "^step " step_memory.txt && fail "step_memory: a step ran before the refusal"
