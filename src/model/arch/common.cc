@@ -94,4 +94,20 @@ float read_routed_scaling(ConfigReader& r) {
   return s;
 }
 
+void read_deepseek_moe_layers(ConfigReader& r, ModelConfig& c) {
+  read_routed_experts(r, c, "n_routed_experts", "moe_intermediate_size");
+  c.n_shared_experts = r.get_int("n_shared_experts", 0);
+  c.intermediate_size = r.get_int("intermediate_size", 0);
+  c.first_k_dense_replace = r.get_int("first_k_dense_replace", 0);
+  c.moe_layer_freq = r.get_int("moe_layer_freq", 1);
+}
+
+void write_deepseek_moe_layers(const ModelConfig& c, nlohmann::json& j) {
+  write_routed_experts(c, j, "n_routed_experts", "moe_intermediate_size");
+  j["n_shared_experts"] = c.n_shared_experts;
+  j["intermediate_size"] = c.intermediate_size;
+  j["first_k_dense_replace"] = c.first_k_dense_replace;
+  j["moe_layer_freq"] = c.moe_layer_freq;
+}
+
 }  // namespace occult

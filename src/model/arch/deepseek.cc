@@ -11,11 +11,7 @@ void read(ConfigReader& r, ModelConfig& c) {
   const char* mla = "multi-head latent attention belongs to model_type deepseek_v2 / deepseek_v3, not deepseek";
   r.reject_unless("q_lora_rank", {}, mla);
   r.reject_unless("kv_lora_rank", {}, mla);
-  read_routed_experts(r, c, "n_routed_experts", "moe_intermediate_size");
-  c.n_shared_experts = r.get_int("n_shared_experts", 0);
-  c.intermediate_size = r.get_int("intermediate_size", 0);
-  c.first_k_dense_replace = r.get_int("first_k_dense_replace", 0);
-  c.moe_layer_freq = r.get_int("moe_layer_freq", 1);
+  read_deepseek_moe_layers(r, c);
   // MoEGate renormalises only when k > 1; with k = 1 the flag has no effect either way.
   c.norm_topk_prob = r.get_bool("norm_topk_prob", false) && c.num_experts_per_tok > 1;
   c.attention_qkv_bias = c.attention_o_bias = r.get_bool("attention_bias", false);
@@ -33,11 +29,7 @@ void read(ConfigReader& r, ModelConfig& c) {
 }
 
 void write(const ModelConfig& c, nlohmann::json& j) {
-  write_routed_experts(c, j, "n_routed_experts", "moe_intermediate_size");
-  j["n_shared_experts"] = c.n_shared_experts;
-  j["intermediate_size"] = c.intermediate_size;
-  j["first_k_dense_replace"] = c.first_k_dense_replace;
-  j["moe_layer_freq"] = c.moe_layer_freq;
+  write_deepseek_moe_layers(c, j);
   j["norm_topk_prob"] = c.norm_topk_prob;
   j["attention_bias"] = c.attention_qkv_bias;
   j["scoring_func"] = "softmax";

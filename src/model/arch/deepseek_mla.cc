@@ -36,11 +36,7 @@ void read_mla(ConfigReader& r, ModelConfig& c) {
 }
 
 void read_moe_layout(ConfigReader& r, ModelConfig& c) {
-  read_routed_experts(r, c, "n_routed_experts", "moe_intermediate_size");
-  c.n_shared_experts = r.get_int("n_shared_experts", 0);
-  c.intermediate_size = r.get_int("intermediate_size", 0);
-  c.first_k_dense_replace = r.get_int("first_k_dense_replace", 0);
-  c.moe_layer_freq = r.get_int("moe_layer_freq", 1);
+  read_deepseek_moe_layers(r, c);
   c.router_aux_loss_coef = r.get_float("aux_loss_alpha", c.router_aux_loss_coef);
   // seq_aux selects the sequence-wise form of the training-only auxiliary loss; ep_size is a
   // launch hint; the multi-token-prediction layers (V3) are not part of the causal LM.
@@ -95,11 +91,7 @@ void read_v3(ConfigReader& r, ModelConfig& c) {
 }
 
 void write_common(const ModelConfig& c, nlohmann::json& j) {
-  write_routed_experts(c, j, "n_routed_experts", "moe_intermediate_size");
-  j["n_shared_experts"] = c.n_shared_experts;
-  j["intermediate_size"] = c.intermediate_size;
-  j["first_k_dense_replace"] = c.first_k_dense_replace;
-  j["moe_layer_freq"] = c.moe_layer_freq;
+  write_deepseek_moe_layers(c, j);
   j["norm_topk_prob"] = c.norm_topk_prob;
   j["attention_bias"] = false;
   j["aux_loss_alpha"] = json_float(c.router_aux_loss_coef);

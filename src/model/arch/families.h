@@ -13,6 +13,12 @@ void read_common_keys(ConfigReader& reader, ModelConfig& config);
 void read_routed_experts(ConfigReader& reader, ModelConfig& config, const char* experts_key, const char* ffn_key);
 void write_routed_experts(const ModelConfig& config, nlohmann::json& json, const char* experts_key,
                           const char* ffn_key);
+// The DeepSeek families' MoE layer layout: routed experts ("n_routed_experts",
+// "moe_intermediate_size"), "n_shared_experts" fused into one MLP, dense layers of
+// "intermediate_size" below "first_k_dense_replace" and off the "moe_layer_freq" grid (read and
+// written back).
+void read_deepseek_moe_layers(ConfigReader& reader, ModelConfig& config);
+void write_deepseek_moe_layers(const ModelConfig& config, nlohmann::json& json);
 // The Qwen families' dense layers: "intermediate_size", "decoder_sparse_step", "mlp_only_layers"
 // (read and written back).
 void read_qwen_dense_layers(ConfigReader& reader, ModelConfig& config);
