@@ -92,7 +92,10 @@ nlohmann::ordered_json deepseek_v2_config(const Shape& s, const MlaShape& m) {
           {"max_position_embeddings", s.context},
           {"rms_norm_eps", 1e-6},
           {"rope_theta", 10000.0},
-          {"rope_scaling", nullptr},
+          // DeepSeek-V2-Lite's own YaRN (160k context from 4k).
+          {"rope_scaling",
+           {{"beta_fast", 32}, {"beta_slow", 1}, {"factor", 40}, {"mscale", 0.707}, {"mscale_all_dim", 0.707},
+            {"original_max_position_embeddings", 4096}, {"type", "yarn"}}},
           {"attention_bias", false},
           {"tie_word_embeddings", false},
           {"torch_dtype", "bfloat16"},

@@ -1,5 +1,6 @@
 #include "occult/model/config.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -126,6 +127,27 @@ void validate_model_config(const ModelConfig& c, const std::string& source) {
   }
   OCCULT_CHECK(c.rope_theta > 1.0f, "{}: config key \"rope_theta\" must be > 1, got {}", source,
                c.rope_theta);
+  if (c.rope_scaling.yarn) {
+    const RopeScaling& y = c.rope_scaling;
+    OCCULT_CHECK(c.mla(),
+                 "{}: config key \"rope_scaling\" of type \"yarn\" is implemented for the latent-attention families "
+                 "(deepseek_v2, deepseek_v3) only, not for model_type \"{}\"",
+                 source, c.model_type);
+    OCCULT_CHECK(std::isfinite(y.factor) && y.factor >= 1.0f,
+                 "{}: config key \"rope_scaling\" \"factor\" must be >= 1, got {}", source, y.factor);
+    OCCULT_CHECK(y.original_max_position_embeddings >= 1,
+                 "{}: config key \"rope_scaling\" \"original_max_position_embeddings\" must be >= 1, got {}", source,
+                 y.original_max_position_embeddings);
+    OCCULT_CHECK(std::isfinite(y.beta_fast) && std::isfinite(y.beta_slow) && y.beta_slow > 0.0f &&
+                     y.beta_fast > y.beta_slow,
+                 "{}: config key \"rope_scaling\" needs beta_fast > beta_slow > 0, got beta_fast {} and beta_slow {}",
+                 source, y.beta_fast, y.beta_slow);
+    OCCULT_CHECK(std::isfinite(y.mscale) && std::isfinite(y.mscale_all_dim) && y.mscale >= 0.0f &&
+                     y.mscale_all_dim >= 0.0f,
+                 "{}: config key \"rope_scaling\" \"mscale\" and \"mscale_all_dim\" must be finite and >= 0, got {} "
+                 "and {}",
+                 source, y.mscale, y.mscale_all_dim);
+  }
   OCCULT_CHECK(c.router_aux_loss_coef >= 0.0f,
                "{}: config key \"router_aux_loss_coef\" must be >= 0, got {}", source,
                c.router_aux_loss_coef);
@@ -166,6 +188,16 @@ nlohmann::json model_config_to_json(const ModelConfig& c) {
                    {"initializer_range", json_float(c.initializer_range)},
                    {"hidden_act", "silu"}};
   if (c.explicit_head_dim > 0) j["head_dim"] = c.explicit_head_dim;
+  if (c.rope_scaling.yarn) {
+    const RopeScaling& y = c.rope_scaling;
+    j["rope_scaling"] = {{"type", "yarn"},
+                         {"factor", json_float(y.factor)},
+                         {"original_max_position_embeddings", y.original_max_position_embeddings},
+                         {"beta_fast", json_float(y.beta_fast)},
+                         {"beta_slow", json_float(y.beta_slow)},
+                         {"mscale", json_float(y.mscale)},
+                         {"mscale_all_dim", json_float(y.mscale_all_dim)}};
+  }
   if (!c.eos_token_ids.empty()) {
     j["eos_token_id"] = c.eos_token_ids.size() == 1 ? nlohmann::json(c.eos_token_ids[0]) : nlohmann::json(c.eos_token_ids);
   }
@@ -190,7 +222,7 @@ bool same_architecture(const ModelConfig& a, const ModelConfig& b) {
          a.num_experts == b.num_experts && a.num_experts_per_tok == b.num_experts_per_tok &&
          a.moe_intermediate_size == b.moe_intermediate_size && a.n_shared_experts == b.n_shared_experts &&
          a.norm_topk_prob == b.norm_topk_prob && a.tie_word_embeddings == b.tie_word_embeddings &&
-         a.rope_theta == b.rope_theta && a.rms_norm_eps == b.rms_norm_eps &&
+         a.rope_theta == b.rope_theta && a.rope_scaling == b.rope_scaling && a.rms_norm_eps == b.rms_norm_eps &&
          a.score_function == b.score_function && a.n_group == b.n_group && a.topk_group == b.topk_group &&
          a.group_score == b.group_score && a.routed_scaling_factor == b.routed_scaling_factor &&
          a.router_selection_bias == b.router_selection_bias && a.q_lora_rank == b.q_lora_rank &&

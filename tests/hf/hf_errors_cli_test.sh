@@ -74,8 +74,8 @@ corrupt() {
   sed "$expr" "$dir/$arch/config.json" > "$dir/$name/config.json"
   ! cmp -s "$dir/$arch/config.json" "$dir/$name/config.json" || fail "$name: sed '$expr' changed nothing"
 }
-corrupt yarn v3 's/"rope_scaling": null/"rope_scaling": {"type": "yarn", "factor": 40, "mscale_all_dim": 1}/'
-expect_error yarn "$dir/yarn" '"rope_scaling"' "yarn" "is not supported"
+corrupt longrope v3 's/"rope_type": "yarn"/"rope_type": "longrope"/'
+expect_error longrope "$dir/longrope" '"rope_scaling"' '"longrope"' "is not supported" "yarn"
 corrupt v3_greedy v3 's/"noaux_tc"/"greedy"/'
 expect_error v3_greedy "$dir/v3_greedy" '"topk_method"' '"greedy"' "deepseek_v3"
 corrupt v3_softmax v3 's/"sigmoid"/"softmax"/'

@@ -163,7 +163,12 @@ nlohmann::ordered_json fixture_config(const FixtureOptions& o) {
     c["attention_bias"] = false;
     c["pretraining_tp"] = 1;
     c["rope_theta"] = 10000.0;
-    c["rope_scaling"] = nullptr;
+    // default: DeepSeek-V2-Lite's YaRN (cos/sin magnitude 1, softmax scale times mscale^2);
+    // alt: plain RoPE.
+    c["rope_scaling"] = alt ? nlohmann::ordered_json(nullptr)
+                            : nlohmann::ordered_json{{"beta_fast", 32}, {"beta_slow", 1}, {"factor", 40},
+                                                     {"mscale", 0.707}, {"mscale_all_dim", 0.707},
+                                                     {"original_max_position_embeddings", 4096}, {"type", "yarn"}};
     c["tie_word_embeddings"] = o.tied.value_or(false);
   } else if (o.arch == "deepseek_v3") {
     // MLA with q_lora_rank and v_head_dim (12) above qk_nope + qk_rope (8), sigmoid router with
@@ -198,7 +203,12 @@ nlohmann::ordered_json fixture_config(const FixtureOptions& o) {
     c["ep_size"] = 1;
     c["attention_bias"] = false;
     c["rope_theta"] = 10000.0;
-    c["rope_scaling"] = nullptr;
+    // default: YaRN named by "rope_type", with mscale != mscale_all_dim so cos and sin are
+    // scaled too; alt: plain RoPE.
+    c["rope_scaling"] = alt ? nlohmann::ordered_json(nullptr)
+                            : nlohmann::ordered_json{{"rope_type", "yarn"}, {"factor", 40}, {"beta_fast", 32},
+                                                     {"beta_slow", 1}, {"mscale", 1.0}, {"mscale_all_dim", 0.8},
+                                                     {"original_max_position_embeddings", 4096}};
     c["tie_word_embeddings"] = o.tied.value_or(false);
   } else if (o.arch == "qwen3_moe") {
     // GQA, head_dim 16 != hidden/heads 8, per-head QK-norm. default: layer 0 dense via

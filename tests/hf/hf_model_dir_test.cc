@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "hf/hf_fixture_writer.h"
+#include "hf/yarn_golden.h"
+#include "model/layers/rope_scaling.h"
 #include "hf/hf_reference.h"
 #include "occult/comm/communicator.h"
 #include "occult/core/error.h"
@@ -365,6 +367,92 @@ TEST_F(ModelDirTest, SavedCheckpointIsAHuggingFaceDirectory) {
       }
     }
   }
+}
+
+
+// YaRN (rope_scaling of type yarn) on the latent-attention families: production frequencies and
+// magnitudes against float32 torch, and one clear error per bad rope_scaling.
+TEST(RopeScalingConfig, YarnFrequenciesAndScalesMatchTorch) {
+  for (const yarn_golden::Case* g : {&yarn_golden::kSmall, &yarn_golden::kV2Lite}) {
+    ModelConfig c;
+    c.rope_theta = static_cast<float>(g->base);
+    c.rope_scaling.yarn = true;
+    c.rope_scaling.factor = static_cast<float>(g->factor);
+    c.rope_scaling.original_max_position_embeddings = g->original_context;
+    c.rope_scaling.beta_fast = static_cast<float>(g->beta_fast);
+    c.rope_scaling.beta_slow = static_cast<float>(g->beta_slow);
+    c.rope_scaling.mscale = static_cast<float>(g->mscale);
+    c.rope_scaling.mscale_all_dim = static_cast<float>(g->mscale_all_dim);
+    const std::vector<double> inv = rope_inverse_frequencies(c, g->dim);
+    ASSERT_EQ(inv.size(), g->inv_freq.size());
+    for (std::size_t i = 0; i < inv.size(); ++i) {
+      EXPECT_NEAR(inv[i], g->inv_freq[i], 1e-6 * g->inv_freq[i]) << "dim " << g->dim << " pair " << i;
+    }
+    // The config holds floats (0.707f), torch's golden used the double: agree to float rounding.
+    EXPECT_NEAR(rope_magnitude(c), g->magnitude, 1e-7);
+    EXPECT_NEAR(rope_softmax_scale_multiplier(c), g->softmax_multiplier, 1e-7);
+  }
+  ModelConfig plain;
+  plain.rope_theta = 100.0f;
+  const std::vector<double> inv = rope_inverse_frequencies(plain, 4);
+  EXPECT_NEAR(inv[1], 0.1, 1e-12);
+  EXPECT_EQ(rope_magnitude(plain), 1.0);
+  EXPECT_EQ(rope_softmax_scale_multiplier(plain), 1.0);
+}
+
+// The deepseek_v2 fixture's config with `edit` applied to its rope_scaling, parsed: the error.
+std::string rope_scaling_error(const std::function<void(nlohmann::json&)>& edit,
+                               const std::string& arch = "deepseek_v2") {
+  hf::FixtureOptions o;
+  o.arch = arch;
+  nlohmann::json config = nlohmann::json::parse(hf::fixture_config(o).dump());
+  if (config["rope_scaling"].is_null()) {
+    config["rope_scaling"] = {{"type", "yarn"}, {"factor", 40}, {"original_max_position_embeddings", 4096}};
+  }
+  edit(config["rope_scaling"]);
+  try {
+    parse_model_config(config, "dir/config.json");
+  } catch (const Error& e) {
+    return e.message();
+  }
+  ADD_FAILURE() << "rope_scaling " << config["rope_scaling"].dump() << " was accepted";
+  return "";
+}
+
+TEST(RopeScalingConfig, FixturesCarryYarnAndRoundTrip) {
+  for (const char* arch : {"deepseek_v2", "deepseek_v3"}) {
+    hf::FixtureOptions o;
+    o.arch = arch;
+    const ModelConfig c = parse_model_config(nlohmann::json::parse(hf::fixture_config(o).dump()), "config.json");
+    EXPECT_TRUE(c.rope_scaling.yarn) << arch;
+    EXPECT_EQ(c.rope_scaling.factor, 40.0f) << arch;
+    EXPECT_EQ(c.rope_scaling.original_max_position_embeddings, 4096) << arch;
+    const ModelConfig back = parse_model_config(model_config_to_json(c), "written.json");
+    EXPECT_EQ(back.rope_scaling, c.rope_scaling) << arch;
+    EXPECT_TRUE(same_architecture(back, c)) << arch;
+  }
+}
+
+TEST(RopeScalingConfig, BadRopeScalingIsOneErrorNamingTheKey) {
+  expect_names(rope_scaling_error([](nlohmann::json& r) { r["type"] = "linear"; }),
+               {"dir/config.json", "\"rope_scaling\"", "\"linear\"", "not supported", "yarn"});
+  expect_names(rope_scaling_error([](nlohmann::json& r) { r.erase("factor"); }),
+               {"dir/config.json", "\"rope_scaling\"", "\"factor\"", "missing"});
+  expect_names(rope_scaling_error([](nlohmann::json& r) { r["factor"] = 0.5; }),
+               {"dir/config.json", "\"rope_scaling\"", "\"factor\"", ">= 1", "0.5"});
+  expect_names(rope_scaling_error([](nlohmann::json& r) { r["beta_fats"] = 32; }),
+               {"dir/config.json", "\"rope_scaling\"", "\"beta_fats\"", "did you mean", "\"beta_fast\""});
+  expect_names(rope_scaling_error([](nlohmann::json& r) { r["attention_factor"] = 1.2; }),
+               {"dir/config.json", "\"rope_scaling\"", "\"attention_factor\"", "not supported"});
+  expect_names(rope_scaling_error([](nlohmann::json& r) { r["rope_type"] = "dynamic"; }),
+               {"dir/config.json", "\"type\"", "\"rope_type\"", "disagree"});
+  expect_names(rope_scaling_error([](nlohmann::json& r) { r = 3; }),
+               {"dir/config.json", "\"rope_scaling\"", "must be an object"});
+  expect_names(rope_scaling_error([](nlohmann::json& r) { r["beta_slow"] = 64; }),
+               {"dir/config.json", "\"rope_scaling\"", "beta_fast > beta_slow"});
+  // The plain-RoPE families refuse YaRN rather than compute a different model.
+  expect_names(rope_scaling_error([](nlohmann::json&) {}, "olmoe"),
+               {"dir/config.json", "\"rope_scaling\"", "yarn", "\"olmoe\""});
 }
 
 }  // namespace

@@ -130,15 +130,46 @@ std::vector<RoutedExpert> route_top_k(std::span<const double> router_logits, int
   return chosen;
 }
 
-void apply_interleaved_rope(std::span<double> x, int position, double theta) {
+void apply_interleaved_rope(std::span<double> x, int position, std::span<const double> rates, double magnitude) {
   const int dim = static_cast<int>(x.size());
-  OCCULT_CHECK(dim % 2 == 0, "apply_interleaved_rope: dim {} is odd", dim);
+  OCCULT_CHECK(dim % 2 == 0 && static_cast<int>(rates.size()) == dim / 2,
+               "apply_interleaved_rope: dim {} with {} rates", dim, rates.size());
   for (int i = 0; i < dim / 2; ++i) {
-    const double angle = position * std::pow(theta, -2.0 * i / dim);
+    const double angle = position * rates[i];
+    const double c = magnitude * std::cos(angle), s = magnitude * std::sin(angle);
     const double a = x[2 * i], b = x[2 * i + 1];
-    x[2 * i] = a * std::cos(angle) - b * std::sin(angle);
-    x[2 * i + 1] = b * std::cos(angle) + a * std::sin(angle);
+    x[2 * i] = a * c - b * s;
+    x[2 * i + 1] = b * c + a * s;
   }
+}
+
+namespace {
+
+// YaRN's magnitude rule: 1 + 0.1 m ln(s) when the context is extended (s > 1).
+double yarn_magnitude_rule(double s, double m) { return s > 1.0 ? 1.0 + 0.1 * m * std::log(s) : 1.0; }
+
+}  // namespace
+
+std::vector<double> rope_pair_rates(const HfConfig& c, int dim) {
+  std::vector<double> rates(dim / 2);
+  for (int i = 0; i < dim / 2; ++i) rates[i] = 1.0 / std::pow(c.rope_theta, 2.0 * i / dim);
+  if (!c.yarn) return rates;
+  // Pair i makes L * rate_i / (2 pi) turns over the original context L; solving
+  // turns(i) = beta for i gives the ramp ends (beta_fast: the fast end, rounded down; beta_slow:
+  // the slow end, rounded up), clamped to [0, dim - 1].
+  auto pair_at = [&](double turns) {
+    return std::log(c.yarn_original_context / (2.0 * M_PI * turns)) / std::log(c.rope_theta) * dim / 2.0;
+  };
+  const double fast_end = std::max(0.0, std::floor(pair_at(c.yarn_beta_fast)));
+  double slow_end = std::min(static_cast<double>(dim - 1), std::ceil(pair_at(c.yarn_beta_slow)));
+  if (slow_end == fast_end) slow_end += 0.001;
+  for (int i = 0; i < dim / 2; ++i) {
+    // 0 at and below the fast end (rate kept), 1 at and above the slow end (rate / factor).
+    double t = (i - fast_end) / (slow_end - fast_end);
+    t = t < 0.0 ? 0.0 : (t > 1.0 ? 1.0 : t);
+    rates[i] = (1.0 - t) * rates[i] + t * rates[i] / c.yarn_factor;
+  }
+  return rates;
 }
 
 std::vector<RoutedExpert> route_deepseek(std::span<const double> logits, std::span<const double> bias,
@@ -255,8 +286,18 @@ HfConfig read_hf_config(const std::string& dir) {
   c.o_bias = c.qkv_bias = get_or<bool>(cfg, "attention_bias", false);
   c.dense_ffn = get_or<int>(cfg, "intermediate_size", 0);
   c.top_k = require(cfg, "num_experts_per_tok", path).get<int>();
-  OCCULT_CHECK(!cfg.contains("rope_scaling") || cfg["rope_scaling"].is_null(),
-               "{}: rope_scaling is not modelled by the reference", path);
+  if (cfg.contains("rope_scaling") && !cfg["rope_scaling"].is_null()) {
+    const nlohmann::json& rs = cfg["rope_scaling"];
+    OCCULT_CHECK(rs.value("type", rs.value("rope_type", std::string())) == "yarn",
+                 "{}: the reference models rope_scaling of type yarn only", path);
+    c.yarn = true;
+    c.yarn_factor = rs.at("factor").get<double>();
+    c.yarn_original_context = rs.at("original_max_position_embeddings").get<int>();
+    c.yarn_beta_fast = rs.value("beta_fast", 32.0);
+    c.yarn_beta_slow = rs.value("beta_slow", 1.0);
+    c.yarn_mscale = rs.value("mscale", 1.0);
+    c.yarn_mscale_all_dim = rs.value("mscale_all_dim", 0.0);
+  }
   c.sparse.assign(c.num_layers, true);
 
   // Qwen2/Qwen3-MoE decoder layers: sparse unless listed in mlp_only_layers, and only every
@@ -465,7 +506,7 @@ void mlp_forward(std::span<double> out, std::span<const double> x, const HfModel
 
 // DeepSeek-V2/V3 multi-head latent attention of one layer over one sequence (positions
 // 0..seq-1); x_norm [T, H] in, out [T, H]. The latent norms use DeepseekV2RMSNorm's default
-// epsilon 1e-6; scores are scaled by (qk_nope + qk_rope)^-1/2 (no rope_scaling).
+// epsilon 1e-6; scores are scaled by (qk_nope + qk_rope)^-1/2, times YaRN's mscale(mscale_all_dim)^2.
 void mla_attention_forward(std::span<double> out, std::span<const double> x_norm, const HfModel& m, int layer,
                            int seq) {
   const HfConfig& c = m.config;
@@ -473,6 +514,10 @@ void mla_attention_forward(std::span<double> out, std::span<const double> x_norm
                      vd = c.v_head_dim, qk = nope + rope, kl = c.kv_lora_rank, ql = c.q_lora_rank;
   const std::string p = fmt::format("model.layers.{}.self_attn.", layer);
   constexpr double kLatentEps = 1e-6;
+  const std::vector<double> rates = rope_pair_rates(c, static_cast<int>(rope));
+  const double magnitude = c.yarn ? yarn_magnitude_rule(c.yarn_factor, c.yarn_mscale) /
+                                        yarn_magnitude_rule(c.yarn_factor, c.yarn_mscale_all_dim)
+                                  : 1.0;
   // Per token: q [heads, qk] (rope part rotated), k [heads, qk], v [heads, vd].
   std::vector<double> q(seq * heads * qk), k(seq * heads * qk), v(seq * heads * vd);
   for (int t = 0; t < seq; ++t) {
@@ -491,9 +536,9 @@ void mla_attention_forward(std::span<double> out, std::span<const double> x_norm
     std::span<double> latent(ckv.data(), kl), k_pe(ckv.data() + kl, rope);
     rms_norm(latent, latent, m.at(p + "kv_a_layernorm.weight", {kl}), kLatentEps);
     linear(kv, latent, m.at(p + "kv_b_proj.weight", {heads * (nope + vd), kl}), {}, heads * (nope + vd), kl);
-    apply_interleaved_rope(k_pe, t, c.rope_theta);
+    apply_interleaved_rope(k_pe, t, rates, magnitude);
     for (int hd = 0; hd < heads; ++hd) {
-      apply_interleaved_rope(qt.subspan(hd * qk + nope, rope), t, c.rope_theta);
+      apply_interleaved_rope(qt.subspan(hd * qk + nope, rope), t, rates, magnitude);
       double* kh = &k[(t * heads + hd) * qk];
       const double* kvh = &kv[hd * (nope + vd)];
       for (std::int64_t d = 0; d < nope; ++d) kh[d] = kvh[d];
@@ -501,7 +546,11 @@ void mla_attention_forward(std::span<double> out, std::span<const double> x_norm
       for (std::int64_t d = 0; d < vd; ++d) v[(t * heads + hd) * vd + d] = kvh[nope + d];
     }
   }
-  const double scale = 1.0 / std::sqrt(static_cast<double>(qk));
+  double scale = 1.0 / std::sqrt(static_cast<double>(qk));
+  if (c.yarn && c.yarn_mscale_all_dim != 0.0) {
+    const double m = yarn_magnitude_rule(c.yarn_factor, c.yarn_mscale_all_dim);
+    scale *= m * m;
+  }
   std::vector<double> attn(heads * vd), scores(seq);
   for (int t = 0; t < seq; ++t) {
     for (int hd = 0; hd < heads; ++hd) {
@@ -548,6 +597,7 @@ void attention_forward(std::span<double> out, std::span<const double> x_norm, co
   const auto bv = bias("v_proj.bias", kw, c.qkv_bias);
   const auto bo = bias("o_proj.bias", h, c.o_bias);
   std::vector<double> q(seq * qw), k(seq * kw), v(seq * kw), attn(seq * qw);
+  OCCULT_CHECK(!c.yarn, "the reference models YaRN for the latent-attention families only");
   for (int t = 0; t < seq; ++t) {
     auto xt = x_norm.subspan(t * h, h);
     std::span<double> qt(&q[t * qw], qw), kt(&k[t * kw], kw), vt(&v[t * kw], kw);

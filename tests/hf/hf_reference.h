@@ -49,9 +49,15 @@ std::vector<RoutedExpert> route_top_k(std::span<const double> router_logits, int
                                       bool renormalize);
 
 // Rotates one DeepSeek rope vector [dim] in place at `position`: the pair (2i, 2i+1) turned by
-// position * theta^(-2i/dim) (Hugging Face's DeepSeek RoPE de-interleaves before rotate_half,
-// which permutes q and k alike and so gives these dot products).
-void apply_interleaved_rope(std::span<double> x, int position, double theta);
+// position * rates[i] and scaled by `magnitude` (Hugging Face's DeepSeek RoPE de-interleaves
+// before rotate_half, which permutes q and k alike and so gives these dot products).
+void apply_interleaved_rope(std::span<double> x, int position, std::span<const double> rates,
+                            double magnitude = 1.0);
+
+struct HfConfig;
+// The turn per position of each of the dim/2 rope pairs: theta^(-2i/dim), or under YaRN
+// (DeepseekV2YarnRotaryEmbedding) theta^(-2i/dim) blended with theta^(-2i/dim)/factor.
+std::vector<double> rope_pair_rates(const HfConfig& c, int dim);
 
 // The architecture-independent description the forward needs, parsed from config.json.
 struct HfConfig {
@@ -64,6 +70,12 @@ struct HfConfig {
   int head_dim = 0;
   double rms_norm_eps = 0.0;
   double rope_theta = 0.0;
+  // rope_scaling of type yarn (DeepSeek-V2/V3): the rope part's frequencies, the magnitude of
+  // its rotation, and the attention softmax scale.
+  bool yarn = false;
+  double yarn_factor = 1.0;
+  int yarn_original_context = 0;
+  double yarn_beta_fast = 32.0, yarn_beta_slow = 1.0, yarn_mscale = 1.0, yarn_mscale_all_dim = 0.0;
   bool tie_word_embeddings = false;
   bool qkv_bias = false;
   bool o_bias = false;

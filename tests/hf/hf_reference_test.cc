@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "hf/hf_fixture_writer.h"
+#include "hf/yarn_golden.h"
 #include "occult/core/safetensors.h"
 
 namespace occult::hf {
@@ -87,7 +88,11 @@ TEST(HfReferenceOps, TopKTakesLargestProbabilitiesTiesToLowerIndex) {
 TEST(HfReferenceOps, InterleavedRopeTurnsAdjacentPairs) {
   // dim 4 at position 1, theta 100: pair (0,1) by 1 rad, pair (2,3) by 100^(-1/2) = 0.1 rad.
   std::vector<double> x = {1.0, 0.0, 0.0, 2.0};
-  apply_interleaved_rope(x, 1, 100.0);
+  HfConfig c;
+  c.rope_theta = 100.0;
+  const std::vector<double> rates = rope_pair_rates(c, 4);
+  EXPECT_NEAR(rates[1], 0.1, 1e-15);
+  apply_interleaved_rope(x, 1, rates);
   EXPECT_NEAR(x[0], std::cos(1.0), 1e-15);
   EXPECT_NEAR(x[1], std::sin(1.0), 1e-15);
   EXPECT_NEAR(x[2], -2.0 * std::sin(0.1), 1e-15);
@@ -416,6 +421,24 @@ TEST(HfFixture, TiedEmbeddingsOmitLmHead) {
   EXPECT_EQ(m.tensors.count("lm_head.weight"), 0u);
   EXPECT_EQ(hf_forward(m, std::vector<std::int64_t>{3, 4}, 1, 2).size(), 2u * 96u);
   std::filesystem::remove_all(dir);
+}
+
+// The twin's YaRN frequencies against float32 torch (tests/hf/yarn_golden.py).
+TEST(HfReferenceOps, YarnRatesMatchTorch) {
+  for (const yarn_golden::Case* g : {&yarn_golden::kSmall, &yarn_golden::kV2Lite}) {
+    HfConfig c;
+    c.rope_theta = g->base;
+    c.yarn = true;
+    c.yarn_factor = g->factor;
+    c.yarn_original_context = g->original_context;
+    c.yarn_beta_fast = g->beta_fast;
+    c.yarn_beta_slow = g->beta_slow;
+    const std::vector<double> rates = rope_pair_rates(c, g->dim);
+    ASSERT_EQ(rates.size(), g->inv_freq.size());
+    for (std::size_t i = 0; i < rates.size(); ++i) {
+      EXPECT_NEAR(rates[i], g->inv_freq[i], 1e-6 * g->inv_freq[i]) << "dim " << g->dim << " pair " << i;
+    }
+  }
 }
 
 }  // namespace

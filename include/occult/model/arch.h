@@ -29,6 +29,9 @@ class ConfigReader {
   std::vector<int> get_int_list(const std::string& key);
   // Throws unless `key` is present.
   void require(const std::string& key);
+  // A reader of the object under `key` (present, not null, or this throws naming the key);
+  // its errors name "<source> \"<key>\"" as their source.
+  ConfigReader object(const std::string& key);
   // Marks keys that are known not to change the arithmetic (read and deliberately ignored).
   void ignore(std::initializer_list<const char*> keys);
   // Throws "<source>: config key "<key>" = <value> is not supported: <why>" when `key` is

@@ -21,6 +21,24 @@ enum class QkNorm : std::uint8_t {
   kPerHead,  // one RMSNorm per head (Qwen3-MoE: weights [hd], shared by every head)
 };
 
+// RoPE frequency scaling ("rope_scaling" in config.json). Only YaRN is implemented, as the
+// DeepSeek-V2/V3 checkpoints use it: frequencies below the correction range are divided by
+// `factor`, those above kept, a linear ramp in between; cos/sin are multiplied by
+// mscale(factor, mscale) / mscale(factor, mscale_all_dim) and the attention softmax scale by
+// mscale(factor, mscale_all_dim)^2 (when mscale_all_dim != 0), with mscale(s, m) =
+// 0.1 m ln(s) + 1 for s > 1, else 1.
+struct RopeScaling {
+  bool yarn = false;                         // false: plain RoPE (no scaling)
+  float factor = 1.0f;                       // context extension factor s
+  int original_max_position_embeddings = 0;  // context length the frequencies were trained for
+  float beta_fast = 32.0f;                   // rotations at the high-frequency end of the ramp
+  float beta_slow = 1.0f;                    // rotations at the low-frequency end of the ramp
+  float mscale = 1.0f;                       // cos/sin magnitude numerator
+  float mscale_all_dim = 0.0f;               // cos/sin magnitude denominator and softmax scale
+
+  bool operator==(const RopeScaling&) const = default;
+};
+
 // Architecture hyper-parameters of a decoder-only MoE transformer. Every layer has attention;
 // its MLP is either an MoE block (router, top-k routed SwiGLU experts, optional shared experts)
 // or a dense SwiGLU MLP (is_moe_layer decides).
@@ -67,6 +85,7 @@ struct ModelConfig {
   int v_head_dim = 0;
   float router_aux_loss_coef = 0.01f;     // weight of the Switch load-balancing loss
   float rope_theta = 10000.0f;            // RoPE base
+  RopeScaling rope_scaling;               // YaRN (DeepSeek-V2/V3) or none
   int max_position_embeddings = 0;        // longest sequence the model accepts
   bool tie_word_embeddings = false;       // LM head shares model.embed_tokens.weight
   float rms_norm_eps = 1e-5f;             // RMSNorm epsilon

@@ -6,6 +6,47 @@
 
 namespace occult {
 
+namespace {
+
+// "rope_scaling": absent, null or of type "default" is plain RoPE; "yarn" fills RopeScaling
+// (validate_model_config checks the values and that the family implements it); any other type
+// is refused naming it. Keys inside the object are strict: an unknown one is an error.
+void read_rope_scaling(ConfigReader& r, ModelConfig& c) {
+  if (!r.has("rope_scaling")) return;
+  ConfigReader s = r.object("rope_scaling");
+  // Older configs name the kind "type", newer ones "rope_type"; either, or both agreeing.
+  const std::string type = s.get_string("type", ""), rope_type = s.get_string("rope_type", "");
+  OCCULT_CHECK(type.empty() || rope_type.empty() || type == rope_type,
+               "{}: config key \"rope_scaling\" has \"type\" = \"{}\" and \"rope_type\" = \"{}\", which disagree",
+               r.source(), type, rope_type);
+  const std::string kind = type.empty() ? rope_type : type;
+  OCCULT_CHECK(!kind.empty(), "{}: config key \"rope_scaling\" names no \"type\" (or \"rope_type\")", r.source());
+  if (kind == "default") {
+    s.finish(/*strict=*/true);
+    return;
+  }
+  OCCULT_CHECK(kind == "yarn",
+               "{}: config key \"rope_scaling\" of type \"{}\" is not supported: only YaRN (\"yarn\", as in the "
+               "DeepSeek-V2/V3 checkpoints) is implemented",
+               r.source(), kind);
+  s.require("factor");
+  RopeScaling& y = c.rope_scaling;
+  y.yarn = true;
+  y.factor = s.get_float("factor", 1.0f);
+  y.original_max_position_embeddings = s.get_int("original_max_position_embeddings", c.max_position_embeddings);
+  y.beta_fast = s.get_float("beta_fast", y.beta_fast);
+  y.beta_slow = s.get_float("beta_slow", y.beta_slow);
+  y.mscale = s.get_float("mscale", y.mscale);
+  y.mscale_all_dim = s.get_float("mscale_all_dim", y.mscale_all_dim);
+  // transformers' own YaRN options; DeepSeek's code has neither, so a value here would mean
+  // arithmetic this reader does not do.
+  s.reject_unless("attention_factor", {}, "the YaRN magnitude comes from mscale and mscale_all_dim");
+  s.reject_unless("truncate", {true}, "the YaRN ramp ends are whole pair indices");
+  s.finish(/*strict=*/true);
+}
+
+}  // namespace
+
 void read_common_keys(ConfigReader& r, ModelConfig& c) {
   for (const char* key : {"hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings"}) {
     r.require(key);
@@ -25,7 +66,7 @@ void read_common_keys(ConfigReader& r, ModelConfig& c) {
   c.eos_token_ids = r.get_int_list("eos_token_id");
   c.bos_token_id = r.has("bos_token_id") ? r.get_int("bos_token_id", -1) : -1;
   r.reject_unless("hidden_act", {"silu"}, "the experts and MLPs are SwiGLU (silu)");
-  r.reject_unless("rope_scaling", {}, "RoPE scaling changes the rotary frequencies (only plain RoPE is implemented)");
+  read_rope_scaling(r, c);
   r.reject_unless("quantization_config", {}, "quantised checkpoints are not supported; give BF16, F16 or F32 weights");
   r.reject_unless("pretraining_tp", {1}, "tensor-parallel pretraining slices (pretraining_tp > 1) change the "
                                          "rounding of the projections");

@@ -103,6 +103,13 @@ void ConfigReader::require(const std::string& key) {
   OCCULT_FAIL("{}: config key \"{}\" is missing", source_, key);
 }
 
+ConfigReader ConfigReader::object(const std::string& key) {
+  require(key);
+  const auto& v = at(key);
+  OCCULT_CHECK(v.is_object(), "{}: config key \"{}\" must be an object, got {}", source_, key, v.dump());
+  return ConfigReader(v, fmt::format("{} \"{}\"", source_, key));
+}
+
 void ConfigReader::ignore(std::initializer_list<const char*> keys) {
   for (const char* key : keys) known_.insert(key);
 }

@@ -1,4 +1,5 @@
 #include "model/layers/blocks.h"
+#include "model/layers/rope_scaling.h"
 
 #include <algorithm>
 #include <cmath>
@@ -88,17 +89,18 @@ std::int64_t mla_scratch_floats(const ModelConfig& c, std::int64_t N) {
 namespace {
 
 // Rotates `heads` vectors of `rd` values per row, x[n*row + h*stride + i], at positions[n]:
-// de-interleave (even entries first, odd after), then RoPE with rotate_half pairs (i, i+rd/2),
-// frequency theta^(-2i/rd), the angle in double and cos/sin rounded to float as ops.cc's RoPE.
+// de-interleave (even entries first, odd after), then RoPE with rotate_half pairs (i, i+rd/2)
+// at the angle positions[n] * inv_freq[i] (in double), cos and sin times `magnitude` and
+// rounded to float as ops.cc's RoPE.
 void deepseek_rope(float* x, std::int64_t N, std::int64_t row, int heads, std::int64_t stride, int rd,
-                   const int* positions, float theta) {
+                   const int* positions, const std::vector<double>& inv_freq, double magnitude) {
   const int half = rd / 2;
   std::vector<float> cosv(half), sinv(half), tmp(rd);
   for (std::int64_t n = 0; n < N; ++n) {
     for (int i = 0; i < half; ++i) {
-      const double angle = positions[n] * std::pow(static_cast<double>(theta), -2.0 * i / rd);
-      cosv[i] = static_cast<float>(std::cos(angle));
-      sinv[i] = static_cast<float>(std::sin(angle));
+      const double angle = positions[n] * inv_freq[i];
+      cosv[i] = static_cast<float>(std::cos(angle) * magnitude);
+      sinv[i] = static_cast<float>(std::sin(angle) * magnitude);
     }
     for (int h = 0; h < heads; ++h) {
       float* v = x + n * row + h * stride;
@@ -132,8 +134,12 @@ void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, st
   } else {
     linear_forward(qh, x, w.q, N, H, NH * QK);
   }
-  // The kernels scale scores by 1/sqrt(hd); the family's scale is 1/sqrt(QK).
-  const float prescale = hd == QK ? 1.0f : std::sqrt(static_cast<float>(hd) / static_cast<float>(QK));
+  // The kernels scale scores by 1/sqrt(hd); the family's scale is 1/sqrt(QK), times YaRN's
+  // softmax multiplier when the RoPE is scaled.
+  const double softmax_multiplier = rope_softmax_scale_multiplier(c);
+  const float prescale = hd == QK && softmax_multiplier == 1.0
+                             ? 1.0f
+                             : static_cast<float>(std::sqrt(static_cast<double>(hd) / QK) * softmax_multiplier);
   for (std::int64_t n = 0; n < N; ++n) {
     for (int h = 0; h < NH; ++h) {
       const float* src = qh + (n * NH + h) * QK;
@@ -142,7 +148,9 @@ void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, st
       std::fill(dst + QK, dst + hd, 0.0f);
     }
   }
-  deepseek_rope(q + NOPE, N, static_cast<std::int64_t>(NH) * hd, NH, hd, R, positions, c.rope_theta);
+  const std::vector<double> inv_freq = rope_inverse_frequencies(c, R);
+  const double magnitude = rope_magnitude(c);
+  deepseek_rope(q + NOPE, N, static_cast<std::int64_t>(NH) * hd, NH, hd, R, positions, inv_freq, magnitude);
   if (prescale != 1.0f) {
     for (std::int64_t i = 0; i < N * NH * hd; ++i) q[i] *= prescale;
   }
@@ -151,7 +159,7 @@ void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, st
     float* row = latent + n * (KL + R);
     rmsnorm_forward(row, rstd + n, row, w.kv_a_norm, 1, KL, kMlaLatentNormEps);
   }
-  deepseek_rope(latent + KL, N, KL + R, 1, 0, R, positions, c.rope_theta);
+  deepseek_rope(latent + KL, N, KL + R, 1, 0, R, positions, inv_freq, magnitude);
 }
 
 void mla_expand(const ModelConfig& c, const LayerWeights& w, const float* latent, std::int64_t N,
