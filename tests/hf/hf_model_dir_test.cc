@@ -455,5 +455,43 @@ TEST(RopeScalingConfig, BadRopeScalingIsOneErrorNamingTheKey) {
                {"dir/config.json", "\"rope_scaling\"", "yarn", "\"olmoe\""});
 }
 
+// The released configs (tests/hf/configs, SOURCE.md): DeepSeek-V2-Lite parses with its YaRN;
+// DeepSeek-V3's FP8 release is refused naming quantization_config, and its BF16 conversion (the
+// same config without it) parses with its groups, bias router and YaRN.
+TEST(RopeScalingConfig, ReleasedDeepSeekConfigsParse) {
+  const char* root = std::getenv("OCCULT_SOURCE_DIR");
+  ASSERT_NE(root, nullptr) << "run under ctest (sets OCCULT_SOURCE_DIR)";
+  const std::string dir = std::string(root) + "/tests/hf/configs/";
+  const ModelConfig lite = load_model_config(dir + "deepseek-v2-lite.json");
+  EXPECT_TRUE(lite.mla());
+  EXPECT_EQ(lite.q_lora_rank, 0);
+  EXPECT_EQ(lite.num_moe_layers(), 26);
+  EXPECT_TRUE(lite.rope_scaling.yarn);
+  EXPECT_EQ(lite.rope_scaling.factor, 40.0f);
+  EXPECT_EQ(lite.rope_scaling.mscale_all_dim, 0.707f);
+  EXPECT_NEAR(rope_softmax_scale_multiplier(lite), yarn_golden::kV2Lite.softmax_multiplier, 1e-7);
+
+  expect_names([&] {
+    try {
+      load_model_config(dir + "deepseek-v3.json");
+    } catch (const Error& e) {
+      return e.message();
+    }
+    return std::string("accepted");
+  }(), {"deepseek-v3.json", "\"quantization_config\"", "not supported"});
+  std::ifstream in(dir + "deepseek-v3.json");
+  nlohmann::json v3 = nlohmann::json::parse(in);
+  v3.erase("quantization_config");
+  const ModelConfig c = parse_model_config(v3, "deepseek-v3 (bf16)");
+  EXPECT_EQ(c.num_experts, 256);
+  EXPECT_EQ(c.n_group, 8);
+  EXPECT_EQ(c.topk_group, 4);
+  EXPECT_TRUE(c.router_selection_bias);
+  EXPECT_EQ(c.routed_scaling_factor, 2.5f);
+  EXPECT_EQ(c.num_moe_layers(), 58);
+  EXPECT_TRUE(c.rope_scaling.yarn);
+  EXPECT_EQ(rope_magnitude(c), 1.0);
+}
+
 }  // namespace
 }  // namespace occult
