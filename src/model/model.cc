@@ -99,6 +99,10 @@ struct MoeTransformer::Impl {
   // Global statistics of the last forward.
   LossParts loss;
   std::vector<double> expert_fraction;  // [Lm, E] f_e: share of the global top-k assignments
+  // Sequence-wise loss (seq_aux): E/(T k) times each local sequence's top-k count [Lm, B, E],
+  // and the number of sequences over all ranks.
+  std::vector<double> sequence_fraction;
+  double sequences_global = 0.0;
   bool forward_done = false;
   bool backward_done = false;
 };
@@ -528,8 +532,14 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
   auto W = [&](int slot) { return P + tensors_[slot].offset; };
 
   gather_rows(m.resid, weight_at(m.embed), m.tokens.data(), N, H);
-  // Statistics all-reduced once after the forward: ce_sum, tokens, counts[Lm,E], prob sums[Lm,E].
-  std::vector<double> stats(2 + 2 * static_cast<std::size_t>(Lm) * E, 0.0);
+  // Statistics all-reduced once after the forward: ce_sum, tokens, counts[Lm,E], prob sums[Lm,E],
+  // then the sequence-wise loss sums [Lm] and the sequence count.
+  const std::size_t seq_stats = 2 + 2 * static_cast<std::size_t>(Lm) * E;
+  std::vector<double> stats(seq_stats + Lm + 1, 0.0);
+  stats[seq_stats + Lm] = static_cast<double>(B);
+  const bool per_sequence = c.aux_loss_per_sequence;
+  if (per_sequence) m.sequence_fraction.assign(static_cast<std::size_t>(Lm) * B * E, 0.0);
+  std::vector<double> seq_counts(per_sequence ? E : 0), seq_psums(per_sequence ? E : 0);
   for (int l = 0; l < L; ++l) {
     const LayerWeights w = layer_weights(l);
     const LayerActs& a = m.la[l];
@@ -574,6 +584,21 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
       for (int j = 0; j < K; ++j) counts[ids[t * K + j]] += 1.0;
       for (int e = 0; e < E; ++e) psums[e] += probs[t * E + e];
     }
+    if (!per_sequence) continue;
+    // Sequence b: sum_e f_be P_be with f_be = E/(T k) * its top-k count, P_be its mean probability.
+    for (std::int64_t b = 0; b < B; ++b) {
+      std::fill(seq_counts.begin(), seq_counts.end(), 0.0);
+      std::fill(seq_psums.begin(), seq_psums.end(), 0.0);
+      for (std::int64_t t = b * T; t < (b + 1) * T; ++t) {
+        for (int j = 0; j < K; ++j) seq_counts[ids[t * K + j]] += 1.0;
+        for (int e = 0; e < E; ++e) seq_psums[e] += probs[t * E + e];
+      }
+      double* f = m.sequence_fraction.data() + (static_cast<std::size_t>(mi) * B + b) * E;
+      for (int e = 0; e < E; ++e) {
+        f[e] = E * seq_counts[e] / (static_cast<double>(T) * K);
+        stats[seq_stats + mi] += f[e] * seq_psums[e] / T;
+      }
+    }
   }
   rmsnorm_forward(m.lnf, m.rstdf, m.resid + L * N * H, W(m.final_norm), N, H, c.rms_norm_eps);
   linear_forward(m.logits, m.lnf, weight_at(m.lm_head >= 0 ? m.lm_head : m.embed), N, H, V);
@@ -595,6 +620,11 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
       layer_aux += f * p;
     }
     aux += E * layer_aux;
+  }
+  if (per_sequence) {
+    m.sequences_global = stats[seq_stats + Lm];
+    aux = 0.0;
+    for (int l = 0; l < Lm; ++l) aux += stats[seq_stats + l] / m.sequences_global;
   }
   m.loss.cross_entropy = stats[0] / n_global;
   m.loss.aux = c.router_aux_loss_coef * aux / Lm;
@@ -644,11 +674,22 @@ void MoeTransformer::backward() {
     }
     const int mi = m.moe_of_layer[l];
     if (mi >= 0) {
-      // Aux loss coef/Lm * E * sum_e f_e P_e with P_e = mean_t p[t,e]: d/dp[t,e] = coef/Lm * E * f_e / N.
-      const double scale = c.router_aux_loss_coef / Lm * E / n_global;
-      for (int e = 0; e < E; ++e) {
-        const float ge = static_cast<float>(scale * m.expert_fraction[static_cast<std::size_t>(mi) * E + e]);
-        for (std::int64_t t = 0; t < N; ++t) m.dprobs[t * E + e] = ge;
+      if (c.aux_loss_per_sequence) {
+        // coef/Lm * mean over all ranks' sequences of sum_e f_be P_be: d/dp[t,e] = coef/Lm / B_g * f_be / T.
+        const double scale = c.router_aux_loss_coef / Lm / m.sequences_global / T;
+        for (std::int64_t b = 0; b < B; ++b) {
+          const double* f = m.sequence_fraction.data() + (static_cast<std::size_t>(mi) * B + b) * E;
+          for (std::int64_t t = b * T; t < (b + 1) * T; ++t) {
+            for (int e = 0; e < E; ++e) m.dprobs[t * E + e] = static_cast<float>(scale * f[e]);
+          }
+        }
+      } else {
+        // Aux loss coef/Lm * E * sum_e f_e P_e with P_e = mean_t p[t,e]: d/dp[t,e] = coef/Lm * E * f_e / N.
+        const double scale = c.router_aux_loss_coef / Lm * E / n_global;
+        for (int e = 0; e < E; ++e) {
+          const float ge = static_cast<float>(scale * m.expert_fraction[static_cast<std::size_t>(mi) * E + e]);
+          for (std::int64_t t = 0; t < N; ++t) m.dprobs[t * E + e] = ge;
+        }
       }
       m.moe[mi]->backward(m.dresid, m.dprobs, dln2, g.router);
     }

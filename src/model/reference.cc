@@ -87,7 +87,9 @@ ReferenceLoss reference_model_loss(const ModelConfig& cfg, const ReferenceParams
     for (int c = 0; c < H; ++c) x[n * H + c] = wte[static_cast<std::size_t>(tokens[n]) * H + c];
   }
   const bool have_fraction = expert_fraction != nullptr && !expert_fraction->empty();
-  std::vector<double> fraction(static_cast<std::size_t>(L) * E, 0.0);
+  // f per layer and expert, or with seq_aux per layer, sequence and expert.
+  const bool per_sequence = cfg.aux_loss_per_sequence;
+  std::vector<double> fraction(static_cast<std::size_t>(L) * (per_sequence ? B : 1) * E, 0.0);
   if (have_fraction) fraction = *expert_fraction;
   ReferenceLoss out;
   double aux = 0.0;
@@ -125,6 +127,8 @@ ReferenceLoss reference_model_loss(const ModelConfig& cfg, const ReferenceParams
     // Router, top-k, experts.
     const Vec logits = linear(ln2, get(params, p + "mlp.gate.weight", static_cast<std::size_t>(E) * H), N, H, E);
     std::vector<double> counts(E, 0.0), psum(E, 0.0);
+    // Each token's probabilities and top-k membership, for the sequence-wise loss.
+    std::vector<double> token_prob(static_cast<std::size_t>(N) * E), token_chosen(static_cast<std::size_t>(N) * E, 0.0);
     Vec y(static_cast<std::size_t>(N) * H, 0.0);
     for (std::int64_t t = 0; t < N; ++t) {
       std::vector<double> pr(E);
@@ -132,7 +136,7 @@ ReferenceLoss reference_model_loss(const ModelConfig& cfg, const ReferenceParams
       for (int e = 0; e < E; ++e) maxv = std::max(maxv, logits[t * E + e]);
       double sum = 0.0;
       for (int e = 0; e < E; ++e) sum += (pr[e] = std::exp(logits[t * E + e] - maxv));
-      for (int e = 0; e < E; ++e) psum[e] += (pr[e] /= sum);
+      for (int e = 0; e < E; ++e) psum[e] += (token_prob[t * E + e] = (pr[e] /= sum));
       std::vector<int> order(E);
       for (int e = 0; e < E; ++e) order[e] = e;
       std::stable_sort(order.begin(), order.end(), [&](int a, int b2) { return pr[a] > pr[b2]; });
@@ -142,6 +146,7 @@ ReferenceLoss reference_model_loss(const ModelConfig& cfg, const ReferenceParams
       for (int j = 0; j < K; ++j) {
         const int e = order[j];
         counts[e] += 1.0;
+        token_chosen[t * E + e] = 1.0;
         const double g = cfg.norm_topk_prob ? pr[e] / selected : pr[e];
         const std::string ep = p + "mlp.experts." + std::to_string(e) + ".";
         const Vec& w1 = get(params, ep + "gate_proj.weight", static_cast<std::size_t>(F) * H);
@@ -173,11 +178,28 @@ ReferenceLoss reference_model_loss(const ModelConfig& cfg, const ReferenceParams
     }
     for (std::size_t i = 0; i < x.size(); ++i) x[i] += y[i];
     double layer_aux = 0.0;
-    for (int e = 0; e < E; ++e) {
-      if (!have_fraction) fraction[static_cast<std::size_t>(l) * E + e] = counts[e] / (static_cast<double>(N) * K);
-      layer_aux += fraction[static_cast<std::size_t>(l) * E + e] * psum[e] / static_cast<double>(N);
+    if (per_sequence) {
+      // DeepSeek's seq_aux: the mean over sequences of sum_e (E/(T k) count_be) (mean_t p_te).
+      for (std::int64_t b = 0; b < B; ++b) {
+        for (int e = 0; e < E; ++e) {
+          double chosen = 0.0, prob = 0.0;
+          for (std::int64_t t = b * T; t < (b + 1) * T; ++t) {
+            chosen += token_chosen[t * E + e];
+            prob += token_prob[t * E + e];
+          }
+          double& f = fraction[(static_cast<std::size_t>(l) * B + b) * E + e];
+          if (!have_fraction) f = E * chosen / (static_cast<double>(T) * K);
+          layer_aux += f * (prob / T) / static_cast<double>(B);
+        }
+      }
+      aux += layer_aux;
+    } else {
+      for (int e = 0; e < E; ++e) {
+        if (!have_fraction) fraction[static_cast<std::size_t>(l) * E + e] = counts[e] / (static_cast<double>(N) * K);
+        layer_aux += fraction[static_cast<std::size_t>(l) * E + e] * psum[e] / static_cast<double>(N);
+      }
+      aux += E * layer_aux;
     }
-    aux += E * layer_aux;
   }
   const Vec lnf = rmsnorm(x, get(params, "model.norm.weight", H), N, H, eps);
   const Vec& head = cfg.tie_word_embeddings ? wte : get(params, "lm_head.weight", static_cast<std::size_t>(V) * H);

@@ -16,6 +16,7 @@ namespace {
 struct Variant {
   const char* name;
   bool shared, norm_topk, tied, local_reference;
+  bool seq_aux = false;  // the load-balancing loss per sequence (DeepSeek's seq_aux)
 };
 
 class GradientTest : public ::testing::TestWithParam<Variant> {};
@@ -31,7 +32,8 @@ void random_batch(std::vector<std::int32_t>& tokens, std::vector<std::int32_t>& 
 
 TEST_P(GradientTest, EveryParameterMatchesFiniteDifferences) {
   const Variant variant = GetParam();
-  const ModelConfig config = testing::tiny_config(variant.shared, variant.norm_topk, variant.tied);
+  ModelConfig config = testing::tiny_config(variant.shared, variant.norm_topk, variant.tied);
+  config.aux_loss_per_sequence = variant.seq_aux;
   SelfCommunicator comm;
   MoeTransformer model(config, comm, ParallelOptions{}, variant.local_reference);
   model.init_weights(7);
@@ -87,7 +89,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Variant{"shared_norm_untied_ep", true, true, false, false},
                       Variant{"plain_tied_ep", false, false, true, false},
                       Variant{"shared_norm_untied_local", true, true, false, true},
-                      Variant{"plain_tied_local", false, false, true, true}),
+                      Variant{"plain_tied_local", false, false, true, true},
+                      Variant{"seq_aux_ep", true, true, false, false, true}),
     [](const auto& info) { return std::string(info.param.name); });
 
 // The expert-parallel layer at one rank and the single-process naive block give the same model.

@@ -92,30 +92,37 @@ TEST_F(TrainMpiTest, GradientsAtDRanksEqualTheOneRankGradients) {
     tokens[i] = static_cast<std::int32_t>((i * 7 + 3) % c.vocab_size);
     targets[i] = static_cast<std::int32_t>((i * 11 + 5) % c.vocab_size);
   }
-  SelfCommunicator self;
-  MoeTransformer one(c, self, ParallelOptions{});
-  one.init_weights(21);
-  const LossParts l1 = one.forward(tokens, targets, B, T);
-  one.backward();
-  for (Dispatch d : {Dispatch::kStandard, Dispatch::kOccult}) {
-    ParallelOptions po;
-    po.dispatch = d;
-    MoeTransformer many(c, comm, po);
-    many.init_weights(21);
-    const Share share = rank_share(B, comm.rank(), comm.size());
-    const std::vector<std::int32_t> my_tokens(tokens.begin() + share.begin * T, tokens.begin() + share.end * T);
-    const std::vector<std::int32_t> my_targets(targets.begin() + share.begin * T, targets.begin() + share.end * T);
-    const LossParts ld = many.forward(my_tokens, my_targets, share.end - share.begin, T);
-    many.backward();
-    EXPECT_NEAR(ld.total, l1.total, 1e-6 * l1.total) << dispatch_name(d);
-    for (const auto& t : many.tensors()) {
-      const ParamTensor* ref = one.find(t.name);
-      ASSERT_NE(ref, nullptr) << t.name;
-      double maxabs = 0.0;
-      for (float g : ref->grad) maxabs = std::max(maxabs, static_cast<double>(std::abs(g)));
-      for (std::int64_t i = 0; i < t.numel; ++i) {
-        // Same sums in another order: float rounding of ~1e-7 relative to the largest term.
-        ASSERT_NEAR(t.grad[i], ref->grad[i], 1e-5 * maxabs + 1e-9) << dispatch_name(d) << " " << t.name << " " << i;
+  // Both load-balancing losses: over the global batch, and per sequence (seq_aux), whose mean
+  // runs over every rank's sequences.
+  for (bool seq_aux : {false, true}) {
+    c.aux_loss_per_sequence = seq_aux;
+    SelfCommunicator self;
+    MoeTransformer one(c, self, ParallelOptions{});
+    one.init_weights(21);
+    const LossParts l1 = one.forward(tokens, targets, B, T);
+    one.backward();
+    for (Dispatch d : {Dispatch::kStandard, Dispatch::kOccult}) {
+      ParallelOptions po;
+      po.dispatch = d;
+      MoeTransformer many(c, comm, po);
+      many.init_weights(21);
+      const Share share = rank_share(B, comm.rank(), comm.size());
+      const std::vector<std::int32_t> my_tokens(tokens.begin() + share.begin * T, tokens.begin() + share.end * T);
+      const std::vector<std::int32_t> my_targets(targets.begin() + share.begin * T, targets.begin() + share.end * T);
+      const LossParts ld = many.forward(my_tokens, my_targets, share.end - share.begin, T);
+      many.backward();
+      EXPECT_NEAR(ld.total, l1.total, 1e-6 * l1.total) << dispatch_name(d) << " seq_aux " << seq_aux;
+      EXPECT_NEAR(ld.aux, l1.aux, 1e-6 * l1.aux) << dispatch_name(d) << " seq_aux " << seq_aux;
+      for (const auto& t : many.tensors()) {
+        const ParamTensor* ref = one.find(t.name);
+        ASSERT_NE(ref, nullptr) << t.name;
+        double maxabs = 0.0;
+        for (float g : ref->grad) maxabs = std::max(maxabs, static_cast<double>(std::abs(g)));
+        for (std::int64_t i = 0; i < t.numel; ++i) {
+          // Same sums in another order: float rounding of ~1e-7 relative to the largest term.
+          ASSERT_NEAR(t.grad[i], ref->grad[i], 1e-5 * maxabs + 1e-9)
+              << dispatch_name(d) << " seq_aux " << seq_aux << " " << t.name << " " << i;
+        }
       }
     }
   }

@@ -84,6 +84,7 @@ struct ModelConfig {
   int qk_rope_head_dim = 0;
   int v_head_dim = 0;
   float router_aux_loss_coef = 0.01f;     // weight of the Switch load-balancing loss
+  bool aux_loss_per_sequence = false;     // seq_aux: that loss per sequence, then averaged (DeepSeek)
   float rope_theta = 10000.0f;            // RoPE base
   RopeScaling rope_scaling;               // YaRN (DeepSeek-V2/V3) or none
   int max_position_embeddings = 0;        // longest sequence the model accepts

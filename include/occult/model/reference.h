@@ -27,8 +27,8 @@ struct ReferenceLoss {
 };
 
 // The loss of tokens/targets[B,T] (one batch, all sequences). `expert_fraction`, when not null,
-// overrides the load-balancing f_e [L,E] (so finite differences treat it as a constant, like the
-// analytic gradient does); it is filled with the computed f_e when empty.
+// overrides the load-balancing f_e [L,E] (with seq_aux f_be [L,B,E]) (so finite differences treat
+// it as a constant, like the analytic gradient does); it is filled with the computed f when empty.
 ReferenceLoss reference_model_loss(const ModelConfig& config, const ReferenceParams& params,
                                    std::span<const std::int32_t> tokens,
                                    std::span<const std::int32_t> targets, std::int64_t B, int T,

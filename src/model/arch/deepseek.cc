@@ -24,8 +24,8 @@ void read(ConfigReader& r, ModelConfig& c) {
   r.reject_unless("routed_scaling_factor", {1, 1.0}, router);
   r.reject_unless("n_group", {1}, router);
   r.reject_unless("topk_group", {1}, router);
-  // seq_aux selects the sequence-wise form of the training-only auxiliary loss.
-  r.ignore({"seq_aux", "ep_size"});
+  c.aux_loss_per_sequence = r.get_bool("seq_aux", false);
+  r.ignore({"ep_size"});  // a launch hint
 }
 
 void write(const ModelConfig& c, nlohmann::json& j) {
@@ -34,6 +34,7 @@ void write(const ModelConfig& c, nlohmann::json& j) {
   j["attention_bias"] = c.attention_qkv_bias;
   j["scoring_func"] = "softmax";
   j["aux_loss_alpha"] = json_float(c.router_aux_loss_coef);
+  j["seq_aux"] = c.aux_loss_per_sequence;
 }
 
 }  // namespace

@@ -38,9 +38,9 @@ void read_mla(ConfigReader& r, ModelConfig& c) {
 void read_moe_layout(ConfigReader& r, ModelConfig& c) {
   read_deepseek_moe_layers(r, c);
   c.router_aux_loss_coef = r.get_float("aux_loss_alpha", c.router_aux_loss_coef);
-  // seq_aux selects the sequence-wise form of the training-only auxiliary loss; ep_size is a
-  // launch hint; the multi-token-prediction layers (V3) are not part of the causal LM.
-  r.ignore({"seq_aux", "ep_size", "num_nextn_predict_layers"});
+  c.aux_loss_per_sequence = r.get_bool("seq_aux", false);
+  // ep_size is a launch hint; the multi-token-prediction layers (V3) are not part of the causal LM.
+  r.ignore({"ep_size", "num_nextn_predict_layers"});
 }
 
 void read_v2(ConfigReader& r, ModelConfig& c) {
@@ -95,6 +95,7 @@ void write_common(const ModelConfig& c, nlohmann::json& j) {
   j["norm_topk_prob"] = c.norm_topk_prob;
   j["attention_bias"] = false;
   j["aux_loss_alpha"] = json_float(c.router_aux_loss_coef);
+  j["seq_aux"] = c.aux_loss_per_sequence;
   j["q_lora_rank"] = c.q_lora_rank > 0 ? nlohmann::json(c.q_lora_rank) : nlohmann::json(nullptr);
   j["kv_lora_rank"] = c.kv_lora_rank;
   j["qk_nope_head_dim"] = c.qk_nope_head_dim;

@@ -1,7 +1,7 @@
 // occult's own byte-level MoE transformer: OLMoE/Qwen-MoE tensor names, DeepSeek-style fused
 // shared experts ("n_shared_experts"), optional GQA, and DeepSeek's routers under their
 // Hugging Face keys ("scoring_func" softmax | sigmoid; "topk_method" greedy |
-// group_limited_greedy | noaux_tc with "n_group" / "topk_group"; "routed_scaling_factor"), so
+// group_limited_greedy | noaux_tc with "n_group" / "topk_group"; "routed_scaling_factor"; "seq_aux"), so
 // that group-limited routing and the selection bias of noaux_tc can be trained without
 // multi-head latent attention. Strict: an unknown key is an error.
 #include <string>
@@ -37,6 +37,7 @@ void read_router(ConfigReader& r, ModelConfig& c) {
                 r.source(), method);
   }
   c.routed_scaling_factor = read_routed_scaling(r);
+  c.aux_loss_per_sequence = r.get_bool("seq_aux", false);
 }
 
 void read(ConfigReader& r, ModelConfig& c) {
@@ -63,6 +64,7 @@ void write(const ModelConfig& c, nlohmann::json& j) {
     j["topk_group"] = c.topk_group;
   }
   if (c.routed_scaling_factor != 1.0f) j["routed_scaling_factor"] = json_float(c.routed_scaling_factor);
+  if (c.aux_loss_per_sequence) j["seq_aux"] = true;
 }
 
 }  // namespace
