@@ -5,7 +5,8 @@
 // time to place all layers. Single-threaded.
 //
 //   build/bench/placement/bench_replicas [--trace F] [--heldout F] [--devices 4 8]
-//       [--extra-slots 1 2] [--max-imbalance 1.10] [--replica-chunks 4] [--json]
+//       [--extra-slots 1 2] [--max-imbalance 1.10] [--replica-chunks 4]
+//       [--replica-flatten 0.5] [--json]
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -67,6 +68,8 @@ int main(int argc, char** argv) {
   app.add_option("--max-imbalance", base.max_imbalance, "Load limit on calibration")->capture_default_str();
   app.add_option("--replica-chunks", base.replica_chunks, "Parts of the calibration the limit must hold on")
       ->capture_default_str();
+  app.add_option("--replica-flatten", base.replica_flatten, "Popularity flattening of replica gains")
+      ->capture_default_str();
   app.add_flag("--json", json, "JSON on stdout");
   CLI11_PARSE(app, argc, argv);
   try {
@@ -102,9 +105,9 @@ int main(int argc, char** argv) {
     if (json) {
       std::cout << out.dump(2) << "\n";
     } else {
-      fmt::print("calibration {} ({} tokens), held-out {} ({} tokens); --max-imbalance {}, --replica-chunks {}\n",
+      fmt::print("calibration {} ({} tokens), held-out {} ({} tokens); --max-imbalance {}, --replica-chunks {}, --replica-flatten {}\n",
                  trace_path, calib.num_tokens(), heldout_path, heldout.num_tokens(), base.max_imbalance,
-                 base.replica_chunks);
+                 base.replica_chunks, base.replica_flatten);
       fmt::print("{}", table.render());
     }
   } catch (const occult::Error& error) {

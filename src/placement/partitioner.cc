@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <random>
 
@@ -103,6 +104,9 @@ void check_partition_options(const CollaborationGraph& graph, const PartitionOpt
     OCCULT_CHECK(options.slots_per_device >= ceil_count,
                  "--slots-per-device {} cannot hold {} experts on {} devices: needs at least ceil(E/D) = {}",
                  options.slots_per_device, e, d, ceil_count);
+    OCCULT_CHECK(std::isfinite(options.replica_flatten) && options.replica_flatten >= 0 &&
+                     options.replica_flatten <= 1,
+                 "--replica-flatten must lie in [0, 1], got {}", options.replica_flatten);
     OCCULT_CHECK(d <= kMaxReplicaDevices, "--slots-per-device needs --devices <= {}, got {}", kMaxReplicaDevices, d);
   }
   if (!options.warm_start.empty()) {

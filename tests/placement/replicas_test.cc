@@ -2,10 +2,13 @@
 // routing rule, and the spare-slot search.
 #include <gtest/gtest.h>
 
+#include <array>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 
 #include "occult/core/error.h"
+#include "occult/placement/graph.h"
 #include "occult/placement/metrics.h"
 #include "occult/placement/place.h"
 #include "occult/placement/placement.h"
@@ -202,6 +205,69 @@ TEST(PlacementReplicas, CopiesOfTheHotExpertRestoreTheLoadLimit) {
   const ExpertHolders h = holders_from_device_experts(de, primary);
   EXPECT_DOUBLE_EQ(compute_replica_metrics(routing, h).load_imbalance, 1.2);
   EXPECT_DOUBLE_EQ(score_replicas(routing, h, 1, 1.25, 1).chunk_imbalance, 1.2);
+}
+
+TEST(PlacementReplicas, GainWeightsHandComputed) {
+  // k = 2, E = 4: {0,1} x3, {0,2} x1, {2,3} x4. Loads 4, 3, 5, 4; mean T*k/E = 8*2/4 = 4.
+  const LayerRouting routing =
+      testing::make_routing(2, {{0, 1}, {0, 1}, {1, 0}, {2, 0}, {2, 3}, {3, 2}, {2, 3}, {2, 3}});
+  const CollaborationGraph graph = build_collaboration_graph(routing, 4);
+  ASSERT_EQ(graph.num_edges(), 3);  // sets in ascending order: {0,1}, {0,2}, {2,3}
+  const std::vector<double> flat0 = replica_gain_weights(graph, 0.0);
+  EXPECT_EQ(flat0, (std::vector<double>{3, 1, 4}));
+  const std::vector<double> flat1 = replica_gain_weights(graph, 1.0);
+  EXPECT_DOUBLE_EQ(flat1[0], 3 * (4.0 / 4) * (4.0 / 3));  // 4
+  EXPECT_DOUBLE_EQ(flat1[1], 1 * (4.0 / 4) * (4.0 / 5));  // 0.8
+  EXPECT_DOUBLE_EQ(flat1[2], 4 * (4.0 / 5) * (4.0 / 4));  // 3.2
+  const std::vector<double> half = replica_gain_weights(graph, 0.5);
+  EXPECT_DOUBLE_EQ(half[0], 3 * std::sqrt(4.0 / 3));
+  EXPECT_THROW(replica_gain_weights(graph, 1.5), Error);
+  EXPECT_THROW(replica_gain_weights(graph, -0.1), Error);
+}
+
+// E = 6, k = 2 on D = 2 with S = 4 (one spare slot each): primaries {0, 1, 4} | {2, 3, 5}.
+// Tokens: {0,2} x20, {1,3} x8 (both cross devices), {0,4} x60 and {2,5} x60 (each on one
+// device). Loads: 0 and 2: 80, 4 and 5: 60, 1 and 3: 8; mean T*k/E = 296/6.
+LayerRouting popular_and_rare_routing() {
+  LayerRouting r;
+  r.top_k = 2;
+  const std::pair<std::array<int, 2>, int> runs[] = {{{0, 2}, 20}, {{1, 3}, 8}, {{0, 4}, 60}, {{2, 5}, 60}};
+  for (const auto& [set, count] : runs) {
+    for (int i = 0; i < count; ++i) {
+      r.topk_ids.insert(r.topk_ids.end(), set.begin(), set.end());
+      ++r.num_tokens;
+    }
+  }
+  return r;
+}
+
+TEST(PlacementReplicas, FlattenRanksCopiesOfRareCoactivationsFirst) {
+  const LayerRouting routing = popular_and_rare_routing();
+  const std::vector<int> primary = {0, 0, 1, 1, 0, 1};
+  PartitionOptions o;
+  o.num_devices = 2;
+  o.slots_per_device = 4;
+  o.max_imbalance = 100.0;
+  o.replica_chunks = 1;
+  // Flatten 0: copying 0 to device 1 saves 20 devices (ties with 2 to device 0 go to the lower
+  // id); device 1 is then full and 3 to device 0 saves the other 8.
+  o.replica_flatten = 0.0;
+  EXPECT_EQ(choose_replicas(routing, 6, primary, o),
+            (std::vector<std::vector<int>>{{0, 1, 4, 3}, {2, 3, 5, 0}}));
+  // Flatten 1: a {0,2} token weighs (296/6/80)^2 = 0.38, a {1,3} token (296/6/8)^2 = 38, so the
+  // copy of 1 on device 1 (8 * 38 = 304 against 20 * 0.38 = 7.6) comes first, then 2 on device 0.
+  o.replica_flatten = 1.0;
+  const auto de = choose_replicas(routing, 6, primary, o);
+  EXPECT_EQ(de, (std::vector<std::vector<int>>{{0, 1, 4, 2}, {2, 3, 5, 1}}));
+  // Both reach one device per token; flatten changes which copies, not whether they help.
+  EXPECT_DOUBLE_EQ(compute_replica_metrics(routing, holders_from_device_experts(de, primary)).replicas_per_token, 1.0);
+  o.replica_flatten = 2.0;
+  try {
+    choose_replicas(routing, 6, primary, o);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("--replica-flatten must lie in [0, 1], got 2"), std::string::npos) << e.message();
+  }
 }
 
 TEST(PlacementReplicas, PlaceExpertsWithSlotsAndNodes) {
