@@ -99,6 +99,9 @@ void check_partition_options(const CollaborationGraph& graph, const PartitionOpt
   OCCULT_CHECK(options.num_restarts >= 0, "hypergraph restarts must be >= 0, got {}",
                options.num_restarts);
   OCCULT_CHECK(options.slots_per_device >= 0, "--slots-per-device must be >= 0, got {}", options.slots_per_device);
+  OCCULT_CHECK(std::isfinite(options.primary_flatten) && options.primary_flatten >= 0 &&
+                   options.primary_flatten <= 1,
+               "--primary-flatten must lie in [0, 1], got {}", options.primary_flatten);
   if (options.slots_per_device > 0) {
     const int ceil_count = (e + d - 1) / d;
     OCCULT_CHECK(options.slots_per_device >= ceil_count,

@@ -102,7 +102,7 @@ ReplicaScore score_replicas(const LayerRouting& routing, const ExpertHolders& ho
 
 std::vector<double> replica_gain_weights(const CollaborationGraph& graph, double flatten) {
   OCCULT_CHECK(std::isfinite(flatten) && flatten >= 0 && flatten <= 1,
-               "--replica-flatten must lie in [0, 1], got {}", flatten);
+               "popularity flattening: the exponent must lie in [0, 1], got {}", flatten);
   const double mean = static_cast<double>(graph.num_tokens) * graph.top_k / graph.num_experts;
   std::vector<double> weights(static_cast<std::size_t>(graph.num_edges()));
   for (std::int64_t h = 0; h < graph.num_edges(); ++h) {
@@ -114,6 +114,28 @@ std::vector<double> replica_gain_weights(const CollaborationGraph& graph, double
     weights[h] = w;
   }
   return weights;
+}
+
+CollaborationGraph flatten_collaboration_graph(const CollaborationGraph& graph, double flatten) {
+  const std::vector<double> weights = replica_gain_weights(graph, flatten);
+  double total = 0;
+  for (const double w : weights) total += w;
+  const double scale = static_cast<double>(graph.num_tokens) / total;
+  CollaborationGraph flat = graph;
+  const std::size_t e = static_cast<std::size_t>(graph.num_experts);
+  std::fill(flat.coactivation.begin(), flat.coactivation.end(), 0);
+  for (std::int64_t h = 0; h < graph.num_edges(); ++h) {
+    const std::int64_t w = std::llround(weights[h] * scale);
+    flat.edge_weights[h] = w;
+    const std::span<const std::int32_t> set = graph.edge(h);
+    for (std::size_t a = 0; a < set.size(); ++a) {
+      for (std::size_t b = a + 1; b < set.size(); ++b) {
+        flat.coactivation[set[a] * e + set[b]] += w;
+        flat.coactivation[set[b] * e + set[a]] += w;
+      }
+    }
+  }
+  return flat;
 }
 
 std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int num_experts,

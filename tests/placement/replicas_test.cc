@@ -223,6 +223,42 @@ TEST(PlacementReplicas, GainWeightsHandComputed) {
   EXPECT_DOUBLE_EQ(half[0], 3 * std::sqrt(4.0 / 3));
   EXPECT_THROW(replica_gain_weights(graph, 1.5), Error);
   EXPECT_THROW(replica_gain_weights(graph, -0.1), Error);
+
+  // Flattened graph: weights scaled to sum to T = 8 and rounded. Flatten 1: 4 + 0.8 + 3.2 = 8,
+  // so {4, 1, 3}. Flatten 0.5: 3.464, 0.894, 3.578 (sum 7.936) scaled by 8 / 7.936 -> 3.49,
+  // 0.90, 3.61 -> {3, 1, 4}. Loads stay the tokens' own; coactivation follows the new weights.
+  const CollaborationGraph flat_one = flatten_collaboration_graph(graph, 1.0);
+  EXPECT_EQ(flat_one.edge_weights, (std::vector<std::int64_t>{4, 1, 3}));
+  EXPECT_EQ(flat_one.load, graph.load);
+  EXPECT_EQ(flat_one.num_tokens, 8);
+  EXPECT_EQ(flat_one.coactivation[0 * 4 + 1], 4);
+  EXPECT_EQ(flat_one.coactivation[2 * 4 + 0], 1);
+  EXPECT_EQ(flat_one.coactivation[3 * 4 + 2], 3);
+  EXPECT_EQ(flat_one.coactivation[1 * 4 + 3], 0);
+  EXPECT_EQ(flatten_collaboration_graph(graph, 0.5).edge_weights, (std::vector<std::int64_t>{3, 1, 4}));
+  EXPECT_EQ(flatten_collaboration_graph(graph, 0.0).edge_weights, graph.edge_weights);
+}
+
+TEST(PlacementReplicas, PrimaryFlattenIsCheckedAndNamed) {
+  Trace trace;
+  trace.num_experts = 16;
+  trace.top_k = 3;
+  trace.layers.push_back(testing::planted_routing(16, 3, 4, 400, 0.6, 5, nullptr));
+  PartitionOptions options;
+  options.num_devices = 4;
+  options.primary_flatten = 1.5;
+  try {
+    place_experts(trace, "hypergraph", options);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("--primary-flatten must lie in [0, 1], got 1.5"), std::string::npos) << e.message();
+  }
+  // Flattened primaries still make a balanced placement within the load limit.
+  options.primary_flatten = 0.5;
+  const Placement p = place_experts(trace, "hypergraph", options);
+  EXPECT_TRUE(is_balanced(p.layer(0).expert_to_device, 4));
+  EXPECT_LE(compute_placement_metrics(trace.layers[0], p.layer(0).expert_to_device, 4).load_imbalance,
+            options.max_imbalance + 1e-12);
 }
 
 // E = 6, k = 2 on D = 2 with S = 4 (one spare slot each): primaries {0, 1, 4} | {2, 3, 5}.

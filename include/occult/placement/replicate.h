@@ -36,6 +36,12 @@ ReplicaScore score_replicas(const LayerRouting& routing, const ExpertHolders& ho
 // the product over its experts x of (T*k/E / load[x])^flatten. Throws unless 0 <= flatten <= 1.
 std::vector<double> replica_gain_weights(const CollaborationGraph& graph, double flatten);
 
+// `graph` with each distinct set's weight replaced by replica_gain_weights(graph, flatten)[h]
+// scaled so the weights sum to T again and rounded to an integer (a set may drop to 0), and the
+// coactivation matrix recomputed from them; num_tokens and load (the tokens' own) unchanged.
+// What a strategy sees under --primary-flatten. Throws unless 0 <= flatten <= 1.
+CollaborationGraph flatten_collaboration_graph(const CollaborationGraph& graph, double flatten);
+
 // Spare-slot filling for one layer (options.slots_per_device slots per device): starting from
 // the primary placement expert_to_device, adds replicas (expert, device) one at a time. The shortlist: the copies that remove the most
 // devices per token, exact on the distinct expert sets weighted by replica_gain_weights with
