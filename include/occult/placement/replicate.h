@@ -43,14 +43,14 @@ std::vector<double> replica_gain_weights(const CollaborationGraph& graph, double
 CollaborationGraph flatten_collaboration_graph(const CollaborationGraph& graph, double flatten);
 
 // Spare-slot filling for one layer (options.slots_per_device slots per device): starting from
-// the primary placement expert_to_device, adds replicas (expert, device) one at a time. The shortlist: the copies that remove the most
-// devices per token, exact on the distinct expert sets weighted by replica_gain_weights with
-// options.replica_flatten, and, while a chunk is over the limit, copies of the overloaded
-// device's busiest experts onto the lightest devices with room. Of the shortlisted copies that
-// improve score_replicas, the one added is the best by (excess, node_sum, weighted devices saved,
-// score); stops when none improves the score or no slot is free. Returns device_experts
-// [D][<= S] (each device's primaries first, ascending, then its replicas in the order added).
-// Deterministic.
+// the primary placement expert_to_device, adds replicas (expert, device) one at a time. The
+// shortlist: the copies that remove the most devices per token, exact on the distinct expert
+// sets weighted by replica_gain_weights with options.replica_flatten, and, while a chunk is over
+// the limit, copies of the overloaded device's busiest experts onto the lightest devices with
+// room. Of the shortlisted copies that improve score_replicas, the one added is the best by
+// (excess, node_sum, weighted devices saved, score); stops when none improves the score or no
+// slot is free. Returns device_experts [D][<= S] (each device's primaries first, ascending, then
+// its replicas in the order added). Deterministic.
 std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int num_experts,
                                               std::span<const int> expert_to_device,
                                               const PartitionOptions& options);
