@@ -6,7 +6,8 @@
 //
 //   build/bench/placement/bench_replicas [--trace F] [--heldout F] [--devices 4 8]
 //       [--extra-slots 1 2] [--max-imbalance 1.10] [--replica-chunks 4]
-//       [--replica-flatten 0.5] [--primary-flatten 0] [--oracle] [--json]
+//       [--replica-flatten 0.5] [--primary-flatten 0] [--oracle] [--seed 0]
+//       [--json]
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -112,6 +113,7 @@ int main(int argc, char** argv) {
                  "Popularity flattening of the graph the primaries of the rows with slots are placed on "
                  "(the rows without slots stay the default placement)")
       ->capture_default_str();
+  app.add_option("--seed", base.seed, "Placement seed")->capture_default_str();
   app.add_flag("--json", json, "JSON on stdout");
   app.add_flag("--oracle", with_oracle,
                "Also the bounds that know the held-out trace: its expert loads for the primaries, its "
