@@ -29,6 +29,8 @@ struct PlaceArgs {
   bool cross_layer = false;
   int slots_per_device = 0;
   int replica_chunks = PartitionOptions{}.replica_chunks;
+  double replica_flatten = PartitionOptions{}.replica_flatten;
+  double primary_flatten = PartitionOptions{}.primary_flatten;
   bool json = false;
   std::string out;
   int groups = 0;                 // the model's expert groups (0: not placing by groups)
@@ -70,6 +72,8 @@ void run_place(const PlaceArgs& args) {
   options.num_restarts = args.restarts;
   options.slots_per_device = args.slots_per_device;
   options.replica_chunks = args.replica_chunks;
+  options.replica_flatten = args.replica_flatten;
+  options.primary_flatten = args.primary_flatten;
   const bool slots = args.slots_per_device > 0;
   const bool all = args.strategy == "all";
   std::vector<std::string> strategies = all ? partitioner_names()
@@ -256,6 +260,15 @@ void setup_place(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--replica-chunks", args->replica_chunks,
                   "Replicas: the load limit must hold on each of this many parts of the calibration trace")
+      ->capture_default_str();
+  cmd->add_option("--replica-flatten", args->replica_flatten,
+                  "Replicas: rank copies with each calibration token weighted by (mean expert load / load)^B "
+                  "over its experts, so copies follow co-activation more than the calibration text's popular "
+                  "experts (0: tokens as they are; B in [0, 1])")
+      ->capture_default_str();
+  cmd->add_option("--primary-flatten", args->primary_flatten,
+                  "Place primaries on the collaboration graph weighted as --replica-flatten does with this "
+                  "exponent (0: tokens as they are; B in [0, 1]); loads stay the tokens' own")
       ->capture_default_str();
   auto* groups = cmd->add_option("--groups", args->groups,
                                  "Place the model's G expert groups (E/G consecutive ids, DeepSeek's n_group) whole "

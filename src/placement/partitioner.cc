@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <random>
 
@@ -98,11 +99,17 @@ void check_partition_options(const CollaborationGraph& graph, const PartitionOpt
   OCCULT_CHECK(options.num_restarts >= 0, "hypergraph restarts must be >= 0, got {}",
                options.num_restarts);
   OCCULT_CHECK(options.slots_per_device >= 0, "--slots-per-device must be >= 0, got {}", options.slots_per_device);
+  OCCULT_CHECK(std::isfinite(options.primary_flatten) && options.primary_flatten >= 0 &&
+                   options.primary_flatten <= 1,
+               "--primary-flatten must lie in [0, 1], got {}", options.primary_flatten);
   if (options.slots_per_device > 0) {
     const int ceil_count = (e + d - 1) / d;
     OCCULT_CHECK(options.slots_per_device >= ceil_count,
                  "--slots-per-device {} cannot hold {} experts on {} devices: needs at least ceil(E/D) = {}",
                  options.slots_per_device, e, d, ceil_count);
+    OCCULT_CHECK(std::isfinite(options.replica_flatten) && options.replica_flatten >= 0 &&
+                     options.replica_flatten <= 1,
+                 "--replica-flatten must lie in [0, 1], got {}", options.replica_flatten);
     OCCULT_CHECK(d <= kMaxReplicaDevices, "--slots-per-device needs --devices <= {}, got {}", kMaxReplicaDevices, d);
   }
   if (!options.warm_start.empty()) {

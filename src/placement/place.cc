@@ -35,7 +35,12 @@ Placement place_experts(const Trace& trace, std::string_view strategy, const Par
   PartitionOptions layer_options = options;
   for (int l = 0; l < trace.num_layers(); ++l) {
     const auto start = std::chrono::steady_clock::now();
-    const CollaborationGraph graph = build_collaboration_graph(trace.layers[l], trace.num_experts);
+    const CollaborationGraph tokens_graph = build_collaboration_graph(trace.layers[l], trace.num_experts);
+    const bool flatten = options.primary_flatten > 0;
+    if (flatten) check_partition_options(tokens_graph, layer_options);  // names the flag first
+    const CollaborationGraph flat =
+        flatten ? flatten_collaboration_graph(tokens_graph, options.primary_flatten) : CollaborationGraph{};
+    const CollaborationGraph& graph = flatten ? flat : tokens_graph;
     if (cross_layer && l > 0) layer_options.warm_start = placement.layers.back().expert_to_device;
     LayerPlacement lp;
     lp.layer = l;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <tuple>
 
 #include "occult/core/error.h"
@@ -99,6 +100,44 @@ ReplicaScore score_replicas(const LayerRouting& routing, const ExpertHolders& ho
   return evaluate(routing, holders, num_nodes, max_imbalance, num_chunks).score;
 }
 
+std::vector<double> replica_gain_weights(const CollaborationGraph& graph, double flatten) {
+  OCCULT_CHECK(std::isfinite(flatten) && flatten >= 0 && flatten <= 1,
+               "popularity flattening: the exponent must lie in [0, 1], got {}", flatten);
+  const double mean = static_cast<double>(graph.num_tokens) * graph.top_k / graph.num_experts;
+  std::vector<double> weights(static_cast<std::size_t>(graph.num_edges()));
+  for (std::int64_t h = 0; h < graph.num_edges(); ++h) {
+    double w = static_cast<double>(graph.edge_weights[h]);
+    // Every expert of a set has load >= the set's weight >= 1.
+    if (flatten > 0) {
+      for (const std::int32_t x : graph.edge(h)) w *= std::pow(mean / static_cast<double>(graph.load[x]), flatten);
+    }
+    weights[h] = w;
+  }
+  return weights;
+}
+
+CollaborationGraph flatten_collaboration_graph(const CollaborationGraph& graph, double flatten) {
+  const std::vector<double> weights = replica_gain_weights(graph, flatten);
+  double total = 0;
+  for (const double w : weights) total += w;
+  const double scale = static_cast<double>(graph.num_tokens) / total;
+  CollaborationGraph flat = graph;
+  const std::size_t e = static_cast<std::size_t>(graph.num_experts);
+  std::fill(flat.coactivation.begin(), flat.coactivation.end(), 0);
+  for (std::int64_t h = 0; h < graph.num_edges(); ++h) {
+    const std::int64_t w = std::llround(weights[h] * scale);
+    flat.edge_weights[h] = w;
+    const std::span<const std::int32_t> set = graph.edge(h);
+    for (std::size_t a = 0; a < set.size(); ++a) {
+      for (std::size_t b = a + 1; b < set.size(); ++b) {
+        flat.coactivation[set[a] * e + set[b]] += w;
+        flat.coactivation[set[b] * e + set[a]] += w;
+      }
+    }
+  }
+  return flat;
+}
+
 std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int num_experts,
                                               std::span<const int> expert_to_device,
                                               const PartitionOptions& options) {
@@ -109,6 +148,7 @@ std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int n
   const CollaborationGraph graph = build_collaboration_graph(routing, e_count);
   check_partition_options(graph, options);
   OCCULT_CHECK(options.slots_per_device > 0, "replica placement: --slots-per-device must be given");
+  const std::vector<double> weights = replica_gain_weights(graph, options.replica_flatten);
   ExpertHolders holders = holders_from_primary(expert_to_device, d_count);
   std::vector<int> room(d_count, options.slots_per_device);
   for (int x = 0; x < e_count; ++x) --room[expert_to_device[x]];
@@ -121,22 +161,31 @@ std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int n
   for (std::int64_t h = 0; h < graph.num_edges(); ++h) cover[h] = min_cover_devices(holders, graph.edge(h));
   Evaluation current = evaluate(routing, holders, options.num_nodes, options.max_imbalance, options.replica_chunks);
 
+  // Devices a copy of x on dev saves, exact on the distinct expert sets: (weighted by `weights`,
+  // token count).
+  auto gain_of = [&](int x, int dev) {
+    const std::uint64_t original = holders.masks[x];
+    holders.masks[x] = original | (std::uint64_t{1} << dev);
+    double weighted = 0;
+    std::int64_t saved = 0;
+    for (const std::int32_t h : graph.edges_of(x)) {
+      if (cover[h] == 1) continue;
+      const int drop = cover[h] - min_cover_devices(holders, graph.edge(h));
+      weighted += weights[h] * drop;
+      saved += graph.edge_weights[h] * drop;
+    }
+    holders.masks[x] = original;
+    return std::pair<double, std::int64_t>{weighted, saved};
+  };
+
   while (std::any_of(room.begin(), room.end(), [](int r) { return r > 0; })) {
-    // (devices saved, expert, device): exact on the distinct expert sets.
-    std::vector<std::tuple<std::int64_t, int, int>> gains;
+    // (-weighted gain, -devices saved, expert, device), best first.
+    std::vector<std::tuple<double, std::int64_t, int, int>> gains;
     for (int x = 0; x < e_count; ++x) {
-      const std::uint64_t original = holders.masks[x];
       for (int dev = 0; dev < d_count; ++dev) {
-        const std::uint64_t bit = std::uint64_t{1} << dev;
-        if (room[dev] == 0 || (original & bit) != 0) continue;
-        holders.masks[x] = original | bit;
-        std::int64_t saved = 0;
-        for (const std::int32_t h : graph.edges_of(x)) {
-          if (cover[h] == 1) continue;
-          saved += graph.edge_weights[h] * (cover[h] - min_cover_devices(holders, graph.edge(h)));
-        }
-        holders.masks[x] = original;
-        if (saved > 0) gains.emplace_back(-saved, x, dev);
+        if (room[dev] == 0 || (holders.masks[x] >> dev & 1u) != 0) continue;
+        const auto [weighted, saved] = gain_of(x, dev);
+        if (saved > 0) gains.emplace_back(-weighted, -saved, x, dev);
       }
     }
     std::sort(gains.begin(), gains.end());
@@ -169,9 +218,12 @@ std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int n
     }
     bool found = false;
     Evaluation best;
+    double best_weighted = 0;
     std::pair<int, int> best_candidate{-1, -1};
     std::vector<std::pair<int, int>> tried;
-    auto consider = [&](int x, int dev) {
+    // A candidate must improve the score; among those the best is ranked by (excess, nodes,
+    // weighted devices saved, score), which with flatten 0 is the score's own order.
+    auto consider = [&](int x, int dev, double weighted) {
       const std::pair<int, int> candidate{x, dev};
       if (std::find(tried.begin(), tried.end(), candidate) != tried.end()) return;
       tried.push_back(candidate);
@@ -179,16 +231,33 @@ std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int n
       holders.masks[x] = original | (std::uint64_t{1} << dev);
       Evaluation ev = evaluate(routing, holders, options.num_nodes, options.max_imbalance, options.replica_chunks);
       holders.masks[x] = original;
-      if (ev.score.better_than(found ? best.score : current.score)) {
+      if (!ev.score.better_than(current.score)) return;
+      bool take = !found;
+      if (!take) {
+        constexpr double kEps = 1e-12;
+        const ReplicaScore& a = ev.score;
+        const ReplicaScore& b = best.score;
+        if (std::abs(a.excess - b.excess) > kEps) {
+          take = a.excess < b.excess;
+        } else if (a.node_sum != b.node_sum) {
+          take = a.node_sum < b.node_sum;
+        } else if (weighted != best_weighted) {
+          take = weighted > best_weighted;
+        } else {
+          take = a.better_than(b);
+        }
+      }
+      if (take) {
         best = std::move(ev);
+        best_weighted = weighted;
         best_candidate = candidate;
         found = true;
       }
     };
-    for (const auto& [x, dev] : load_candidates) consider(x, dev);
+    for (const auto& [x, dev] : load_candidates) consider(x, dev, gain_of(x, dev).first);
     for (std::size_t batch = 0; batch < kGainBatches && (batch == 0 || !found); ++batch) {
       for (std::size_t i = batch * kGainBatch; i < gains.size() && i < (batch + 1) * kGainBatch; ++i) {
-        consider(std::get<1>(gains[i]), std::get<2>(gains[i]));
+        consider(std::get<2>(gains[i]), std::get<3>(gains[i]), -std::get<0>(gains[i]));
       }
     }
     if (!found) break;

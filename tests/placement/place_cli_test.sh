@@ -81,6 +81,14 @@ grep -q '"slots_per_device": 17' r.json || fail "placement slots_per_device"
 # add devices, and the load limit still holds on the calibration trace.
 awk '$1 ~ /^[0-9]+$/ && ($2 > $3 || $7 > 1.1) { bad = 1 } END { exit bad }' r.txt ||
   fail "replicas raised C_T or broke --max-imbalance: $(cat r.txt)"
+# The flattening exponents are checked and named before any layer is placed.
+if "$occult" place --traces "$law" --devices 4 --slots-per-device 17 --replica-flatten 2 --out bad.json \
+    > /dev/null 2> flat.err; then fail "--replica-flatten 2 accepted"; fi
+grep -q -- "--replica-flatten must lie in \[0, 1\], got 2" flat.err || fail "replica-flatten error: $(cat flat.err)"
+if "$occult" place --traces "$law" --devices 4 --primary-flatten -1 --out bad.json > /dev/null 2> flat.err; then
+  fail "--primary-flatten -1 accepted"
+fi
+grep -q -- "--primary-flatten must lie in \[0, 1\], got -1" flat.err || fail "primary-flatten error: $(cat flat.err)"
 "$occult" evaluate --traces "$intent" --placement r.json > reval.txt
 grep -q "(4 devices x 17 slots) .* mean replicas_per_token [0-9.]* of top-k 6 ([0-9.]* on the primaries alone)" reval.txt ||
   fail "evaluate with replicas: $(tail -1 reval.txt)"

@@ -2,10 +2,13 @@
 // routing rule, and the spare-slot search.
 #include <gtest/gtest.h>
 
+#include <array>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 
 #include "occult/core/error.h"
+#include "occult/placement/graph.h"
 #include "occult/placement/metrics.h"
 #include "occult/placement/place.h"
 #include "occult/placement/placement.h"
@@ -202,6 +205,105 @@ TEST(PlacementReplicas, CopiesOfTheHotExpertRestoreTheLoadLimit) {
   const ExpertHolders h = holders_from_device_experts(de, primary);
   EXPECT_DOUBLE_EQ(compute_replica_metrics(routing, h).load_imbalance, 1.2);
   EXPECT_DOUBLE_EQ(score_replicas(routing, h, 1, 1.25, 1).chunk_imbalance, 1.2);
+}
+
+TEST(PlacementReplicas, GainWeightsHandComputed) {
+  // k = 2, E = 4: {0,1} x3, {0,2} x1, {2,3} x4. Loads 4, 3, 5, 4; mean T*k/E = 8*2/4 = 4.
+  const LayerRouting routing =
+      testing::make_routing(2, {{0, 1}, {0, 1}, {1, 0}, {2, 0}, {2, 3}, {3, 2}, {2, 3}, {2, 3}});
+  const CollaborationGraph graph = build_collaboration_graph(routing, 4);
+  ASSERT_EQ(graph.num_edges(), 3);  // sets in ascending order: {0,1}, {0,2}, {2,3}
+  const std::vector<double> flat0 = replica_gain_weights(graph, 0.0);
+  EXPECT_EQ(flat0, (std::vector<double>{3, 1, 4}));
+  const std::vector<double> flat1 = replica_gain_weights(graph, 1.0);
+  EXPECT_DOUBLE_EQ(flat1[0], 3 * (4.0 / 4) * (4.0 / 3));  // 4
+  EXPECT_DOUBLE_EQ(flat1[1], 1 * (4.0 / 4) * (4.0 / 5));  // 0.8
+  EXPECT_DOUBLE_EQ(flat1[2], 4 * (4.0 / 5) * (4.0 / 4));  // 3.2
+  const std::vector<double> half = replica_gain_weights(graph, 0.5);
+  EXPECT_DOUBLE_EQ(half[0], 3 * std::sqrt(4.0 / 3));
+  EXPECT_THROW(replica_gain_weights(graph, 1.5), Error);
+  EXPECT_THROW(replica_gain_weights(graph, -0.1), Error);
+
+  // Flattened graph: weights scaled to sum to T = 8 and rounded. Flatten 1: 4 + 0.8 + 3.2 = 8,
+  // so {4, 1, 3}. Flatten 0.5: 3.464, 0.894, 3.578 (sum 7.936) scaled by 8 / 7.936 -> 3.49,
+  // 0.90, 3.61 -> {3, 1, 4}. Loads stay the tokens' own; coactivation follows the new weights.
+  const CollaborationGraph flat_one = flatten_collaboration_graph(graph, 1.0);
+  EXPECT_EQ(flat_one.edge_weights, (std::vector<std::int64_t>{4, 1, 3}));
+  EXPECT_EQ(flat_one.load, graph.load);
+  EXPECT_EQ(flat_one.num_tokens, 8);
+  EXPECT_EQ(flat_one.coactivation[0 * 4 + 1], 4);
+  EXPECT_EQ(flat_one.coactivation[2 * 4 + 0], 1);
+  EXPECT_EQ(flat_one.coactivation[3 * 4 + 2], 3);
+  EXPECT_EQ(flat_one.coactivation[1 * 4 + 3], 0);
+  EXPECT_EQ(flatten_collaboration_graph(graph, 0.5).edge_weights, (std::vector<std::int64_t>{3, 1, 4}));
+  EXPECT_EQ(flatten_collaboration_graph(graph, 0.0).edge_weights, graph.edge_weights);
+}
+
+TEST(PlacementReplicas, PrimaryFlattenIsCheckedAndNamed) {
+  Trace trace;
+  trace.num_experts = 16;
+  trace.top_k = 3;
+  trace.layers.push_back(testing::planted_routing(16, 3, 4, 400, 0.6, 5, nullptr));
+  PartitionOptions options;
+  options.num_devices = 4;
+  options.primary_flatten = 1.5;
+  try {
+    place_experts(trace, "hypergraph", options);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("--primary-flatten must lie in [0, 1], got 1.5"), std::string::npos) << e.message();
+  }
+  // Flattened primaries still make a balanced placement within the load limit.
+  options.primary_flatten = 0.5;
+  const Placement p = place_experts(trace, "hypergraph", options);
+  EXPECT_TRUE(is_balanced(p.layer(0).expert_to_device, 4));
+  EXPECT_LE(compute_placement_metrics(trace.layers[0], p.layer(0).expert_to_device, 4).load_imbalance,
+            options.max_imbalance + 1e-12);
+}
+
+// E = 6, k = 2 on D = 2 with S = 4 (one spare slot each): primaries {0, 1, 4} | {2, 3, 5}.
+// Tokens: {0,2} x20, {1,3} x8 (both cross devices), {0,4} x60 and {2,5} x60 (each on one
+// device). Loads: 0 and 2: 80, 4 and 5: 60, 1 and 3: 8; mean T*k/E = 296/6.
+LayerRouting popular_and_rare_routing() {
+  LayerRouting r;
+  r.top_k = 2;
+  const std::pair<std::array<int, 2>, int> runs[] = {{{0, 2}, 20}, {{1, 3}, 8}, {{0, 4}, 60}, {{2, 5}, 60}};
+  for (const auto& [set, count] : runs) {
+    for (int i = 0; i < count; ++i) {
+      r.topk_ids.insert(r.topk_ids.end(), set.begin(), set.end());
+      ++r.num_tokens;
+    }
+  }
+  return r;
+}
+
+TEST(PlacementReplicas, FlattenRanksCopiesOfRareCoactivationsFirst) {
+  const LayerRouting routing = popular_and_rare_routing();
+  const std::vector<int> primary = {0, 0, 1, 1, 0, 1};
+  PartitionOptions o;
+  o.num_devices = 2;
+  o.slots_per_device = 4;
+  o.max_imbalance = 100.0;
+  o.replica_chunks = 1;
+  // Flatten 0: copying 0 to device 1 saves 20 devices (ties with 2 to device 0 go to the lower
+  // id); device 1 is then full and 3 to device 0 saves the other 8.
+  o.replica_flatten = 0.0;
+  EXPECT_EQ(choose_replicas(routing, 6, primary, o),
+            (std::vector<std::vector<int>>{{0, 1, 4, 3}, {2, 3, 5, 0}}));
+  // Flatten 1: a {0,2} token weighs (296/6/80)^2 = 0.38, a {1,3} token (296/6/8)^2 = 38, so the
+  // copy of 1 on device 1 (8 * 38 = 304 against 20 * 0.38 = 7.6) comes first, then 2 on device 0.
+  o.replica_flatten = 1.0;
+  const auto de = choose_replicas(routing, 6, primary, o);
+  EXPECT_EQ(de, (std::vector<std::vector<int>>{{0, 1, 4, 2}, {2, 3, 5, 1}}));
+  // Both reach one device per token; flatten changes which copies, not whether they help.
+  EXPECT_DOUBLE_EQ(compute_replica_metrics(routing, holders_from_device_experts(de, primary)).replicas_per_token, 1.0);
+  o.replica_flatten = 2.0;
+  try {
+    choose_replicas(routing, 6, primary, o);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(e.message().find("--replica-flatten must lie in [0, 1], got 2"), std::string::npos) << e.message();
+  }
 }
 
 TEST(PlacementReplicas, PlaceExpertsWithSlotsAndNodes) {

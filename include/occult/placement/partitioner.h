@@ -29,6 +29,15 @@ struct PartitionOptions {
   // Replicas: the load limit must hold on each of this many equal contiguous parts of the
   // calibration routing, so it holds on text unlike the union of the calibration traces too.
   int replica_chunks = 4;
+  // Replicas: copies are ranked by the devices they save with each calibration token weighted
+  // by the product over its experts of (mean expert load / expert load)^replica_flatten, so
+  // they serve the co-activations rather than the calibration text's most popular experts
+  // (which another text does not share). 0 counts tokens as they are; in [0, 1].
+  double replica_flatten = 0.5;
+  // place_experts: the strategy places each layer's primaries on its collaboration graph
+  // flattened the same way with this exponent (flatten_collaboration_graph); 0 (the default)
+  // places on the tokens as they are. Loads and the load limit stay the tokens' own.
+  double primary_flatten = 0.0;
 };
 
 // A placement strategy for one layer. Implementations are stateless and thread-compatible.

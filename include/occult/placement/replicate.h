@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "occult/placement/graph.h"
 #include "occult/placement/partitioner.h"
 #include "occult/routing/replicas.h"
 #include "occult/routing/trace.h"
@@ -31,13 +32,25 @@ struct ReplicaScore {
 ReplicaScore score_replicas(const LayerRouting& routing, const ExpertHolders& holders, int num_nodes,
                             double max_imbalance, int num_chunks);
 
-// Spare-slot filling for one layer (options.slots_per_device slots per device): starting from the primary placement expert_to_device, adds
-// replicas (expert, device) one at a time, each the best by score_replicas among a shortlist
-// (the copies that remove the most devices per token, estimated exactly on the distinct expert
-// sets, and, while a chunk is over the limit, copies of the overloaded device's busiest experts
-// onto the lightest devices with room); stops when no candidate improves the score or no slot is
-// free. Returns device_experts [D][<= S] (each device's primaries first, ascending, then its
-// replicas in the order added). Deterministic.
+// The weight of each distinct expert set h of `graph` when ranking copies: edge_weights[h] times
+// the product over its experts x of (T*k/E / load[x])^flatten. Throws unless 0 <= flatten <= 1.
+std::vector<double> replica_gain_weights(const CollaborationGraph& graph, double flatten);
+
+// `graph` with each distinct set's weight replaced by replica_gain_weights(graph, flatten)[h]
+// scaled so the weights sum to T again and rounded to an integer (a set may drop to 0), and the
+// coactivation matrix recomputed from them; num_tokens and load (the tokens' own) unchanged.
+// What a strategy sees under --primary-flatten. Throws unless 0 <= flatten <= 1.
+CollaborationGraph flatten_collaboration_graph(const CollaborationGraph& graph, double flatten);
+
+// Spare-slot filling for one layer (options.slots_per_device slots per device): starting from
+// the primary placement expert_to_device, adds replicas (expert, device) one at a time. The
+// shortlist: the copies that remove the most devices per token, exact on the distinct expert
+// sets weighted by replica_gain_weights with options.replica_flatten, and, while a chunk is over
+// the limit, copies of the overloaded device's busiest experts onto the lightest devices with
+// room. Of the shortlisted copies that improve score_replicas, the one added is the best by
+// (excess, node_sum, weighted devices saved, score); stops when none improves the score or no
+// slot is free. Returns device_experts [D][<= S] (each device's primaries first, ascending, then
+// its replicas in the order added). Deterministic.
 std::vector<std::vector<int>> choose_replicas(const LayerRouting& routing, int num_experts,
                                               std::span<const int> expert_to_device,
                                               const PartitionOptions& options);
