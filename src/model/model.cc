@@ -54,6 +54,10 @@ struct LayerActs {
   float* hh;      // [N, F]
   float* y;       // [N, H] gated shared expert output before its gate
   float* sig;     // [N] its sigmoid gate
+  // Multi-head latent attention, training only: the latent rows [N, KL+R] and what
+  // mla_project keeps for mla_backward.
+  float* mla_latent;
+  MlaSaved mla;
 };
 
 }  // namespace
@@ -153,10 +157,6 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
   }
   OCCULT_CHECK(E >= D, "num_experts = {} is smaller than the {} ranks: every rank must hold an expert", E, D);
   OCCULT_CHECK(!local_reference || D == 1, "the single-process reference MoE block runs on 1 rank, not {}", D);
-  OCCULT_CHECK(!options_.training || !config_.mla(),
-               "model_type {} (multi-head latent attention) runs inference only (logits, generate, eval, profile): "
-               "training and fine-tuning it are not implemented",
-               config_.model_type);
   OCCULT_CHECK(options_.weight_dtype == WeightDType::kF32 || (!options_.training && !local_reference),
                "BF16-resident weights are for inference with the expert-parallel layer (training keeps F32 "
                "weights and gradients)");
@@ -479,12 +479,18 @@ std::int64_t MoeTransformer::layout_activations(std::int64_t B, int T, bool assi
     LayerActs& a = views[l];
     const std::int64_t F = m.mlp_width[l];
     const bool gated = F > 0 && m.moe_of_layer[l] >= 0 && c.shared_expert_gate;
+    // Latent-attention intermediates are kept only when there will be a backward.
+    const bool mla_saved = c.mla() && options_.training;
+    const std::int64_t QL = mla_saved ? c.q_lora_rank : 0, KL = mla_saved ? c.kv_lora_rank : 0;
     const Slot layer_slots[] = {
         {&a.ln1, N * H},     {&a.rstd1, N},       {&a.q_pre, N * QD},  {&a.k_pre, N * KD},
         {&a.q_rstd, N * NH}, {&a.k_rstd, N * NKV}, {&a.q, N * QD},     {&a.k, N * KD},
         {&a.v, N * KD},      {&a.att, B * NH * T * T}, {&a.atty, N * QD}, {&a.mid, N * H},
         {&a.ln2, N * H},     {&a.rstd2, N},       {&a.h1, N * F},      {&a.h3, N * F},
         {&a.hh, N * F},      {&a.y, gated ? N * H : 0}, {&a.sig, gated ? N : 0},
+        {&a.mla_latent, mla_saved ? N * mla_latent_width(c) : 0},
+        {&a.mla.q_latent, N * QL}, {&a.mla.q_latent_norm, N * QL}, {&a.mla.q_rstd, QL > 0 ? N : 0},
+        {&a.mla.kv_latent, N * KL}, {&a.mla.kv_rstd, mla_saved ? N : 0},
     };
     slots.insert(slots.end(), std::begin(layer_slots), std::end(layer_slots));
   }
@@ -547,14 +553,21 @@ LossParts MoeTransformer::forward(std::span<const std::int32_t> tokens, std::spa
     float* out = m.resid + (l + 1) * N * H;
     rmsnorm_forward(a.ln1, a.rstd1, x, w.ln1, N, H, c.rms_norm_eps);
     if (c.mla()) {
-      // Inference only (the constructor refuses training), so atty may be compacted in place.
       m.mla_scratch.resize(static_cast<std::size_t>(mla_scratch_floats(c, N)));
-      m.mla_latent.resize(static_cast<std::size_t>(N * mla_latent_width(c)));
       m.positions.resize(static_cast<std::size_t>(N));
       for (std::int64_t n = 0; n < N; ++n) m.positions[n] = static_cast<int>(n % T);
-      mla_project(c, w, a.ln1, N, m.positions.data(), a.q, m.mla_latent.data(), m.mla_scratch.data());
-      mla_expand(c, w, m.mla_latent.data(), N, a.k, a.v, m.mla_scratch.data());
+      // A training model keeps each layer's latent rows for backward; inference shares one buffer.
+      float* latent = a.mla_latent;
+      if (!options_.training) {
+        m.mla_latent.resize(static_cast<std::size_t>(N * mla_latent_width(c)));
+        latent = m.mla_latent.data();
+      }
+      // (The arena gives empty slots a position too: an inference model passes no saved pointers.)
+      mla_project(c, w, a.ln1, N, m.positions.data(), a.q, latent, m.mla_scratch.data(),
+                  options_.training ? a.mla : MlaSaved{});
+      mla_expand(c, w, latent, N, a.k, a.v, m.mla_scratch.data());
       attention_forward(a.atty, a.att, a.q, a.k, a.v, B, T, NH, NKV, hd);
+      // o_proj reads NH*v_head_dim values per row; backward pads the gradient again.
       mla_compact_heads(c, a.atty, N);
     } else {
       qkv_forward(c, w, a.ln1, N, a.q, a.k, a.v, {a.q_pre, a.k_pre, a.q_rstd, a.k_rstd});
@@ -697,6 +710,18 @@ void MoeTransformer::backward() {
     // mid = x + o_proj(atty).
     std::fill(m.datty, m.datty + N * c.q_dim(), 0.0f);
     output_projection_backward(c, w, g, a.atty, N, m.dresid, m.datty);
+    if (c.mla()) {
+      mla_pad_heads(c, m.datty, N);
+      attention_backward(m.dq, m.dk, m.dv, m.datt, m.datty, a.att, a.q, a.k, a.v, B, T, NH, NKV, hd);
+      float* dln1 = m.tmp;
+      std::fill(dln1, dln1 + N * H, 0.0f);
+      m.mla_scratch.resize(static_cast<std::size_t>(
+          std::max(mla_scratch_floats(c, N), mla_backward_scratch_floats(c, N))));
+      mla_backward(c, w, g, a.ln1, N, m.positions.data(), m.dq, m.dk, m.dv, a.mla_latent, a.mla, dln1,
+                   m.mla_scratch.data());
+      rmsnorm_backward(m.dresid, g.ln1, dln1, x, w.ln1, a.rstd1, N, H);
+      continue;
+    }
     attention_backward(m.dq, m.dk, m.dv, m.datt, m.datty, a.att, a.q, a.k, a.v, B, T, NH, NKV, hd);
     rope_backward(m.dq, B, T, NH, hd, c.rope_theta);
     rope_backward(m.dk, B, T, NKV, hd, c.rope_theta);

@@ -107,7 +107,7 @@ TEST_P(HfFinetuneMpiTest, TwentyStepsMatchTheOneRankRunAndSaveReloads) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, HfFinetuneMpiTest,
                          ::testing::Values("olmoe", "qwen2_moe", "deepseek", "qwen3_moe",
-                                           "mixtral"),
+                                           "mixtral", "deepseek_v2", "deepseek_v3"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace

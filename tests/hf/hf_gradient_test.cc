@@ -1,6 +1,7 @@
 // Contract: for every Hugging Face architecture occult loads (olmoe, qwen2_moe, deepseek,
-// qwen3_moe, mixtral) in both fixture variants ("default" and "alt", which between them flip
-// GQA, QK-norm kind, renormalised top-k, dense/sparse layer patterns and tied embeddings), a
+// qwen3_moe, mixtral, deepseek_v2, deepseek_v3) in both fixture variants ("default" and "alt",
+// which between them flip GQA, QK-norm kind, renormalised top-k, dense/sparse layer patterns,
+// tied embeddings, q_lora_rank, v_head_dim against the query head, YaRN and the routers), a
 // tiny random F32 model directory from the fixture writer is loaded into occult's MoeTransformer
 // with load_checkpoint, and on one small random batch (1 process, SelfCommunicator):
 //   (a) occult's forward cross-entropy equals the cross-entropy of the double-precision reference
@@ -176,7 +177,9 @@ TEST_P(HfGradientTest, ForwardLossAndEveryTensorGradientMatchTheReferenceTwin) {
     }
   }
   const int L = config.num_hidden_layers;
-  EXPECT_EQ(norms, 2 * L + 1 + qk_norms);
+  // Latent attention adds kv_a_layernorm, and q_a_layernorm with a q_lora_rank, per layer.
+  const int latent_norms = config.mla() ? L * (1 + (config.q_lora_rank > 0 ? 1 : 0)) : 0;
+  EXPECT_EQ(norms, 2 * L + 1 + qk_norms + latent_norms);
   EXPECT_EQ(qk_norms, config.qk_norm == QkNorm::kNone ? 0 : 2 * L);
   EXPECT_EQ(biases, (config.attention_qkv_bias ? 3 * L : 0) + (config.attention_o_bias ? L : 0));
 
@@ -274,8 +277,9 @@ TEST_P(HfGradientTest, ForwardLossAndEveryTensorGradientMatchTheReferenceTwin) {
       ++elements_checked;
     }
     // A dense tensor always has a gradient (the samples include occult's largest element): an
-    // all-zero sample means occult's gradient is zero where the twin's is not.
-    if (!t.expert) {
+    // all-zero sample means occult's gradient is zero where the twin's is not. The selection
+    // bias (DeepSeek-V3) is the exception: it only chooses experts, so both are zero.
+    if (!t.expert && t.optimized) {
       EXPECT_TRUE(nonzero) << t.name << ": every sampled gradient is zero";
     }
     nonzero_tensors += nonzero ? 1 : 0;
@@ -304,7 +308,9 @@ INSTANTIATE_TEST_SUITE_P(Architectures, HfGradientTest,
                                            Case{"qwen2_moe", "default"}, Case{"qwen2_moe", "alt"},
                                            Case{"deepseek", "default"}, Case{"deepseek", "alt"},
                                            Case{"qwen3_moe", "default"}, Case{"qwen3_moe", "alt"},
-                                           Case{"mixtral", "default"}, Case{"mixtral", "alt"}),
+                                           Case{"mixtral", "default"}, Case{"mixtral", "alt"},
+                                           Case{"deepseek_v2", "default"}, Case{"deepseek_v2", "alt"},
+                                           Case{"deepseek_v3", "default"}, Case{"deepseek_v3", "alt"}),
                          [](const auto& info) { return case_name(info.param); });
 
 }  // namespace

@@ -117,10 +117,36 @@ void deepseek_rope(float* x, std::int64_t N, std::int64_t row, int heads, std::i
   }
 }
 
+
+// The transpose of deepseek_rope (same arguments): the gradient of its input from the gradient
+// of its output, x overwritten. Rotation by the negative angle, times `magnitude`, then the
+// de-interleaving undone.
+void deepseek_rope_backward(float* x, std::int64_t N, std::int64_t row, int heads, std::int64_t stride, int rd,
+                            const int* positions, const std::vector<double>& inv_freq, double magnitude) {
+  const int half = rd / 2;
+  std::vector<float> cosv(half), sinv(half), tmp(rd);
+  for (std::int64_t n = 0; n < N; ++n) {
+    for (int i = 0; i < half; ++i) {
+      const double angle = positions[n] * inv_freq[i];
+      cosv[i] = static_cast<float>(std::cos(angle) * magnitude);
+      sinv[i] = static_cast<float>(std::sin(angle) * magnitude);
+    }
+    for (int h = 0; h < heads; ++h) {
+      float* v = x + n * row + h * stride;
+      for (int i = 0; i < half; ++i) {
+        const float lo = v[i], hi = v[i + half];
+        tmp[2 * i] = lo * cosv[i] + hi * sinv[i];
+        tmp[2 * i + 1] = hi * cosv[i] - lo * sinv[i];
+      }
+      std::copy(tmp.begin(), tmp.end(), v);
+    }
+  }
+}
+
 }  // namespace
 
 void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, std::int64_t N,
-                 const int* positions, float* q, float* latent, float* scratch) {
+                 const int* positions, float* q, float* latent, float* scratch, const MlaSaved& saved) {
   const int H = c.hidden_size, NH = c.num_attention_heads, hd = c.head_dim(), QK = c.qk_head_dim(),
             NOPE = c.qk_nope_head_dim, R = c.qk_rope_head_dim, KL = c.kv_lora_rank, QL = c.q_lora_rank;
   // Query heads [N, NH, QK] in scratch, then spread into q's padded heads.
@@ -129,7 +155,12 @@ void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, st
   if (QL > 0) {
     float* qa = rstd + N;  // [N, QL]
     linear_forward(qa, x, w.q_a, N, H, QL);
+    if (saved.q_latent != nullptr) std::copy(qa, qa + N * QL, saved.q_latent);
     rmsnorm_forward(qa, rstd, qa, w.q_a_norm, N, QL, kMlaLatentNormEps);
+    if (saved.q_latent_norm != nullptr) {
+      std::copy(qa, qa + N * QL, saved.q_latent_norm);
+      std::copy(rstd, rstd + N, saved.q_rstd);
+    }
     linear_forward(qh, qa, w.q_b, N, QL, NH * QK);
   } else {
     linear_forward(qh, x, w.q, N, H, NH * QK);
@@ -157,7 +188,9 @@ void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, st
   linear_forward(latent, x, w.kv_a, N, H, KL + R);
   for (std::int64_t n = 0; n < N; ++n) {
     float* row = latent + n * (KL + R);
+    if (saved.kv_latent != nullptr) std::copy(row, row + KL, saved.kv_latent + n * KL);
     rmsnorm_forward(row, rstd + n, row, w.kv_a_norm, 1, KL, kMlaLatentNormEps);
+    if (saved.kv_rstd != nullptr) saved.kv_rstd[n] = rstd[n];
   }
   deepseek_rope(latent + KL, N, KL + R, 1, 0, R, positions, inv_freq, magnitude);
 }
@@ -250,7 +283,7 @@ void output_projection_forward(const ModelConfig& c, const LayerWeights& w,
 void output_projection_backward(const ModelConfig& c, const LayerWeights& w,
                                 const LayerGrads& g, const float* atty, std::int64_t N,
                                 const float* dout, float* datty) {
-  project_backward(datty, g.o, g.o_bias, dout, atty, w.o, N, c.q_dim(), c.hidden_size);
+  project_backward(datty, g.o, g.o_bias, dout, atty, w.o, N, c.attention_out_dim(), c.hidden_size);
 }
 
 void mlp_forward(const LayerWeights& w, const float* x, std::int64_t N, int H, int F,
@@ -305,6 +338,86 @@ void mlp_backward(const LayerWeights& w, const LayerGrads& g, const float* x,
   swiglu_backward(dh1, dh3, dhh, s.h1, s.h3, N, F);
   matmul_backward(dx, g.mlp_gate, dh1, x, w.mlp_gate.f32("mlp gate_proj"), N, H, F);
   matmul_backward(dx, g.mlp_up, dh3, x, w.mlp_up.f32("mlp up_proj"), N, H, F);
+}
+
+void mla_pad_heads(const ModelConfig& c, float* d, std::int64_t N) {
+  const std::int64_t NH = c.num_attention_heads, hd = c.head_dim(), V = c.v_head_dim;
+  // Destinations never fall behind their sources (hd >= V), so one backward sweep is safe.
+  for (std::int64_t r = N * NH - 1; r >= 0; --r) {
+    std::memmove(d + r * hd, d + r * V, sizeof(float) * V);
+    std::fill(d + r * hd + V, d + (r + 1) * hd, 0.0f);
+  }
+}
+
+std::int64_t mla_backward_scratch_floats(const ModelConfig& c, std::int64_t N) {
+  const std::int64_t NH = c.num_attention_heads, KL = c.kv_lora_rank;
+  // dqh [N, NH*QK], dkv [N, NH*(NOPE+V)], dlatent [N, KL+R], c_kv copy and its gradient [N, KL]
+  // each, the q latent's two gradients [N, QL] each.
+  return N * (NH * c.qk_head_dim() + NH * (c.qk_nope_head_dim + c.v_head_dim) + mla_latent_width(c) + 2 * KL +
+              2 * static_cast<std::int64_t>(c.q_lora_rank));
+}
+
+void mla_backward(const ModelConfig& c, const LayerWeights& w, const LayerGrads& g, const float* x, std::int64_t N,
+                  const int* positions, const float* dq, const float* dk, const float* dv, const float* latent,
+                  const MlaSaved& saved, float* dx, float* scratch) {
+  const int H = c.hidden_size, NH = c.num_attention_heads, hd = c.head_dim(), QK = c.qk_head_dim(),
+            NOPE = c.qk_nope_head_dim, R = c.qk_rope_head_dim, V = c.v_head_dim, KL = c.kv_lora_rank,
+            QL = c.q_lora_rank;
+  const int LW = KL + R, KV = NOPE + V;
+  float* dqh = scratch;                  // [N, NH*QK]
+  float* dkv = dqh + N * NH * QK;        // [N, NH*KV]
+  float* dlat = dkv + N * NH * KV;       // [N, LW]
+  float* ckv = dlat + N * LW;            // [N, KL] normalised c_kv, contiguous
+  float* dckv = ckv + N * KL;            // [N, KL]
+  float* dqa_norm = dckv + N * KL;       // [N, QL]
+  float* dqa = dqa_norm + N * QL;        // [N, QL]
+  const std::vector<double> inv_freq = rope_inverse_frequencies(c, R);
+  const double magnitude = rope_magnitude(c);
+  const double softmax_multiplier = rope_softmax_scale_multiplier(c);
+  const float prescale = static_cast<float>(std::sqrt(static_cast<double>(hd) / QK) * softmax_multiplier);
+
+  // Queries: the padded heads' first QK values, times the forward's prescale, RoPE undone.
+  for (std::int64_t n = 0; n < N; ++n) {
+    for (int h = 0; h < NH; ++h) {
+      const float* src = dq + (n * NH + h) * hd;
+      float* dst = dqh + (n * NH + h) * QK;
+      for (int i = 0; i < QK; ++i) dst[i] = prescale * src[i];
+    }
+  }
+  deepseek_rope_backward(dqh + NOPE, N, static_cast<std::int64_t>(NH) * QK, NH, QK, R, positions, inv_freq, magnitude);
+  if (QL > 0) {
+    std::fill(dqa_norm, dqa_norm + N * QL, 0.0f);
+    matmul_backward(dqa_norm, g.q_b, dqh, saved.q_latent_norm, w.q_b.f32("q_b_proj"), N, QL, NH * QK);
+    std::fill(dqa, dqa + N * QL, 0.0f);
+    rmsnorm_backward(dqa, g.q_a_norm, dqa_norm, saved.q_latent, w.q_a_norm, saved.q_rstd, N, QL);
+    matmul_backward(dx, g.q_a, dqa, x, w.q_a.f32("q_a_proj"), N, H, QL);
+  } else {
+    matmul_backward(dx, g.q, dqh, x, w.q.f32("q_proj"), N, H, NH * QK);
+  }
+
+  // Keys and values: [k_nope | v] per head back through kv_b; k_pe is shared by every head, so
+  // its gradient is the sum over heads, then RoPE undone.
+  std::fill(dlat, dlat + N * LW, 0.0f);
+  for (std::int64_t n = 0; n < N; ++n) {
+    float* dpe = dlat + n * LW + KL;
+    for (int h = 0; h < NH; ++h) {
+      const float* kh = dk + (n * NH + h) * hd;
+      const float* vh = dv + (n * NH + h) * hd;
+      float* d = dkv + (n * NH + h) * KV;
+      std::copy(kh, kh + NOPE, d);
+      std::copy(vh, vh + V, d + NOPE);
+      for (int r = 0; r < R; ++r) dpe[r] += kh[NOPE + r];
+    }
+    std::copy(latent + n * LW, latent + n * LW + KL, ckv + n * KL);
+  }
+  std::fill(dckv, dckv + N * KL, 0.0f);
+  matmul_backward(dckv, g.kv_b, dkv, ckv, w.kv_b.f32("kv_b_proj"), N, KL, NH * KV);
+  deepseek_rope_backward(dlat + KL, N, LW, 1, 0, R, positions, inv_freq, magnitude);
+  for (std::int64_t n = 0; n < N; ++n) {
+    rmsnorm_backward(dlat + n * LW, g.kv_a_norm, dckv + n * KL, saved.kv_latent + n * KL, w.kv_a_norm,
+                     saved.kv_rstd + n, 1, KL);
+  }
+  matmul_backward(dx, g.kv_a, dlat, x, w.kv_a.f32("kv_a_proj_with_mqa"), N, H, LW);
 }
 
 }  // namespace occult

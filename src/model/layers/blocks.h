@@ -72,11 +72,21 @@ inline constexpr float kMlaLatentNormEps = 1e-6f;
 inline int mla_latent_width(const ModelConfig& c) { return c.kv_lora_rank + c.qk_rope_head_dim; }
 // Floats of scratch mla_project and mla_expand need for N rows.
 std::int64_t mla_scratch_floats(const ModelConfig& c, std::int64_t N);
+// What mla_project keeps for mla_backward (all null at inference): the q latent before and after
+// q_a_layernorm and that norm's rstd (q_lora_rank > 0 only), c_kv before kv_a_layernorm and its
+// rstd.
+struct MlaSaved {
+  float* q_latent = nullptr;       // [N, QL]
+  float* q_latent_norm = nullptr;  // [N, QL]
+  float* q_rstd = nullptr;         // [N]
+  float* kv_latent = nullptr;      // [N, KL]
+  float* kv_rstd = nullptr;        // [N]
+};
 // q[N, NH*hd] (overwrites) and latent[N, KL+R] = [RMSNorm(c_kv) | k_pe] of x[N,H], RoPE applied
 // to q's rope part and to k_pe at positions[n] (Hugging Face DeepSeek RoPE: the rope part is
-// de-interleaved, even entries then odd, then rotated by rotate_half).
+// de-interleaved, even entries then odd, then rotated by rotate_half). Fills `saved` where set.
 void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, std::int64_t N,
-                 const int* positions, float* q, float* latent, float* scratch);
+                 const int* positions, float* q, float* latent, float* scratch, const MlaSaved& saved = {});
 // k, v [N, NH*hd] (overwrite) of latent rows [N, KL+R] (as mla_project wrote them): per head
 // k = [k_nope | k_pe | zeros], v = [v | zeros].
 void mla_expand(const ModelConfig& c, const LayerWeights& w, const float* latent, std::int64_t N,
@@ -97,6 +107,17 @@ void mla_attend_absorbed(const ModelConfig& c, const LayerWeights& w, const floa
                          const float* const* latents, const int* lengths, float* out, float* scratch);
 // atty[N, NH*hd] -> atty[N, NH*v_head_dim] in place: each head's first v_head_dim values.
 void mla_compact_heads(const ModelConfig& c, float* atty, std::int64_t N);
+// The inverse for gradients: d[N, NH*v_head_dim] -> d[N, NH*hd] in place, padding zeros.
+void mla_pad_heads(const ModelConfig& c, float* d, std::int64_t N);
+// Floats of scratch mla_backward needs for N rows.
+std::int64_t mla_backward_scratch_floats(const ModelConfig& c, std::int64_t N);
+// Backward of mla_project then mla_expand, from dq, dk, dv [N, NH*hd] (the gradients of the
+// padded heads), the latent rows mla_project wrote and what it saved: dx[N,H] += d/dx, and the
+// gradients of q_proj (or q_a_proj, q_a_layernorm, q_b_proj), kv_a_proj_with_mqa,
+// kv_a_layernorm and kv_b_proj accumulate into g. F32 weights only (training).
+void mla_backward(const ModelConfig& c, const LayerWeights& w, const LayerGrads& g, const float* x, std::int64_t N,
+                  const int* positions, const float* dq, const float* dk, const float* dv, const float* latent,
+                  const MlaSaved& saved, float* dx, float* scratch);
 
 // out[N,H] = atty[N,AD] @ o^T (+ o_bias) (overwrites); AD = config.attention_out_dim().
 void output_projection_forward(const ModelConfig& c, const LayerWeights& w,
