@@ -408,6 +408,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
       v["bytes"] = bytes;
       v["remote_bytes"] = remote;
       v["metadata_bytes"] = r.bytes.at(kExchangeMetadata).total_bytes();
+      v["replica_gradient_bytes"] = r.bytes.at(kExchangeReplicaGradients).total_bytes();
       v["forward_ms"] = r.forward_ms;
       v["backward_ms"] = r.backward_ms;
       v["speedup"] = r.speedup;

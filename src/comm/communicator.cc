@@ -102,7 +102,7 @@ std::map<std::string, ExchangeBytes> sum_over_ranks(Communicator& comm) {
   // A fixed name list keeps the all-reduce the same length on every rank, even on a rank
   // whose counters never saw an exchange.
   std::vector<std::string> names = {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch,
-                                    kExchangeBackwardCombine, kExchangeMetadata};
+                                    kExchangeBackwardCombine, kExchangeMetadata, kExchangeReplicaGradients};
   std::vector<std::int64_t> values;
   for (const auto& name : names) {
     ExchangeBytes b = comm.bytes().get(name);

@@ -774,7 +774,9 @@ RoutingStats MoeTransformer::routing_stats() {
     r.max_replicas_per_token = std::max(r.max_replicas_per_token, ct);
   }
   const auto totals = sum_over_ranks(comm_);
-  for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
+  // The replicas' gradient exchange is part of what replication costs a training step.
+  for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine,
+                           kExchangeReplicaGradients}) {
     auto it = totals.find(name);
     if (it != totals.end()) r.dispatch_bytes += it->second.total_bytes();
   }

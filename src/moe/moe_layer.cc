@@ -53,7 +53,7 @@ struct ExchangeBuffers {
 // longer than the small-string buffer would otherwise allocate on every call.
 const std::string& exchange_name(const char* name) {
   static const std::string names[] = {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch,
-                                      kExchangeBackwardCombine};
+                                      kExchangeBackwardCombine, kExchangeReplicaGradients};
   for (const std::string& n : names) {
     if (n == name) return n;
   }
@@ -645,16 +645,50 @@ void MoeLayer::snapshot_replica_gradients() {
 
 void MoeLayer::sum_replica_gradients() {
   if (replicated_experts_.empty()) return;
-  // Every rank takes part (zeros for the copies it lacks): one all-reduce over the group instead
-  // of one sub-communicator per replicated expert.
+  // Only an expert's holders take part: each sends this backward's gradient of its copy to the
+  // other holders, and every holder adds all holders' contributions in rank order, so the copies
+  // stay bit-identical. Holders pair up through one all-to-all; ranks that share no replicated
+  // expert exchange nothing, and the bytes are counted under "replica_gradients".
+  const int D = comm_.size(), me = comm_.rank();
   const std::size_t FH = static_cast<std::size_t>(config_.ffn_size) * config_.hidden_size;
+  const std::int64_t block = static_cast<std::int64_t>(3 * FH * sizeof(float));
   replica_grads_.assign(replicated_experts_.size() * 3 * FH, 0.0f);
   for_each_local_replica_grad([&](std::span<float> g, std::size_t base) {
     for (std::size_t i = 0; i < g.size(); ++i) replica_grads_[base + i] = g[i] - replica_before_[base + i];
   });
-  comm_.all_reduce_sum(std::span<float>(replica_grads_));
+  auto shared_with = [&](int e, int d) { return d != me && ((holders_.masks[e] >> d) & 1u) != 0 && is_local(e); };
+  replica_counts_.assign(static_cast<std::size_t>(D), 0);
+  for (int e : replicated_experts_) {
+    for (int d = 0; d < D; ++d) replica_counts_[d] += shared_with(e, d) ? block : 0;
+  }
+  // What two holders share is the same set seen from either side, so the receive counts and
+  // offsets equal the send ones.
+  replica_send_.resize(static_cast<std::size_t>(pack_offsets(replica_counts_, replica_offsets_)));
+  replica_recv_.resize(replica_send_.size());
+  for (int d = 0; d < D; ++d) {
+    std::byte* out = replica_send_.data() + replica_offsets_[d];
+    for (std::size_t r = 0; r < replicated_experts_.size(); ++r) {
+      if (!shared_with(replicated_experts_[r], d)) continue;
+      copy_bytes(out, replica_grads_.data() + r * 3 * FH, block);
+      out += block;
+    }
+  }
+  comm_.all_to_all_v(exchange_name(kExchangeReplicaGradients), replica_send_, replica_counts_, replica_offsets_,
+                     replica_recv_, replica_counts_, replica_offsets_);
+  std::vector<std::int64_t>& cursor = replica_offsets_;  // each peer's next unread block
   for_each_local_replica_grad([&](std::span<float> g, std::size_t base) {
-    for (std::size_t i = 0; i < g.size(); ++i) g[i] = replica_before_[base + i] + replica_grads_[base + i];
+    const std::size_t r = base / (3 * FH), kind_offset = base % (3 * FH);
+    const int e = replicated_experts_[r];
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] = 0.0f;
+    for (int d = 0; d < D; ++d) {
+      if (d != me && !shared_with(e, d)) continue;
+      const float* part = d == me ? replica_grads_.data() + r * 3 * FH
+                                  : reinterpret_cast<const float*>(replica_recv_.data() + cursor[d]);
+      for (std::size_t i = 0; i < g.size(); ++i) g[i] += part[kind_offset + i];
+      // The last of an expert's three matrices moves the peer's cursor to its next block.
+      if (d != me && kind_offset + g.size() == 3 * FH) cursor[d] += block;
+    }
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] += replica_before_[base + i];
   });
 }
 

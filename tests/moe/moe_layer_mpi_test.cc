@@ -432,6 +432,17 @@ TEST_P(MoeLayerReplicas, MatchTheUnreplicatedReferenceAndTheRoutingTwin) {
     EXPECT_EQ(bytes.at(name).remote_bytes, rows_remote * row_bytes) << name;
   }
   EXPECT_LE(rows_total, rows_without_replicas);
+  // Replica gradients move only between an expert's holders: each of its c copies sends its three
+  // F x H matrices to the c - 1 others, nothing to itself.
+  std::int64_t replica_bytes = 0;
+  for (int e = 0; e < c.num_experts; ++e) {
+    std::int64_t copies = 0;
+    for (const auto& experts : held) copies += std::count(experts.begin(), experts.end(), e);
+    replica_bytes += copies * (copies - 1) * 3 * FH * static_cast<std::int64_t>(sizeof(float));
+  }
+  EXPECT_GT(replica_bytes, 0);
+  EXPECT_EQ(bytes.at(kExchangeReplicaGradients).remote_bytes, replica_bytes);
+  EXPECT_EQ(bytes.at(kExchangeReplicaGradients).total_bytes(), replica_bytes);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerReplicas,

@@ -27,6 +27,8 @@ inline constexpr const char* kExchangeDispatch = "dispatch";
 inline constexpr const char* kExchangeCombine = "combine";
 inline constexpr const char* kExchangeBackwardDispatch = "backward_dispatch";
 inline constexpr const char* kExchangeBackwardCombine = "backward_combine";
+// The gradients of replicated experts, exchanged among each expert's holders in backward.
+inline constexpr const char* kExchangeReplicaGradients = "replica_gradients";
 // Routing metadata (counts, (local expert, weight) records, gate gradients): reported apart
 // from the hidden-state bytes so that those compare exactly between dispatchers.
 inline constexpr const char* kExchangeMetadata = "metadata";

@@ -103,7 +103,7 @@ struct LossParts {
 struct RoutingStats {
   double replicas_per_token = 0.0;       // mean distinct devices per token (C_T)
   double max_replicas_per_token = 0.0;   // max over layers of that layer's C_T
-  std::int64_t dispatch_bytes = 0;       // hidden-state bytes the dispatcher moved (fwd + bwd)
+  std::int64_t dispatch_bytes = 0;       // hidden-state bytes the dispatcher moved (fwd + bwd), and replicas' gradients
   std::int64_t standard_bytes = 0;       // what standard dispatch moves for this routing and wire
 };
 

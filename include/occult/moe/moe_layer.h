@@ -255,6 +255,8 @@ class MoeLayer {
   std::vector<int> replicated_experts_;      // ids with more than one holder, ascending
   std::vector<int> slot_device_, homes_;     // [T, k] holder serving each slot, [T] this rank
   std::vector<float> replica_grads_, replica_before_;  // [R, 3, F*H] gradient sums of replicas
+  std::vector<std::byte> replica_send_, replica_recv_;  // holders' gradient deltas on the wire
+  std::vector<std::int64_t> replica_counts_, replica_offsets_;  // [D] bytes to (and from) each rank
 
   std::vector<float> router_, d_router_;          // [E, H]
   std::vector<float> selection_bias_;             // [E] when config_.selection_bias
