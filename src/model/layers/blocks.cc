@@ -88,6 +88,16 @@ std::int64_t mla_scratch_floats(const ModelConfig& c, std::int64_t N) {
 
 namespace {
 
+// cos and sin of position * inv_freq[i] (the angle in double), times `magnitude`, as floats.
+void rope_cos_sin(int position, const std::vector<double>& inv_freq, double magnitude, std::vector<float>& cosv,
+                  std::vector<float>& sinv) {
+  for (std::size_t i = 0; i < cosv.size(); ++i) {
+    const double angle = position * inv_freq[i];
+    cosv[i] = static_cast<float>(std::cos(angle) * magnitude);
+    sinv[i] = static_cast<float>(std::sin(angle) * magnitude);
+  }
+}
+
 // Rotates `heads` vectors of `rd` values per row, x[n*row + h*stride + i], at positions[n]:
 // de-interleave (even entries first, odd after), then RoPE with rotate_half pairs (i, i+rd/2)
 // at the angle positions[n] * inv_freq[i] (in double), cos and sin times `magnitude` and
@@ -97,11 +107,7 @@ void deepseek_rope(float* x, std::int64_t N, std::int64_t row, int heads, std::i
   const int half = rd / 2;
   std::vector<float> cosv(half), sinv(half), tmp(rd);
   for (std::int64_t n = 0; n < N; ++n) {
-    for (int i = 0; i < half; ++i) {
-      const double angle = positions[n] * inv_freq[i];
-      cosv[i] = static_cast<float>(std::cos(angle) * magnitude);
-      sinv[i] = static_cast<float>(std::sin(angle) * magnitude);
-    }
+    rope_cos_sin(positions[n], inv_freq, magnitude, cosv, sinv);
     for (int h = 0; h < heads; ++h) {
       float* v = x + n * row + h * stride;
       for (int i = 0; i < half; ++i) {
@@ -126,11 +132,7 @@ void deepseek_rope_backward(float* x, std::int64_t N, std::int64_t row, int head
   const int half = rd / 2;
   std::vector<float> cosv(half), sinv(half), tmp(rd);
   for (std::int64_t n = 0; n < N; ++n) {
-    for (int i = 0; i < half; ++i) {
-      const double angle = positions[n] * inv_freq[i];
-      cosv[i] = static_cast<float>(std::cos(angle) * magnitude);
-      sinv[i] = static_cast<float>(std::sin(angle) * magnitude);
-    }
+    rope_cos_sin(positions[n], inv_freq, magnitude, cosv, sinv);
     for (int h = 0; h < heads; ++h) {
       float* v = x + n * row + h * stride;
       for (int i = 0; i < half; ++i) {
