@@ -1,7 +1,7 @@
 // The MoE layer's steady state allocates nothing: after a first forward + backward has sized
 // every plan, exchange buffer and activation, a second identical one makes no call to the global
-// operator new on any rank (1-4 ranks, both dispatchers, every wire format). The counter
-// replaces operator new for this test binary only.
+// operator new on any rank (1-4 ranks, both dispatchers, every wire format, blocking and
+// overlapped). The counter replaces operator new for this test binary only.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -37,6 +37,7 @@ using testing_util::random_values;
 TEST(MoeLayerSteadyState, SecondIdenticalStepAllocatesNothing) {
   MpiCommunicator comm(MPI_COMM_WORLD);
   const int D = comm.size(), rank = comm.rank();
+  for (bool overlap : {false, true}) {
   for (DispatchKind dispatch : {DispatchKind::kStandard, DispatchKind::kOccult}) {
     for (WireFormat wire : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
       MoeLayerConfig c;
@@ -47,6 +48,7 @@ TEST(MoeLayerSteadyState, SecondIdenticalStepAllocatesNothing) {
       c.norm_topk_prob = true;
       c.dispatch = dispatch;
       c.wire = wire;
+      c.overlap = overlap;
       std::vector<int> placement(8);
       for (int e = 0; e < 8; ++e) placement[e] = (7 - e) % D;
       MoeLayer layer(comm, c, placement);
@@ -68,7 +70,8 @@ TEST(MoeLayerSteadyState, SecondIdenticalStepAllocatesNothing) {
       const long long before = g_allocations.load();
       step();
       const long long allocations = g_allocations.load() - before;
-      EXPECT_EQ(allocations, 0) << dispatch_kind_name(dispatch) << " " << wire_format_name(wire);
+      EXPECT_EQ(allocations, 0) << dispatch_kind_name(dispatch) << " " << wire_format_name(wire)
+                                << (overlap ? " overlapped" : "");
       // The second step really ran: the same input gives the same result.
       EXPECT_EQ(y, first_y);
       EXPECT_EQ(dx, first_dx);
@@ -82,6 +85,7 @@ TEST(MoeLayerSteadyState, SecondIdenticalStepAllocatesNothing) {
       step();
       EXPECT_EQ(g_allocations.load() - before_small, 0) << "after a larger batch";
     }
+  }
   }
 }
 

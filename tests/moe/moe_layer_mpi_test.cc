@@ -9,10 +9,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <string>
 
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
+#include "occult/moe/expert_compute.h"
 #include "occult/moe/moe_layer.h"
 #include "occult/moe/reference.h"
 #include "reference_deliveries.h"
@@ -518,6 +520,7 @@ struct WireCase {
   bool prune;
   double capacity_factor;
   WireFormat wire;
+  bool overlap = false;
 };
 
 class MoeLayerWire : public ::testing::TestWithParam<WireCase> {};
@@ -549,6 +552,7 @@ TEST_P(MoeLayerWire, MatchesTheReferenceWithinTheFormatsRounding) {
   c.dispatch = wc.dispatch;
   c.wire = wc.wire;
   c.capacity_factor = wc.capacity_factor;
+  c.overlap = wc.overlap;
   if (wc.prune) c.prune.max_devices = (D + 1) / 2;  // enough devices to hold k experts
   const std::vector<int> placement = make_placement(c.num_experts, D, true);
   const std::int64_t T = 14, H = c.hidden_size, k = c.top_k;
@@ -666,17 +670,20 @@ TEST_P(MoeLayerWire, MatchesTheReferenceWithinTheFormatsRounding) {
 
 std::vector<WireCase> wire_cases() {
   std::vector<WireCase> cases;
-  for (WireFormat w : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
-    cases.push_back({"standard", DispatchKind::kStandard, false, 0, w});
-    cases.push_back({"occult", DispatchKind::kOccult, false, 0, w});
-    cases.push_back({"occult_pruned", DispatchKind::kOccult, true, 0, w});
-    cases.push_back({"standard_capacity", DispatchKind::kStandard, false, 0.5, w});
+  for (bool overlap : {false, true}) {
+    for (WireFormat w : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
+      cases.push_back({"standard", DispatchKind::kStandard, false, 0, w, overlap});
+      cases.push_back({"occult", DispatchKind::kOccult, false, 0, w, overlap});
+      cases.push_back({"occult_pruned", DispatchKind::kOccult, true, 0, w, overlap});
+      cases.push_back({"standard_capacity", DispatchKind::kStandard, false, 0.5, w, overlap});
+    }
   }
   return cases;
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, MoeLayerWire, ::testing::ValuesIn(wire_cases()), [](const auto& info) {
-  return std::string(info.param.name) + "_" + std::string(wire_format_name(info.param.wire));
+  return std::string(info.param.name) + "_" + std::string(wire_format_name(info.param.wire)) +
+         (info.param.overlap ? "_overlap" : "");
 });
 
 // Rows are cast once at home and arrive as exactly fl(x): column 0 carries the global token id
@@ -742,6 +749,7 @@ TEST(MoeLayerWireBytes, HandCountedTinyCase) {
                           Expect{WireFormat::kF32, DispatchKind::kOccult, 24},
                           Expect{WireFormat::kBF16, DispatchKind::kStandard, 24},
                           Expect{WireFormat::kF32, DispatchKind::kStandard, 48}}) {
+   for (bool overlap : {false, true}) {
     SelfCommunicator self;
     MoeLayerConfig c;
     c.num_experts = 2;
@@ -750,6 +758,7 @@ TEST(MoeLayerWireBytes, HandCountedTinyCase) {
     c.ffn_size = 2;
     c.dispatch = e.dispatch;
     c.wire = e.wire;
+    c.overlap = overlap;
     MoeLayer layer(self, c, {0, 0});
     layer.init_random(1, 0.5f);
     const std::vector<float> x = random_values(6, 2), dy = random_values(6, 3);
@@ -762,6 +771,7 @@ TEST(MoeLayerWireBytes, HandCountedTinyCase) {
       EXPECT_EQ(self.bytes().get(name).total_bytes(), e.row_bytes) << name << " " << wire_format_name(e.wire);
     }
     EXPECT_EQ(self.bytes().get(kExchangeMetadata).total_bytes(), 68);
+   }
   }
 }
 
@@ -786,6 +796,108 @@ TEST(MoeLayerCollectives, ThreeForwardTwoBackward) {
   EXPECT_EQ(comm.collective_calls() - before, 3);
   layer.backward(dy, {}, dx);
   EXPECT_EQ(comm.collective_calls() - before, 5);
+  // Overlapped: the same count exchange, and the dispatch and combine started non-blocking.
+  c.overlap = true;
+  MoeLayer overlapped(comm, c, make_placement(8, D, false));
+  overlapped.init_random(4, 0.5f);
+  const std::int64_t start = comm.collective_calls();
+  overlapped.forward(x, n, y);
+  EXPECT_EQ(comm.collective_calls() - start, 3);
+}
+
+// ---- Overlapped forward ----------------------------------------------------------------------
+
+// The overlapped forward is the blocking forward, bit for bit: outputs, the receive plan, the
+// received rows, every gradient of the backward that follows, and the bytes of every exchange,
+// for standard, occult, pruned and capacity-limited dispatch in every wire format. Experts
+// serve more than a GEMM tile (256 rows) from several sources, so the overlapped path splits
+// the tiles differently from the blocking one; ranks hold different numbers of tokens and
+// experts (E = 5 over D ranks), and the last rank has no tokens, so it sends nothing.
+TEST(MoeLayerOverlap, EqualsTheBlockingForwardBitForBit) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  struct Case {
+    const char* name;
+    DispatchKind dispatch;
+    int prune_devices;
+    double capacity_factor;
+  };
+  for (const Case& cs : {Case{"standard", DispatchKind::kStandard, 0, 0}, Case{"occult", DispatchKind::kOccult, 0, 0},
+                         Case{"occult_pruned", DispatchKind::kOccult, (D + 1) / 2, 0},
+                         Case{"standard_capacity", DispatchKind::kStandard, 0, 0.6}}) {
+    for (WireFormat wire : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
+      SCOPED_TRACE(std::string(cs.name) + " " + std::string(wire_format_name(wire)));
+      MoeLayerConfig c;
+      c.num_experts = 5;
+      c.top_k = 2;
+      c.hidden_size = 8;
+      c.ffn_size = 4;
+      c.dispatch = cs.dispatch;
+      c.capacity_factor = cs.capacity_factor;
+      c.prune.max_devices = cs.prune_devices;
+      c.wire = wire;
+      const std::vector<int> placement = make_placement(5, D, true);
+      // Over 256 rows per expert even under the capacity limit; the last rank has no tokens.
+      const std::int64_t n = D > 1 && rank == D - 1 ? 0 : 1100 + 97 * rank;
+      const std::vector<float> x = random_values(n * 8, 90 + rank), dy = random_values(n * 8, 95 + rank);
+      const std::vector<float> dprobs = random_values(n * 5, 99 + rank, 0.1f);
+      struct Run {
+        std::vector<float> y, dx, grads;
+        ReceivePlan receive;
+        std::vector<float> received;
+        std::map<std::string, ExchangeBytes> bytes;
+      };
+      auto run = [&](bool overlap) {
+        MoeLayerConfig lc = c;
+        lc.overlap = overlap;
+        MoeLayer layer(comm, lc, placement);
+        layer.init_random(91, 0.5f);
+        Run out;
+        out.y.resize(n * 8);
+        out.dx.resize(n * 8);
+        comm.bytes().reset();
+        layer.zero_grad();
+        layer.forward(x, n, out.y);
+        out.receive = layer.receive_plan();
+        out.received.assign(layer.received_hidden_states().begin(), layer.received_hidden_states().end());
+        layer.backward(dy, dprobs, out.dx);
+        out.bytes = comm.bytes().all();
+        for (const MoeParameter& p : layer.parameters()) out.grads.insert(out.grads.end(), p.grad.begin(), p.grad.end());
+        return out;
+      };
+      const Run blocking = run(false), overlapped = run(true);
+      EXPECT_EQ(overlapped.y, blocking.y);
+      EXPECT_EQ(overlapped.dx, blocking.dx);
+      EXPECT_EQ(overlapped.grads, blocking.grads);
+      EXPECT_EQ(overlapped.received, blocking.received);
+      EXPECT_EQ(overlapped.receive.recv_row_counts, blocking.receive.recv_row_counts);
+      EXPECT_EQ(overlapped.receive.recv_row_offsets, blocking.receive.recv_row_offsets);
+      EXPECT_EQ(overlapped.receive.recv_assignment_counts, blocking.receive.recv_assignment_counts);
+      EXPECT_EQ(overlapped.receive.recv_assignment_offsets, blocking.receive.recv_assignment_offsets);
+      EXPECT_EQ(overlapped.receive.expert_offsets, blocking.receive.expert_offsets);
+      EXPECT_EQ(overlapped.receive.sorted_row, blocking.receive.sorted_row);
+      EXPECT_EQ(overlapped.receive.sorted_weight, blocking.receive.sorted_weight);
+      EXPECT_EQ(overlapped.receive.sorted_to_arrival, blocking.receive.sorted_to_arrival);
+      ASSERT_EQ(overlapped.bytes.size(), blocking.bytes.size());
+      for (const auto& [name, b] : blocking.bytes) {
+        EXPECT_EQ(overlapped.bytes.at(name).local_bytes, b.local_bytes) << name;
+        EXPECT_EQ(overlapped.bytes.at(name).remote_bytes, b.remote_bytes) << name;
+        EXPECT_EQ(overlapped.bytes.at(name).calls, b.calls) << name;
+      }
+      // The case is what it claims: some expert serves more than a tile (so the tiles split
+      // differently), and some pair of ranks exchanges no rows.
+      std::vector<std::int64_t> facts = {0, 0};
+      for (std::size_t e = 0; e + 1 < blocking.receive.expert_offsets.size(); ++e) {
+        facts[0] = std::max(facts[0], blocking.receive.expert_offsets[e + 1] - blocking.receive.expert_offsets[e]);
+      }
+      for (std::int64_t rows : blocking.receive.recv_row_counts) facts[1] += rows == 0;
+      comm.all_reduce_max(facts);
+      EXPECT_GT(facts[0], kExpertTileRows);
+      if (D > 1) {
+        EXPECT_GT(facts[1], 0);
+      }
+    }
+  }
 }
 
 }  // namespace
