@@ -88,22 +88,6 @@ void gather_tile(const ReceivePlan& plan, std::span<const float> x_recv, std::in
   }
 }
 
-// The rows of the forward tile that starts at assignment `begin` (of an expert's range ending
-// at `last`): at most kExpertTileRows, and never past the last assignment from begin's source
-// rank. A GEMM's result for one row can depend on the tile's size and the row's place in it;
-// tiles that never span two sources make each source's results independent of what the other
-// sources sent, so the overlapped forward (one source at a time) matches this one bit for bit.
-std::int64_t tile_rows(const ReceivePlan& plan, std::int64_t begin, std::int64_t last) {
-  const std::int64_t limit = std::min(begin + kExpertTileRows, last);
-  const auto& offsets = plan.recv_assignment_offsets;
-  // The source of `begin`: the last s with offsets[s] <= its arrival index.
-  const auto source = std::upper_bound(offsets.begin(), offsets.end(), plan.sorted_to_arrival[begin]) - 1;
-  const std::int64_t source_end = *(source + 1);
-  // Within an expert, arrival indices ascend (sources in rank order, then arrival order).
-  const auto* arrival = plan.sorted_to_arrival.data();
-  return std::lower_bound(arrival + begin, arrival + limit, source_end) - (arrival + begin);
-}
-
 }  // namespace
 
 WeightRef ExpertWeightsView::matrix(int kind, int e) const {
@@ -159,20 +143,20 @@ void expert_forward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w, 
     for (int kind = 0; kind < 2; ++kind) {
       const WeightRef wk = matrix.prepare(w.matrix(kind, e), FH, options.compute);
       float* act = (kind == 0 ? act_gate : act_up).data();
-      for (std::int64_t begin = first, n = 0; begin < last; begin += n) {
-        n = tile_rows(plan, begin, last);
-        gather_tile(plan, x_recv, begin, static_cast<int>(n), H, x_tile);
+      for (std::int64_t begin = first; begin < last; begin += kExpertTileRows) {
+        const int n = static_cast<int>(std::min(kExpertTileRows, last - begin));
+        gather_tile(plan, x_recv, begin, n, H, x_tile);
         // act [n, F] = x_tile [n, H] * W^T.
         linear_forward(options, act + begin * F, x_tile, wk, n, H, F);
         progress();
       }
     }
     const WeightRef w2 = matrix.prepare(w.matrix(2, e), FH, options.compute);
-    for (std::int64_t begin = first, n = 0; begin < last; begin += n) {
-      n = tile_rows(plan, begin, last);
+    for (std::int64_t begin = first; begin < last; begin += kExpertTileRows) {
+      const int n = static_cast<int>(std::min(kExpertTileRows, last - begin));
       const float* a1 = act_gate.data() + begin * F;
       const float* a3 = act_up.data() + begin * F;
-      for (std::int64_t i = 0; i < n * F; ++i) {
+      for (std::int64_t i = 0; i < static_cast<std::int64_t>(n) * F; ++i) {
         h_tile[i] = a1[i] * sigmoid(a1[i]) * a3[i];
       }
       // y_tile [n, H] = h_tile [n, F] * W2^T.

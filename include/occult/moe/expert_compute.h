@@ -76,8 +76,10 @@ struct ExpertProgress {
 // sub-range of e's range in the plan's expert-sorted order; begin and end hold one entry per
 // local expert): writes those assignments' activations and ADDS their weighted results into
 // `out` (the caller zeroes the rows first). Only those assignments' sorted_row and
-// sorted_weight are read. Each row's results are added in ascending expert order, so a row's
-// value does not depend on how the ranges split the plan. Calls `progress` after every GEMM.
+// sorted_weight are read. Each row's results are added in ascending expert order. Tiles start
+// at begin[e], so splitting a plan into ranges changes which rows share a GEMM call, and a
+// GEMM's last bits can depend on that: results agree with one call over the whole plan to F32
+// rounding, not bit for bit. Calls `progress` after every GEMM.
 void expert_forward_ranges(const ReceivePlan& plan, const ExpertWeightsView& weights,
                            std::span<const std::int64_t> begin, std::span<const std::int64_t> end,
                            std::span<const float> x_recv, std::span<float> out, std::span<float> act_gate,

@@ -77,10 +77,12 @@ struct MoeLayerConfig {
   // backward); routing metadata and gate gradients always travel in F32, sums run in F32.
   WireFormat wire = WireFormat::kF32;
   // Overlaps the forward's communication with its expert compute: each source rank's rows
-  // are computed as they land (this rank's own first) and each source's stage-1 rows are sent
-  // home as soon as they are done; home sums them in the blocking order, so the output, the
-  // bytes and everything backward uses are those of the blocking forward. False runs dispatch,
-  // experts and combine one after another. Must be the same on every rank.
+  // are computed as they land (this rank's own first), each source's stage-1 rows are sent
+  // home as soon as they are done, and home sums them in the blocking order. The bytes, the
+  // collectives and the receive plan are the blocking forward's; the output agrees with it to
+  // F32 rounding (each source's rows run as GEMM calls of their own) and does not depend on
+  // the order in which blocks land. False runs dispatch, experts and combine one after
+  // another. The backward is the same either way. Must be the same on every rank.
   bool overlap = false;
   // False for inference: no gradient buffers are allocated (half the expert memory) and
   // backward() throws.
