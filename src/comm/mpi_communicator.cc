@@ -281,11 +281,11 @@ void MpiCommunicator::exchange_finish(int handle) {
   p.in_use = false;
 }
 
-void MpiCommunicator::set_collective_timeout(double seconds) {
+void MpiCommunicator::set_collective_timeout(double seconds, CollectiveTimeoutAction on_timeout) {
   OCCULT_CHECK(seconds >= 0, "--collective-timeout must be 0 (off) or a positive number of seconds, got {}",
                seconds);
   watchdog_.reset();
-  if (seconds > 0) watchdog_ = std::make_unique<CollectiveWatchdog>(seconds, rank_);
+  if (seconds > 0) watchdog_ = std::make_unique<CollectiveWatchdog>(seconds, rank_, std::move(on_timeout));
 }
 
 void MpiCommunicator::barrier() {

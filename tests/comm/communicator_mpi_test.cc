@@ -1,12 +1,16 @@
 // MpiCommunicator at 1-4 ranks: all-to-all-v with payloads that name their sender and
-// receiver, exact byte accounting, reductions, broadcast and collective error agreement.
+// receiver, exact byte accounting, non-blocking exchanges (against the blocking one, and under
+// the watchdog), reductions, broadcast and collective error agreement.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <algorithm>
+#include <chrono>
+#include <mutex>
 #include <new>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
@@ -150,6 +154,43 @@ TEST(MpiCommunicator, NonBlockingExchangeMatchesTheBlockingOne) {
   EXPECT_THROW(comm.exchange_finish(hc), Error);
   for (int d = 0; d < D; ++d) comm.exchange_send(hc, d);
   comm.exchange_finish(hc);
+}
+
+// A rank waiting for a late peer's block is watched like one in a blocking collective: the
+// watchdog names the rank, MPI_Waitsome, the exchange and the activity (here it records the
+// message instead of ending the job). Rank 1 sends its block to rank 0 a second late.
+TEST(MpiCommunicator, NonBlockingWaitsAreWatched) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), r = comm.rank();
+  if (D < 2) GTEST_SKIP() << "needs a peer to wait for";
+  std::mutex mutex;
+  std::string message;
+  comm.set_collective_timeout(0.2, [&](const std::string& text) {
+    std::lock_guard lock(mutex);
+    message = text;
+  });
+  comm.set_activity("the overlap test");
+  std::vector<std::int64_t> send_counts(D, 0), offsets(D, 0), recv_counts(D, 0);
+  if (r == 1) send_counts[0] = 4;
+  if (r == 0) recv_counts[1] = 4;
+  std::vector<std::byte> send(4, std::byte{7}), recv(4);
+  const std::string exchange = "late";
+  const int h = comm.start_exchange(exchange, send, send_counts, offsets, {}, recv, recv_counts, offsets, true);
+  if (r == 1) std::this_thread::sleep_for(std::chrono::seconds(1));
+  for (int d = 0; d < D; ++d) comm.exchange_send(h, d);
+  std::vector<int> landed;
+  while (!comm.exchange_test(h, landed)) comm.exchange_wait_some(h, landed);
+  comm.exchange_finish(h);
+  comm.set_collective_timeout(0);  // joins the watch thread
+  if (r == 0) {
+    EXPECT_EQ(recv, send);
+    EXPECT_NE(message.find("rank 0 waited"), std::string::npos) << message;
+    EXPECT_NE(message.find("MPI_Waitsome (exchange 'late')"), std::string::npos) << message;
+    EXPECT_NE(message.find("during the overlap test"), std::string::npos) << message;
+  } else {
+    EXPECT_EQ(message, "") << "only rank 0 waited";
+  }
+  comm.barrier();
 }
 
 TEST(MpiCommunicator, ReductionsAndBroadcast) {

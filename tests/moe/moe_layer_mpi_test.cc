@@ -475,31 +475,40 @@ TEST(MoeLayerErrors, BadInputFailsOnEveryRankWithOneMessage) {
     // Rank 0 alone gets another (valid) placement: the ranks would disagree on every plan.
     expect_collective_error([&] { MoeLayer layer(comm, c, make_placement(6, D, rank == 0)); },
                             "the ranks were given different layer configs or placements");
+    // Rank 0 alone overlaps: the count exchanges would differ in width.
+    MoeLayerConfig mixed = c;
+    mixed.overlap = rank == 0;
+    expect_collective_error([&] { MoeLayer layer(comm, mixed, make_placement(6, D, false)); },
+                            "the ranks were given different layer configs or placements");
   }
 
-  MoeLayer layer(comm, c, make_placement(6, D, false));
-  layer.init_random(3, 0.5f);
-  const std::int64_t n = 2;
-  std::vector<float> x = random_values(n * 3, 4), y(n * 3), dx(n * 3);
-  // Only the last rank passes a wrong shape; every rank must fail with its message.
-  const std::string prefix = D > 1 ? "rank " + std::to_string(D - 1) + ": " : "";
-  std::vector<float> bad_x(rank == D - 1 ? n * 3 + 1 : n * 3, 0.0f);
-  expect_collective_error([&] { layer.forward(bad_x, n, y); }, prefix + "MoE layer forward: hidden states hold");
-  // Ids out of range on the last rank only.
-  std::vector<std::int32_t> ids = {0, 1, 2, 3};
-  std::vector<float> w = {0.5f, 0.5f, 0.5f, 0.5f};
-  if (rank == D - 1) ids[3] = 6;
-  expect_collective_error([&] { layer.forward_with_routing(x, n, ids, w, y); }, "selects expert 6, outside [0, E=6)");
-  // The layer still works afterwards (no exchange was left half done).
-  layer.forward(x, n, y);
-  std::vector<float> bad_dy(rank == 0 ? 1 : n * 3, 0.0f);
-  expect_collective_error([&] { layer.backward(bad_dy, {}, dx); }, "output gradient holds");
-  std::vector<float> dy = random_values(n * 3, 5);
-  layer.backward(dy, {}, dx);
-  // Asking for a remote expert's weights names where it lives.
-  for (int e = 0; e < 6; ++e) {
-    if (!layer.is_local(e)) {
-      EXPECT_THROW(layer.gate_proj(e), Error);
+  for (bool overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "overlapped" : "blocking");
+    c.overlap = overlap;
+    MoeLayer layer(comm, c, make_placement(6, D, false));
+    layer.init_random(3, 0.5f);
+    const std::int64_t n = 2;
+    std::vector<float> x = random_values(n * 3, 4), y(n * 3), dx(n * 3);
+    // Only the last rank passes a wrong shape; every rank must fail with its message.
+    const std::string prefix = D > 1 ? "rank " + std::to_string(D - 1) + ": " : "";
+    std::vector<float> bad_x(rank == D - 1 ? n * 3 + 1 : n * 3, 0.0f);
+    expect_collective_error([&] { layer.forward(bad_x, n, y); }, prefix + "MoE layer forward: hidden states hold");
+    // Ids out of range on the last rank only.
+    std::vector<std::int32_t> ids = {0, 1, 2, 3};
+    std::vector<float> w = {0.5f, 0.5f, 0.5f, 0.5f};
+    if (rank == D - 1) ids[3] = 6;
+    expect_collective_error([&] { layer.forward_with_routing(x, n, ids, w, y); }, "selects expert 6, outside [0, E=6)");
+    // The layer still works afterwards (no exchange was left half done).
+    layer.forward(x, n, y);
+    std::vector<float> bad_dy(rank == 0 ? 1 : n * 3, 0.0f);
+    expect_collective_error([&] { layer.backward(bad_dy, {}, dx); }, "output gradient holds");
+    std::vector<float> dy = random_values(n * 3, 5);
+    layer.backward(dy, {}, dx);
+    // Asking for a remote expert's weights names where it lives.
+    for (int e = 0; e < 6; ++e) {
+      if (!layer.is_local(e)) {
+        EXPECT_THROW(layer.gate_proj(e), Error);
+      }
     }
   }
 }
@@ -751,29 +760,29 @@ TEST(MoeLayerWireBytes, HandCountedTinyCase) {
                           Expect{WireFormat::kF32, DispatchKind::kOccult, 24},
                           Expect{WireFormat::kBF16, DispatchKind::kStandard, 24},
                           Expect{WireFormat::kF32, DispatchKind::kStandard, 48}}) {
-   for (bool overlap : {false, true}) {
-    SelfCommunicator self;
-    MoeLayerConfig c;
-    c.num_experts = 2;
-    c.top_k = 2;
-    c.hidden_size = 3;
-    c.ffn_size = 2;
-    c.dispatch = e.dispatch;
-    c.wire = e.wire;
-    c.overlap = overlap;
-    MoeLayer layer(self, c, {0, 0});
-    layer.init_random(1, 0.5f);
-    const std::vector<float> x = random_values(6, 2), dy = random_values(6, 3);
-    std::vector<float> y(6), dx(6);
-    self.bytes().reset();
-    layer.forward_with_routing(x, 2, std::vector<std::int32_t>{0, 1, 1, 0}, std::vector<float>{0.5f, 0.5f, 0.5f, 0.5f},
-                               y);
-    layer.backward(dy, {}, dx);
-    for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
-      EXPECT_EQ(self.bytes().get(name).total_bytes(), e.row_bytes) << name << " " << wire_format_name(e.wire);
+    for (bool overlap : {false, true}) {
+      SelfCommunicator self;
+      MoeLayerConfig c;
+      c.num_experts = 2;
+      c.top_k = 2;
+      c.hidden_size = 3;
+      c.ffn_size = 2;
+      c.dispatch = e.dispatch;
+      c.wire = e.wire;
+      c.overlap = overlap;
+      MoeLayer layer(self, c, {0, 0});
+      layer.init_random(1, 0.5f);
+      const std::vector<float> x = random_values(6, 2), dy = random_values(6, 3);
+      std::vector<float> y(6), dx(6);
+      self.bytes().reset();
+      layer.forward_with_routing(x, 2, std::vector<std::int32_t>{0, 1, 1, 0}, std::vector<float>{0.5f, 0.5f, 0.5f, 0.5f},
+                                 y);
+      layer.backward(dy, {}, dx);
+      for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
+        EXPECT_EQ(self.bytes().get(name).total_bytes(), e.row_bytes) << name << " " << wire_format_name(e.wire);
+      }
+      EXPECT_EQ(self.bytes().get(kExchangeMetadata).total_bytes(), 68);
     }
-    EXPECT_EQ(self.bytes().get(kExchangeMetadata).total_bytes(), 68);
-   }
   }
 }
 

@@ -59,9 +59,9 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm handle() const { return comm_; }
   // Watches every later collective of this communicator: one that lasts longer than
   // `seconds` ends the job with a message naming this rank, the MPI operation, the exchange
-  // and the activity (CollectiveWatchdog, kill_job_on_timeout). 0 turns the watch off; a
-  // negative value throws occult::Error. Not collective.
-  void set_collective_timeout(double seconds);
+  // and the activity (CollectiveWatchdog, kill_job_on_timeout, or `on_timeout` when given).
+  // 0 turns the watch off; a negative value throws occult::Error. Not collective.
+  void set_collective_timeout(double seconds, CollectiveTimeoutAction on_timeout = kill_job_on_timeout);
 
  private:
   // One exchange in flight; its vectors keep their storage between exchanges.
