@@ -3,7 +3,8 @@
 // contiguous and scattered placements, uneven experts per device, pruning, ranks without
 // tokens; payloads that encode their source token; exact byte accounting; collective errors;
 // every wire format within its rounding; collectives per forward and backward; replicated
-// experts.
+// experts; the overlapped forward (against the reference in every wire format, and against the
+// blocking forward).
 #include <gtest/gtest.h>
 #include <mpi.h>
 

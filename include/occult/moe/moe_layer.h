@@ -119,7 +119,9 @@ struct MoeParameter {
 };
 
 // Wall time (seconds) of the last forward/backward, split so that benchmarks can tell
-// communication from compute on one rank.
+// communication from compute on one rank. With overlap, forward_dispatch is the packing and the
+// start of both exchanges, forward_experts the compute and the waits for blocks to land, and
+// forward_combine the wait for the last stage-1 rows to come home.
 struct MoeLayerTimings {
   double forward_router = 0, forward_dispatch = 0, forward_experts = 0, forward_combine = 0;
   double backward_dispatch = 0, backward_experts = 0, backward_combine = 0, backward_router = 0;
