@@ -327,6 +327,7 @@ struct ReplicaCase {
   const char* name;
   DispatchKind dispatch;
   bool prune;
+  bool overlap = false;
 };
 
 class MoeLayerReplicas : public ::testing::TestWithParam<ReplicaCase> {};
@@ -346,6 +347,7 @@ TEST_P(MoeLayerReplicas, MatchTheUnreplicatedReferenceAndTheRoutingTwin) {
   c.ffn_size = 5;
   c.norm_topk_prob = true;
   c.dispatch = rc.dispatch;
+  c.overlap = rc.overlap;
   if (rc.prune) c.prune.max_devices = std::min(D, 2);
   const std::vector<int> primary = make_placement(c.num_experts, D, true);
   const std::vector<std::vector<int>> held = replicated_placement(primary, D);
@@ -442,7 +444,9 @@ TEST_P(MoeLayerReplicas, MatchTheUnreplicatedReferenceAndTheRoutingTwin) {
 INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerReplicas,
                          ::testing::Values(ReplicaCase{"occult", DispatchKind::kOccult, false},
                                            ReplicaCase{"standard", DispatchKind::kStandard, false},
-                                           ReplicaCase{"occult_pruned", DispatchKind::kOccult, true}),
+                                           ReplicaCase{"occult_pruned", DispatchKind::kOccult, true},
+                                           ReplicaCase{"occult_overlap", DispatchKind::kOccult, false, true},
+                                           ReplicaCase{"standard_overlap", DispatchKind::kStandard, false, true}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // Expects `call` to throw occult::Error on this rank with `fragment` in the message.
