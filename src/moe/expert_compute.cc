@@ -183,6 +183,8 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
   const GemmOptions current = current_gemm_options();
   OCCULT_CHECK(current.compute == ComputeDType::kF32,
                "expert backward: BF16 compute is for inference only; train with F32 compute");
+  const GemmOptions options{current.backend, ComputeDType::kF32};
+  const int H = w.hidden_size, F = w.ffn_size;
   OCCULT_CHECK(dy_recv.size() == x_recv.size(), "expert backward: gradient rows hold {} floats, expected {}",
                dy_recv.size(), x_recv.size());
   OCCULT_CHECK(static_cast<std::int64_t>(d_weight.size()) == plan.num_assignments(),
@@ -191,36 +193,6 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
                    grads.down_proj.size() == w.down_proj.size(),
                "expert backward: gradient tensors do not match the weights' shapes");
   std::fill(dx_recv.begin(), dx_recv.end(), 0.0f);
-  const std::span<const std::int64_t> offsets(plan.expert_offsets);
-  const auto L = static_cast<std::size_t>(w.num_local_experts);
-  expert_backward_ranges(plan, w, offsets.first(L), offsets.subspan(1, L), x_recv, dy_recv, act_gate, act_up, dx_recv,
-                         d_weight, grads, scratch);
-}
-
-void expert_backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const std::int64_t> begins,
-                            std::span<const std::int64_t> ends, std::span<const float> x_recv,
-                            std::span<const float> dy_recv, std::span<const float> act_gate,
-                            std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
-                            const ExpertGradsView& grads, ExpertScratch& scratch, ExpertProgress progress) {
-  check_shapes(plan, w, x_recv, dx_recv.size(), act_gate.size(), act_up.size());
-  require_f32(w, "expert backward");
-  const GemmOptions current = current_gemm_options();
-  OCCULT_CHECK(current.compute == ComputeDType::kF32,
-               "expert backward: BF16 compute is for inference only; train with F32 compute");
-  const GemmOptions options{current.backend, ComputeDType::kF32};
-  const int H = w.hidden_size, F = w.ffn_size;
-  OCCULT_CHECK(dy_recv.size() == x_recv.size() && static_cast<std::int64_t>(d_weight.size()) == plan.num_assignments() &&
-                   grads.gate_proj.size() == w.gate_proj.size() && grads.up_proj.size() == w.up_proj.size() &&
-                   grads.down_proj.size() == w.down_proj.size(),
-               "expert backward: gradient buffers do not match the plan's and the weights' shapes");
-  const auto L = static_cast<std::size_t>(w.num_local_experts);
-  OCCULT_CHECK(begins.size() == L && ends.size() == L, "expert compute: ranges for {} and {} experts, expected {}",
-               begins.size(), ends.size(), L);
-  for (std::size_t e = 0; e < L; ++e) {
-    OCCULT_CHECK(plan.expert_offsets[e] <= begins[e] && begins[e] <= ends[e] && ends[e] <= plan.expert_offsets[e + 1],
-                 "expert compute: range [{}, {}) of local expert {} is outside its assignments [{}, {})", begins[e],
-                 ends[e], e, plan.expert_offsets[e], plan.expert_offsets[e + 1]);
-  }
   ensure(scratch.x_tile, kExpertTileRows * H);
   ensure(scratch.dy_tile, kExpertTileRows * H);
   ensure(scratch.y_tile, kExpertTileRows * H);
@@ -243,8 +215,8 @@ void expert_backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w,
     float* dw1 = grads.gate_proj.data() + e * fh;
     float* dw3 = grads.up_proj.data() + e * fh;
     float* dw2 = grads.down_proj.data() + e * fh;
-    for (std::int64_t begin = begins[e]; begin < ends[e]; begin += kExpertTileRows) {
-      const int n = static_cast<int>(std::min(kExpertTileRows, ends[e] - begin));
+    for (std::int64_t begin = plan.expert_offsets[e]; begin < plan.expert_offsets[e + 1]; begin += kExpertTileRows) {
+      const int n = static_cast<int>(std::min(kExpertTileRows, plan.expert_offsets[e + 1] - begin));
       for (int i = 0; i < n; ++i) {
         const std::int64_t row = plan.sorted_row[begin + i];
         std::memcpy(x_tile + static_cast<std::size_t>(i) * H, x_recv.data() + row * H, sizeof(float) * H);
@@ -284,7 +256,6 @@ void expert_backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w,
         const float* src = dx_tile + static_cast<std::size_t>(i) * H;
         for (int c = 0; c < H; ++c) dst[c] += src[c];
       }
-      progress();
     }
   }
 }

@@ -645,8 +645,8 @@ struct OverlapProgress {
   ExchangeBuffers* b;
   static void poll(void* context) {
     auto* self = static_cast<OverlapProgress*>(context);
-    if (self->b->dispatch_handle >= 0) self->comm->exchange_test(self->b->dispatch_handle, self->b->ready);
-    if (self->b->combine_handle >= 0) self->comm->exchange_test(self->b->combine_handle, self->b->home_landed);
+    self->comm->exchange_test(self->b->dispatch_handle, self->b->ready);
+    self->comm->exchange_test(self->b->combine_handle, self->b->home_landed);
   }
 };
 }  // namespace
@@ -809,96 +809,6 @@ void MoeLayer::compute_source_block(int s, int combine) {
   comm_.exchange_send(combine, s);
 }
 
-void MoeLayer::overlapped_backward_experts_and_combine(std::span<float> dx, double t1) {
-  const int H = config_.hidden_size, D = comm_.size(), me = comm_.rank();
-  const int L = static_cast<int>(local_experts_.size());
-  const WireFormat wire = config_.wire;
-  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
-  constexpr std::int64_t kGradBytes = sizeof(float);
-  MoeLayerBuffers& b = *buffers_;
-  const ReceivePlan& rp = receive_;
-  // Each source's part of each expert's assignments: within an expert, sources come in rank
-  // order and arrival indices ascend.
-  b.block_begin.resize(static_cast<std::size_t>(D) * L);
-  b.block_end.resize(static_cast<std::size_t>(D) * L);
-  for (int e = 0; e < L; ++e) {
-    const std::int64_t* arrival = rp.sorted_to_arrival.data();
-    const std::int64_t* first = arrival + rp.expert_offsets[e];
-    const std::int64_t* last = arrival + rp.expert_offsets[e + 1];
-    for (int s = 0; s < D; ++s) {
-      b.block_begin[static_cast<std::size_t>(s) * L + e] =
-          std::lower_bound(first, last, rp.recv_assignment_offsets[s]) - arrival;
-      b.block_end[static_cast<std::size_t>(s) * L + e] =
-          std::lower_bound(first, last, rp.recv_assignment_offsets[s + 1]) - arrival;
-    }
-  }
-  b.expert_out.resize(rp.num_rows() * H);  // dx rows, on the expert side
-  b.d_weight_sorted.resize(rp.num_assignments());
-  b.d_weight_arrival.resize(rp.num_assignments());
-  // Backward combine: to each source rank its gate-weight gradients (F32, in the order it listed
-  // its assignments) and then its input-gradient rows, as the blocking backward lays them out.
-  b.lay_out(kGradBytes, row_bytes, rp.recv_assignment_counts, rp.recv_row_counts, plan_.send_assignment_counts,
-            plan_.send_row_counts);
-  b.d_weight_send.resize(plan_.num_assignments());
-  std::fill(dx.begin(), dx.end(), 0.0f);
-  b.home_landed.clear();
-  b.home_landed.reserve(D);
-  b.home_ready.assign(D, 0);
-  b.home_next = 0;
-  b.dispatch_handle = -1;
-  b.combine_handle = comm_.start_exchange(exchange_name(kExchangeBackwardCombine), b.send, b.send_counts,
-                                          b.send_offsets, b.send_metadata, b.recv, b.recv_counts, b.recv_offsets,
-                                          true);
-  // Home sums in destination order, whatever the arrival order (as the blocking backward).
-  auto sum_home = [&] {
-    for (; !b.home_landed.empty(); b.home_landed.pop_back()) b.home_ready[b.home_landed.back()] = 1;
-    for (; b.home_next < D && b.home_ready[b.home_next]; ++b.home_next) {
-      const int d = b.home_next;
-      const std::byte* in = b.recv.data() + b.recv_offsets[d];
-      const std::int64_t grad_bytes = plan_.send_assignment_counts[d] * kGradBytes;
-      copy_bytes(b.d_weight_send.data() + plan_.send_assignment_offsets[d], in, grad_bytes);
-      add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1], in + grad_bytes, H, dx);
-    }
-  };
-  const ExpertWeightsView view = expert_view();
-  ExpertGradsView grads{d_w1_, d_w3_, d_w2_};
-  OverlapProgress poll{&comm_, &b};
-  snapshot_replica_gradients();
-  // Every block has landed; the order is fixed (the weight gradients accumulate in it, so it
-  // must not follow arrival), peers first from the next rank on, this rank's own block last (it
-  // needs no transfer).
-  for (int i = 1; i <= D; ++i) {
-    const int s = (me + i) % D;
-    const std::span<const std::int64_t> begin =
-        std::span<const std::int64_t>(b.block_begin).subspan(static_cast<std::size_t>(s) * L, L);
-    const std::span<const std::int64_t> end =
-        std::span<const std::int64_t>(b.block_end).subspan(static_cast<std::size_t>(s) * L, L);
-    const std::span<float> out =
-        std::span<float>(b.expert_out).subspan(rp.recv_row_offsets[s] * H, rp.recv_row_counts[s] * H);
-    std::fill(out.begin(), out.end(), 0.0f);
-    expert_backward_ranges(rp, view, begin, end, x_recv_, b.dy_recv, act_gate_, act_up_, b.expert_out,
-                           b.d_weight_sorted, grads, b.expert, ExpertProgress{&OverlapProgress::poll, &poll});
-    for (int e = 0; e < L; ++e) {
-      for (std::int64_t a = begin[e]; a < end[e]; ++a) b.d_weight_arrival[rp.sorted_to_arrival[a]] = b.d_weight_sorted[a];
-    }
-    std::byte* o = b.send.data() + b.send_offsets[s];
-    copy_bytes(o, b.d_weight_arrival.data() + rp.recv_assignment_offsets[s], b.send_metadata[s]);
-    encode_wire(wire, out, o + b.send_metadata[s]);
-    comm_.exchange_send(b.combine_handle, s);
-    sum_home();
-  }
-  sum_replica_gradients();
-  const double t2 = now_seconds();
-  timings_.backward_experts = t2 - t1;
-  while (b.home_next < D) {
-    comm_.exchange_wait_some(b.combine_handle, b.home_landed);
-    sum_home();
-  }
-  comm_.exchange_finish(b.combine_handle);
-  b.combine_handle = -1;
-  timings_.backward_combine = now_seconds() - t2;
-}
-
 std::int64_t MoeLayer::token_device_pairs() const {
   // One bit per device per token, from the rows the plan sent (standard sends one row per slot,
   // occult one per device; both name the device).
@@ -1024,53 +934,48 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
   }
   double t1 = now_seconds();
   timings_.backward_dispatch = t1 - t0;
-  double t3 = 0;
-  if (config_.overlap) {
-    overlapped_backward_experts_and_combine(dx, t1);
-    t3 = now_seconds();
-  } else {
-    b.expert_out.resize(receive_.num_rows() * H);  // dx rows, on the expert side
-    b.d_weight_sorted.resize(receive_.num_assignments());
-    const ExpertWeightsView view = expert_view();
-    ExpertGradsView grads{d_w1_, d_w3_, d_w2_};
-    snapshot_replica_gradients();
-    expert_backward(receive_, view, x_recv_, b.dy_recv, act_gate_, act_up_, b.expert_out, b.d_weight_sorted, grads,
-                    b.expert);
-    sum_replica_gradients();
-    double t2 = now_seconds();
-    timings_.backward_experts = t2 - t1;
 
-    // Backward combine: to each source rank, the gate-weight gradients (F32, in the order the
-    // sender listed its assignments) and then the input-gradient rows (occult: already summed
-    // over the device's experts) in the wire format, in one message.
-    b.d_weight_arrival.resize(receive_.num_assignments());
-    for (std::size_t i = 0; i < receive_.sorted_to_arrival.size(); ++i) {
-      b.d_weight_arrival[receive_.sorted_to_arrival[i]] = b.d_weight_sorted[i];
-    }
-    constexpr std::int64_t kGradBytes = sizeof(float);
-    b.lay_out(kGradBytes, row_bytes, receive_.recv_assignment_counts, receive_.recv_row_counts,
-              plan_.send_assignment_counts, plan_.send_row_counts);
-    for (int s = 0; s < D; ++s) {
-      std::byte* out = b.send.data() + b.send_offsets[s];
-      copy_bytes(out, b.d_weight_arrival.data() + receive_.recv_assignment_offsets[s], b.send_metadata[s]);
-      encode_wire(wire,
-                  std::span<const float>(b.expert_out)
-                      .subspan(receive_.recv_row_offsets[s] * H, receive_.recv_row_counts[s] * H),
-                  out + b.send_metadata[s]);
-    }
-    comm_.all_to_all_v_with_metadata(exchange_name(kExchangeBackwardCombine), b.send, b.send_counts, b.send_offsets, b.send_metadata,
-                                     b.recv, b.recv_counts, b.recv_offsets);
-    b.d_weight_send.resize(plan_.num_assignments());
-    std::fill(dx.begin(), dx.end(), 0.0f);
-    for (int d = 0; d < D; ++d) {
-      const std::byte* in = b.recv.data() + b.recv_offsets[d];
-      const std::int64_t grad_bytes = plan_.send_assignment_counts[d] * kGradBytes;
-      copy_bytes(b.d_weight_send.data() + plan_.send_assignment_offsets[d], in, grad_bytes);
-      add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1], in + grad_bytes, H, dx);
-    }
-    t3 = now_seconds();
-    timings_.backward_combine = t3 - t2;
+  b.expert_out.resize(receive_.num_rows() * H);  // dx rows, on the expert side
+  b.d_weight_sorted.resize(receive_.num_assignments());
+  const ExpertWeightsView view = expert_view();
+  ExpertGradsView grads{d_w1_, d_w3_, d_w2_};
+  snapshot_replica_gradients();
+  expert_backward(receive_, view, x_recv_, b.dy_recv, act_gate_, act_up_, b.expert_out, b.d_weight_sorted, grads,
+                  b.expert);
+  sum_replica_gradients();
+  double t2 = now_seconds();
+  timings_.backward_experts = t2 - t1;
+
+  // Backward combine: to each source rank, the gate-weight gradients (F32, in the order the
+  // sender listed its assignments) and then the input-gradient rows (occult: already summed
+  // over the device's experts) in the wire format, in one message.
+  b.d_weight_arrival.resize(receive_.num_assignments());
+  for (std::size_t i = 0; i < receive_.sorted_to_arrival.size(); ++i) {
+    b.d_weight_arrival[receive_.sorted_to_arrival[i]] = b.d_weight_sorted[i];
   }
+  constexpr std::int64_t kGradBytes = sizeof(float);
+  b.lay_out(kGradBytes, row_bytes, receive_.recv_assignment_counts, receive_.recv_row_counts,
+            plan_.send_assignment_counts, plan_.send_row_counts);
+  for (int s = 0; s < D; ++s) {
+    std::byte* out = b.send.data() + b.send_offsets[s];
+    copy_bytes(out, b.d_weight_arrival.data() + receive_.recv_assignment_offsets[s], b.send_metadata[s]);
+    encode_wire(wire,
+                std::span<const float>(b.expert_out)
+                    .subspan(receive_.recv_row_offsets[s] * H, receive_.recv_row_counts[s] * H),
+                out + b.send_metadata[s]);
+  }
+  comm_.all_to_all_v_with_metadata(exchange_name(kExchangeBackwardCombine), b.send, b.send_counts, b.send_offsets, b.send_metadata,
+                                   b.recv, b.recv_counts, b.recv_offsets);
+  b.d_weight_send.resize(plan_.num_assignments());
+  std::fill(dx.begin(), dx.end(), 0.0f);
+  for (int d = 0; d < D; ++d) {
+    const std::byte* in = b.recv.data() + b.recv_offsets[d];
+    const std::int64_t grad_bytes = plan_.send_assignment_counts[d] * kGradBytes;
+    copy_bytes(b.d_weight_send.data() + plan_.send_assignment_offsets[d], in, grad_bytes);
+    add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1], in + grad_bytes, H, dx);
+  }
+  double t3 = now_seconds();
+  timings_.backward_combine = t3 - t2;
 
   if (!routing_imposed_ && T > 0) {
     // The gate-weight gradient per (token, slot); dropped slots have none.

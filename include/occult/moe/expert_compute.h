@@ -93,17 +93,6 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& weights, 
                      std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
                      const ExpertGradsView& grads, ExpertScratch& scratch);
 
-// As expert_backward, for the assignments [begin[e], end[e]) of each local expert e only (as
-// expert_forward_ranges): writes their d_weight entries, ADDS their input gradients into
-// dx_recv (the caller zeroes the rows first) and accumulates their weight gradients. Calls
-// `progress` after every tile.
-void expert_backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& weights,
-                            std::span<const std::int64_t> begin, std::span<const std::int64_t> end,
-                            std::span<const float> x_recv, std::span<const float> dy_recv,
-                            std::span<const float> act_gate, std::span<const float> act_up,
-                            std::span<float> dx_recv, std::span<float> d_weight, const ExpertGradsView& grads,
-                            ExpertScratch& scratch, ExpertProgress progress = {});
-
 // Naive reference twins (plain loops, double accumulation, no BLAS, no tiling, F32 weights):
 // same contracts as expert_forward / expert_backward.
 void reference_expert_forward(const ReceivePlan& plan, const ExpertWeightsView& weights,

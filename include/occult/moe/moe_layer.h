@@ -244,10 +244,6 @@ class MoeLayer {
   // Processes source s's dispatch block of the overlapped forward: fills its part of the
   // receive plan, computes its experts and sends its stage-1 rows home.
   void compute_source_block(int s, int combine);
-  // The overlapped backward's expert compute and backward combine (config_.overlap), after the
-  // backward dispatch landed everywhere without error: each source's block is computed in a
-  // fixed order (this rank's own last) and sent home at once; home sums in the blocking order.
-  void overlapped_backward_experts_and_combine(std::span<float> dx, double t1);
   // When any rank failed: forgets the plans and throws, on every rank, the lowest failing
   // rank's message (collective; `error` is this rank's own, if any).
   void fail_on_every_rank(bool any_failed, const std::optional<std::string>& error);
