@@ -255,6 +255,7 @@ void run_bench(const BenchFlags& f) {
       const nlohmann::json doc{{"variants", list},
                                {"weights_bytes", weights_bytes},
                                {"wire", f.model.wire},
+                               {"overlap", f.model.overlap},
                                {"compute", f.model.compute},
                                {"gemm", f.model.gemm},
                                {"ranks", comm.size()},

@@ -32,7 +32,7 @@ struct BenchLayerArgs {
   int experts = 64, top_k = 8, hidden = 1024, ffn = 512, layer = 0, iters = 10, warmup = 2;
   std::int64_t tokens_per_rank = 1024;
   std::string placement, routing_trace, prune_scheme = "score", wire = "f32", decode_tokens = "1,8,64";
-  std::string compute = "f32", gemm = "onednn", weights = "f32";
+  std::string compute = "f32", gemm = "onednn", weights = "f32", overlap = "off";
   std::vector<int> prune_devices;
   bool backward = false, json = false, norm_topk_prob = false;
   std::uint64_t seed = 1;
@@ -43,6 +43,7 @@ struct Variant {
   DispatchKind dispatch;
   int prune_devices;
   WireFormat wire;
+  bool overlap = false;
 };
 
 struct VariantResult {
@@ -163,6 +164,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
   Trace trace;
   std::vector<float> similarity;
   std::vector<WireFormat> wires;
+  std::vector<bool> overlaps;
   std::vector<std::int64_t> decode_sizes;
   agree_on_errors(comm, [&] {
     OCCULT_CHECK(a.iters >= 1, "--iters {}: expected >= 1", a.iters);
@@ -205,6 +207,8 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     parse_prune_scheme_flag(a.prune_scheme);
     OCCULT_CHECK(!split_commas(a.wire).empty(), "--wire '{}': expected f32, bf16 or f16 (comma-separated)", a.wire);
     for (const std::string& w : split_commas(a.wire)) wires.push_back(parse_wire_format(w, "--wire"));
+    OCCULT_CHECK(!split_commas(a.overlap).empty(), "--overlap '{}': expected on, off or off,on", a.overlap);
+    for (const std::string& o : split_commas(a.overlap)) overlaps.push_back(parse_overlap_flag(o));
     for (const std::string& n : split_commas(a.decode_tokens)) {
       std::size_t used = 0;
       long long value = -1;
@@ -220,11 +224,14 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
 
   std::vector<Variant> variants;
   for (WireFormat w : wires) {
-    const std::string suffix = wires.size() > 1 ? fmt::format("/{}", wire_format_name(w)) : "";
-    variants.push_back({"standard" + suffix, DispatchKind::kStandard, 0, w});
-    variants.push_back({"occult" + suffix, DispatchKind::kOccult, 0, w});
-    for (int m : a.prune_devices) {
-      variants.push_back({fmt::format("occult-pruned-M{}{}", m, suffix), DispatchKind::kOccult, m, w});
+    for (bool o : overlaps) {
+      const std::string suffix =
+          (wires.size() > 1 ? fmt::format("/{}", wire_format_name(w)) : "") + (o ? "/overlap" : "");
+      variants.push_back({"standard" + suffix, DispatchKind::kStandard, 0, w, o});
+      variants.push_back({"occult" + suffix, DispatchKind::kOccult, 0, w, o});
+      for (int m : a.prune_devices) {
+        variants.push_back({fmt::format("occult-pruned-M{}{}", m, suffix), DispatchKind::kOccult, m, w, o});
+      }
     }
   }
 
@@ -250,6 +257,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     MoeLayerConfig config = base;
     config.dispatch = v.dispatch;
     config.wire = v.wire;
+    config.overlap = v.overlap;
     ImposedRouting routing = imposed;
     if (v.prune_devices > 0) {
       config.prune.max_devices = v.prune_devices;
@@ -396,6 +404,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
       v["dispatch"] = dispatch_kind_name(r.variant.dispatch);
       v["prune_devices"] = r.variant.prune_devices;
       v["wire"] = wire_format_name(r.variant.wire);
+      v["overlap"] = r.variant.overlap;
       v["forward_collectives"] = r.forward_collectives;
       v["backward_collectives"] = r.backward_collectives;
       v["decode_ms"] = r.decode_ms;
@@ -482,6 +491,9 @@ void setup(CLI::App& root) {
   cmd->add_option("--prune-scheme", args->prune_scheme, "score, similarity or device-limited")->capture_default_str();
   cmd->add_option("--seed", args->seed, "weights and inputs seed")->capture_default_str();
   cmd->add_option("--wire", args->wire, "wire formats to compare, comma-separated: f32, bf16, f16")
+      ->capture_default_str();
+  cmd->add_option("--overlap", args->overlap,
+                  "overlap the forward's exchanges with expert compute: on, off, or off,on to compare")
       ->capture_default_str();
   cmd->add_option("--decode-tokens", args->decode_tokens,
                   "tokens per rank of the decode-like latency runs, comma-separated (\"\" = none)")

@@ -118,6 +118,7 @@ void run_generate(const GenerateFlags& f) {
       }
       const nlohmann::json j{{"dispatch", f.model.dispatch},
                              {"wire", f.model.wire},
+                             {"overlap", f.model.overlap},
                              {"ranks", comm.size()},
                              {"generations", gens},
                              {"prompt_tokens", r.prompt_tokens},

@@ -12,6 +12,7 @@
 
 #include "occult/comm/communicator.h"
 #include "occult/comm/mpi_communicator.h"
+#include "moe_cli.h"
 #include "mpi_cli.h"
 #include "occult/core/error.h"
 #include "occult/core/table.h"
@@ -29,6 +30,7 @@ struct ModelFlags {
   std::string config;  // config.json: random weights, or the architecture the checkpoint must have
   std::string dispatch = "occult";
   std::string wire = "f32";  // MoE exchange payload format (--wire)
+  std::string overlap = "off";  // MoE forward exchanges overlapped with experts (--overlap)
   std::string placement;  // occult-placement/1 JSON; empty = contiguous
   int prune_devices = 0;
   std::string prune_scheme = "score";
@@ -81,9 +83,12 @@ inline WeightDType resolve_weight_dtype(const ModelFlags& f) {
                                                                                                : WeightDType::kF32;
 }
 
-// Adds --wire: the format of the MoE exchanges' hidden-state rows.
+// Adds --wire (the format of the MoE exchanges' hidden-state rows) and --overlap (whether the
+// MoE forward overlaps its exchanges with expert compute).
 inline void add_wire_flag(CLI::App* cmd, ModelFlags& f) {
   cmd->add_option("--wire", f.wire, "MoE exchange payloads: f32 | bf16 | f16 (sums stay F32)")
+      ->capture_default_str();
+  cmd->add_option("--overlap", f.overlap, "overlap the MoE forward's exchanges with expert compute: on | off")
       ->capture_default_str();
 }
 
@@ -138,6 +143,7 @@ inline ParallelOptions resolve_parallel_options(const ModelFlags& f, const Model
   agree_on_errors(comm, [&] {
     parallel.dispatch = parse_dispatch(dispatch);
     parallel.wire = parse_wire_format(f.wire, "--wire");
+    parallel.overlap = parse_overlap_flag(f.overlap);
     parallel.prune_devices = f.prune_devices;
     parallel.prune_scheme = f.prune_scheme;
     parallel.training = false;

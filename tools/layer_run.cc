@@ -19,7 +19,7 @@ namespace {
 
 struct LayerRunArgs {
   std::string weights, input, dispatch = "occult", placement, grad_output, out;
-  std::string prune_scheme = "score", prune_weights = "keep", wire = "f32";
+  std::string prune_scheme = "score", prune_weights = "keep", wire = "f32", overlap = "off";
   int layer = 0, top_k = 0, prune_devices = 0;
   bool norm_topk_prob = false;
   double capacity_factor = 0;
@@ -57,6 +57,7 @@ void run_layer(const LayerRunArgs& a, Communicator& comm) {
     config.dispatch = parse_dispatch_kind(a.dispatch);
     config.capacity_factor = a.capacity_factor;
     config.wire = parse_wire_format(a.wire, "--wire");
+    config.overlap = parse_overlap_flag(a.overlap);
     if (!a.placement.empty()) {
       Placement p = load_placement(a.placement, ReplicaPolicy::kAllow);
       OCCULT_CHECK(p.num_devices == D, "{}: the placement is for {} devices, but mpirun started {} ranks",
@@ -196,6 +197,8 @@ void setup(CLI::App& root) {
   cmd->add_option("--dispatch", args->dispatch, "standard (one row per token-expert) or occult (per token-device)")
       ->required();
   cmd->add_option("--wire", args->wire, "hidden-state payloads of the exchanges: f32, bf16 or f16 (sums stay F32)")
+      ->capture_default_str();
+  cmd->add_option("--overlap", args->overlap, "overlap the forward's exchanges with expert compute: on or off")
       ->capture_default_str();
   cmd->add_option("--placement", args->placement, "placement JSON (default: expert e on device floor(e*D/E))");
   cmd->add_option("--layer", args->layer, "layer of the placement to use")->capture_default_str();

@@ -1,5 +1,5 @@
-// Pieces shared by the MoE-layer subcommands (`layer run`, `bench layer`): flag parsing for
-// dispatch and pruning (MPI set-up and error reporting live in mpi_cli.h).
+// Pieces shared by the MoE-layer subcommands (`layer run`, `bench layer`, and the model
+// commands' --overlap): flag parsing for dispatch, pruning and overlap (MPI set-up and error reporting live in mpi_cli.h).
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -24,6 +24,12 @@ inline PruneWeights parse_prune_weights_flag(const std::string& text) {
   auto weights = parse_prune_weights(text);
   OCCULT_CHECK(weights.has_value(), "--prune-weights '{}': expected keep or recompute", text);
   return *weights;
+}
+
+// Parses an --overlap value: "on" or "off"; throws naming `flag` and the accepted values.
+inline bool parse_overlap_flag(const std::string& text, const char* flag = "--overlap") {
+  OCCULT_CHECK(text == "on" || text == "off", "{} '{}': expected on or off", flag, text);
+  return text == "on";
 }
 
 }  // namespace occult::cli

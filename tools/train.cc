@@ -7,6 +7,7 @@
 #include <string>
 
 #include "command_registry.h"
+#include "moe_cli.h"
 #include "mpi_cli.h"
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
@@ -19,7 +20,7 @@ namespace occult::cli {
 namespace {
 
 struct TrainFlags {
-  std::string config, data, data_ids, token_cache, dispatch = "occult", wire = "f32", placement, prune_scheme = "score", save, resume, init, log;
+  std::string config, data, data_ids, token_cache, dispatch = "occult", wire = "f32", overlap = "off", placement, prune_scheme = "score", save, resume, init, log;
   std::vector<std::string> train_only;
   int prune_devices = 0, steps = 100, stop_at = 0, seq_len = 0, eval_every = 0, warmup = -1, save_every = 0;
   std::int64_t batch = 0, eval_sequences = 64;
@@ -102,7 +103,10 @@ void run_train(const TrainFlags& f, CLI::App& app) {
     o.text_model_dir = from;
     o.token_cache_dir = app.count("--token-cache") > 0 ? f.token_cache : default_token_cache_dir();
     o.dispatch = parse_dispatch(f.dispatch);
-    agree_on_errors(comm, [&] { o.wire = parse_wire_format(f.wire, "--wire"); });
+    agree_on_errors(comm, [&] {
+      o.wire = parse_wire_format(f.wire, "--wire");
+      o.overlap = parse_overlap_flag(f.overlap);
+    });
     o.placement_path = f.placement;
     o.prune_devices = f.prune_devices;
     o.prune_scheme = f.prune_scheme;
@@ -159,6 +163,8 @@ void setup(CLI::App& root) {
                   "\"\" = off)");
   cmd->add_option("--dispatch", flags->dispatch, "standard | occult")->capture_default_str();
   cmd->add_option("--wire", flags->wire, "MoE exchange payloads: f32 | bf16 | f16 (sums stay F32)")
+      ->capture_default_str();
+  cmd->add_option("--overlap", flags->overlap, "overlap the MoE forward's exchanges with expert compute: on | off")
       ->capture_default_str();
   cmd->add_option("--placement", flags->placement, "placement JSON (occult place); default contiguous");
   cmd->add_option("--prune-devices", flags->prune_devices, "collaboration pruning budget M (0 = off)")

@@ -46,6 +46,40 @@ void Communicator::all_to_all_v_with_metadata(const std::string& exchange, std::
   bytes_.add(kExchangeMetadata, to_self, to_peers, 0);
 }
 
+void Communicator::count_exchange_bytes(const std::string& exchange, std::span<const std::int64_t> send_counts,
+                                        std::span<const std::int64_t> metadata_bytes) {
+  OCCULT_CHECK(metadata_bytes.empty() || metadata_bytes.size() == send_counts.size(),
+               "exchange '{}': metadata sizes for {} ranks, counts for {}", exchange, metadata_bytes.size(),
+               send_counts.size());
+  std::int64_t to_self = 0, to_peers = 0, meta_self = 0, meta_peers = 0;
+  for (std::size_t d = 0; d < send_counts.size(); ++d) {
+    const bool self = static_cast<int>(d) == rank();
+    (self ? to_self : to_peers) += send_counts[d];
+    if (metadata_bytes.empty()) continue;
+    OCCULT_CHECK(metadata_bytes[d] >= 0 && metadata_bytes[d] <= send_counts[d],
+                 "exchange '{}': {} metadata bytes in a {}-byte block for rank {}", exchange, metadata_bytes[d],
+                 send_counts[d], d);
+    (self ? meta_self : meta_peers) += metadata_bytes[d];
+  }
+  bytes_.add(exchange, to_self - meta_self, to_peers - meta_peers);
+  if (!metadata_bytes.empty()) bytes_.add(kExchangeMetadata, meta_self, meta_peers, 0);
+}
+
+int Communicator::start_exchange(const std::string& exchange, std::span<const std::byte>, std::span<const std::int64_t>,
+                                 std::span<const std::int64_t>, std::span<const std::int64_t>, std::span<std::byte>,
+                                 std::span<const std::int64_t>, std::span<const std::int64_t>, bool) {
+  OCCULT_FAIL("exchange '{}': this communicator has no non-blocking exchanges (turn the MoE layer's overlap off)",
+              exchange);
+}
+void Communicator::exchange_send(int, int) { OCCULT_FAIL("exchange_send: no non-blocking exchanges here"); }
+bool Communicator::exchange_test(int, std::vector<int>&) {
+  OCCULT_FAIL("exchange_test: no non-blocking exchanges here");
+}
+void Communicator::exchange_wait_some(int, std::vector<int>&) {
+  OCCULT_FAIL("exchange_wait_some: no non-blocking exchanges here");
+}
+void Communicator::exchange_finish(int) { OCCULT_FAIL("exchange_finish: no non-blocking exchanges here"); }
+
 ExchangeBytes ByteCounter::get(const std::string& name) const {
   auto it = counters_.find(name);
   return it == counters_.end() ? ExchangeBytes{} : it->second;
@@ -91,6 +125,68 @@ void SelfCommunicator::all_to_all_v(const std::string& exchange, std::span<const
     std::memcpy(recv.data() + recv_offsets[0], send.data() + send_offsets[0], send_counts[0]);
   }
   bytes_.add(exchange, send_counts[0], 0);
+}
+
+int SelfCommunicator::start_exchange(const std::string& exchange, std::span<const std::byte> send,
+                                     std::span<const std::int64_t> send_counts,
+                                     std::span<const std::int64_t> send_offsets,
+                                     std::span<const std::int64_t> metadata_bytes, std::span<std::byte> recv,
+                                     std::span<const std::int64_t> recv_counts,
+                                     std::span<const std::int64_t> recv_offsets, bool defer_sends) {
+  OCCULT_CHECK(send_counts.size() == 1 && send_offsets.size() == 1 && recv_counts.size() == 1 &&
+                   recv_offsets.size() == 1,
+               "exchange '{}': counts and offsets must have one entry per rank (1)", exchange);
+  OCCULT_CHECK(send_counts[0] == recv_counts[0], "exchange '{}': sends {} bytes to itself but expects {}",
+               exchange, send_counts[0], recv_counts[0]);
+  OCCULT_CHECK(send_offsets[0] >= 0 && send_offsets[0] + send_counts[0] <= static_cast<std::int64_t>(send.size()) &&
+                   recv_offsets[0] >= 0 &&
+                   recv_offsets[0] + recv_counts[0] <= static_cast<std::int64_t>(recv.size()),
+               "exchange '{}': counts and offsets exceed the buffers", exchange);
+  int handle = 0;
+  while (handle < kMaxPendingExchanges && pending_[handle].in_use) ++handle;
+  OCCULT_CHECK(handle < kMaxPendingExchanges, "exchange '{}': more than {} exchanges in flight", exchange,
+               kMaxPendingExchanges);
+  count_exchange_bytes(exchange, send_counts, metadata_bytes);
+  ++collective_calls_;
+  pending_[handle] = Pending{true, false, false, send.data(), recv.data(), send_counts[0], send_offsets[0],
+                             recv_offsets[0]};
+  if (!defer_sends) exchange_send(handle, 0);
+  return handle;
+}
+
+SelfCommunicator::Pending& SelfCommunicator::pending(int handle, const char* what) {
+  OCCULT_CHECK(handle >= 0 && handle < kMaxPendingExchanges && pending_[handle].in_use,
+               "{}: {} is not an exchange in flight", what, handle);
+  return pending_[handle];
+}
+
+void SelfCommunicator::exchange_send(int handle, int peer) {
+  Pending& p = pending(handle, "exchange_send");
+  OCCULT_CHECK(peer == 0 && !p.sent, "exchange_send: rank {} is not an unsent destination of the 1 rank", peer);
+  if (p.bytes > 0) std::memcpy(p.recv + p.recv_offset, p.send + p.send_offset, static_cast<std::size_t>(p.bytes));
+  p.sent = true;
+}
+
+bool SelfCommunicator::exchange_test(int handle, std::vector<int>& landed) {
+  Pending& p = pending(handle, "exchange_test");
+  if (p.sent && !p.reported) {
+    landed.push_back(0);
+    p.reported = true;
+  }
+  return p.reported;
+}
+
+void SelfCommunicator::exchange_wait_some(int handle, std::vector<int>& landed) {
+  Pending& p = pending(handle, "exchange_wait_some");
+  // With one rank, only this rank's own deferred send can complete the receive.
+  OCCULT_CHECK(p.sent || p.reported, "exchange_wait_some: waiting for a block this rank has not sent to itself");
+  exchange_test(handle, landed);
+}
+
+void SelfCommunicator::exchange_finish(int handle) {
+  Pending& p = pending(handle, "exchange_finish");
+  OCCULT_CHECK(p.sent, "exchange_finish: the block to itself was never sent");
+  p = Pending{};
 }
 
 void SelfCommunicator::broadcast(std::span<std::byte>, int root) {

@@ -1,5 +1,6 @@
 #include "occult/comm/mpi_communicator.h"
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -137,11 +138,154 @@ void MpiCommunicator::broadcast(std::span<std::byte> data, int root) {
                              comm_));
 }
 
-void MpiCommunicator::set_collective_timeout(double seconds) {
+int MpiCommunicator::start_exchange(const std::string& exchange, std::span<const std::byte> send,
+                                    std::span<const std::int64_t> send_counts,
+                                    std::span<const std::int64_t> send_offsets,
+                                    std::span<const std::int64_t> metadata_bytes, std::span<std::byte> recv,
+                                    std::span<const std::int64_t> recv_counts,
+                                    std::span<const std::int64_t> recv_offsets, bool defer_sends) {
+  const auto n = static_cast<std::size_t>(size_);
+  OCCULT_CHECK(send_counts.size() == n && send_offsets.size() == n && recv_counts.size() == n &&
+                   recv_offsets.size() == n,
+               "exchange '{}': counts and offsets must have one entry per rank ({})", exchange, size_);
+  for (std::size_t d = 0; d < n; ++d) {
+    OCCULT_CHECK(send_counts[d] >= 0 && recv_counts[d] >= 0 && send_offsets[d] >= 0 && recv_offsets[d] >= 0 &&
+                     send_offsets[d] + send_counts[d] <= static_cast<std::int64_t>(send.size()) &&
+                     recv_offsets[d] + recv_counts[d] <= static_cast<std::int64_t>(recv.size()),
+                 "exchange '{}': counts and offsets for rank {} exceed the buffers", exchange, d);
+    OCCULT_CHECK(send_counts[d] <= INT_MAX && recv_counts[d] <= INT_MAX,
+                 "exchange '{}': a block of {} bytes for rank {} is outside MPI's int range; use fewer tokens per "
+                 "rank", exchange, std::max(send_counts[d], recv_counts[d]), d);
+  }
+  OCCULT_CHECK(send_counts[rank_] == recv_counts[rank_], "exchange '{}': sends {} bytes to itself but expects {}",
+               exchange, send_counts[rank_], recv_counts[rank_]);
+  int handle = 0;
+  while (handle < kMaxPendingExchanges && pending_[handle].in_use) ++handle;
+  OCCULT_CHECK(handle < kMaxPendingExchanges, "exchange '{}': more than {} exchanges in flight", exchange,
+               kMaxPendingExchanges);
+  count_exchange_bytes(exchange, send_counts, metadata_bytes);
+  ++collective_calls_;
+  Pending& p = pending_[handle];
+  p.in_use = true;
+  // Every rank starts its exchanges in the same order, so the sequence number names the same
+  // exchange everywhere; a distinct tag per exchange in flight keeps their messages apart.
+  p.tag = 1 + static_cast<int>(exchanges_started_++ % 16384);
+  p.exchange = exchange.c_str();
+  p.send = send.data();
+  p.recv = recv.data();
+  p.send_counts.assign(send_counts.begin(), send_counts.end());
+  p.send_offsets.assign(send_offsets.begin(), send_offsets.end());
+  p.recv_counts.assign(recv_counts.begin(), recv_counts.end());
+  p.recv_offsets.assign(recv_offsets.begin(), recv_offsets.end());
+  p.sends.assign(n, MPI_REQUEST_NULL);
+  p.recvs.assign(n, MPI_REQUEST_NULL);
+  p.sent.assign(n, 0);
+  p.state.assign(n, 0);
+  p.indices.resize(n);
+  // Receives first, so that a peer's eager send finds its buffer posted.
+  for (int s = 0; s < size_; ++s) {
+    if (s == rank_) continue;
+    if (recv_counts[s] == 0) {
+      p.state[s] = 1;
+      continue;
+    }
+    OCCULT_MPI_CHECK(MPI_Irecv(p.recv + recv_offsets[s], static_cast<int>(recv_counts[s]), MPI_BYTE, s, p.tag,
+                               comm_, &p.recvs[s]));
+  }
+  if (!defer_sends) {
+    for (int d = 0; d < size_; ++d) exchange_send(handle, d);
+  }
+  return handle;
+}
+
+MpiCommunicator::Pending& MpiCommunicator::pending(int handle, const char* what) {
+  OCCULT_CHECK(handle >= 0 && handle < kMaxPendingExchanges && pending_[handle].in_use,
+               "{}: {} is not an exchange in flight", what, handle);
+  return pending_[handle];
+}
+
+void MpiCommunicator::exchange_send(int handle, int peer) {
+  Pending& p = pending(handle, "exchange_send");
+  OCCULT_CHECK(peer >= 0 && peer < size_ && !p.sent[peer], "exchange '{}': rank {} is not an unsent destination",
+               p.exchange, peer);
+  p.sent[peer] = 1;
+  const std::int64_t bytes = p.send_counts[peer];
+  if (peer == rank_) {
+    // The block to itself needs no message.
+    if (bytes > 0) std::memcpy(p.recv + p.recv_offsets[peer], p.send + p.send_offsets[peer], bytes);
+    p.state[peer] = 1;
+    return;
+  }
+  if (bytes == 0) return;
+  OCCULT_MPI_CHECK(MPI_Isend(p.send + p.send_offsets[peer], static_cast<int>(bytes), MPI_BYTE, peer, p.tag, comm_,
+                             &p.sends[peer]));
+}
+
+void MpiCommunicator::mark_landed(Pending& p, int count) {
+  if (count == MPI_UNDEFINED) return;
+  for (int i = 0; i < count; ++i) p.state[p.indices[i]] = 1;
+}
+
+bool MpiCommunicator::report(Pending& p, std::vector<int>& landed) {
+  bool all = true;
+  for (int s = 0; s < size_; ++s) {
+    if (p.state[s] == 1) {
+      landed.push_back(s);
+      p.state[s] = 2;
+    }
+    all = all && p.state[s] == 2;
+  }
+  return all;
+}
+
+bool MpiCommunicator::exchange_test(int handle, std::vector<int>& landed) {
+  Pending& p = pending(handle, "exchange_test");
+  int count = 0;
+  OCCULT_MPI_CHECK(MPI_Testsome(size_, p.recvs.data(), &count, p.indices.data(), MPI_STATUSES_IGNORE));
+  mark_landed(p, count);
+  return report(p, landed);
+}
+
+void MpiCommunicator::exchange_wait_some(int handle, std::vector<int>& landed) {
+  Pending& p = pending(handle, "exchange_wait_some");
+  bool waiting = true;
+  for (int s = 0; s < size_; ++s) {
+    if (p.state[s] == 1) waiting = false;
+  }
+  if (waiting) {
+    // Only a receive still in flight can land; the own block lands when it is sent.
+    bool in_flight = false;
+    for (int s = 0; s < size_; ++s) in_flight = in_flight || p.recvs[s] != MPI_REQUEST_NULL;
+    OCCULT_CHECK(in_flight || p.state[rank_] != 0,
+                 "exchange '{}': waiting for a block this rank has not sent to itself", p.exchange);
+    if (in_flight) {
+      int count = 0;
+      WatchedCollective watched(watchdog_.get(), "MPI_Waitsome", p.exchange, activity_);
+      OCCULT_MPI_CHECK(MPI_Waitsome(size_, p.recvs.data(), &count, p.indices.data(), MPI_STATUSES_IGNORE));
+      mark_landed(p, count);
+    }
+  }
+  report(p, landed);
+}
+
+void MpiCommunicator::exchange_finish(int handle) {
+  Pending& p = pending(handle, "exchange_finish");
+  for (int d = 0; d < size_; ++d) {
+    OCCULT_CHECK(p.sent[d], "exchange '{}': finished before its block for rank {} was sent", p.exchange, d);
+  }
+  {
+    WatchedCollective watched(watchdog_.get(), "MPI_Waitall", p.exchange, activity_);
+    OCCULT_MPI_CHECK(MPI_Waitall(size_, p.recvs.data(), MPI_STATUSES_IGNORE));
+    OCCULT_MPI_CHECK(MPI_Waitall(size_, p.sends.data(), MPI_STATUSES_IGNORE));
+  }
+  p.in_use = false;
+}
+
+void MpiCommunicator::set_collective_timeout(double seconds, CollectiveTimeoutAction on_timeout) {
   OCCULT_CHECK(seconds >= 0, "--collective-timeout must be 0 (off) or a positive number of seconds, got {}",
                seconds);
   watchdog_.reset();
-  if (seconds > 0) watchdog_ = std::make_unique<CollectiveWatchdog>(seconds, rank_);
+  if (seconds > 0) watchdog_ = std::make_unique<CollectiveWatchdog>(seconds, rank_, std::move(on_timeout));
 }
 
 void MpiCommunicator::barrier() {

@@ -100,6 +100,7 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
   c.dispatch = options.dispatch;
   c.prune.max_devices = options.prune_devices;
   c.wire = options.wire;
+  c.overlap = options.overlap;
   c.gemm = options.gemm;
   if (options.prune_devices > 0) {
     const auto scheme = parse_prune_scheme(options.prune_scheme);

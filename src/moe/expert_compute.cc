@@ -104,8 +104,26 @@ void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::sp
                     std::span<float> out, std::span<float> act_gate, std::span<float> act_up,
                     ExpertScratch& scratch) {
   check_shapes(plan, w, x_recv, out.size(), act_gate.size(), act_up.size());
-  const int H = w.hidden_size, F = w.ffn_size;
   std::fill(out.begin(), out.end(), 0.0f);
+  const std::span<const std::int64_t> offsets(plan.expert_offsets);
+  const auto L = static_cast<std::size_t>(w.num_local_experts);
+  expert_forward_ranges(plan, w, offsets.first(L), offsets.subspan(1, L), x_recv, out, act_gate, act_up, scratch);
+}
+
+void expert_forward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const std::int64_t> begins,
+                           std::span<const std::int64_t> ends, std::span<const float> x_recv, std::span<float> out,
+                           std::span<float> act_gate, std::span<float> act_up, ExpertScratch& scratch,
+                           ExpertProgress progress) {
+  check_shapes(plan, w, x_recv, out.size(), act_gate.size(), act_up.size());
+  const auto L = static_cast<std::size_t>(w.num_local_experts);
+  OCCULT_CHECK(begins.size() == L && ends.size() == L, "expert compute: ranges for {} and {} experts, expected {}",
+               begins.size(), ends.size(), L);
+  for (std::size_t e = 0; e < L; ++e) {
+    OCCULT_CHECK(plan.expert_offsets[e] <= begins[e] && begins[e] <= ends[e] && ends[e] <= plan.expert_offsets[e + 1],
+                 "expert compute: range [{}, {}) of local expert {} is outside its assignments [{}, {})", begins[e],
+                 ends[e], e, plan.expert_offsets[e], plan.expert_offsets[e + 1]);
+  }
+  const int H = w.hidden_size, F = w.ffn_size;
   ensure(scratch.x_tile, kExpertTileRows * H);
   ensure(scratch.h_tile, kExpertTileRows * F);
   ensure(scratch.y_tile, kExpertTileRows * H);
@@ -116,7 +134,7 @@ void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::sp
   ComputeMatrix& matrix = compute_matrix();
   const std::int64_t FH = static_cast<std::int64_t>(F) * H;
   for (int e = 0; e < w.num_local_experts; ++e) {
-    const std::int64_t first = plan.expert_offsets[e], last = plan.expert_offsets[e + 1];
+    const std::int64_t first = begins[e], last = ends[e];
     if (first == last) continue;
     // One matrix at a time, each converted (when needed) once for all of this expert's tiles:
     // a1 = x W1^T over every tile, then a3 = x W3^T, then y = (silu(a1) * a3) W2^T. W1 and W3 are
@@ -130,6 +148,7 @@ void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::sp
         gather_tile(plan, x_recv, begin, n, H, x_tile);
         // act [n, F] = x_tile [n, H] * W^T.
         linear_forward(options, act + begin * F, x_tile, wk, n, H, F);
+        progress();
       }
     }
     const WeightRef w2 = matrix.prepare(w.matrix(2, e), FH, options.compute);
@@ -142,6 +161,7 @@ void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& w, std::sp
       }
       // y_tile [n, H] = h_tile [n, F] * W2^T.
       linear_forward(options, y_tile, h_tile, w2, n, F, H);
+      progress();
       for (int i = 0; i < n; ++i) {
         const float g = plan.sorted_weight[begin + i];
         float* dst = out.data() + plan.sorted_row[begin + i] * H;

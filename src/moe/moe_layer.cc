@@ -41,6 +41,19 @@ struct ExchangeBuffers {
   std::vector<double> dp;                       // [E]
   ExpertScratch expert;
 
+  // The overlapped forward (MoeLayerConfig::overlap).
+  std::vector<std::int64_t> combine_send_counts, combine_send_offsets;  // [D] bytes
+  std::vector<std::int64_t> combine_recv_counts, combine_recv_offsets;  // [D] bytes
+  std::vector<std::byte> combine_send, combine_recv;  // stage-1 rows out (non-F32 wire), home
+  std::vector<std::int64_t> block_begin, block_end;  // [D, L] each source's range of each expert
+  std::vector<std::int64_t> block_fill;              // [L] where the next landed assignment goes
+  std::vector<int> ready;       // sources whose dispatch block landed, in landing order
+  std::size_t ready_next = 0;   // first entry of `ready` not yet computed
+  std::vector<int> home_landed; // sources of stage-1 rows that landed home
+  std::vector<char> home_ready; // [D] stage-1 rows from d have landed
+  int home_next = 0;            // stage-2 has summed the rows from [0, home_next)
+  int dispatch_handle = -1, combine_handle = -1;
+
   // Sizes both sides of a packed exchange: to rank d go send_units[d] metadata records of
   // unit_bytes and then send_rows[d] rows of row_bytes; from rank d come recv_units[d]
   // records and recv_rows[d] rows. Fills the byte counts, offsets and metadata sizes.
@@ -215,7 +228,7 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
     for (std::int64_t v : {std::int64_t(config_.num_experts), std::int64_t(config_.top_k),
                            std::int64_t(config_.hidden_size), std::int64_t(config_.ffn_size),
                            std::int64_t(config_.dispatch), std::int64_t(config_.prune.max_devices),
-                           std::int64_t(config_.wire)}) {
+                           std::int64_t(config_.wire), std::int64_t(config_.overlap)}) {
       mix(v);
     }
     for (int d : expert_to_device_) mix(d);
@@ -225,7 +238,7 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
     comm_.all_reduce_max(extremes);
     OCCULT_CHECK(extremes[0] == -extremes[1],
                  "MoE layer: the ranks were given different layer configs or placements (E, k, H, F, dispatch, "
-                 "prune devices, wire format, expert_to_device and replicas must be identical on every rank)");
+                 "prune devices, wire format, overlap, expert_to_device and replicas must be identical on every rank)");
   }
   // Each device holds its experts in ascending id order; without replicas that is the order of
   // local_expert_indices.
@@ -238,6 +251,7 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
     }
     if (holders_.copies(e) > 1) replicated_experts_.push_back(e);
   }
+  max_held_experts_ = *std::max_element(held.begin(), held.end());
   local_index_of_.assign(config_.num_experts, -1);
   for (int e = 0; e < config_.num_experts; ++e) {
     if ((holders_.masks[e] >> comm_.rank()) & 1u) {
@@ -524,14 +538,22 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   }
   // The one count exchange of the forward: rows, assignments and this rank's status for every
   // destination. A failing rank sends zero counts and status 1, so every rank learns of the
-  // failure here and none starts the dispatch.
-  b.counts.assign(3 * static_cast<std::size_t>(D), 0);
+  // failure here and none starts the dispatch. The overlapped forward also sends the
+  // assignments per destination expert, so that each source's block can be placed in the
+  // receive plan the moment it lands.
+  const std::size_t width = 3 + (config_.overlap ? static_cast<std::size_t>(max_held_experts_) : 0);
+  b.counts.assign(width * static_cast<std::size_t>(D), 0);
   for (int d = 0; d < D; ++d) {
     if (!error) {
-      b.counts[3 * d] = plan_.send_row_counts[d];
-      b.counts[3 * d + 1] = plan_.send_assignment_counts[d];
+      b.counts[width * d] = plan_.send_row_counts[d];
+      b.counts[width * d + 1] = plan_.send_assignment_counts[d];
+      if (config_.overlap) {
+        for (std::int64_t a = plan_.send_assignment_offsets[d]; a < plan_.send_assignment_offsets[d + 1]; ++a) {
+          ++b.counts[width * d + 3 + plan_.assignments[a].local_expert];
+        }
+      }
     }
-    b.counts[3 * d + 2] = error ? 1 : 0;
+    b.counts[width * d + 2] = error ? 1 : 0;
   }
   b.counts_recv.resize(b.counts.size());
   comm_.all_to_all_counts_into(b.counts, b.counts_recv);
@@ -540,9 +562,9 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   b.recv_rows.resize(D);
   b.recv_assignments.resize(D);
   for (int s = 0; s < D; ++s) {
-    b.recv_rows[s] = got[3 * s];
-    b.recv_assignments[s] = got[3 * s + 1];
-    any_failed = any_failed || got[3 * s + 2] != 0;
+    b.recv_rows[s] = got[width * s];
+    b.recv_assignments[s] = got[width * s + 1];
+    any_failed = any_failed || got[width * s + 2] != 0;
   }
   fail_on_every_rank(any_failed, error);
 
@@ -563,6 +585,11 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
     for (std::int64_t r = plan_.send_row_offsets[d]; r < plan_.send_row_offsets[d + 1]; ++r, out += row_bytes) {
       copy_bytes(out, token_rows + plan_.row_token[r] * row_bytes, row_bytes);
     }
+  }
+  if (config_.overlap) {
+    overlapped_exchange_and_experts(y);
+    if (!config_.with_grads) release_forward_buffers();
+    return;
   }
   comm_.all_to_all_v_with_metadata(exchange_name(kExchangeDispatch), b.send, b.send_counts, b.send_offsets, b.send_metadata, b.recv,
                                    b.recv_counts, b.recv_offsets);
@@ -608,6 +635,178 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   add_rows_home(wire, plan_, 0, plan_.num_send_rows(), b.recv.data(), H, y);
   timings_.forward_combine = now_seconds() - t2;
   if (!config_.with_grads) release_forward_buffers();
+}
+
+namespace {
+// ExpertProgress's hook for the overlapped forward: lets both exchanges progress and notes
+// what landed (the layer computes it later, in a fixed order where the order matters).
+struct OverlapProgress {
+  Communicator* comm;
+  ExchangeBuffers* b;
+  static void poll(void* context) {
+    auto* self = static_cast<OverlapProgress*>(context);
+    self->comm->exchange_test(self->b->dispatch_handle, self->b->ready);
+    self->comm->exchange_test(self->b->combine_handle, self->b->home_landed);
+  }
+};
+}  // namespace
+
+void MoeLayer::overlapped_exchange_and_experts(std::span<float> y) {
+  const int H = config_.hidden_size, D = comm_.size(), me = comm_.rank();
+  const int L = static_cast<int>(local_experts_.size());
+  const std::size_t width = 3 + static_cast<std::size_t>(max_held_experts_);
+  const WireFormat wire = config_.wire;
+  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
+  MoeLayerBuffers& b = *buffers_;
+  const double t0 = now_seconds();
+
+  // The receive plan is known from the counts up to the landed assignments themselves: its
+  // counts, offsets and expert CSR now, each source's (expert, arrival)-sorted entries when its
+  // block lands. Within an expert, sources keep rank order, so the plan is the blocking one.
+  ReceivePlan& rp = receive_;
+  rp.num_devices = D;
+  rp.num_local_experts = L;
+  rp.recv_row_counts.assign(b.recv_rows.begin(), b.recv_rows.end());
+  rp.recv_assignment_counts.assign(b.recv_assignments.begin(), b.recv_assignments.end());
+  const std::int64_t rows_total = pack_offsets(rp.recv_row_counts, rp.recv_row_offsets);
+  rp.recv_row_offsets.push_back(rows_total);
+  const std::int64_t assignments_total = pack_offsets(rp.recv_assignment_counts, rp.recv_assignment_offsets);
+  rp.recv_assignment_offsets.push_back(assignments_total);
+  rp.expert_offsets.assign(static_cast<std::size_t>(L) + 1, 0);
+  for (int s = 0; s < D; ++s) {
+    std::int64_t announced = 0;
+    for (int e = 0; e < max_held_experts_; ++e) {
+      const std::int64_t c = b.counts_recv[width * s + 3 + e];
+      OCCULT_CHECK(c >= 0 && (e < L || c == 0), "MoE layer forward: rank {} announces {} assignments for local "
+                   "expert {}, this rank holds {}", s, c, e, L);
+      if (e < L) rp.expert_offsets[e + 1] += c;
+      announced += c;
+    }
+    OCCULT_CHECK(announced == rp.recv_assignment_counts[s], "MoE layer forward: rank {} announces {} assignments "
+                 "but {} per expert", s, rp.recv_assignment_counts[s], announced);
+  }
+  for (int e = 0; e < L; ++e) rp.expert_offsets[e + 1] += rp.expert_offsets[e];
+  b.block_begin.resize(static_cast<std::size_t>(D) * L);
+  b.block_end.resize(static_cast<std::size_t>(D) * L);
+  for (int e = 0; e < L; ++e) {
+    std::int64_t at = rp.expert_offsets[e];
+    for (int s = 0; s < D; ++s) {
+      b.block_begin[static_cast<std::size_t>(s) * L + e] = at;
+      at += b.counts_recv[width * s + 3 + e];
+      b.block_end[static_cast<std::size_t>(s) * L + e] = at;
+    }
+  }
+  const std::int64_t A = rp.recv_assignment_offsets.back(), R = rp.recv_row_offsets.back();
+  rp.sorted_row.resize(A);
+  rp.sorted_weight.resize(A);
+  rp.sorted_to_arrival.resize(A);
+  b.received.resize(A);
+  x_recv_.resize(R * H);
+  const std::size_t F = config_.ffn_size;
+  act_gate_.resize(A * F);
+  act_up_.resize(A * F);
+  b.expert_out.resize(R * H);
+
+  // Combine: stage-1 rows go back to each source in the blocking layout (packed by source), and
+  // home receives every destination's rows into the blocking layout too.
+  b.combine_send_counts.resize(D);
+  b.combine_recv_counts.resize(D);
+  for (int d = 0; d < D; ++d) {
+    b.combine_send_counts[d] = rp.recv_row_counts[d] * row_bytes;
+    b.combine_recv_counts[d] = plan_.send_row_counts[d] * row_bytes;
+  }
+  pack_offsets(b.combine_send_counts, b.combine_send_offsets);
+  b.combine_recv.resize(static_cast<std::size_t>(pack_offsets(b.combine_recv_counts, b.combine_recv_offsets)));
+  std::span<const std::byte> combine_send = std::as_bytes(std::span<const float>(b.expert_out));
+  if (wire != WireFormat::kF32) {
+    b.combine_send.resize(static_cast<std::size_t>(R * row_bytes));
+    combine_send = b.combine_send;
+  }
+  b.ready.clear();
+  b.ready.reserve(D);
+  b.ready_next = 0;
+  b.home_landed.clear();
+  b.home_landed.reserve(D);
+  b.home_ready.assign(D, 0);
+  b.home_next = 0;
+  std::fill(y.begin(), y.end(), 0.0f);
+
+  b.dispatch_handle = comm_.start_exchange(exchange_name(kExchangeDispatch), b.send, b.send_counts, b.send_offsets,
+                                           b.send_metadata, b.recv, b.recv_counts, b.recv_offsets, false);
+  b.combine_handle = comm_.start_exchange(exchange_name(kExchangeCombine), combine_send, b.combine_send_counts,
+                                          b.combine_send_offsets, {}, b.combine_recv, b.combine_recv_counts,
+                                          b.combine_recv_offsets, true);
+  const double t1 = now_seconds();
+  timings_.forward_dispatch = t1 - t0;
+
+  // Stage-2 at home in destination order, as far as the rows have landed: the sums, and so y,
+  // are bit for bit those of the blocking combine whatever the arrival order.
+  auto sum_home = [&] {
+    for (; !b.home_landed.empty(); b.home_landed.pop_back()) b.home_ready[b.home_landed.back()] = 1;
+    for (; b.home_next < D && b.home_ready[b.home_next]; ++b.home_next) {
+      const int d = b.home_next;
+      add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1],
+                    b.combine_recv.data() + b.combine_recv_offsets[d], H, y);
+    }
+  };
+  // This rank's own block landed at the start: compute it first, then the others as they land.
+  comm_.exchange_test(b.dispatch_handle, b.ready);
+  const auto own = std::find(b.ready.begin(), b.ready.end(), me);
+  if (own != b.ready.end()) std::iter_swap(b.ready.begin(), own);
+  for (int done = 0; done < D; ++done) {
+    if (b.ready_next == b.ready.size()) comm_.exchange_wait_some(b.dispatch_handle, b.ready);
+    compute_source_block(b.ready[b.ready_next++], b.combine_handle);
+    sum_home();
+  }
+  const double t2 = now_seconds();
+  timings_.forward_experts = t2 - t1;
+  while (b.home_next < D) {
+    comm_.exchange_wait_some(b.combine_handle, b.home_landed);
+    sum_home();
+  }
+  comm_.exchange_finish(b.dispatch_handle);
+  comm_.exchange_finish(b.combine_handle);
+  b.dispatch_handle = b.combine_handle = -1;
+  timings_.forward_combine = now_seconds() - t2;
+}
+
+void MoeLayer::compute_source_block(int s, int combine) {
+  const int H = config_.hidden_size, L = static_cast<int>(local_experts_.size());
+  const WireFormat wire = config_.wire;
+  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
+  constexpr std::int64_t kAssignmentBytes = sizeof(Assignment);
+  MoeLayerBuffers& b = *buffers_;
+  ReceivePlan& rp = receive_;
+  const std::int64_t a0 = rp.recv_assignment_offsets[s], na = rp.recv_assignment_counts[s];
+  const std::int64_t r0 = rp.recv_row_offsets[s], nr = rp.recv_row_counts[s];
+  const std::byte* in = b.recv.data() + b.recv_offsets[s];
+  copy_bytes(b.received.data() + a0, in, na * kAssignmentBytes);
+  decode_wire(wire, in + na * kAssignmentBytes, std::span<float>(x_recv_).subspan(r0 * H, nr * H));
+  // This source's entries of the receive plan, as build_receive_plan_into places them.
+  const std::span<const std::int64_t> begin =
+      std::span<const std::int64_t>(b.block_begin).subspan(static_cast<std::size_t>(s) * L, L);
+  const std::span<const std::int64_t> end =
+      std::span<const std::int64_t>(b.block_end).subspan(static_cast<std::size_t>(s) * L, L);
+  b.block_fill.assign(begin.begin(), begin.end());
+  for (std::int64_t a = a0; a < a0 + na; ++a) {
+    const Assignment& as = b.received[a];
+    OCCULT_CHECK(as.row >= 0 && as.row < nr, "receive plan: an assignment from rank {} names row {}, but that rank "
+                 "sent {} rows", s, as.row, nr);
+    OCCULT_CHECK(as.local_expert >= 0 && as.local_expert < L && b.block_fill[as.local_expert] < end[as.local_expert],
+                 "receive plan: an assignment from rank {} names local expert {} beyond what that rank announced",
+                 s, as.local_expert);
+    const std::int64_t i = b.block_fill[as.local_expert]++;
+    rp.sorted_row[i] = r0 + as.row;
+    rp.sorted_weight[i] = as.weight;
+    rp.sorted_to_arrival[i] = a;
+  }
+  const std::span<float> out = std::span<float>(b.expert_out).subspan(r0 * H, nr * H);
+  std::fill(out.begin(), out.end(), 0.0f);
+  OverlapProgress poll{&comm_, &b};
+  expert_forward_ranges(rp, expert_view(), begin, end, x_recv_, b.expert_out, act_gate_, act_up_, b.expert,
+                        ExpertProgress{&OverlapProgress::poll, &poll});
+  if (wire != WireFormat::kF32) encode_wire(wire, out, b.combine_send.data() + r0 * row_bytes);
+  comm_.exchange_send(combine, s);
 }
 
 std::int64_t MoeLayer::token_device_pairs() const {
@@ -698,7 +897,7 @@ void MoeLayer::release_forward_buffers() {
   // number of layers (about 100 MB per OLMoE layer at 256 tokens per rank).
   MoeLayerBuffers& b = *buffers_;
   for (auto* v : {&x_, &x_recv_, &act_gate_, &act_up_, &b.expert_out}) std::vector<float>().swap(*v);
-  for (auto* v : {&b.wire_tokens, &b.send, &b.recv}) std::vector<std::byte>().swap(*v);
+  for (auto* v : {&b.wire_tokens, &b.send, &b.recv, &b.combine_send, &b.combine_recv}) std::vector<std::byte>().swap(*v);
 }
 
 void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_router_probs, std::span<float> dx) {

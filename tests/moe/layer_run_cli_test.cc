@@ -92,6 +92,7 @@ struct CliCase {
   bool norm;
   bool placement;
   int prune_devices = 0;
+  bool overlap = false;
 };
 
 class LayerRunCli : public ::testing::TestWithParam<CliCase> {};
@@ -105,6 +106,7 @@ TEST_P(LayerRunCli, WritesTheReferenceOutputsAndGradients) {
                      " --grad-output " + f.grad + " --out " + f.out;
   if (cc.norm) args += " --norm-topk-prob";
   if (cc.prune_devices > 0) args += " --prune-devices " + std::to_string(cc.prune_devices);
+  if (cc.overlap) args += " --overlap on";
   if (cc.placement) {
     Placement p;
     p.num_experts = kE;
@@ -161,7 +163,8 @@ INSTANTIATE_TEST_SUITE_P(Runs, LayerRunCli,
                          ::testing::Values(CliCase{"standard_1", 1, "standard", false, false},
                                            CliCase{"occult_3_placement", 3, "occult", true, true},
                                            CliCase{"standard_3", 3, "standard", false, false},
-                                           CliCase{"occult_3_pruned", 3, "occult", true, true, 1}),
+                                           CliCase{"occult_3_pruned", 3, "occult", true, true, 1},
+                                           CliCase{"standard_3_overlap", 3, "standard", true, true, 0, true}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(LayerRunCli, PlacementForAnotherDeviceCountFailsWithOneMessage) {
@@ -223,6 +226,10 @@ TEST(LayerRunCli, Bf16WireHalvesTheBytes) {
   EXPECT_EQ(run(2, "--weights " + f.weights + " --input " + f.input + " --dispatch occult --wire fp8 --out " + f.out, f),
             1);
   EXPECT_NE(read_text(f.err).find("--wire 'fp8': expected f32, bf16 or f16"), std::string::npos) << read_text(f.err);
+  EXPECT_EQ(run(2, "--weights " + f.weights + " --input " + f.input + " --dispatch occult --overlap yes --out " + f.out,
+                f),
+            1);
+  EXPECT_NE(read_text(f.err).find("--overlap 'yes': expected on or off"), std::string::npos) << read_text(f.err);
   fs::remove_all(f.dir);
 }
 

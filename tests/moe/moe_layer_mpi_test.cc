@@ -3,16 +3,21 @@
 // contiguous and scattered placements, uneven experts per device, pruning, ranks without
 // tokens; payloads that encode their source token; exact byte accounting; collective errors;
 // every wire format within its rounding; collectives per forward and backward; replicated
-// experts.
+// experts; the overlapped forward (against the reference in every wire format, and against the
+// blocking forward).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
 #include <algorithm>
 #include <cmath>
+#include <thread>
+#include <chrono>
+#include <map>
 #include <string>
 
 #include "occult/comm/mpi_communicator.h"
 #include "occult/core/error.h"
+#include "occult/moe/expert_compute.h"
 #include "occult/moe/moe_layer.h"
 #include "occult/moe/reference.h"
 #include "reference_deliveries.h"
@@ -322,6 +327,7 @@ struct ReplicaCase {
   const char* name;
   DispatchKind dispatch;
   bool prune;
+  bool overlap = false;
 };
 
 class MoeLayerReplicas : public ::testing::TestWithParam<ReplicaCase> {};
@@ -341,6 +347,7 @@ TEST_P(MoeLayerReplicas, MatchTheUnreplicatedReferenceAndTheRoutingTwin) {
   c.ffn_size = 5;
   c.norm_topk_prob = true;
   c.dispatch = rc.dispatch;
+  c.overlap = rc.overlap;
   if (rc.prune) c.prune.max_devices = std::min(D, 2);
   const std::vector<int> primary = make_placement(c.num_experts, D, true);
   const std::vector<std::vector<int>> held = replicated_placement(primary, D);
@@ -448,7 +455,9 @@ TEST_P(MoeLayerReplicas, MatchTheUnreplicatedReferenceAndTheRoutingTwin) {
 INSTANTIATE_TEST_SUITE_P(Cases, MoeLayerReplicas,
                          ::testing::Values(ReplicaCase{"occult", DispatchKind::kOccult, false},
                                            ReplicaCase{"standard", DispatchKind::kStandard, false},
-                                           ReplicaCase{"occult_pruned", DispatchKind::kOccult, true}),
+                                           ReplicaCase{"occult_pruned", DispatchKind::kOccult, true},
+                                           ReplicaCase{"occult_overlap", DispatchKind::kOccult, false, true},
+                                           ReplicaCase{"standard_overlap", DispatchKind::kStandard, false, true}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 // Expects `call` to throw occult::Error on this rank with `fragment` in the message.
@@ -482,31 +491,40 @@ TEST(MoeLayerErrors, BadInputFailsOnEveryRankWithOneMessage) {
     // Rank 0 alone gets another (valid) placement: the ranks would disagree on every plan.
     expect_collective_error([&] { MoeLayer layer(comm, c, make_placement(6, D, rank == 0)); },
                             "the ranks were given different layer configs or placements");
+    // Rank 0 alone overlaps: the count exchanges would differ in width.
+    MoeLayerConfig mixed = c;
+    mixed.overlap = rank == 0;
+    expect_collective_error([&] { MoeLayer layer(comm, mixed, make_placement(6, D, false)); },
+                            "the ranks were given different layer configs or placements");
   }
 
-  MoeLayer layer(comm, c, make_placement(6, D, false));
-  layer.init_random(3, 0.5f);
-  const std::int64_t n = 2;
-  std::vector<float> x = random_values(n * 3, 4), y(n * 3), dx(n * 3);
-  // Only the last rank passes a wrong shape; every rank must fail with its message.
-  const std::string prefix = D > 1 ? "rank " + std::to_string(D - 1) + ": " : "";
-  std::vector<float> bad_x(rank == D - 1 ? n * 3 + 1 : n * 3, 0.0f);
-  expect_collective_error([&] { layer.forward(bad_x, n, y); }, prefix + "MoE layer forward: hidden states hold");
-  // Ids out of range on the last rank only.
-  std::vector<std::int32_t> ids = {0, 1, 2, 3};
-  std::vector<float> w = {0.5f, 0.5f, 0.5f, 0.5f};
-  if (rank == D - 1) ids[3] = 6;
-  expect_collective_error([&] { layer.forward_with_routing(x, n, ids, w, y); }, "selects expert 6, outside [0, E=6)");
-  // The layer still works afterwards (no exchange was left half done).
-  layer.forward(x, n, y);
-  std::vector<float> bad_dy(rank == 0 ? 1 : n * 3, 0.0f);
-  expect_collective_error([&] { layer.backward(bad_dy, {}, dx); }, "output gradient holds");
-  std::vector<float> dy = random_values(n * 3, 5);
-  layer.backward(dy, {}, dx);
-  // Asking for a remote expert's weights names where it lives.
-  for (int e = 0; e < 6; ++e) {
-    if (!layer.is_local(e)) {
-      EXPECT_THROW(layer.gate_proj(e), Error);
+  for (bool overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "overlapped" : "blocking");
+    c.overlap = overlap;
+    MoeLayer layer(comm, c, make_placement(6, D, false));
+    layer.init_random(3, 0.5f);
+    const std::int64_t n = 2;
+    std::vector<float> x = random_values(n * 3, 4), y(n * 3), dx(n * 3);
+    // Only the last rank passes a wrong shape; every rank must fail with its message.
+    const std::string prefix = D > 1 ? "rank " + std::to_string(D - 1) + ": " : "";
+    std::vector<float> bad_x(rank == D - 1 ? n * 3 + 1 : n * 3, 0.0f);
+    expect_collective_error([&] { layer.forward(bad_x, n, y); }, prefix + "MoE layer forward: hidden states hold");
+    // Ids out of range on the last rank only.
+    std::vector<std::int32_t> ids = {0, 1, 2, 3};
+    std::vector<float> w = {0.5f, 0.5f, 0.5f, 0.5f};
+    if (rank == D - 1) ids[3] = 6;
+    expect_collective_error([&] { layer.forward_with_routing(x, n, ids, w, y); }, "selects expert 6, outside [0, E=6)");
+    // The layer still works afterwards (no exchange was left half done).
+    layer.forward(x, n, y);
+    std::vector<float> bad_dy(rank == 0 ? 1 : n * 3, 0.0f);
+    expect_collective_error([&] { layer.backward(bad_dy, {}, dx); }, "output gradient holds");
+    std::vector<float> dy = random_values(n * 3, 5);
+    layer.backward(dy, {}, dx);
+    // Asking for a remote expert's weights names where it lives.
+    for (int e = 0; e < 6; ++e) {
+      if (!layer.is_local(e)) {
+        EXPECT_THROW(layer.gate_proj(e), Error);
+      }
     }
   }
 }
@@ -529,6 +547,7 @@ struct WireCase {
   bool prune;
   double capacity_factor;
   WireFormat wire;
+  bool overlap = false;
 };
 
 class MoeLayerWire : public ::testing::TestWithParam<WireCase> {};
@@ -560,6 +579,7 @@ TEST_P(MoeLayerWire, MatchesTheReferenceWithinTheFormatsRounding) {
   c.dispatch = wc.dispatch;
   c.wire = wc.wire;
   c.capacity_factor = wc.capacity_factor;
+  c.overlap = wc.overlap;
   if (wc.prune) c.prune.max_devices = (D + 1) / 2;  // enough devices to hold k experts
   const std::vector<int> placement = make_placement(c.num_experts, D, true);
   const std::int64_t T = 14, H = c.hidden_size, k = c.top_k;
@@ -677,17 +697,20 @@ TEST_P(MoeLayerWire, MatchesTheReferenceWithinTheFormatsRounding) {
 
 std::vector<WireCase> wire_cases() {
   std::vector<WireCase> cases;
-  for (WireFormat w : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
-    cases.push_back({"standard", DispatchKind::kStandard, false, 0, w});
-    cases.push_back({"occult", DispatchKind::kOccult, false, 0, w});
-    cases.push_back({"occult_pruned", DispatchKind::kOccult, true, 0, w});
-    cases.push_back({"standard_capacity", DispatchKind::kStandard, false, 0.5, w});
+  for (bool overlap : {false, true}) {
+    for (WireFormat w : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
+      cases.push_back({"standard", DispatchKind::kStandard, false, 0, w, overlap});
+      cases.push_back({"occult", DispatchKind::kOccult, false, 0, w, overlap});
+      cases.push_back({"occult_pruned", DispatchKind::kOccult, true, 0, w, overlap});
+      cases.push_back({"standard_capacity", DispatchKind::kStandard, false, 0.5, w, overlap});
+    }
   }
   return cases;
 }
 
 INSTANTIATE_TEST_SUITE_P(Formats, MoeLayerWire, ::testing::ValuesIn(wire_cases()), [](const auto& info) {
-  return std::string(info.param.name) + "_" + std::string(wire_format_name(info.param.wire));
+  return std::string(info.param.name) + "_" + std::string(wire_format_name(info.param.wire)) +
+         (info.param.overlap ? "_overlap" : "");
 });
 
 // Rows are cast once at home and arrive as exactly fl(x): column 0 carries the global token id
@@ -753,26 +776,29 @@ TEST(MoeLayerWireBytes, HandCountedTinyCase) {
                           Expect{WireFormat::kF32, DispatchKind::kOccult, 24},
                           Expect{WireFormat::kBF16, DispatchKind::kStandard, 24},
                           Expect{WireFormat::kF32, DispatchKind::kStandard, 48}}) {
-    SelfCommunicator self;
-    MoeLayerConfig c;
-    c.num_experts = 2;
-    c.top_k = 2;
-    c.hidden_size = 3;
-    c.ffn_size = 2;
-    c.dispatch = e.dispatch;
-    c.wire = e.wire;
-    MoeLayer layer(self, c, {0, 0});
-    layer.init_random(1, 0.5f);
-    const std::vector<float> x = random_values(6, 2), dy = random_values(6, 3);
-    std::vector<float> y(6), dx(6);
-    self.bytes().reset();
-    layer.forward_with_routing(x, 2, std::vector<std::int32_t>{0, 1, 1, 0}, std::vector<float>{0.5f, 0.5f, 0.5f, 0.5f},
-                               y);
-    layer.backward(dy, {}, dx);
-    for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
-      EXPECT_EQ(self.bytes().get(name).total_bytes(), e.row_bytes) << name << " " << wire_format_name(e.wire);
+    for (bool overlap : {false, true}) {
+      SelfCommunicator self;
+      MoeLayerConfig c;
+      c.num_experts = 2;
+      c.top_k = 2;
+      c.hidden_size = 3;
+      c.ffn_size = 2;
+      c.dispatch = e.dispatch;
+      c.wire = e.wire;
+      c.overlap = overlap;
+      MoeLayer layer(self, c, {0, 0});
+      layer.init_random(1, 0.5f);
+      const std::vector<float> x = random_values(6, 2), dy = random_values(6, 3);
+      std::vector<float> y(6), dx(6);
+      self.bytes().reset();
+      layer.forward_with_routing(x, 2, std::vector<std::int32_t>{0, 1, 1, 0}, std::vector<float>{0.5f, 0.5f, 0.5f, 0.5f},
+                                 y);
+      layer.backward(dy, {}, dx);
+      for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
+        EXPECT_EQ(self.bytes().get(name).total_bytes(), e.row_bytes) << name << " " << wire_format_name(e.wire);
+      }
+      EXPECT_EQ(self.bytes().get(kExchangeMetadata).total_bytes(), 68);
     }
-    EXPECT_EQ(self.bytes().get(kExchangeMetadata).total_bytes(), 68);
   }
 }
 
@@ -797,6 +823,133 @@ TEST(MoeLayerCollectives, ThreeForwardTwoBackward) {
   EXPECT_EQ(comm.collective_calls() - before, 3);
   layer.backward(dy, {}, dx);
   EXPECT_EQ(comm.collective_calls() - before, 5);
+  // Overlapped: the same count exchange, and the dispatch and combine started non-blocking.
+  c.overlap = true;
+  MoeLayer overlapped(comm, c, make_placement(8, D, false));
+  overlapped.init_random(4, 0.5f);
+  const std::int64_t start = comm.collective_calls();
+  overlapped.forward(x, n, y);
+  EXPECT_EQ(comm.collective_calls() - start, 3);
+}
+
+// ---- Overlapped forward ----------------------------------------------------------------------
+
+// The overlapped forward against the blocking one, for standard, occult, pruned and
+// capacity-limited dispatch in every wire format: the receive plan, the received rows, the
+// bytes of every exchange and the collectives are exactly the blocking forward's; outputs and
+// the gradients of the backward that follows agree to F32 rounding; and the overlapped results
+// do not depend on the order in which blocks land (a rank that starts late changes the order;
+// the results stay bit for bit the same). Experts serve more than a GEMM tile (256 rows) from
+// several sources; ranks hold different numbers of tokens and experts (E = 5), and the last
+// rank has none, so it sends nothing.
+//
+// Why not bit for bit with the blocking path, and why 1e-6: the two paths evaluate the same F32
+// expression, with every sum in the same order, except that the overlapped path runs each
+// source's rows of an expert as GEMM calls of their own (tiles per source) where the blocking
+// path tiles the expert's rows of all sources together, and a GEMM's result for one row can
+// change in its last bits with the call's shape. Each GEMM output is a dot product of
+// n <= max(H, F) = 8 terms; two summation orders of one differ by at most 2 gamma_n of the sum
+// of the terms' magnitudes (gamma_n = n u / (1 - n u), u = 2^-24; Higham, "Accuracy and
+// Stability of Numerical Algorithms", 3.1), 2 gamma_8 = 9.5e-7. A chain of three GEMMs and a
+// weighted sum over k = 2 experts keeps the norm-wise difference a small multiple of that for
+// these well-conditioned random inputs; 1e-6 of the norm (the suite checks F32 against the
+// double reference at 1e-5) passes with room, and a row summed into the wrong token or a
+// missed block breaks it by orders of magnitude.
+TEST(MoeLayerOverlap, MatchesTheBlockingForwardAndIgnoresArrivalOrder) {
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  struct Case {
+    const char* name;
+    DispatchKind dispatch;
+    int prune_devices;
+    double capacity_factor;
+  };
+  for (const Case& cs : {Case{"standard", DispatchKind::kStandard, 0, 0}, Case{"occult", DispatchKind::kOccult, 0, 0},
+                         Case{"occult_pruned", DispatchKind::kOccult, (D + 1) / 2, 0},
+                         Case{"standard_capacity", DispatchKind::kStandard, 0, 0.6}}) {
+    for (WireFormat wire : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
+      SCOPED_TRACE(std::string(cs.name) + " " + std::string(wire_format_name(wire)));
+      MoeLayerConfig c;
+      c.num_experts = 5;
+      c.top_k = 2;
+      c.hidden_size = 8;
+      c.ffn_size = 4;
+      c.dispatch = cs.dispatch;
+      c.capacity_factor = cs.capacity_factor;
+      c.prune.max_devices = cs.prune_devices;
+      c.wire = wire;
+      const std::vector<int> placement = make_placement(5, D, true);
+      // Over 256 rows per expert even under the capacity limit; the last rank has no tokens.
+      const std::int64_t n = D > 1 && rank == D - 1 ? 0 : 1100 + 97 * rank;
+      const std::vector<float> x = random_values(n * 8, 90 + rank), dy = random_values(n * 8, 95 + rank);
+      const std::vector<float> dprobs = random_values(n * 5, 99 + rank, 0.1f);
+      struct Run {
+        std::vector<float> y, dx, grads;
+        ReceivePlan receive;
+        std::vector<float> received;
+        std::map<std::string, ExchangeBytes> bytes;
+        std::int64_t forward_collectives = 0;
+      };
+      auto run = [&](bool overlap, int late_rank) {
+        MoeLayerConfig lc = c;
+        lc.overlap = overlap;
+        MoeLayer layer(comm, lc, placement);
+        layer.init_random(91, 0.5f);
+        Run out;
+        out.y.resize(n * 8);
+        out.dx.resize(n * 8);
+        comm.bytes().reset();
+        layer.zero_grad();
+        comm.barrier();
+        // The late rank's blocks land last everywhere else.
+        if (rank == late_rank) std::this_thread::sleep_for(std::chrono::milliseconds(30));
+        const std::int64_t calls = comm.collective_calls();
+        layer.forward(x, n, out.y);
+        out.forward_collectives = comm.collective_calls() - calls;
+        out.receive = layer.receive_plan();
+        out.received.assign(layer.received_hidden_states().begin(), layer.received_hidden_states().end());
+        layer.backward(dy, dprobs, out.dx);
+        out.bytes = comm.bytes().all();
+        for (const MoeParameter& p : layer.parameters()) out.grads.insert(out.grads.end(), p.grad.begin(), p.grad.end());
+        return out;
+      };
+      const Run blocking = run(false, -1), overlapped = run(true, 0), late = run(true, D - 1);
+      EXPECT_LT(relative_error(overlapped.y, blocking.y), 1e-6) << "output";
+      EXPECT_LT(relative_error(overlapped.dx, blocking.dx), 1e-6) << "grad_input";
+      EXPECT_LT(relative_error(overlapped.grads, blocking.grads), 1e-6) << "expert grads";
+      EXPECT_EQ(late.y, overlapped.y);
+      EXPECT_EQ(late.dx, overlapped.dx);
+      EXPECT_EQ(late.grads, overlapped.grads);
+      EXPECT_EQ(overlapped.forward_collectives, blocking.forward_collectives);
+      EXPECT_EQ(overlapped.received, blocking.received);
+      EXPECT_EQ(overlapped.receive.recv_row_counts, blocking.receive.recv_row_counts);
+      EXPECT_EQ(overlapped.receive.recv_row_offsets, blocking.receive.recv_row_offsets);
+      EXPECT_EQ(overlapped.receive.recv_assignment_counts, blocking.receive.recv_assignment_counts);
+      EXPECT_EQ(overlapped.receive.recv_assignment_offsets, blocking.receive.recv_assignment_offsets);
+      EXPECT_EQ(overlapped.receive.expert_offsets, blocking.receive.expert_offsets);
+      EXPECT_EQ(overlapped.receive.sorted_row, blocking.receive.sorted_row);
+      EXPECT_EQ(overlapped.receive.sorted_weight, blocking.receive.sorted_weight);
+      EXPECT_EQ(overlapped.receive.sorted_to_arrival, blocking.receive.sorted_to_arrival);
+      ASSERT_EQ(overlapped.bytes.size(), blocking.bytes.size());
+      for (const auto& [name, b] : blocking.bytes) {
+        EXPECT_EQ(overlapped.bytes.at(name).local_bytes, b.local_bytes) << name;
+        EXPECT_EQ(overlapped.bytes.at(name).remote_bytes, b.remote_bytes) << name;
+        EXPECT_EQ(overlapped.bytes.at(name).calls, b.calls) << name;
+      }
+      // The case is what it claims: some expert serves more than a tile (so the paths split the
+      // tiles differently), and some pair of ranks exchanges no rows.
+      std::vector<std::int64_t> facts = {0, 0};
+      for (std::size_t e = 0; e + 1 < blocking.receive.expert_offsets.size(); ++e) {
+        facts[0] = std::max(facts[0], blocking.receive.expert_offsets[e + 1] - blocking.receive.expert_offsets[e]);
+      }
+      for (std::int64_t rows : blocking.receive.recv_row_counts) facts[1] += rows == 0;
+      comm.all_reduce_max(facts);
+      EXPECT_GT(facts[0], kExpertTileRows);
+      if (D > 1) {
+        EXPECT_GT(facts[1], 0);
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -111,6 +111,40 @@ class Communicator {
                                   std::span<const std::int64_t> recv_counts,
                                   std::span<const std::int64_t> recv_offsets);
 
+  // ---- Non-blocking exchanges -------------------------------------------------------------
+  // The same exchange as all_to_all_v_with_metadata, split so that a caller can work on each
+  // source's block as it lands and send each destination's block when it is ready (the MoE
+  // layer's overlapped forward). Only peers with non-zero counts are messaged; a zero-count
+  // source has landed at once. Bytes are recorded at the start, exactly as the blocking call
+  // records them (same exchange name, same bytes, one call). Every rank starts its exchanges
+  // in the same order (they are collective); up to kMaxPendingExchanges may be in flight.
+  // Waits run under the communicator's watchdog like a blocking collective.
+
+  // Collective: starts the exchange and returns its handle. The arguments are those of
+  // all_to_all_v_with_metadata (metadata_bytes may be empty: nothing is metadata). With
+  // `defer_sends`, no block is sent until exchange_send names its destination; otherwise
+  // every block is sent now. send, recv and `exchange` must stay valid, and send unchanged
+  // where a send is pending, until exchange_finish; a source's recv block may be read once
+  // it was reported landed.
+  virtual int start_exchange(const std::string& exchange, std::span<const std::byte> send,
+                             std::span<const std::int64_t> send_counts,
+                             std::span<const std::int64_t> send_offsets,
+                             std::span<const std::int64_t> metadata_bytes, std::span<std::byte> recv,
+                             std::span<const std::int64_t> recv_counts,
+                             std::span<const std::int64_t> recv_offsets, bool defer_sends);
+  // Sends the block for `peer` of an exchange started with defer_sends (once per peer).
+  virtual void exchange_send(int handle, int peer);
+  // Does not block: appends to `landed` each source whose block has landed since the last
+  // report (ascending within one call); returns true when every source has been reported.
+  virtual bool exchange_test(int handle, std::vector<int>& landed);
+  // Blocks (watched) until at least one more source has landed and appends what exchange_test
+  // would; returns at once when every source has already been reported.
+  virtual void exchange_wait_some(int handle, std::vector<int>& landed);
+  // Blocks (watched) until every send and receive of the exchange completed, then releases
+  // the handle; every deferred send must have been made (throws otherwise).
+  virtual void exchange_finish(int handle);
+  static constexpr int kMaxPendingExchanges = 4;
+
   // This rank's byte counters (only all_to_all_v records bytes).
   ByteCounter& bytes() { return bytes_; }
   const ByteCounter& bytes() const { return bytes_; }
@@ -124,6 +158,11 @@ class Communicator {
   const char* activity() const { return activity_; }
 
  protected:
+  // Records the bytes of one exchange as all_to_all_v_with_metadata does: send_counts less
+  // the metadata under `exchange` (one call), the metadata under kExchangeMetadata.
+  void count_exchange_bytes(const std::string& exchange, std::span<const std::int64_t> send_counts,
+                            std::span<const std::int64_t> metadata_bytes);
+
   ByteCounter bytes_;
   std::int64_t collective_calls_ = 0;
   char activity_[96] = {};
@@ -149,6 +188,26 @@ class SelfCommunicator final : public Communicator {
   void all_reduce_max(std::span<std::int64_t>) override { ++collective_calls_; }
   void broadcast(std::span<std::byte>, int root) override;
   void barrier() override { ++collective_calls_; }
+  int start_exchange(const std::string& exchange, std::span<const std::byte> send,
+                     std::span<const std::int64_t> send_counts, std::span<const std::int64_t> send_offsets,
+                     std::span<const std::int64_t> metadata_bytes, std::span<std::byte> recv,
+                     std::span<const std::int64_t> recv_counts, std::span<const std::int64_t> recv_offsets,
+                     bool defer_sends) override;
+  void exchange_send(int handle, int peer) override;
+  bool exchange_test(int handle, std::vector<int>& landed) override;
+  void exchange_wait_some(int handle, std::vector<int>& landed) override;
+  void exchange_finish(int handle) override;
+
+ private:
+  // One pending self-exchange: the block is copied when its send is made.
+  struct Pending {
+    bool in_use = false, sent = false, reported = false;
+    const std::byte* send = nullptr;
+    std::byte* recv = nullptr;
+    std::int64_t bytes = 0, send_offset = 0, recv_offset = 0;
+  };
+  Pending& pending(int handle, const char* what);
+  Pending pending_[kMaxPendingExchanges];
 };
 
 // Collective: typed all-to-all of rows `row_width` elements wide. send_rows[d] rows (packed

@@ -57,6 +57,8 @@ struct ParallelOptions {
   std::vector<std::vector<float>> similarity;
   // Format of the MoE hidden-state exchanges (sums stay F32; see occult/comm/wire_format.h).
   WireFormat wire = WireFormat::kF32;
+  // Overlaps each MoE layer's forward exchanges with its expert compute (MoeLayerConfig::overlap).
+  bool overlap = false;
   // False for inference (generate, eval, profile, logits): no gradient buffers are allocated,
   // which halves the model's memory; backward() then throws.
   bool training = true;

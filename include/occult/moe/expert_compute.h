@@ -62,6 +62,29 @@ void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& weights, s
                     std::span<float> out, std::span<float> act_gate, std::span<float> act_up,
                     ExpertScratch& scratch);
 
+// A hook that expert_forward_ranges calls after each GEMM (e.g. to let pending messages
+// progress when a rank has one core); does nothing when `call` is null. Does not allocate.
+struct ExpertProgress {
+  void (*call)(void* context) = nullptr;
+  void* context = nullptr;
+  void operator()() const {
+    if (call != nullptr) call(context);
+  }
+};
+
+// As expert_forward, for the assignments [begin[e], end[e]) of each local expert e only (a
+// sub-range of e's range in the plan's expert-sorted order; begin and end hold one entry per
+// local expert): writes those assignments' activations and ADDS their weighted results into
+// `out` (the caller zeroes the rows first). Only those assignments' sorted_row and
+// sorted_weight are read. Each row's results are added in ascending expert order. Tiles start
+// at begin[e], so splitting a plan into ranges changes which rows share a GEMM call, and a
+// GEMM's last bits can depend on that: results agree with one call over the whole plan to F32
+// rounding, not bit for bit. Calls `progress` after every GEMM.
+void expert_forward_ranges(const ReceivePlan& plan, const ExpertWeightsView& weights,
+                           std::span<const std::int64_t> begin, std::span<const std::int64_t> end,
+                           std::span<const float> x_recv, std::span<float> out, std::span<float> act_gate,
+                           std::span<float> act_up, ExpertScratch& scratch, ExpertProgress progress = {});
+
 // Backward (F32 weights and F32 compute only; throws under BF16 compute). dy_recv [R, H] is the gradient of out; writes dx_recv [R, H] (overwritten) and
 // d_weight [A] (gradient of each assignment's gate weight, expert-sorted order), and
 // accumulates the expert weight gradients.

@@ -76,6 +76,14 @@ struct MoeLayerConfig {
   // Format of the hidden-state rows of all four exchanges (dispatch, combine, and both
   // backward); routing metadata and gate gradients always travel in F32, sums run in F32.
   WireFormat wire = WireFormat::kF32;
+  // Overlaps the forward's communication with its expert compute: each source rank's rows
+  // are computed as they land (this rank's own first), each source's stage-1 rows are sent
+  // home as soon as they are done, and home sums them in the blocking order. The bytes, the
+  // collectives and the receive plan are the blocking forward's; the output agrees with it to
+  // F32 rounding (each source's rows run as GEMM calls of their own) and does not depend on
+  // the order in which blocks land. False runs dispatch, experts and combine one after
+  // another. The backward is the same either way. Must be the same on every rank.
+  bool overlap = false;
   // False for inference: no gradient buffers are allocated (half the expert memory) and
   // backward() throws.
   bool with_grads = true;
@@ -111,7 +119,9 @@ struct MoeParameter {
 };
 
 // Wall time (seconds) of the last forward/backward, split so that benchmarks can tell
-// communication from compute on one rank.
+// communication from compute on one rank. With overlap, forward_dispatch is the packing and the
+// start of both exchanges, forward_experts the compute and the waits for blocks to land, and
+// forward_combine the wait for the last stage-1 rows to come home.
 struct MoeLayerTimings {
   double forward_router = 0, forward_dispatch = 0, forward_experts = 0, forward_combine = 0;
   double backward_dispatch = 0, backward_experts = 0, backward_combine = 0, backward_router = 0;
@@ -228,6 +238,12 @@ class MoeLayer {
   // Plans and runs the exchanges of a forward whose local steps ended with `error` (nullopt
   // when they succeeded); throws on every rank when any rank failed.
   void run_forward(std::span<const float> x, std::span<float> y, std::optional<std::string> error);
+  // The overlapped dispatch, experts and combine of run_forward (config_.overlap), after the
+  // count exchange succeeded on every rank; the send messages are packed in b.send.
+  void overlapped_exchange_and_experts(std::span<float> y);
+  // Processes source s's dispatch block of the overlapped forward: fills its part of the
+  // receive plan, computes its experts and sends its stage-1 rows home.
+  void compute_source_block(int s, int combine);
   // When any rank failed: forgets the plans and throws, on every rank, the lowest failing
   // rank's message (collective; `error` is this rank's own, if any).
   void fail_on_every_rank(bool any_failed, const std::optional<std::string>& error);
@@ -253,6 +269,7 @@ class MoeLayer {
   ExpertHolders holders_;                    // which devices hold each expert
   std::vector<int> local_index_by_device_;   // [D, E] each device's index of e, -1 if absent (replicas)
   std::vector<int> replicated_experts_;      // ids with more than one holder, ascending
+  int max_held_experts_ = 0;                 // most experts any device holds
   std::vector<int> slot_device_, homes_;     // [T, k] holder serving each slot, [T] this rank
   std::vector<float> replica_grads_, replica_before_;  // [R, 3, F*H] gradient sums of replicas
   std::vector<std::byte> replica_send_, replica_recv_;  // holders' gradient deltas on the wire

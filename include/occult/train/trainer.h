@@ -30,6 +30,7 @@ struct TrainOptions {
   int prune_devices = 0;                // 0 = no pruning
   std::string prune_scheme = "score";
   WireFormat wire = WireFormat::kF32;   // MoE exchange payloads (--wire)
+  bool overlap = false;                 // MoE forward exchanges overlapped with experts (--overlap)
   int steps = 100;                      // last step of the schedule
   int stop_at = 0;                      // stop after this step (0 = steps); the schedule is unchanged
   std::optional<std::int64_t> batch;    // global sequences per step (default 8)
