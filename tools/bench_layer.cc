@@ -205,7 +205,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     }
     for (int m : a.prune_devices) OCCULT_CHECK(m >= 1 && m <= D, "--prune-devices {}: expected in [1, D={}]", m, D);
     parse_prune_scheme_flag(a.prune_scheme);
-    OCCULT_CHECK(!split_commas(a.wire).empty(), "--wire '{}': expected f32, bf16 or f16 (comma-separated)", a.wire);
+    OCCULT_CHECK(!split_commas(a.wire).empty(), "--wire '{}': expected f32, bf16, f16 or fp8 (comma-separated)", a.wire);
     for (const std::string& w : split_commas(a.wire)) wires.push_back(parse_wire_format(w, "--wire"));
     OCCULT_CHECK(!split_commas(a.overlap).empty(), "--overlap '{}': expected on, off or off,on", a.overlap);
     for (const std::string& o : split_commas(a.overlap)) overlaps.push_back(parse_overlap_flag(o));
@@ -490,7 +490,7 @@ void setup(CLI::App& root) {
   cmd->add_option("--prune-devices", args->prune_devices, "add a pruned occult variant per M (repeatable)");
   cmd->add_option("--prune-scheme", args->prune_scheme, "score, similarity or device-limited")->capture_default_str();
   cmd->add_option("--seed", args->seed, "weights and inputs seed")->capture_default_str();
-  cmd->add_option("--wire", args->wire, "wire formats to compare, comma-separated: f32, bf16, f16")
+  cmd->add_option("--wire", args->wire, "wire formats to compare, comma-separated: f32, bf16, f16, fp8")
       ->capture_default_str();
   cmd->add_option("--overlap", args->overlap,
                   "overlap the forward's exchanges with expert compute: on, off, or off,on to compare")

@@ -86,7 +86,7 @@ inline WeightDType resolve_weight_dtype(const ModelFlags& f) {
 // Adds --wire (the format of the MoE exchanges' hidden-state rows) and --overlap (whether the
 // MoE forward overlaps its exchanges with expert compute).
 inline void add_wire_flag(CLI::App* cmd, ModelFlags& f) {
-  cmd->add_option("--wire", f.wire, "MoE exchange payloads: f32 | bf16 | f16 (sums stay F32)")
+  cmd->add_option("--wire", f.wire, "MoE exchange payloads: f32 | bf16 | f16 | fp8 (fp8: E4M3 forward dispatch, BF16 elsewhere; sums stay F32)")
       ->capture_default_str();
   cmd->add_option("--overlap", f.overlap, "overlap the MoE forward's exchanges with expert compute: on | off")
       ->capture_default_str();

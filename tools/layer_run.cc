@@ -196,7 +196,7 @@ void setup(CLI::App& root) {
   cmd->add_option("--input", args->input, "safetensors with hidden_states F32 [T,H]")->required();
   cmd->add_option("--dispatch", args->dispatch, "standard (one row per token-expert) or occult (per token-device)")
       ->required();
-  cmd->add_option("--wire", args->wire, "hidden-state payloads of the exchanges: f32, bf16 or f16 (sums stay F32)")
+  cmd->add_option("--wire", args->wire, "hidden-state payloads of the exchanges: f32, bf16, f16 or fp8 (E4M3 forward dispatch, BF16 elsewhere; sums stay F32)")
       ->capture_default_str();
   cmd->add_option("--overlap", args->overlap, "overlap the forward's exchanges with expert compute: on or off")
       ->capture_default_str();

@@ -780,9 +780,12 @@ RoutingStats MoeTransformer::routing_stats() {
     auto it = totals.find(name);
     if (it != totals.end()) r.dispatch_bytes += it->second.total_bytes();
   }
-  const int exchanges = m.backward_done ? 4 : 2;
-  r.standard_bytes = m.loss.tokens * K * static_cast<std::int64_t>(config_.hidden_size) *
-                     wire_bytes_per_value(options_.wire) * Lm * exchanges;
+  // One row per (token, expert) on each exchange: the forward dispatch in its own format (fp8),
+  // combine and the backward pair in the other.
+  const std::int64_t H = config_.hidden_size;
+  const std::int64_t row_bytes = wire_row_bytes(exchange_wire(options_.wire, true), H) +
+                                 (m.backward_done ? 3 : 1) * wire_row_bytes(exchange_wire(options_.wire, false), H);
+  r.standard_bytes = m.loss.tokens * K * row_bytes * Lm;
   return r;
 }
 

@@ -128,7 +128,7 @@ std::span<const std::byte> wire_rows(WireFormat wire, std::span<const float> row
 // r in [first, last); `rows` holds those rows back to back.
 void add_rows_home(WireFormat wire, const DispatchPlan& plan, std::int64_t first, std::int64_t last,
                    const std::byte* rows, int H, std::span<float> out) {
-  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
+  const std::int64_t row_bytes = wire_row_bytes(wire, H);
   for (std::int64_t r = first; r < last; ++r) {
     decode_wire_add(wire, rows + (r - first) * row_bytes,
                     out.subspan(static_cast<std::int64_t>(plan.row_token[r]) * H, H));
@@ -512,8 +512,9 @@ void MoeLayer::fail_on_every_rank(bool any_failed, const std::optional<std::stri
 
 void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::optional<std::string> error) {
   const int H = config_.hidden_size, D = comm_.size();
-  const WireFormat wire = config_.wire;
-  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
+  // The dispatch may travel in another format than the combine (fp8: E4M3 rows, BF16 combine).
+  const WireFormat dispatch_wire = exchange_wire(config_.wire, true), wire = exchange_wire(config_.wire, false);
+  const std::int64_t row_bytes = wire_row_bytes(wire, H), dispatch_row_bytes = wire_row_bytes(dispatch_wire, H);
   constexpr std::int64_t kAssignmentBytes = sizeof(Assignment);
   MoeLayerBuffers& b = *buffers_;
   double t0 = now_seconds();
@@ -571,19 +572,20 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   // Dispatch: to each destination its assignments (metadata, F32 weights) and then its rows,
   // in one message. Rows are cast to the wire format once per token, not once per copy.
   const std::byte* token_rows = reinterpret_cast<const std::byte*>(x.data());
-  if (wire != WireFormat::kF32) {
-    b.wire_tokens.resize(static_cast<std::size_t>(num_tokens_ * row_bytes));
-    encode_wire(wire, x, b.wire_tokens.data());
+  if (dispatch_wire != WireFormat::kF32) {
+    b.wire_tokens.resize(static_cast<std::size_t>(num_tokens_ * dispatch_row_bytes));
+    encode_wire_rows(dispatch_wire, x, H, b.wire_tokens.data());
     token_rows = b.wire_tokens.data();
   }
-  b.lay_out(kAssignmentBytes, row_bytes, plan_.send_assignment_counts, plan_.send_row_counts, b.recv_assignments,
-            b.recv_rows);
+  b.lay_out(kAssignmentBytes, dispatch_row_bytes, plan_.send_assignment_counts, plan_.send_row_counts,
+            b.recv_assignments, b.recv_rows);
   for (int d = 0; d < D; ++d) {
     std::byte* out = b.send.data() + b.send_offsets[d];
     copy_bytes(out, plan_.assignments.data() + plan_.send_assignment_offsets[d], b.send_metadata[d]);
     out += b.send_metadata[d];
-    for (std::int64_t r = plan_.send_row_offsets[d]; r < plan_.send_row_offsets[d + 1]; ++r, out += row_bytes) {
-      copy_bytes(out, token_rows + plan_.row_token[r] * row_bytes, row_bytes);
+    for (std::int64_t r = plan_.send_row_offsets[d]; r < plan_.send_row_offsets[d + 1];
+         ++r, out += dispatch_row_bytes) {
+      copy_bytes(out, token_rows + plan_.row_token[r] * dispatch_row_bytes, dispatch_row_bytes);
     }
   }
   if (config_.overlap) {
@@ -604,7 +606,7 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
     const std::byte* in = b.recv.data() + b.recv_offsets[s];
     copy_bytes(b.received.data() + a, in, b.recv_assignments[s] * kAssignmentBytes);
     in += b.recv_assignments[s] * kAssignmentBytes;
-    decode_wire(wire, in, std::span<float>(x_recv_).subspan(row * H, b.recv_rows[s] * H));
+    decode_wire_rows(dispatch_wire, in, H, std::span<float>(x_recv_).subspan(row * H, b.recv_rows[s] * H));
     a += b.recv_assignments[s];
     row += b.recv_rows[s];
   }
@@ -655,8 +657,8 @@ void MoeLayer::overlapped_exchange_and_experts(std::span<float> y) {
   const int H = config_.hidden_size, D = comm_.size(), me = comm_.rank();
   const int L = static_cast<int>(local_experts_.size());
   const std::size_t width = 3 + static_cast<std::size_t>(max_held_experts_);
-  const WireFormat wire = config_.wire;
-  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
+  const WireFormat wire = exchange_wire(config_.wire, false);  // the combine's format
+  const std::int64_t row_bytes = wire_row_bytes(wire, H);
   MoeLayerBuffers& b = *buffers_;
   const double t0 = now_seconds();
 
@@ -772,8 +774,8 @@ void MoeLayer::overlapped_exchange_and_experts(std::span<float> y) {
 
 void MoeLayer::compute_source_block(int s, int combine) {
   const int H = config_.hidden_size, L = static_cast<int>(local_experts_.size());
-  const WireFormat wire = config_.wire;
-  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
+  const WireFormat dispatch_wire = exchange_wire(config_.wire, true), wire = exchange_wire(config_.wire, false);
+  const std::int64_t row_bytes = wire_row_bytes(wire, H);
   constexpr std::int64_t kAssignmentBytes = sizeof(Assignment);
   MoeLayerBuffers& b = *buffers_;
   ReceivePlan& rp = receive_;
@@ -781,7 +783,7 @@ void MoeLayer::compute_source_block(int s, int combine) {
   const std::int64_t r0 = rp.recv_row_offsets[s], nr = rp.recv_row_counts[s];
   const std::byte* in = b.recv.data() + b.recv_offsets[s];
   copy_bytes(b.received.data() + a0, in, na * kAssignmentBytes);
-  decode_wire(wire, in + na * kAssignmentBytes, std::span<float>(x_recv_).subspan(r0 * H, nr * H));
+  decode_wire_rows(dispatch_wire, in + na * kAssignmentBytes, H, std::span<float>(x_recv_).subspan(r0 * H, nr * H));
   // This source's entries of the receive plan, as build_receive_plan_into places them.
   const std::span<const std::int64_t> begin =
       std::span<const std::int64_t>(b.block_begin).subspan(static_cast<std::size_t>(s) * L, L);
@@ -904,8 +906,8 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
   const GemmOptionsScope gemm_scope(config_.gemm);
   const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k, D = comm_.size();
   const std::int64_t T = num_tokens_;
-  const WireFormat wire = config_.wire;
-  const std::int64_t row_bytes = H * wire_bytes_per_value(wire);
+  const WireFormat wire = exchange_wire(config_.wire, false);  // fp8 is the forward dispatch's only
+  const std::int64_t row_bytes = wire_row_bytes(wire, H);
   const bool have_plan = plan_.num_devices == D && receive_.num_devices == D;
   std::optional<std::string> error = local_error([&] {
     OCCULT_CHECK(config_.with_grads, "MoE layer backward: the layer was built for inference (no gradients)");

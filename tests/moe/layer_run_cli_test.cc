@@ -201,7 +201,8 @@ TEST(LayerRunCli, BadDispatchAndShapeMismatchFail) {
 
 // --wire bf16 end to end: the file says which format ran, the hidden-state bytes are exactly 2
 // per value, and the output stays near the F32 reference (the rounding bound itself is checked
-// in moe_layer_mpi_test); a bad value names the flag.
+// in moe_layer_mpi_test); the same for fp8 (1 byte per value and a 4-byte scale per dispatched
+// row); a bad value names the flag.
 TEST(LayerRunCli, Bf16WireHalvesTheBytes) {
   Files f = write_inputs("wire_bf16");
   const std::string args = "--weights " + f.weights + " --input " + f.input + " --dispatch standard --wire bf16" +
@@ -223,9 +224,25 @@ TEST(LayerRunCli, Bf16WireHalvesTheBytes) {
   const double err = relative_error(out.read_f32("output"), y);
   EXPECT_LT(err, 0.02);
   EXPECT_GT(err, 1e-6);  // it did round
-  EXPECT_EQ(run(2, "--weights " + f.weights + " --input " + f.input + " --dispatch occult --wire fp8 --out " + f.out, f),
+  // fp8: the forward dispatch in E4M3 with a 4-byte scale per row, everything else BF16.
+  ASSERT_EQ(run(3, "--weights " + f.weights + " --input " + f.input + " --dispatch standard --wire fp8" +
+                       " --grad-output " + f.grad + " --out " + f.out, f),
+            0)
+      << read_text(f.err);
+  {
+    SafetensorsReader fp8 = SafetensorsReader::open(f.out);
+    EXPECT_EQ(fp8.metadata().at("wire"), "fp8");
+    EXPECT_EQ(std::stoll(fp8.metadata().at("bytes.dispatch")), kT * kK * (kH + 4));
+    EXPECT_EQ(std::stoll(fp8.metadata().at("bytes.combine")), kT * kK * kH * 2);
+    EXPECT_EQ(std::stoll(fp8.metadata().at("bytes.backward_dispatch")), kT * kK * kH * 2);
+    const double fp8_err = relative_error(fp8.read_f32("output"), y);
+    EXPECT_LT(fp8_err, 0.1);
+    EXPECT_GT(fp8_err, err);  // a coarser rounding than BF16's
+  }
+  EXPECT_EQ(run(2, "--weights " + f.weights + " --input " + f.input + " --dispatch occult --wire fp4 --out " + f.out, f),
             1);
-  EXPECT_NE(read_text(f.err).find("--wire 'fp8': expected f32, bf16 or f16"), std::string::npos) << read_text(f.err);
+  EXPECT_NE(read_text(f.err).find("--wire 'fp4': expected f32, bf16, f16 or fp8"), std::string::npos)
+      << read_text(f.err);
   EXPECT_EQ(run(2, "--weights " + f.weights + " --input " + f.input + " --dispatch occult --overlap yes --out " + f.out,
                 f),
             1);

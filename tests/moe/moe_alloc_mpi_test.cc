@@ -39,7 +39,7 @@ TEST(MoeLayerSteadyState, SecondIdenticalStepAllocatesNothing) {
   const int D = comm.size(), rank = comm.rank();
   for (bool overlap : {false, true}) {
     for (DispatchKind dispatch : {DispatchKind::kStandard, DispatchKind::kOccult}) {
-      for (WireFormat wire : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
+      for (WireFormat wire : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16, WireFormat::kFP8}) {
         MoeLayerConfig c;
         c.num_experts = 8;
         c.top_k = 3;

@@ -533,11 +533,12 @@ TEST(MoeLayerErrors, BadInputFailsOnEveryRankWithOneMessage) {
 // ---- Wire formats ----------------------------------------------------------------------------
 
 // x rounded to `wire` and widened back: what the expert's device receives for x.
-std::vector<float> through_wire(WireFormat wire, const std::vector<float>& x) {
-  std::vector<std::byte> bytes(x.size() * wire_bytes_per_value(wire));
-  encode_wire(wire, x, bytes.data());
+// x [rows, width] as the exchange delivers it: each row encoded in `wire` and widened back.
+std::vector<float> through_wire(WireFormat wire, const std::vector<float>& x, std::int64_t width) {
+  std::vector<std::byte> bytes(static_cast<std::size_t>(x.size() / width * wire_row_bytes(wire, width)));
+  encode_wire_rows(wire, x, width, bytes.data());
   std::vector<float> back(x.size());
-  decode_wire(wire, bytes.data(), back);
+  decode_wire_rows(wire, bytes.data(), width, back);
   return back;
 }
 
@@ -615,7 +616,9 @@ TEST_P(MoeLayerWire, MatchesTheReferenceWithinTheFormatsRounding) {
                              rows(routed.topk_weights, lo, n, k), y);
   layer.backward(rows(dy, lo, n, H), {}, dx);
 
-  const std::vector<float> xw = through_wire(c.wire, x), dyw = through_wire(c.wire, dy);
+  // fp8 rounds the forward dispatch in E4M3 (per-row scale) and everything else in BF16.
+  const WireFormat dispatch_wire = exchange_wire(c.wire, true), other_wire = exchange_wire(c.wire, false);
+  const std::vector<float> xw = through_wire(dispatch_wire, x, H), dyw = through_wire(other_wire, dy, H);
   auto run_reference = [&](const std::vector<float>& weights, std::vector<float>& y_out, std::vector<float>& dx_out,
                            ReferenceMoeWeights& grads) {
     ReferenceMoeState s;
@@ -641,7 +644,8 @@ TEST_P(MoeLayerWire, MatchesTheReferenceWithinTheFormatsRounding) {
       bound_dx[i] += std::abs(dx_slot[i]);
     }
   }
-  const double u = wire_unit_roundoff(c.wire), eta = c.wire == WireFormat::kF16 ? 0x1p-25 : 0.0;
+  // Only the combines round after the experts (the dispatches' rounding is in xw, dyw).
+  const double u = wire_unit_roundoff(other_wire), eta = other_wire == WireFormat::kF16 ? 0x1p-25 : 0.0;
   auto check = [&](std::span<const float> got, const std::vector<float>& want, const std::vector<double>& bound,
                    const char* what) {
     double largest = 0;
@@ -688,7 +692,9 @@ TEST_P(MoeLayerWire, MatchesTheReferenceWithinTheFormatsRounding) {
   }
   auto bytes = sum_over_ranks(comm);
   for (const char* name : {kExchangeDispatch, kExchangeCombine, kExchangeBackwardDispatch, kExchangeBackwardCombine}) {
-    EXPECT_EQ(bytes[name].total_bytes(), rows_total * H * wire_bytes_per_value(c.wire)) << name;
+    const bool forward_dispatch = std::string_view(name) == kExchangeDispatch;
+    EXPECT_EQ(bytes[name].total_bytes(), rows_total * wire_row_bytes(exchange_wire(c.wire, forward_dispatch), H))
+        << name;
   }
   // 12 bytes per assignment forward, a 4-byte gate gradient back, a 4-byte status word from
   // every rank to every rank on the backward dispatch.
@@ -698,7 +704,7 @@ TEST_P(MoeLayerWire, MatchesTheReferenceWithinTheFormatsRounding) {
 std::vector<WireCase> wire_cases() {
   std::vector<WireCase> cases;
   for (bool overlap : {false, true}) {
-    for (WireFormat w : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
+    for (WireFormat w : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16, WireFormat::kFP8}) {
       cases.push_back({"standard", DispatchKind::kStandard, false, 0, w, overlap});
       cases.push_back({"occult", DispatchKind::kOccult, false, 0, w, overlap});
       cases.push_back({"occult_pruned", DispatchKind::kOccult, true, 0, w, overlap});
@@ -730,7 +736,7 @@ TEST(MoeLayerWirePayload, EveryReceivedRowIsTheRoundedToken) {
       const std::int64_t T = 17, H = 5, k = 3;
       std::vector<float> x = random_values(T * H, 61, 3.0f);
       for (std::int64_t t = 0; t < T; ++t) x[t * H] = static_cast<float>(t);
-      const std::vector<float> xw = through_wire(wire, x);
+      const std::vector<float> xw = through_wire(wire, x, H);
       const std::int64_t lo = first_token(T, rank, D), n = first_token(T, rank + 1, D) - lo;
       std::vector<std::int32_t> ids;
       std::vector<float> weights;
@@ -867,7 +873,7 @@ TEST(MoeLayerOverlap, MatchesTheBlockingForwardAndIgnoresArrivalOrder) {
   for (const Case& cs : {Case{"standard", DispatchKind::kStandard, 0, 0}, Case{"occult", DispatchKind::kOccult, 0, 0},
                          Case{"occult_pruned", DispatchKind::kOccult, (D + 1) / 2, 0},
                          Case{"standard_capacity", DispatchKind::kStandard, 0, 0.6}}) {
-    for (WireFormat wire : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16}) {
+    for (WireFormat wire : {WireFormat::kF32, WireFormat::kBF16, WireFormat::kF16, WireFormat::kFP8}) {
       SCOPED_TRACE(std::string(cs.name) + " " + std::string(wire_format_name(wire)));
       MoeLayerConfig c;
       c.num_experts = 5;
