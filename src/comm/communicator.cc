@@ -106,12 +106,14 @@ std::vector<std::int64_t> SelfCommunicator::all_to_all_counts(std::span<const st
   return std::vector<std::int64_t>(send_counts.begin(), send_counts.end());
 }
 
-void SelfCommunicator::all_to_all_v(const std::string& exchange, std::span<const std::byte> send,
-                                    std::span<const std::int64_t> send_counts,
-                                    std::span<const std::int64_t> send_offsets, std::span<std::byte> recv,
-                                    std::span<const std::int64_t> recv_counts,
-                                    std::span<const std::int64_t> recv_offsets) {
-  ++collective_calls_;
+namespace {
+
+// The shapes one rank's exchange with itself must have: one count and offset each, what it sends
+// is what it expects, and both fit their buffers.
+void check_self_exchange(const std::string& exchange, std::span<const std::byte> send,
+                         std::span<const std::int64_t> send_counts, std::span<const std::int64_t> send_offsets,
+                         std::span<std::byte> recv, std::span<const std::int64_t> recv_counts,
+                         std::span<const std::int64_t> recv_offsets) {
   OCCULT_CHECK(send_counts.size() == 1 && send_offsets.size() == 1 && recv_counts.size() == 1 &&
                    recv_offsets.size() == 1,
                "exchange '{}': counts and offsets must have one entry per rank (1)", exchange);
@@ -121,6 +123,17 @@ void SelfCommunicator::all_to_all_v(const std::string& exchange, std::span<const
                    recv_offsets[0] >= 0 &&
                    recv_offsets[0] + recv_counts[0] <= static_cast<std::int64_t>(recv.size()),
                "exchange '{}': counts and offsets exceed the buffers", exchange);
+}
+
+}  // namespace
+
+void SelfCommunicator::all_to_all_v(const std::string& exchange, std::span<const std::byte> send,
+                                    std::span<const std::int64_t> send_counts,
+                                    std::span<const std::int64_t> send_offsets, std::span<std::byte> recv,
+                                    std::span<const std::int64_t> recv_counts,
+                                    std::span<const std::int64_t> recv_offsets) {
+  ++collective_calls_;
+  check_self_exchange(exchange, send, send_counts, send_offsets, recv, recv_counts, recv_offsets);
   if (send_counts[0] > 0) {
     std::memcpy(recv.data() + recv_offsets[0], send.data() + send_offsets[0], send_counts[0]);
   }
@@ -133,15 +146,7 @@ int SelfCommunicator::start_exchange(const std::string& exchange, std::span<cons
                                      std::span<const std::int64_t> metadata_bytes, std::span<std::byte> recv,
                                      std::span<const std::int64_t> recv_counts,
                                      std::span<const std::int64_t> recv_offsets, bool defer_sends) {
-  OCCULT_CHECK(send_counts.size() == 1 && send_offsets.size() == 1 && recv_counts.size() == 1 &&
-                   recv_offsets.size() == 1,
-               "exchange '{}': counts and offsets must have one entry per rank (1)", exchange);
-  OCCULT_CHECK(send_counts[0] == recv_counts[0], "exchange '{}': sends {} bytes to itself but expects {}",
-               exchange, send_counts[0], recv_counts[0]);
-  OCCULT_CHECK(send_offsets[0] >= 0 && send_offsets[0] + send_counts[0] <= static_cast<std::int64_t>(send.size()) &&
-                   recv_offsets[0] >= 0 &&
-                   recv_offsets[0] + recv_counts[0] <= static_cast<std::int64_t>(recv.size()),
-               "exchange '{}': counts and offsets exceed the buffers", exchange);
+  check_self_exchange(exchange, send, send_counts, send_offsets, recv, recv_counts, recv_offsets);
   int handle = 0;
   while (handle < kMaxPendingExchanges && pending_[handle].in_use) ++handle;
   OCCULT_CHECK(handle < kMaxPendingExchanges, "exchange '{}': more than {} exchanges in flight", exchange,
