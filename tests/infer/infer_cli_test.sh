@@ -29,7 +29,7 @@ gen g1.json occult env
 gen g2o.json occult $mpi -np 2
 gen g2s.json standard $mpi -np 2
 grep -q '"generated_tokens":48' g1.json || fail "4 prompts x 12 tokens: $(cat g1.json)"
-extract() { sed 's/.*"generations":\(\[.*\]\),"prefill_ms".*/\1/' "$1"; }
+extract() { sed 's/.*"generations":\(\[.*\]\),"overlap".*/\1/' "$1"; }
 [ "$(extract g1.json)" = "$(extract g2o.json)" ] || fail "1-rank and 2-rank text differ: $(extract g1.json) vs $(extract g2o.json)"
 [ "$(extract g1.json)" = "$(extract g2s.json)" ] || fail "standard and occult text differ"
 # The GEMM library changes only the order of F32 sums: the same greedy text on OpenBLAS. BF16
