@@ -279,9 +279,17 @@ MoeLayer::MoeLayer(Communicator& comm, MoeLayerConfig config, std::vector<int> e
     d_w2_.assign(L * H * F, 0.0f);
   }
   buffers_ = std::make_unique<MoeLayerBuffers>();
+  expert_backend_ = make_cpu_expert_backend();
+  router_backend_ = make_cpu_router_backend(config_.gemm.backend);
 }
 
 MoeLayer::~MoeLayer() = default;
+
+void MoeLayer::set_backends(std::unique_ptr<ExpertBackend> experts, std::unique_ptr<RouterBackend> router) {
+  OCCULT_CHECK(experts != nullptr && router != nullptr, "MoE layer: an expert and a router backend are both needed");
+  expert_backend_ = std::move(experts);
+  router_backend_ = std::move(router);
+}
 
 bool MoeLayer::is_local(int expert) const {
   return expert >= 0 && expert < config_.num_experts && local_index_of_[expert] >= 0;
@@ -436,12 +444,7 @@ void MoeLayer::forward(std::span<const float> x, std::int64_t num_tokens, std::s
     const std::size_t T = num_tokens;
     std::vector<float>& logits = buffers_->logits;
     logits.resize(T * E);
-    if (T > 0) {
-      // logits [T, E] = x [T, H] * W_r^T, always in F32 on the layer's GEMM library: the top-k
-      // choice is sensitive to the logits' last bits, and the router is a small share of the work.
-      gemm({config_.gemm.backend, ComputeDType::kF32}, false, true, static_cast<std::int64_t>(T), E, H, x.data(),
-           H, WeightRef(router_.data()), H, 0.0f, logits.data(), E);
-    }
+    router_backend_->logits(x, num_tokens, router_, E, H, logits);
     probs_.assign(T * E, 0.0f);
     ids_.assign(T * k, 0);
     weights_.assign(T * k, 0.0f);
@@ -620,7 +623,7 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   act_gate_.resize(A * F);
   act_up_.resize(A * F);
   b.expert_out.resize(receive_.num_rows() * H);
-  expert_forward(receive_, expert_view(), x_recv_, b.expert_out, act_gate_, act_up_, b.expert);
+  expert_backend_->forward(receive_, expert_view(), x_recv_, b.expert_out, act_gate_, act_up_, b.expert);
   double t2 = now_seconds();
   timings_.forward_experts = t2 - t1;
 
@@ -805,7 +808,7 @@ void MoeLayer::compute_source_block(int s, int combine) {
   const std::span<float> out = std::span<float>(b.expert_out).subspan(r0 * H, nr * H);
   std::fill(out.begin(), out.end(), 0.0f);
   OverlapProgress poll{&comm_, &b};
-  expert_forward_ranges(rp, expert_view(), begin, end, x_recv_, b.expert_out, act_gate_, act_up_, b.expert,
+  expert_backend_->forward_ranges(rp, expert_view(), begin, end, x_recv_, b.expert_out, act_gate_, act_up_, b.expert,
                         ExpertProgress{&OverlapProgress::poll, &poll});
   if (wire != WireFormat::kF32) encode_wire(wire, out, b.combine_send.data() + r0 * row_bytes);
   comm_.exchange_send(combine, s);
@@ -976,7 +979,7 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
   const ExpertWeightsView view = expert_view();
   ExpertGradsView grads{d_w1_, d_w3_, d_w2_};
   snapshot_replica_gradients();
-  expert_backward(receive_, view, x_recv_, b.dy_recv, act_gate_, act_up_, b.expert_out, b.d_weight_sorted, grads,
+  expert_backend_->backward(receive_, view, x_recv_, b.dy_recv, act_gate_, act_up_, b.expert_out, b.d_weight_sorted, grads,
                   b.expert);
   sum_replica_gradients();
   double t2 = now_seconds();
@@ -1023,12 +1026,7 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
     dlogits.resize(T * E);
     dp.resize(E);
     gating_backward(probs_, weight_source_, dg, d_router_probs, T, config_.gating(), dlogits, dp);
-    // d_router [E, H] += dlogits^T [E, T] * x [T, H]; dx [T, H] += dlogits [T, E] * W_r [E, H].
-    const GemmOptions f32{config_.gemm.backend, ComputeDType::kF32};
-    gemm(f32, true, false, E, H, static_cast<std::int64_t>(T), dlogits.data(), E, WeightRef(x_.data()), H, 1.0f,
-         d_router_.data(), H);
-    gemm(f32, false, false, static_cast<std::int64_t>(T), H, E, dlogits.data(), E, WeightRef(router_.data()), H,
-         1.0f, dx.data(), H);
+    router_backend_->backward(dlogits, x_, T, router_, E, H, d_router_, dx);
   }
   timings_.backward_router = now_seconds() - t3;
 }

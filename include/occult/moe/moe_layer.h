@@ -28,6 +28,7 @@
 #include "occult/comm/communicator.h"
 #include "occult/comm/wire_format.h"
 #include "occult/linalg/linear.h"
+#include "occult/moe/backend.h"
 #include "occult/moe/dispatch_plan.h"
 #include "occult/routing/gating.h"
 #include "occult/routing/pruning.h"
@@ -154,6 +155,12 @@ class MoeLayer {
   const std::vector<int>& local_experts() const { return local_experts_; }
   // True when some expert has more than one holder.
   bool replicated() const { return holders_.replicated(); }
+  // Where the experts and the router GEMMs run (the CPU backends unless replaced). Replacing
+  // them is local to this rank; every rank must run the same arithmetic for the ranks' results
+  // to agree. Neither may be null.
+  void set_backends(std::unique_ptr<ExpertBackend> experts, std::unique_ptr<RouterBackend> router);
+  const ExpertBackend& expert_backend() const { return *expert_backend_; }
+  const RouterBackend& router_backend() const { return *router_backend_; }
   // True when this rank is expert e's primary holder (the copy a checkpoint saves and a global
   // gradient norm counts); e must be local.
   bool is_primary(int expert) const { return expert_to_device_[expert] == comm_.rank(); }
@@ -297,6 +304,8 @@ class MoeLayer {
   std::vector<float> act_gate_, act_up_;  // [A, F] W1 x and W3 x per assignment (expert order)
   MoeLayerTimings timings_;
   std::unique_ptr<MoeLayerBuffers> buffers_;
+  std::unique_ptr<ExpertBackend> expert_backend_;
+  std::unique_ptr<RouterBackend> router_backend_;
 };
 
 }  // namespace occult
