@@ -147,33 +147,24 @@ int SelfCommunicator::start_exchange(const std::string& exchange, std::span<cons
                                      std::span<const std::int64_t> recv_counts,
                                      std::span<const std::int64_t> recv_offsets, bool defer_sends) {
   check_self_exchange(exchange, send, send_counts, send_offsets, recv, recv_counts, recv_offsets);
-  int handle = 0;
-  while (handle < kMaxPendingExchanges && pending_[handle].in_use) ++handle;
-  OCCULT_CHECK(handle < kMaxPendingExchanges, "exchange '{}': more than {} exchanges in flight", exchange,
-               kMaxPendingExchanges);
+  const int handle = pending_.acquire(exchange);
   count_exchange_bytes(exchange, send_counts, metadata_bytes);
   ++collective_calls_;
-  pending_[handle] = Pending{true, false, false, send.data(), recv.data(), send_counts[0], send_offsets[0],
+  pending_.slot(handle) = Pending{true, false, false, send.data(), recv.data(), send_counts[0], send_offsets[0],
                              recv_offsets[0]};
   if (!defer_sends) exchange_send(handle, 0);
   return handle;
 }
 
-SelfCommunicator::Pending& SelfCommunicator::pending(int handle, const char* what) {
-  OCCULT_CHECK(handle >= 0 && handle < kMaxPendingExchanges && pending_[handle].in_use,
-               "{}: {} is not an exchange in flight", what, handle);
-  return pending_[handle];
-}
-
 void SelfCommunicator::exchange_send(int handle, int peer) {
-  Pending& p = pending(handle, "exchange_send");
+  Pending& p = pending_.in_flight(handle, "exchange_send");
   OCCULT_CHECK(peer == 0 && !p.sent, "exchange_send: rank {} is not an unsent destination of the 1 rank", peer);
   if (p.bytes > 0) std::memcpy(p.recv + p.recv_offset, p.send + p.send_offset, static_cast<std::size_t>(p.bytes));
   p.sent = true;
 }
 
 bool SelfCommunicator::exchange_test(int handle, std::vector<int>& landed) {
-  Pending& p = pending(handle, "exchange_test");
+  Pending& p = pending_.in_flight(handle, "exchange_test");
   if (p.sent && !p.reported) {
     landed.push_back(0);
     p.reported = true;
@@ -182,14 +173,14 @@ bool SelfCommunicator::exchange_test(int handle, std::vector<int>& landed) {
 }
 
 void SelfCommunicator::exchange_wait_some(int handle, std::vector<int>& landed) {
-  Pending& p = pending(handle, "exchange_wait_some");
+  Pending& p = pending_.in_flight(handle, "exchange_wait_some");
   // With one rank, only this rank's own deferred send can complete the receive.
   OCCULT_CHECK(p.sent || p.reported, "exchange_wait_some: waiting for a block this rank has not sent to itself");
   exchange_test(handle, landed);
 }
 
 void SelfCommunicator::exchange_finish(int handle) {
-  Pending& p = pending(handle, "exchange_finish");
+  Pending& p = pending_.in_flight(handle, "exchange_finish");
   OCCULT_CHECK(p.sent, "exchange_finish: the block to itself was never sent");
   p = Pending{};
 }

@@ -159,13 +159,10 @@ int MpiCommunicator::start_exchange(const std::string& exchange, std::span<const
   }
   OCCULT_CHECK(send_counts[rank_] == recv_counts[rank_], "exchange '{}': sends {} bytes to itself but expects {}",
                exchange, send_counts[rank_], recv_counts[rank_]);
-  int handle = 0;
-  while (handle < kMaxPendingExchanges && pending_[handle].in_use) ++handle;
-  OCCULT_CHECK(handle < kMaxPendingExchanges, "exchange '{}': more than {} exchanges in flight", exchange,
-               kMaxPendingExchanges);
+  const int handle = pending_.acquire(exchange);
   count_exchange_bytes(exchange, send_counts, metadata_bytes);
   ++collective_calls_;
-  Pending& p = pending_[handle];
+  Pending& p = pending_.slot(handle);
   p.in_use = true;
   // Every rank starts its exchanges in the same order, so the sequence number names the same
   // exchange everywhere; a distinct tag per exchange in flight keeps their messages apart.
@@ -198,14 +195,8 @@ int MpiCommunicator::start_exchange(const std::string& exchange, std::span<const
   return handle;
 }
 
-MpiCommunicator::Pending& MpiCommunicator::pending(int handle, const char* what) {
-  OCCULT_CHECK(handle >= 0 && handle < kMaxPendingExchanges && pending_[handle].in_use,
-               "{}: {} is not an exchange in flight", what, handle);
-  return pending_[handle];
-}
-
 void MpiCommunicator::exchange_send(int handle, int peer) {
-  Pending& p = pending(handle, "exchange_send");
+  Pending& p = pending_.in_flight(handle, "exchange_send");
   OCCULT_CHECK(peer >= 0 && peer < size_ && !p.sent[peer], "exchange '{}': rank {} is not an unsent destination",
                p.exchange, peer);
   p.sent[peer] = 1;
@@ -239,7 +230,7 @@ bool MpiCommunicator::report(Pending& p, std::vector<int>& landed) {
 }
 
 bool MpiCommunicator::exchange_test(int handle, std::vector<int>& landed) {
-  Pending& p = pending(handle, "exchange_test");
+  Pending& p = pending_.in_flight(handle, "exchange_test");
   int count = 0;
   OCCULT_MPI_CHECK(MPI_Testsome(size_, p.recvs.data(), &count, p.indices.data(), MPI_STATUSES_IGNORE));
   mark_landed(p, count);
@@ -247,7 +238,7 @@ bool MpiCommunicator::exchange_test(int handle, std::vector<int>& landed) {
 }
 
 void MpiCommunicator::exchange_wait_some(int handle, std::vector<int>& landed) {
-  Pending& p = pending(handle, "exchange_wait_some");
+  Pending& p = pending_.in_flight(handle, "exchange_wait_some");
   bool waiting = true;
   for (int s = 0; s < size_; ++s) {
     if (p.state[s] == 1) waiting = false;
@@ -269,7 +260,7 @@ void MpiCommunicator::exchange_wait_some(int handle, std::vector<int>& landed) {
 }
 
 void MpiCommunicator::exchange_finish(int handle) {
-  Pending& p = pending(handle, "exchange_finish");
+  Pending& p = pending_.in_flight(handle, "exchange_finish");
   for (int d = 0; d < size_; ++d) {
     OCCULT_CHECK(p.sent[d], "exchange '{}': finished before its block for rank {} was sent", p.exchange, d);
   }

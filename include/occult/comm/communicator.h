@@ -168,6 +168,24 @@ class Communicator {
   char activity_[96] = {};
 };
 
+// The exchanges of one communicator in flight, by handle: a fixed table of
+// Communicator::kMaxPendingExchanges slots, so starting one allocates nothing. Slot must have a
+// bool `in_use`.
+template <typename Slot>
+class PendingExchanges {
+ public:
+  // The handle of a free slot (not yet marked in use); throws naming `exchange` when all are taken.
+  int acquire(const std::string& exchange) const;
+  // The slot of `handle`, in use or not (for the start that acquired it).
+  Slot& slot(int handle) { return slots_[handle]; }
+  // The exchange in flight under `handle`; throws naming the calling method `what` otherwise.
+  Slot& in_flight(int handle, const char* what);
+
+ private:
+  static constexpr int kSlots = Communicator::kMaxPendingExchanges;
+  Slot slots_[kSlots];
+};
+
 // A one-rank communicator (size 1, no MPI): for single-process tools and unit tests. Its
 // all-to-all is a copy and is still counted (as local bytes).
 class SelfCommunicator final : public Communicator {
@@ -206,8 +224,7 @@ class SelfCommunicator final : public Communicator {
     std::byte* recv = nullptr;
     std::int64_t bytes = 0, send_offset = 0, recv_offset = 0;
   };
-  Pending& pending(int handle, const char* what);
-  Pending pending_[kMaxPendingExchanges];
+  PendingExchanges<Pending> pending_;
 };
 
 // Collective: typed all-to-all of rows `row_width` elements wide. send_rows[d] rows (packed

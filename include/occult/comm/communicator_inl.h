@@ -7,6 +7,21 @@
 
 namespace occult {
 
+template <typename Slot>
+int PendingExchanges<Slot>::acquire(const std::string& exchange) const {
+  int handle = 0;
+  while (handle < kSlots && slots_[handle].in_use) ++handle;
+  OCCULT_CHECK(handle < kSlots, "exchange '{}': more than {} exchanges in flight", exchange, kSlots);
+  return handle;
+}
+
+template <typename Slot>
+Slot& PendingExchanges<Slot>::in_flight(int handle, const char* what) {
+  OCCULT_CHECK(handle >= 0 && handle < kSlots && slots_[handle].in_use, "{}: {} is not an exchange in flight", what,
+               handle);
+  return slots_[handle];
+}
+
 template <typename T>
 void all_to_all_rows(Communicator& comm, const std::string& exchange, std::span<const T> send,
                      std::span<const std::int64_t> send_rows, std::span<T> recv,

@@ -77,14 +77,13 @@ class MpiCommunicator final : public Communicator {
     std::vector<char> state;                // [D] 0 in flight, 1 landed, 2 reported
     std::vector<int> indices;               // MPI_Testsome's output
   };
-  Pending& pending(int handle, const char* what);
   // Marks the sources MPI reported complete in pending.indices[0, count) as landed.
   void mark_landed(Pending& p, int count);
   // Appends the landed, unreported sources to `landed`; true when all are reported.
   bool report(Pending& p, std::vector<int>& landed);
 
   MPI_Comm comm_;
-  Pending pending_[kMaxPendingExchanges];
+  PendingExchanges<Pending> pending_;
   std::int64_t exchanges_started_ = 0;  // the same on every rank: names each exchange's tag
   std::unique_ptr<CollectiveWatchdog> watchdog_;
   std::vector<int> counts_scratch_[4];  // MPI's int counts and displacements, reused per call
