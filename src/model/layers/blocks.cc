@@ -123,6 +123,13 @@ void deepseek_rope(float* x, std::int64_t N, std::int64_t row, int heads, std::i
   }
 }
 
+// What mla_project multiplies the query by: the kernels scale scores by 1/sqrt(hd), the family
+// by 1/sqrt(qk_nope + qk_rope), times YaRN's softmax multiplier when the RoPE is scaled (exactly
+// 1 when the heads are not padded and nothing is scaled).
+float mla_query_prescale(const ModelConfig& c) {
+  return static_cast<float>(std::sqrt(static_cast<double>(c.head_dim()) / c.qk_head_dim()) *
+                            rope_softmax_scale_multiplier(c));
+}
 
 // The transpose of deepseek_rope (same arguments): the gradient of its input from the gradient
 // of its output, x overwritten. Rotation by the negative angle, times `magnitude`, then the
@@ -167,12 +174,7 @@ void mla_project(const ModelConfig& c, const LayerWeights& w, const float* x, st
   } else {
     linear_forward(qh, x, w.q, N, H, NH * QK);
   }
-  // The kernels scale scores by 1/sqrt(hd); the family's scale is 1/sqrt(QK), times YaRN's
-  // softmax multiplier when the RoPE is scaled.
-  const double softmax_multiplier = rope_softmax_scale_multiplier(c);
-  const float prescale = hd == QK && softmax_multiplier == 1.0
-                             ? 1.0f
-                             : static_cast<float>(std::sqrt(static_cast<double>(hd) / QK) * softmax_multiplier);
+  const float prescale = mla_query_prescale(c);
   for (std::int64_t n = 0; n < N; ++n) {
     for (int h = 0; h < NH; ++h) {
       const float* src = qh + (n * NH + h) * QK;
@@ -375,8 +377,7 @@ void mla_backward(const ModelConfig& c, const LayerWeights& w, const LayerGrads&
   float* dqa = dqa_norm + N * QL;        // [N, QL]
   const std::vector<double> inv_freq = rope_inverse_frequencies(c, R);
   const double magnitude = rope_magnitude(c);
-  const double softmax_multiplier = rope_softmax_scale_multiplier(c);
-  const float prescale = static_cast<float>(std::sqrt(static_cast<double>(hd) / QK) * softmax_multiplier);
+  const float prescale = mla_query_prescale(c);
 
   // Queries: the padded heads' first QK values, times the forward's prescale, RoPE undone.
   for (std::int64_t n = 0; n < N; ++n) {
