@@ -10,9 +10,11 @@
 #
 # Usage: bench/quality.sh [--quick] [--build DIR] [--out DIR] [--seeds "1 2 3"] [--ranks 4]
 #          [--pretrain-steps N] [--steps N] [--eval-bytes N] [--profile-tokens N] [--plot FILE]
-#          [--reuse-base] [--table-only]
+#          [--wire f32|bf16|f16|fp8] [--reuse-base] [--table-only]
 # Each flag also reads an environment variable: OCCULT_QUALITY_BUILD, _OUT, _SEEDS, _RANKS,
-# _PRETRAIN_STEPS, _STEPS, _EVAL_BYTES, _PROFILE_TOKENS, _PLOT. --quick is a smoke run of the
+# _PRETRAIN_STEPS, _STEPS, _EVAL_BYTES, _PROFILE_TOKENS, _PLOT, _WIRE. --wire is the exchange
+# format of every fine-tune and evaluation (the base model pretrains with F32 rows, so one base
+# serves every format). --quick is a smoke run of the
 # whole pipeline (tiny step counts, one seed, a 4 kB test prefix) that writes under OUT/quick.
 # --reuse-base skips pretraining when OUT/base already holds a checkpoint (re-running arms);
 # --table-only rebuilds the table and plot from OUT's results (seeds whose five arms all finished).
@@ -27,6 +29,7 @@ steps=${OCCULT_QUALITY_STEPS:-100}
 eval_bytes=${OCCULT_QUALITY_EVAL_BYTES:-65536}
 profile_tokens=${OCCULT_QUALITY_PROFILE_TOKENS:-16384}
 plot=${OCCULT_QUALITY_PLOT:-}
+wire=${OCCULT_QUALITY_WIRE:-f32}
 quick=0
 reuse_base=0
 table_only=0
@@ -44,7 +47,8 @@ while [ $# -gt 0 ]; do
     --eval-bytes) eval_bytes=$2; shift ;;
     --profile-tokens) profile_tokens=$2; shift ;;
     --plot) plot=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --wire) wire=$2; shift ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "bench/quality.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -110,7 +114,7 @@ prune_flags() { [ "$1" = 0 ] && return 0; echo "--prune-devices $1 --prune-schem
 evaluate() {  # evaluate CHECKPOINT M SCHEME OUT.json
   # shellcheck disable=SC2046
   run "${mpi[@]}" "$occult" eval --checkpoint "$1" --data "$test_text" --tokens "$eval_bytes" --seq-len 128 \
-    --placement "$placement" $(prune_flags "$2" "$3") --json > "$4"
+    --placement "$placement" --wire "$wire" $(prune_flags "$2" "$3") --json > "$4"
 }
 log "evaluating the base model on $eval_bytes bytes of gsm8k-test"
 evaluate "$out/base" 0 none "$out/eval-base.json"
@@ -121,7 +125,7 @@ for seed in $seeds; do
     ckpt=$out/ft-$name-s$seed
     # shellcheck disable=SC2046
     run "${mpi[@]}" "$occult" train --config "$cfg" --data "$train_text" --init "$out/base" --dispatch occult \
-      --placement "$placement" $(prune_flags "$m" "$scheme") --steps "$steps" --batch 16 --seq-len 128 \
+      --placement "$placement" --wire "$wire" $(prune_flags "$m" "$scheme") --steps "$steps" --batch 16 --seq-len 128 \
       --lr 1e-3 --warmup $(( steps / 10 + 1 )) --seed "$seed" --save "$ckpt" --no-progress --json \
       > "$out/train-$name-s$seed.json"
     evaluate "$ckpt" "$m" "$scheme" "$out/eval-$name-s$seed.json"
@@ -132,9 +136,9 @@ fi
 
 # 5. The table and the plot.
 log "writing $out/table.md and $plot"
-python3 - "$out" "$seeds" "$steps" "$eval_bytes" "${arms[@]}" <<'PY'
+python3 - "$out" "$seeds" "$steps" "$eval_bytes" "$wire" "${arms[@]}" <<'PY'
 import json, os, statistics, sys
-out, seeds, steps, eval_bytes, arms = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5:]
+out, seeds, steps, eval_bytes, wire, arms = sys.argv[1], sys.argv[2].split(), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
 # Only seeds whose every arm finished (an interrupted run still gives a table of what ran).
 seeds = [s for s in seeds if all(os.path.exists(f"{out}/eval-{a.split()[0]}-s{s}.json") for a in arms)]
 if not seeds:
@@ -171,7 +175,7 @@ header = ("| arm | M | scheme | test loss (nats/byte, mean ± sd) | vs standard 
 base_row = (f"| base (no fine-tune) | - | - | {base['loss']:.4f} | {100 * (base['loss'] / std_mean - 1):+.2f}% | "
             f"{base['replicas_per_token']:.3f} | - | - | - | - | - |")
 text = (f"{len(seeds)} seed(s) ({' '.join(seeds)}), {steps} fine-tune steps x 16 x 128 tokens, test loss over the "
-        f"first {eval_bytes} bytes of gsm8k-test.\n\n" + header + "\n" + base_row + "\n" + "\n".join(rows) + "\n")
+        f"first {eval_bytes} bytes of gsm8k-test; {wire} exchange rows.\n\n" + header + "\n" + base_row + "\n" + "\n".join(rows) + "\n")
 open(f"{out}/table.md", "w").write(text)
 print(text)
 with open(f"{out}/points.dat", "w") as f:

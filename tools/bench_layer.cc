@@ -111,21 +111,27 @@ ImposedRouting routing_from_trace(const Trace& trace, int layer, int rank, int D
 }
 
 // The GEMMs alone over the same shapes the experts compute (per local expert, with its own W1,
-// W3 and W2 as in the layer: [m,H]x[H,F] twice and [m,F]x[F,H], m = its assignments), through
-// the same library and precision, on weights already in the dtype the products multiply (the
+// W3 and W2 as in the layer: [m,H]x[H,F] twice and [m,F]x[F,H], m = its assignments; with
+// `backward`, also the six products of its backward with the layer's transposes), through the
+// same library and precision, on weights already in the dtype the products multiply (the
 // experts convert theirs once per call), without gather, activation or scatter: the ceiling
-// the expert kernel is measured against. Returns GFLOP/s (median of `iters`).
-double gemm_baseline_gflops(const std::vector<std::int64_t>& rows_per_expert, int H, int F, int iters,
-                            const GemmOptions& options) {
+// the expert kernel is measured against and the layer's compute floor. Medians of `iters`.
+struct GemmBaseline {
+  double gflops = 0;       // forward GEMM rate
+  double forward_ms = 0;   // the forward's GEMMs alone
+  double backward_ms = 0;  // the backward's GEMMs alone (0 without backward)
+};
+GemmBaseline gemm_baseline(const std::vector<std::int64_t>& rows_per_expert, int H, int F, int iters,
+                           const GemmOptions& options, bool backward) {
   std::int64_t max_rows = 1, total_rows = 0;
   for (std::int64_t m : rows_per_expert) {
     max_rows = std::max(max_rows, m);
     total_rows += m;
   }
-  if (total_rows == 0) return 0;
+  if (total_rows == 0) return {};
   const std::size_t FH = std::size_t(F) * H, experts = rows_per_expert.size();
   std::vector<float> x(max_rows * H, 0.5f), w1(experts * FH, 0.25f), w3(experts * FH, 0.2f), w2(experts * FH, 0.125f);
-  std::vector<float> a1(max_rows * F), a3(max_rows * F), y(max_rows * H);
+  std::vector<float> a1(max_rows * F), a3(max_rows * F), y(max_rows * H), grad(FH);
   const bool bf16 = options.compute == ComputeDType::kBF16;
   std::vector<std::uint16_t> w1b, w3b, w2b;
   for (auto [src, dst] : {std::pair{&w1, &w1b}, std::pair{&w3, &w3b}, std::pair{&w2, &w2b}}) {
@@ -136,24 +142,40 @@ double gemm_baseline_gflops(const std::vector<std::int64_t>& rows_per_expert, in
   auto matrix = [&](const std::vector<float>& f, const std::vector<std::uint16_t>& b, std::size_t e) {
     return bf16 ? WeightRef::bf16(b.data() + e * FH) : WeightRef(f.data() + e * FH);
   };
-  std::vector<double> rates;
-  for (int it = 0; it < iters + 1; ++it) {
-    const auto t0 = std::chrono::steady_clock::now();
+  // The layer multiplies a token tile at a time; so does its ceiling.
+  auto each_tile = [&](auto&& body) {
     for (std::size_t e = 0; e < experts; ++e) {
-      const std::int64_t m = rows_per_expert[e];
-      if (m == 0) continue;
-      // The layer multiplies a token tile at a time; so does its ceiling.
-      for (std::int64_t r0 = 0; r0 < m; r0 += kExpertTileRows) {
-        const std::int64_t n = std::min(kExpertTileRows, m - r0);
-        linear_forward(options, a1.data(), x.data(), matrix(w1, w1b, e), n, H, F);
-        linear_forward(options, a3.data(), x.data(), matrix(w3, w3b, e), n, H, F);
-        linear_forward(options, y.data(), a1.data(), matrix(w2, w2b, e), n, F, H);
+      for (std::int64_t r0 = 0; r0 < rows_per_expert[e]; r0 += kExpertTileRows) {
+        body(e, std::min(kExpertTileRows, rows_per_expert[e] - r0));
       }
     }
+  };
+  std::vector<double> rates, forward_ms, backward_ms;
+  for (int it = 0; it < iters + 1; ++it) {
+    auto t0 = std::chrono::steady_clock::now();
+    each_tile([&](std::size_t e, std::int64_t n) {
+      linear_forward(options, a1.data(), x.data(), matrix(w1, w1b, e), n, H, F);
+      linear_forward(options, a3.data(), x.data(), matrix(w3, w3b, e), n, H, F);
+      linear_forward(options, y.data(), a1.data(), matrix(w2, w2b, e), n, F, H);
+    });
     const double s = seconds_since(t0);
-    if (it > 0) rates.push_back(expert_forward_flops(total_rows, H, F) / s / 1e9);  // first run warms up
+    if (it > 0) {  // the first run warms up
+      rates.push_back(expert_forward_flops(total_rows, H, F) / s / 1e9);
+      forward_ms.push_back(s * 1e3);
+    }
+    if (!backward) continue;
+    t0 = std::chrono::steady_clock::now();
+    each_tile([&](std::size_t e, std::int64_t n) {
+      gemm(options, false, false, n, F, H, y.data(), H, matrix(w2, w2b, e), F, 0.0f, a1.data(), F);    // dy W2
+      gemm(options, true, false, H, F, n, y.data(), H, WeightRef(a3.data()), F, 1.0f, grad.data(), F);  // dW2
+      gemm(options, true, false, F, H, n, a1.data(), F, WeightRef(x.data()), H, 1.0f, grad.data(), H);  // dW1
+      gemm(options, true, false, F, H, n, a3.data(), F, WeightRef(x.data()), H, 1.0f, grad.data(), H);  // dW3
+      gemm(options, false, false, n, H, F, a1.data(), F, matrix(w1, w1b, e), H, 0.0f, y.data(), H);    // dx
+      gemm(options, false, false, n, H, F, a3.data(), F, matrix(w3, w3b, e), H, 1.0f, y.data(), H);
+    });
+    if (it > 0) backward_ms.push_back(seconds_since(t0) * 1e3);
   }
-  return median(rates);
+  return {median(rates), median(forward_ms), backward ? median(backward_ms) : 0.0};
 }
 
 void run_bench(const BenchLayerArgs& a, Communicator& comm) {
@@ -185,9 +207,10 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     check_compute_dtype_supported(base.gemm.compute, "--compute");
     OCCULT_CHECK(a.weights == "f32" || a.weights == "bf16", "--weights must be f32 or bf16, got \"{}\"", a.weights);
     base.expert_dtype = a.weights == "bf16" ? WeightDType::kBF16 : WeightDType::kF32;
-    const bool inference_only = base.expert_dtype == WeightDType::kBF16 || base.gemm.compute == ComputeDType::kBF16;
+    const bool inference_only = base.expert_dtype == WeightDType::kBF16;
     OCCULT_CHECK(!(inference_only && a.backward),
-                 "--weights bf16 and --compute bf16 are inference options; drop --backward to time them");
+                 "--weights bf16 is an inference option (training keeps F32 master weights); drop --backward to "
+                 "time it");
     base.with_grads = !inference_only;
     validate_moe_layer_config(base);
     if (!a.placement.empty()) {
@@ -253,6 +276,7 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
   std::int64_t step = 0;
   std::vector<VariantResult> results;
   double sgemm_gflops = 0;
+  std::vector<double> floor_ms = {0, 0};  // the expert GEMMs alone, forward and backward, slowest rank
   for (const Variant& v : variants) {
     MoeLayerConfig config = base;
     config.dispatch = v.dispatch;
@@ -370,9 +394,12 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
       const ReceivePlan& rp = layer.receive_plan();
       std::vector<std::int64_t> rows_per_expert;
       for (int l = 0; l < rp.num_local_experts; ++l) rows_per_expert.push_back(rp.expert_offsets[l + 1] - rp.expert_offsets[l]);
-      std::vector<double> rate = {gemm_baseline_gflops(rows_per_expert, a.hidden, a.ffn, a.iters, base.gemm)};
+      const GemmBaseline b = gemm_baseline(rows_per_expert, a.hidden, a.ffn, a.iters, base.gemm, a.backward);
+      std::vector<double> rate = {b.gflops}, floor = {b.forward_ms, b.backward_ms};
       comm.all_reduce_sum(rate);
+      comm.all_reduce_max(floor);
       sgemm_gflops = rate[0] / D;
+      floor_ms = floor;
     }
     results.push_back(r);
   }
@@ -393,6 +420,8 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     doc["routing_trace"] = a.routing_trace;
     doc["placement"] = a.placement.empty() ? "contiguous" : a.placement;
     doc["sgemm_gflops"] = sgemm_gflops;  // the GEMM ceiling (same library and precision)
+    doc["floor_forward_ms"] = floor_ms[0];  // the compute floor: the expert GEMMs alone, slowest rank
+    doc["floor_backward_ms"] = floor_ms[1];
     doc["compute"] = a.compute;
     doc["gemm"] = a.gemm;
     doc["weights"] = a.weights;
@@ -454,9 +483,11 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
                    fmt::format("{:.0f}", r.peak_rss_mb)});
   }
   std::cout << table.render();
-  fmt::print("GEMMs alone on the same shapes ({} {}): {:.1f} GFLOP/s per rank; bytes summed over ranks, one iteration; times are "
-             "medians of {} iterations (slowest rank); coll f/b = collectives per forward/backward on one rank\n",
-             a.gemm, a.compute, sgemm_gflops, a.iters);
+  fmt::print("GEMMs alone on the same shapes ({} {}): {:.1f} GFLOP/s per rank, {:.2f} ms forward{} (the compute floor, "
+             "slowest rank); bytes summed over ranks, one iteration; times are medians of {} iterations (slowest rank); "
+             "coll f/b = collectives per forward/backward on one rank\n",
+             a.gemm, a.compute, sgemm_gflops, floor_ms[0],
+             a.backward ? fmt::format(" + {:.2f} ms backward", floor_ms[1]) : "", a.iters);
   if (decode_sizes.empty()) return;
   std::vector<std::string> header = {"variant"};
   for (std::int64_t n : decode_sizes) header.push_back(fmt::format("fwd ms @ {} tok/rank", std::min(n, T)));
@@ -499,7 +530,7 @@ void setup(CLI::App& root) {
                   "tokens per rank of the decode-like latency runs, comma-separated (\"\" = none)")
       ->capture_default_str();
   cmd->add_option("--compute", args->compute,
-                  "GEMM precision: f32 | bf16 (activations rounded to BF16, F32 accumulation; forward only)")
+                  "GEMM precision: f32 | bf16 (operands rounded to BF16, F32 accumulation; forward and backward)")
       ->capture_default_str();
   cmd->add_option("--gemm", args->gemm, "GEMM library: onednn | blas (OpenBLAS, the reference path)")
       ->capture_default_str();

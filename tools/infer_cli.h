@@ -40,23 +40,25 @@ struct ModelFlags {
   std::string gemm = "onednn";   // GEMM library (--gemm)
 };
 
-// Adds --compute and --gemm: how the model's GEMMs run.
-inline void add_compute_flags(CLI::App* cmd, ModelFlags& f) {
-  cmd->add_option("--compute", f.compute,
-                  "GEMM precision: f32 | bf16 (activations rounded to BF16, F32 accumulation; needs a CPU "
-                  "with AVX512-BF16)")
+// Adds --compute and --gemm (into `compute` and `gemm`): how the model's GEMMs run.
+inline void add_compute_flags(CLI::App* cmd, std::string& compute, std::string& gemm) {
+  cmd->add_option("--compute", compute,
+                  "GEMM precision: f32 | bf16 (operands rounded to BF16, F32 accumulation; training keeps F32 "
+                  "master weights and gradients; needs a CPU with AVX512-BF16)")
       ->capture_default_str();
-  cmd->add_option("--gemm", f.gemm, "GEMM library: onednn | blas (OpenBLAS, the reference path)")
+  cmd->add_option("--gemm", gemm, "GEMM library: onednn | blas (OpenBLAS, the reference path)")
       ->capture_default_str();
 }
+inline void add_compute_flags(CLI::App* cmd, ModelFlags& f) { add_compute_flags(cmd, f.compute, f.gemm); }
 
 // The GEMM options of --gemm and --compute; throws naming the flag for a bad value or for BF16
 // compute on a CPU without AVX512-BF16.
-inline GemmOptions resolve_gemm_options(const ModelFlags& f) {
-  GemmOptions options{parse_gemm_backend(f.gemm, "--gemm"), parse_compute_dtype(f.compute, "--compute")};
+inline GemmOptions resolve_gemm_options(const std::string& compute, const std::string& gemm) {
+  GemmOptions options{parse_gemm_backend(gemm, "--gemm"), parse_compute_dtype(compute, "--compute")};
   check_compute_dtype_supported(options.compute, "--compute");
   return options;
 }
+inline GemmOptions resolve_gemm_options(const ModelFlags& f) { return resolve_gemm_options(f.compute, f.gemm); }
 
 // Adds --model (alias --checkpoint; required) and --config (optional, must match): the model a
 // command runs.

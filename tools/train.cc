@@ -7,6 +7,7 @@
 #include <string>
 
 #include "command_registry.h"
+#include "infer_cli.h"
 #include "moe_cli.h"
 #include "mpi_cli.h"
 #include "occult/comm/mpi_communicator.h"
@@ -20,6 +21,7 @@ namespace occult::cli {
 namespace {
 
 struct TrainFlags {
+  std::string compute = "f32", gemm = "onednn";
   std::string config, data, data_ids, token_cache, dispatch = "occult", wire = "f32", overlap = "off", placement, prune_scheme = "score", save, resume, init, log;
   std::vector<std::string> train_only;
   int prune_devices = 0, steps = 100, stop_at = 0, seq_len = 0, eval_every = 0, warmup = -1, save_every = 0;
@@ -106,6 +108,7 @@ void run_train(const TrainFlags& f, CLI::App& app) {
     agree_on_errors(comm, [&] {
       o.wire = parse_wire_format(f.wire, "--wire");
       o.overlap = parse_overlap_flag(f.overlap);
+      o.gemm = resolve_gemm_options(f.compute, f.gemm);
     });
     o.placement_path = f.placement;
     o.prune_devices = f.prune_devices;
@@ -166,6 +169,7 @@ void setup(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--overlap", flags->overlap, "overlap the MoE forward's exchanges with expert compute: on | off")
       ->capture_default_str();
+  add_compute_flags(cmd, flags->compute, flags->gemm);
   cmd->add_option("--placement", flags->placement, "placement JSON (occult place); default contiguous");
   cmd->add_option("--prune-devices", flags->prune_devices, "collaboration pruning budget M (0 = off)")
       ->capture_default_str();

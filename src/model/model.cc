@@ -160,8 +160,6 @@ MoeTransformer::MoeTransformer(const ModelConfig& config, Communicator& comm, co
   OCCULT_CHECK(options_.weight_dtype == WeightDType::kF32 || (!options_.training && !local_reference),
                "BF16-resident weights are for inference with the expert-parallel layer (training keeps F32 "
                "weights and gradients)");
-  OCCULT_CHECK(options_.gemm.compute == ComputeDType::kF32 || !options_.training,
-               "BF16 compute is for inference (training computes in F32)");
   check_compute_dtype_supported(options_.gemm.compute, "the model");
   impl_->moe.resize(Lm);
   impl_->moe_of_layer.assign(L, -1);

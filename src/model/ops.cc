@@ -53,8 +53,9 @@ void rmsnorm_backward(float* dinp, float* dweight, const float* dout, const floa
 void matmul_backward(float* dinp, float* dweight, const float* dout, const float* in, const float* weight,
                      std::int64_t N, int IC, int OC) {
   if (N == 0) return;
-  // Backward products run in F32 on the thread's backend (BF16 compute is an inference option).
-  const GemmOptions options{current_gemm_options().backend, ComputeDType::kF32};
+  // The products run in the thread's compute precision (BF16: mixed-precision training, F32
+  // gradients accumulated from BF16-rounded operands).
+  const GemmOptions options = current_gemm_options();
   if (dinp != nullptr) gemm(options, false, false, N, IC, OC, dout, OC, WeightRef(weight), IC, 1.0f, dinp, IC);
   gemm(options, true, false, OC, IC, N, dout, OC, WeightRef(in), IC, 1.0f, dweight, IC);
 }

@@ -46,32 +46,35 @@ void require_f32(const ExpertWeightsView& w, const char* what) {
                what);
 }
 
-// One expert matrix in the dtype the GEMMs multiply, converted at most once per expert and call
-// into a per-thread buffer shared by every layer (so its size does not grow with the model):
-// F32 compute over BF16 weights widens it (oneDNN 2.6 has no F32 x BF16 matmul, and widening
-// per token tile would repeat the work for every tile), BF16 compute over F32 weights rounds it.
-// Weights already in the compute dtype are used in place.
+// The expert matrices in the dtype the GEMMs multiply, converted at most once per expert and call
+// into per-thread buffers shared by every layer (so their size does not grow with the model):
+// F32 compute over BF16 weights widens them (oneDNN 2.6 has no F32 x BF16 matmul, and widening
+// per token tile would repeat the work for every tile), BF16 compute over F32 weights rounds them.
+// Weights already in the compute dtype are used in place. One slot per matrix kind (W1, W3, W2),
+// since the backward multiplies by all three within one token tile.
 class ComputeMatrix {
  public:
-  WeightRef prepare(WeightRef w, std::int64_t numel, ComputeDType compute) {
+  WeightRef prepare(WeightRef w, int kind, std::int64_t numel, ComputeDType compute) {
     if (compute == ComputeDType::kF32 && w.dtype() == WeightDType::kBF16) {
-      if (static_cast<std::int64_t>(f32_.size()) < numel) f32_.resize(static_cast<std::size_t>(numel));
+      std::vector<float>& f32 = f32_[kind];
+      if (static_cast<std::int64_t>(f32.size()) < numel) f32.resize(static_cast<std::size_t>(numel));
       const std::uint16_t* src = w.bf16_data();
-      for (std::int64_t i = 0; i < numel; ++i) f32_[i] = bf16_to_float(src[i]);
-      return WeightRef(f32_.data());
+      for (std::int64_t i = 0; i < numel; ++i) f32[i] = bf16_to_float(src[i]);
+      return WeightRef(f32.data());
     }
     if (compute == ComputeDType::kBF16 && w.dtype() == WeightDType::kF32) {
-      if (static_cast<std::int64_t>(bf16_.size()) < numel) bf16_.resize(static_cast<std::size_t>(numel));
+      std::vector<std::uint16_t>& bf16 = bf16_[kind];
+      if (static_cast<std::int64_t>(bf16.size()) < numel) bf16.resize(static_cast<std::size_t>(numel));
       const float* src = w.f32();
-      for (std::int64_t i = 0; i < numel; ++i) bf16_[i] = float_to_bf16(src[i]);
-      return WeightRef::bf16(bf16_.data());
+      for (std::int64_t i = 0; i < numel; ++i) bf16[i] = float_to_bf16(src[i]);
+      return WeightRef::bf16(bf16.data());
     }
     return w;
   }
 
  private:
-  std::vector<float> f32_;
-  std::vector<std::uint16_t> bf16_;
+  std::vector<float> f32_[3];
+  std::vector<std::uint16_t> bf16_[3];
 };
 
 ComputeMatrix& compute_matrix() {
@@ -141,7 +144,7 @@ void expert_forward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w, 
     // not fused into one [2F, H] GEMM: they are separate tensors, and on this CPU a fused
     // product of twice the width ran no faster than the two halves (bench/linalg, RESULTS.md).
     for (int kind = 0; kind < 2; ++kind) {
-      const WeightRef wk = matrix.prepare(w.matrix(kind, e), FH, options.compute);
+      const WeightRef wk = matrix.prepare(w.matrix(kind, e), kind, FH, options.compute);
       float* act = (kind == 0 ? act_gate : act_up).data();
       for (std::int64_t begin = first; begin < last; begin += kExpertTileRows) {
         const int n = static_cast<int>(std::min(kExpertTileRows, last - begin));
@@ -151,7 +154,7 @@ void expert_forward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w, 
         progress();
       }
     }
-    const WeightRef w2 = matrix.prepare(w.matrix(2, e), FH, options.compute);
+    const WeightRef w2 = matrix.prepare(w.matrix(2, e), 2, FH, options.compute);
     for (std::int64_t begin = first; begin < last; begin += kExpertTileRows) {
       const int n = static_cast<int>(std::min(kExpertTileRows, last - begin));
       const float* a1 = act_gate.data() + begin * F;
@@ -178,12 +181,11 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
                      const ExpertGradsView& grads, ExpertScratch& scratch) {
   check_shapes(plan, w, x_recv, dx_recv.size(), act_gate.size(), act_up.size());
   require_f32(w, "expert backward");
-  // The backward always computes in F32 (BF16 compute is an inference option), on the backend
-  // this thread's options choose.
-  const GemmOptions current = current_gemm_options();
-  OCCULT_CHECK(current.compute == ComputeDType::kF32,
-               "expert backward: BF16 compute is for inference only; train with F32 compute");
-  const GemmOptions options{current.backend, ComputeDType::kF32};
+  // The products run in this thread's compute precision: under BF16 (mixed-precision training)
+  // each GEMM rounds its operands, the F32 master weights included, once per expert, and
+  // accumulates in F32 into the F32 gradients; the elementwise SwiGLU backward stays F32.
+  const GemmOptions options = current_gemm_options();
+  ComputeMatrix& matrix = compute_matrix();
   const int H = w.hidden_size, F = w.ffn_size;
   OCCULT_CHECK(dy_recv.size() == x_recv.size(), "expert backward: gradient rows hold {} floats, expected {}",
                dy_recv.size(), x_recv.size());
@@ -209,9 +211,10 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
   float* da3 = scratch.da_up.data();
   for (int e = 0; e < w.num_local_experts; ++e) {
     const std::size_t fh = static_cast<std::size_t>(F) * H;
-    const float* w1 = w.gate_proj.data() + e * fh;
-    const float* w3 = w.up_proj.data() + e * fh;
-    const float* w2 = w.down_proj.data() + e * fh;
+    if (plan.expert_offsets[e] == plan.expert_offsets[e + 1]) continue;
+    const WeightRef w1 = matrix.prepare(w.matrix(0, e), 0, static_cast<std::int64_t>(fh), options.compute);
+    const WeightRef w3 = matrix.prepare(w.matrix(1, e), 1, static_cast<std::int64_t>(fh), options.compute);
+    const WeightRef w2 = matrix.prepare(w.matrix(2, e), 2, static_cast<std::int64_t>(fh), options.compute);
     float* dw1 = grads.gate_proj.data() + e * fh;
     float* dw3 = grads.up_proj.data() + e * fh;
     float* dw2 = grads.down_proj.data() + e * fh;
@@ -223,7 +226,7 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
         std::memcpy(dy_tile + static_cast<std::size_t>(i) * H, dy_recv.data() + row * H, sizeof(float) * H);
       }
       // u [n, F] = dy [n, H] * W2 [H, F]: the gradient of h before the gate weight.
-      gemm(options, false, false, n, F, H, dy_tile, H, WeightRef(w2), F, 0.0f, u_tile, F);
+      gemm(options, false, false, n, F, H, dy_tile, H, w2, F, 0.0f, u_tile, F);
       const float* a1 = act_gate.data() + begin * F;
       const float* a3 = act_up.data() + begin * F;
       for (int i = 0; i < n; ++i) {
@@ -249,8 +252,8 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
       gemm(options, true, false, F, H, n, da1, F, WeightRef(x_tile), H, 1.0f, dw1, H);
       gemm(options, true, false, F, H, n, da3, F, WeightRef(x_tile), H, 1.0f, dw3, H);
       // dx [n, H] = da1 [n, F] * W1 [F, H] + da3 * W3.
-      gemm(options, false, false, n, H, F, da1, F, WeightRef(w1), H, 0.0f, dx_tile, H);
-      gemm(options, false, false, n, H, F, da3, F, WeightRef(w3), H, 1.0f, dx_tile, H);
+      gemm(options, false, false, n, H, F, da1, F, w1, H, 0.0f, dx_tile, H);
+      gemm(options, false, false, n, H, F, da3, F, w3, H, 1.0f, dx_tile, H);
       for (int i = 0; i < n; ++i) {
         float* dst = dx_recv.data() + plan.sorted_row[begin + i] * H;
         const float* src = dx_tile + static_cast<std::size_t>(i) * H;

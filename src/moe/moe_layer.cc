@@ -186,8 +186,6 @@ void validate_moe_layer_config(const MoeLayerConfig& c) {
                c.num_experts, c.num_experts, c.prune.similarity.size());
   OCCULT_CHECK(c.expert_dtype == WeightDType::kF32 || !c.with_grads,
                "MoE layer: BF16 expert weights are for inference; training needs F32 weights and gradients");
-  OCCULT_CHECK(c.gemm.compute == ComputeDType::kF32 || !c.with_grads,
-               "MoE layer: BF16 compute is for inference; training computes in F32");
   check_compute_dtype_supported(c.gemm.compute, "MoE layer");
 }
 

@@ -199,6 +199,7 @@ TrainResult train(const TrainOptions& options, Communicator& comm) {
   parallel.prune_scheme = o.prune_scheme;
   parallel.wire = o.wire;
   parallel.overlap = o.overlap;
+  parallel.gemm = o.gemm;
   agree_on_errors(comm, [&] {
     check_option_ranges(o);
     if (!o.save_dir.empty()) check_checkpoint_destination("--save", o.save_dir);

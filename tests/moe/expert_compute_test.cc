@@ -164,11 +164,151 @@ TEST_P(ExpertKernels, Bf16ComputeWithinRoundingBound) {
       for (std::size_t i = 0; i < out.size(); ++i) {
         ASSERT_NEAR(out[i], want[i], bound[i]) << "element " << i;
       }
-      // Training never computes in BF16.
-      std::vector<float> dx(x.size()), dg(c.assignments), gw(c.num_local_experts * FH);
-      if (!held_bf16) {
-        EXPECT_THROW(expert_backward(plan, w, x, x, a1, a3, dx, dg, ExpertGradsView{gw, gw, gw}, scratch), Error);
+    }
+  }
+}
+
+// A value the device computes and the radius around the exact value it is guaranteed to lie in.
+struct Bounded {
+  double value = 0, radius = 0;
+  double magnitude() const { return std::abs(value) + radius; }
+};
+
+// BF16's unit roundoff (8 significant bits, round to nearest) and F32's.
+constexpr double kBf16Unit = 0x1p-8, kF32Unit = 0x1p-24;
+
+// The operand a GEMM multiplies after rounding b to BF16: |fl16(p) - v| <= |p - v| + u16 |p|.
+Bounded round16(Bounded b) { return {b.value, b.radius + kBf16Unit * b.magnitude()}; }
+
+// A few F32 operations on a value (each rounds to within u32 of its magnitude).
+Bounded f32_ops(Bounded b, int ops) { return {b.value, b.radius + 1.01 * ops * kF32Unit * b.magnitude()}; }
+
+// sum_i a_i b_i over operands within their radii, summed in F32 (n terms plus `extra` further
+// additions into the same accumulator): each product is off by at most
+// (|a|+ra)(|b|+rb) - |a||b|, and an n-term F32 sum by gamma_n times the sum of magnitudes.
+class DotBound {
+ public:
+  void add(Bounded a, Bounded b) {
+    value_ += a.value * b.value;
+    radius_ += a.magnitude() * b.magnitude() - std::abs(a.value * b.value);
+    magnitude_ += a.magnitude() * b.magnitude();
+    ++terms_;
+  }
+  Bounded result(int extra = 0) const {
+    return {value_, radius_ + 1.01 * (terms_ + extra) * kF32Unit * magnitude_};
+  }
+
+ private:
+  double value_ = 0, radius_ = 0, magnitude_ = 0;
+  int terms_ = 0;
+};
+
+// BF16 compute in the backward (mixed-precision training): each GEMM multiplies its operands
+// rounded to BF16 (dy, g*dy, h, da1, da3, x and the F32 master weights) and accumulates in F32.
+// The twin follows the same data flow in double from the exact F32 inputs and carries, for every
+// intermediate, the radius the device's value must lie within: rounding adds u16 of the operand's
+// magnitude, products and F32 sums add what DotBound says, and the elementwise SwiGLU backward
+// is allowed a deliberately generous 64 u32 (1 + |a1|)^2 of its magnitude (a few F32 operations,
+// expf and the 1 - s cancellation; 1e-5 of a BF16 rounding). Every gradient must lie within
+// its radius, and away from the F32 result by more than F32 noise (the products really ran in
+// BF16).
+TEST_P(ExpertKernels, Bf16ComputeBackwardWithinRoundingBound) {
+  if (!cpu_has_bf16_compute()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  const Case c = GetParam();
+  const ReceivePlan plan = random_plan(c, 17);
+  const int H = c.hidden, F = c.ffn, L = c.num_local_experts;
+  const std::size_t FH = static_cast<std::size_t>(H) * F;
+  // Weights that are BF16 values, so the F32 master weights round exactly and stay F32 here.
+  std::vector<std::vector<float>> wt(3);
+  for (int kind = 0; kind < 3; ++kind) {
+    for (float v : random_values(L * FH, 41 + kind, 0.5f)) wt[kind].push_back(round_bf16(v));
+  }
+  const ExpertWeightsView w{L, H, F, wt[0], wt[1], wt[2]};
+  const auto x = random_values(c.rows * H, 44), dy = random_values(c.rows * H, 45);
+  const std::size_t AF = c.assignments * F;
+  const auto a1 = random_values(AF, 46, 2.0f), a3 = random_values(AF, 47, 2.0f);
+
+  const std::size_t R = c.rows * H;
+  std::vector<Bounded> want_dx(R), want_dg(c.assignments), want_w1(L * FH), want_w3(L * FH), want_w2(L * FH);
+  std::vector<DotBound> dx_sum(R);
+  std::vector<int> row_terms(c.rows, 0);
+  std::vector<DotBound> dw1(L * FH), dw3(L * FH), dw2(L * FH);
+  auto exact = [](double v) { return Bounded{v, 0.0}; };
+  for (int e = 0; e < L; ++e) {
+    const std::size_t base = e * FH;
+    for (std::int64_t a = plan.expert_offsets[e]; a < plan.expert_offsets[e + 1]; ++a) {
+      const std::int64_t row = plan.sorted_row[a];
+      const double g = plan.sorted_weight[a];
+      std::vector<Bounded> da1(F), da3(F), h(F);
+      DotBound dg;
+      for (int j = 0; j < F; ++j) {
+        DotBound u;  // dy W2 over H terms
+        for (int col = 0; col < H; ++col) {
+          u.add(round16(exact(dy[row * H + col])), exact(wt[2][base + static_cast<std::size_t>(col) * F + j]));
+        }
+        const Bounded uj = u.result();
+        const double x1 = a1[a * F + j], x3 = a3[a * F + j];
+        const double s = 1.0 / (1.0 + std::exp(-x1)), silu = x1 * s, dsilu = s * (1.0 + x1 * (1.0 - s));
+        const int generous = static_cast<int>(64 * (1 + std::abs(x1)) * (1 + std::abs(x1)));
+        h[j] = f32_ops(exact(silu * x3), generous);
+        dg.add(uj, h[j]);
+        // da3 = g u silu(a1), da1 = g u a3 silu'(a1): the F32 radius of u scaled, then the F32 ops.
+        da3[j] = f32_ops({g * uj.value * silu, g * uj.radius * std::abs(silu)}, generous);
+        da1[j] = f32_ops({g * uj.value * x3 * dsilu, g * uj.radius * std::abs(x3 * dsilu)}, generous);
       }
+      want_dg[a] = dg.result();  // summed in double on the device: the F32 sum bound is generous
+      const Bounded gdy_scale = exact(g);
+      for (int col = 0; col < H; ++col) {
+        const Bounded gdy = round16(f32_ops({gdy_scale.value * dy[row * H + col], 0.0}, 1));
+        const Bounded xc = round16(exact(x[row * H + col]));
+        DotBound& out = dx_sum[row * H + col];
+        for (int j = 0; j < F; ++j) {
+          dw2[base + static_cast<std::size_t>(col) * F + j].add(gdy, round16(h[j]));
+          dw1[base + static_cast<std::size_t>(j) * H + col].add(round16(da1[j]), xc);
+          dw3[base + static_cast<std::size_t>(j) * H + col].add(round16(da3[j]), xc);
+          out.add(round16(da1[j]), exact(wt[0][base + static_cast<std::size_t>(j) * H + col]));
+          out.add(round16(da3[j]), exact(wt[1][base + static_cast<std::size_t>(j) * H + col]));
+        }
+      }
+      ++row_terms[row];
+    }
+  }
+  // Accumulations into the gradients add once more per token tile, and each row of dx is the
+  // F32 sum of its assignments' tiles (at most k per row).
+  const int tiles = static_cast<int>(c.assignments / kExpertTileRows) + 1;
+  for (std::size_t i = 0; i < R; ++i) want_dx[i] = dx_sum[i].result(row_terms[i / H]);
+  for (std::size_t i = 0; i < L * FH; ++i) {
+    want_w1[i] = dw1[i].result(tiles);
+    want_w3[i] = dw3[i].result(tiles);
+    want_w2[i] = dw2[i].result(tiles);
+  }
+
+  // The F32 result, to show that BF16 really ran.
+  std::vector<float> f32_dx(R), f32_dg(c.assignments), f1(L * FH), f3(L * FH), f2(L * FH);
+  ExpertScratch scratch;
+  {
+    const GemmOptionsScope scope({GemmBackend::kOneDnn, ComputeDType::kF32});
+    expert_backward(plan, w, x, dy, a1, a3, f32_dx, f32_dg, ExpertGradsView{f1, f3, f2}, scratch);
+  }
+  for (const GemmBackend backend : {GemmBackend::kOneDnn, GemmBackend::kBlas}) {
+    SCOPED_TRACE(gemm_backend_name(backend));
+    const GemmOptionsScope scope({backend, ComputeDType::kBF16});
+    std::vector<float> dx(R), dg(c.assignments), g1(L * FH), g3(L * FH), g2(L * FH);
+    expert_backward(plan, w, x, dy, a1, a3, dx, dg, ExpertGradsView{g1, g3, g2}, scratch);
+    auto check = [](std::span<const float> got, const std::vector<Bounded>& want, const char* what) {
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        ASSERT_NEAR(got[i], want[i].value, want[i].radius) << what << " element " << i;
+      }
+    };
+    check(dx, want_dx, "dx");
+    check(dg, want_dg, "gate weight gradient");
+    check(g1, want_w1, "gate_proj gradient");
+    check(g3, want_w3, "up_proj gradient");
+    check(g2, want_w2, "down_proj gradient");
+    if (c.hidden * c.ffn >= 24) {  // enough elements that some rounding must show
+      EXPECT_GT(relative_error(dx, f32_dx), 1e-4);
+      EXPECT_GT(relative_error(g1, f1), 1e-4);
+      EXPECT_GT(relative_error(g2, f2), 1e-4);
     }
   }
 }
@@ -211,7 +351,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, ExpertKernels,
                                            // an expert with no assignment
                                            Case{5, 6, 5, 3, 2}));
 
-TEST(MoeLayerConfigGemm, Bf16ComputeIsForInferenceOnly) {
+// BF16 compute trains (F32 master weights); BF16-held weights do not, and BF16 compute needs a
+// CPU that has it.
+TEST(MoeLayerConfigGemm, Bf16ComputeTrainsButBf16WeightsDoNot) {
   MoeLayerConfig c;
   c.num_experts = 4;
   c.top_k = 2;
@@ -219,21 +361,20 @@ TEST(MoeLayerConfigGemm, Bf16ComputeIsForInferenceOnly) {
   c.ffn_size = 4;
   c.gemm = {GemmBackend::kOneDnn, ComputeDType::kBF16};
   c.with_grads = true;
-  try {
-    validate_moe_layer_config(c);
-    FAIL() << "BF16 compute accepted for training";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("BF16 compute is for inference"), std::string::npos) << e.what();
-  }
-  c.with_grads = false;
   if (cpu_has_bf16_compute()) {
     EXPECT_NO_THROW(validate_moe_layer_config(c));
   } else {
     EXPECT_THROW(validate_moe_layer_config(c), Error);
   }
   c.gemm = {GemmBackend::kBlas, ComputeDType::kF32};
-  c.with_grads = true;
   EXPECT_NO_THROW(validate_moe_layer_config(c));
+  c.expert_dtype = WeightDType::kBF16;
+  try {
+    validate_moe_layer_config(c);
+    FAIL() << "BF16 expert weights accepted for training";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("BF16 expert weights are for inference"), std::string::npos) << e.what();
+  }
 }
 
 TEST(ExpertForward, RejectsMismatchedBuffers) {

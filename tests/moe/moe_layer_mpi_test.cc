@@ -719,6 +719,89 @@ INSTANTIATE_TEST_SUITE_P(Formats, MoeLayerWire, ::testing::ValuesIn(wire_cases()
          (info.param.overlap ? "_overlap" : "");
 });
 
+// BF16 compute (mixed-precision training: F32 master weights, BF16-rounded GEMM operands, F32
+// sums) through the whole layer on every rank count, for standard, occult, pruned and overlapped
+// dispatch. The element-wise rounding bounds of the expert kernels are proved in
+// expert_compute_test; here the layer must hand every product to them on every rank, forward
+// and backward: the output, the input gradient and every expert-weight gradient are within
+// 2^-5 = 8 u16 of the double reference norm-wise (each value is at most three rounded GEMMs
+// deep, each adding up to 2 u16 times the ratio ||A||B|| / ||AB||, a small factor at these
+// shapes; measured 0.004-0.006), and farther from it than F32 ever is (1e-4), so the products
+// really ran in BF16.
+TEST(MoeLayerBf16Compute, TrainsWithinBf16RoundingOnEveryRankCount) {
+  if (!cpu_has_bf16_compute()) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  MpiCommunicator comm(MPI_COMM_WORLD);
+  const int D = comm.size(), rank = comm.rank();
+  struct Variant {
+    const char* name;
+    DispatchKind dispatch;
+    bool prune, overlap;
+  };
+  for (const Variant v : {Variant{"standard", DispatchKind::kStandard, false, false},
+                          Variant{"occult", DispatchKind::kOccult, false, false},
+                          Variant{"occult_pruned", DispatchKind::kOccult, true, false},
+                          Variant{"occult_overlap", DispatchKind::kOccult, false, true}}) {
+    SCOPED_TRACE(v.name);
+    MoeLayerConfig c;
+    c.num_experts = 8;
+    c.top_k = 3;
+    c.hidden_size = 16;
+    c.ffn_size = 12;
+    c.norm_topk_prob = true;
+    c.dispatch = v.dispatch;
+    c.overlap = v.overlap;
+    c.gemm = {GemmBackend::kOneDnn, ComputeDType::kBF16};
+    if (v.prune) c.prune.max_devices = (D + 1) / 2;
+    const std::vector<int> placement = make_placement(c.num_experts, D, true);
+    const std::int64_t T = 24, H = c.hidden_size, k = c.top_k;
+    const std::vector<float> x = random_values(T * H, 71), dy = random_values(T * H, 72);
+    ReferenceMoeWeights w = ReferenceMoeWeights::random(c, 73, 0.4f);
+    // The routing (pruned by the reference when asked) is imposed, as a model's router would.
+    ReferenceMoeState routed, s;
+    std::vector<float> y_ref(T * H), dx_ref(T * H);
+    reference_moe_forward(c, w, x, T, placement, routed, y_ref);
+    reference_moe_forward_with_routing(c, w, x, T, routed.topk_ids, routed.topk_weights, s, y_ref);
+    ReferenceMoeWeights g_ref = ReferenceMoeWeights::zeros(c);
+    reference_moe_backward(c, w, s, x, dy, {}, dx_ref, g_ref);
+
+    const std::int64_t lo = first_token(T, rank, D), n = first_token(T, rank + 1, D) - lo;
+    MoeLayer layer(comm, c, placement);
+    layer.init_random(73, 0.4f);
+    std::vector<float> y(n * H), dx(n * H);
+    layer.forward_with_routing(rows(x, lo, n, H), n, rows(s.topk_ids, lo, n, k), rows(s.topk_weights, lo, n, k), y);
+    layer.backward(rows(dy, lo, n, H), {}, dx);
+
+    // Norm-wise over all ranks: squared differences and norms summed.
+    auto global_error = [&](std::span<const float> got, std::span<const float> want) {
+      std::vector<double> sums = {0, 0};
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        sums[0] += (double(got[i]) - want[i]) * (double(got[i]) - want[i]);
+        sums[1] += double(want[i]) * want[i];
+      }
+      comm.all_reduce_sum(sums);
+      return std::sqrt(sums[0] / sums[1]);
+    };
+    const double tolerance = 0x1p-5, f32_noise = 1e-4;
+    const double y_err = global_error(y, rows(y_ref, lo, n, H)), dx_err = global_error(dx, rows(dx_ref, lo, n, H));
+    EXPECT_LT(y_err, tolerance) << "output";
+    EXPECT_GT(y_err, f32_noise) << "output";
+    EXPECT_LT(dx_err, tolerance) << "grad_input";
+    EXPECT_GT(dx_err, f32_noise) << "grad_input";
+    const std::int64_t FH = c.ffn_size * H;
+    for (int e : layer.local_experts()) {
+      for (int kind = 0; kind < 3; ++kind) {
+        const auto& ref = kind == 0 ? g_ref.gate_proj : kind == 1 ? g_ref.up_proj : g_ref.down_proj;
+        const auto got = kind == 0 ? layer.gate_proj_grad(e) : kind == 1 ? layer.up_proj_grad(e) : layer.down_proj_grad(e);
+        const double err = relative_error(got, rows(ref, e, 1, FH));
+        EXPECT_LT(err, tolerance) << "expert " << e << " matrix " << kind;
+        if (std::any_of(got.begin(), got.end(), [](float g) { return g != 0.0f; })) {
+          EXPECT_GT(err, f32_noise) << "expert " << e << " matrix " << kind;
+        }
+      }
+    }
+  }
+}
+
 // Rows are cast once at home and arrive as exactly fl(x): column 0 carries the global token id
 // (an integer, exact in every format), the others values that the half formats must round.
 TEST(MoeLayerWirePayload, EveryReceivedRowIsTheRoundedToken) {

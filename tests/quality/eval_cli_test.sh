@@ -53,6 +53,13 @@ $mpi -np 2 "$occult" profile --checkpoint base --data "$corpus" --tokens 2048 --
 $mpi -np 2 "$occult" train --config "$src/configs/tiny.json" --data test.txt --steps 3 --batch 4 --seq-len 32 \
   --init base --placement place-sim.json --prune-devices 1 --prune-scheme similarity --save ft --no-progress \
   > ft.txt 2>&1 || fail "fine-tune: $(cat ft.txt)"
+# Mixed-precision fine-tuning (BF16 GEMMs, F32 master weights): trains, saves and evaluates.
+if grep -q avx512_bf16 /proc/cpuinfo; then
+  $mpi -np 2 "$occult" train --config "$src/configs/tiny.json" --data test.txt --steps 3 --batch 4 --seq-len 32 \
+    --init base --compute bf16 --save ft16 --no-progress > ft16.txt 2>&1 || fail "fine-tune --compute bf16: $(cat ft16.txt)"
+  ev e16.json $mpi -np 2 "$occult" eval --checkpoint ft16 --data test.txt --seq-len 64 --compute bf16 --json
+  grep -q '"loss":[0-9]' e16.json || fail "eval of the BF16 fine-tune: $(cat e16.json)"
+fi
 ev p2.json $mpi -np 2 "$occult" eval --checkpoint ft --data test.txt --seq-len 64 --placement place-sim.json \
   --prune-devices 1 --prune-scheme similarity --json
 grep -q '"replicas_per_token":1.0,' p2.json || fail "M = 1: C_T must be 1: $(cat p2.json)"

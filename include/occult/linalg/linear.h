@@ -5,9 +5,9 @@
 // fallback). Two compute precisions:
 // - F32 (the default): a BF16 weight is widened to F32 (exact), so the result equals that of the
 //   same weights held in F32 up to the order of the sums;
-// - BF16 (opt-in, inference, only on CPUs with AVX512-BF16): the activations are rounded to BF16
-//   (nearest, ties to even), F32 weights too, products are accumulated in F32 and the output
-//   is F32. The BLAS backend emulates it exactly (rounds both operands, then sgemm).
+// - BF16 (opt-in, only on CPUs with AVX512-BF16; inference and mixed-precision training): both
+//   operands are rounded to BF16 (nearest, ties to even), products are accumulated in F32 and
+//   the output is F32. The BLAS backend emulates it exactly (rounds both operands, then sgemm).
 #pragma once
 
 #include <cstdint>

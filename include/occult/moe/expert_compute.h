@@ -4,7 +4,7 @@
 // token's row. Rows are gathered tile by tile into a small reusable buffer and results are
 // scatter-added tile by tile, so neither the input nor the output is ever copied k times (the
 // CPU form of the paper's scattering/merging sparse matmul). GEMMs go through occult::gemm with
-// this thread's GEMM options (oneDNN or BLAS; F32, or BF16 compute in the forward).
+// this thread's GEMM options (oneDNN or BLAS; F32 or BF16 compute, forward and backward).
 #pragma once
 
 #include <cstdint>
@@ -85,7 +85,8 @@ void expert_forward_ranges(const ReceivePlan& plan, const ExpertWeightsView& wei
                            std::span<const float> x_recv, std::span<float> out, std::span<float> act_gate,
                            std::span<float> act_up, ExpertScratch& scratch, ExpertProgress progress = {});
 
-// Backward (F32 weights and F32 compute only; throws under BF16 compute). dy_recv [R, H] is the gradient of out; writes dx_recv [R, H] (overwritten) and
+// Backward (F32 master weights; the products in this thread's compute precision, sums and
+// gradients in F32). dy_recv [R, H] is the gradient of out; writes dx_recv [R, H] (overwritten) and
 // d_weight [A] (gradient of each assignment's gate weight, expert-sorted order), and
 // accumulates the expert weight gradients.
 void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& weights, std::span<const float> x_recv,

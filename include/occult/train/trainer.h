@@ -31,6 +31,7 @@ struct TrainOptions {
   std::string prune_scheme = "score";
   WireFormat wire = WireFormat::kF32;   // MoE exchange payloads (--wire)
   bool overlap = false;                 // MoE forward exchanges overlapped with experts (--overlap)
+  GemmOptions gemm;                     // GEMM library and precision (--gemm, --compute)
   int steps = 100;                      // last step of the schedule
   int stop_at = 0;                      // stop after this step (0 = steps); the schedule is unchanged
   std::optional<std::int64_t> batch;    // global sequences per step (default 8)
