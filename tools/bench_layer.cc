@@ -363,6 +363,19 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     r.backward_ms = median(bwd);
     r.expert_gflops = median(gflops);
     r.backward_expert_gflops = median(bwd_gflops);
+    if (v.dispatch == DispatchKind::kStandard && v.prune_devices == 0) {
+      // The GEMM ceiling for the shapes this rank's experts just computed (before the decode-like
+      // runs below replace the receive plan with their smaller ones).
+      const ReceivePlan& rp = layer.receive_plan();
+      std::vector<std::int64_t> rows_per_expert;
+      for (int l = 0; l < rp.num_local_experts; ++l) rows_per_expert.push_back(rp.expert_offsets[l + 1] - rp.expert_offsets[l]);
+      const GemmBaseline b = gemm_baseline(rows_per_expert, a.hidden, a.ffn, a.iters, base.gemm, a.backward);
+      std::vector<double> rate = {b.gflops}, floor = {b.forward_ms, b.backward_ms};
+      comm.all_reduce_sum(rate);
+      comm.all_reduce_max(floor);
+      sgemm_gflops = rate[0] / D;
+      floor_ms = floor;
+    }
     // Decode-like steps: a forward over the first n tokens, where latency (the number of
     // collectives and their start-up cost), not bandwidth, dominates.
     for (std::int64_t n : decode_sizes) {
@@ -389,18 +402,6 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     std::vector<double> rss = {peak_rss_mb()};
     comm.all_reduce_max(rss);
     r.peak_rss_mb = rss[0];
-    if (v.dispatch == DispatchKind::kStandard && v.prune_devices == 0) {
-      // The GEMM ceiling for the shapes this rank's experts just computed.
-      const ReceivePlan& rp = layer.receive_plan();
-      std::vector<std::int64_t> rows_per_expert;
-      for (int l = 0; l < rp.num_local_experts; ++l) rows_per_expert.push_back(rp.expert_offsets[l + 1] - rp.expert_offsets[l]);
-      const GemmBaseline b = gemm_baseline(rows_per_expert, a.hidden, a.ffn, a.iters, base.gemm, a.backward);
-      std::vector<double> rate = {b.gflops}, floor = {b.forward_ms, b.backward_ms};
-      comm.all_reduce_sum(rate);
-      comm.all_reduce_max(floor);
-      sgemm_gflops = rate[0] / D;
-      floor_ms = floor;
-    }
     results.push_back(r);
   }
   progress.finish();
