@@ -525,7 +525,7 @@ void setup(CLI::App& root) {
   cmd->add_option("--wire", args->wire, "wire formats to compare, comma-separated: f32, bf16, f16, fp8")
       ->capture_default_str();
   cmd->add_option("--overlap", args->overlap,
-                  "overlap the forward's exchanges with expert compute: on, off, or off,on to compare")
+                  "overlap the exchanges (forward and backward) with expert compute: on, off, or off,on to compare")
       ->capture_default_str();
   cmd->add_option("--decode-tokens", args->decode_tokens,
                   "tokens per rank of the decode-like latency runs, comma-separated (\"\" = none)")

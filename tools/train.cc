@@ -167,7 +167,7 @@ void setup(CLI::App& root) {
   cmd->add_option("--dispatch", flags->dispatch, "standard | occult")->capture_default_str();
   cmd->add_option("--wire", flags->wire, "MoE exchange payloads: f32 | bf16 | f16 | fp8 (fp8: E4M3 forward dispatch, BF16 elsewhere; sums stay F32)")
       ->capture_default_str();
-  cmd->add_option("--overlap", flags->overlap, "overlap the MoE forward's exchanges with expert compute: on | off")
+  cmd->add_option("--overlap", flags->overlap, "overlap the MoE forward's and backward's exchanges with expert compute: on | off")
       ->capture_default_str();
   add_compute_flags(cmd, flags->compute, flags->gemm);
   cmd->add_option("--placement", flags->placement, "placement JSON (occult place); default contiguous");

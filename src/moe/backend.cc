@@ -24,6 +24,14 @@ class CpuExpertBackend final : public ExpertBackend {
                 ExpertScratch& scratch) override {
     expert_backward(plan, weights, x_recv, dy_recv, act_gate, act_up, dx_recv, d_weight, grads, scratch);
   }
+  void backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& weights, std::span<const std::int64_t> begin,
+                       std::span<const std::int64_t> end, std::span<const float> x_recv,
+                       std::span<const float> dy_recv, std::span<const float> act_gate,
+                       std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
+                       const ExpertGradsView& grads, ExpertScratch& scratch, ExpertProgress progress) override {
+    expert_backward_ranges(plan, weights, begin, end, x_recv, dy_recv, act_gate, act_up, dx_recv, d_weight, grads,
+                           scratch, progress);
+  }
 };
 
 class CpuRouterBackend final : public RouterBackend {

@@ -37,6 +37,19 @@ void check_shapes(const ReceivePlan& plan, const ExpertWeightsView& w, std::span
                "expected A*F = {}*{}", act_gate, act_up, A, F);
 }
 
+// Each local expert's range lies within its assignments in the plan.
+void check_ranges(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const std::int64_t> begins,
+                  std::span<const std::int64_t> ends) {
+  const auto L = static_cast<std::size_t>(w.num_local_experts);
+  OCCULT_CHECK(begins.size() == L && ends.size() == L, "expert compute: ranges for {} and {} experts, expected {}",
+               begins.size(), ends.size(), L);
+  for (std::size_t e = 0; e < L; ++e) {
+    OCCULT_CHECK(plan.expert_offsets[e] <= begins[e] && begins[e] <= ends[e] && ends[e] <= plan.expert_offsets[e + 1],
+                 "expert compute: range [{}, {}) of local expert {} is outside its assignments [{}, {})", begins[e],
+                 ends[e], e, plan.expert_offsets[e], plan.expert_offsets[e + 1]);
+  }
+}
+
 void ensure(std::vector<float>& buffer, std::size_t size) {
   if (buffer.size() < size) buffer.resize(size);
 }
@@ -118,14 +131,7 @@ void expert_forward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w, 
                            std::span<float> act_gate, std::span<float> act_up, ExpertScratch& scratch,
                            ExpertProgress progress) {
   check_shapes(plan, w, x_recv, out.size(), act_gate.size(), act_up.size());
-  const auto L = static_cast<std::size_t>(w.num_local_experts);
-  OCCULT_CHECK(begins.size() == L && ends.size() == L, "expert compute: ranges for {} and {} experts, expected {}",
-               begins.size(), ends.size(), L);
-  for (std::size_t e = 0; e < L; ++e) {
-    OCCULT_CHECK(plan.expert_offsets[e] <= begins[e] && begins[e] <= ends[e] && ends[e] <= plan.expert_offsets[e + 1],
-                 "expert compute: range [{}, {}) of local expert {} is outside its assignments [{}, {})", begins[e],
-                 ends[e], e, plan.expert_offsets[e], plan.expert_offsets[e + 1]);
-  }
+  check_ranges(plan, w, begins, ends);
   const int H = w.hidden_size, F = w.ffn_size;
   ensure(scratch.x_tile, kExpertTileRows * H);
   ensure(scratch.h_tile, kExpertTileRows * F);
@@ -180,6 +186,20 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
                      std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
                      const ExpertGradsView& grads, ExpertScratch& scratch) {
   check_shapes(plan, w, x_recv, dx_recv.size(), act_gate.size(), act_up.size());
+  std::fill(dx_recv.begin(), dx_recv.end(), 0.0f);
+  const std::span<const std::int64_t> offsets(plan.expert_offsets);
+  const auto L = static_cast<std::size_t>(w.num_local_experts);
+  expert_backward_ranges(plan, w, offsets.first(L), offsets.subspan(1, L), x_recv, dy_recv, act_gate, act_up, dx_recv,
+                         d_weight, grads, scratch);
+}
+
+void expert_backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const std::int64_t> begins,
+                            std::span<const std::int64_t> ends, std::span<const float> x_recv,
+                            std::span<const float> dy_recv, std::span<const float> act_gate,
+                            std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
+                            const ExpertGradsView& grads, ExpertScratch& scratch, ExpertProgress progress) {
+  check_shapes(plan, w, x_recv, dx_recv.size(), act_gate.size(), act_up.size());
+  check_ranges(plan, w, begins, ends);
   require_f32(w, "expert backward");
   // The products run in this thread's compute precision: under BF16 (mixed-precision training)
   // each GEMM rounds its operands, the F32 master weights included, once per expert, and
@@ -194,7 +214,6 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
   OCCULT_CHECK(grads.gate_proj.size() == w.gate_proj.size() && grads.up_proj.size() == w.up_proj.size() &&
                    grads.down_proj.size() == w.down_proj.size(),
                "expert backward: gradient tensors do not match the weights' shapes");
-  std::fill(dx_recv.begin(), dx_recv.end(), 0.0f);
   ensure(scratch.x_tile, kExpertTileRows * H);
   ensure(scratch.dy_tile, kExpertTileRows * H);
   ensure(scratch.y_tile, kExpertTileRows * H);
@@ -211,15 +230,15 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
   float* da3 = scratch.da_up.data();
   for (int e = 0; e < w.num_local_experts; ++e) {
     const std::size_t fh = static_cast<std::size_t>(F) * H;
-    if (plan.expert_offsets[e] == plan.expert_offsets[e + 1]) continue;
+    if (begins[e] == ends[e]) continue;
     const WeightRef w1 = matrix.prepare(w.matrix(0, e), 0, static_cast<std::int64_t>(fh), options.compute);
     const WeightRef w3 = matrix.prepare(w.matrix(1, e), 1, static_cast<std::int64_t>(fh), options.compute);
     const WeightRef w2 = matrix.prepare(w.matrix(2, e), 2, static_cast<std::int64_t>(fh), options.compute);
     float* dw1 = grads.gate_proj.data() + e * fh;
     float* dw3 = grads.up_proj.data() + e * fh;
     float* dw2 = grads.down_proj.data() + e * fh;
-    for (std::int64_t begin = plan.expert_offsets[e]; begin < plan.expert_offsets[e + 1]; begin += kExpertTileRows) {
-      const int n = static_cast<int>(std::min(kExpertTileRows, plan.expert_offsets[e + 1] - begin));
+    for (std::int64_t begin = begins[e]; begin < ends[e]; begin += kExpertTileRows) {
+      const int n = static_cast<int>(std::min(kExpertTileRows, ends[e] - begin));
       for (int i = 0; i < n; ++i) {
         const std::int64_t row = plan.sorted_row[begin + i];
         std::memcpy(x_tile + static_cast<std::size_t>(i) * H, x_recv.data() + row * H, sizeof(float) * H);
@@ -259,6 +278,7 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& w, std::s
         const float* src = dx_tile + static_cast<std::size_t>(i) * H;
         for (int c = 0; c < H; ++c) dst[c] += src[c];
       }
+      progress();
     }
   }
 }

@@ -41,9 +41,10 @@ struct ExchangeBuffers {
   std::vector<double> dp;                       // [E]
   ExpertScratch expert;
 
-  // The overlapped forward (MoeLayerConfig::overlap).
+  // The overlapped forward and backward (MoeLayerConfig::overlap).
   std::vector<std::int64_t> combine_send_counts, combine_send_offsets;  // [D] bytes
   std::vector<std::int64_t> combine_recv_counts, combine_recv_offsets;  // [D] bytes
+  std::vector<std::int64_t> combine_metadata;   // [D] gate-gradient bytes (overlapped backward)
   std::vector<std::byte> combine_send, combine_recv;  // stage-1 rows out (non-F32 wire), home
   std::vector<std::int64_t> block_begin, block_end;  // [D, L] each source's range of each expert
   std::vector<std::int64_t> block_fill;              // [L] where the next landed assignment goes
@@ -51,6 +52,7 @@ struct ExchangeBuffers {
   std::size_t ready_next = 0;   // first entry of `ready` not yet computed
   std::vector<int> home_landed; // sources of stage-1 rows that landed home
   std::vector<char> home_ready; // [D] stage-1 rows from d have landed
+  std::vector<char> source_landed;  // [D] the backward dispatch block from s has landed
   int home_next = 0;            // stage-2 has summed the rows from [0, home_next)
   int dispatch_handle = -1, combine_handle = -1;
 
@@ -903,27 +905,13 @@ void MoeLayer::release_forward_buffers() {
   for (auto* v : {&b.wire_tokens, &b.send, &b.recv, &b.combine_send, &b.combine_recv}) std::vector<std::byte>().swap(*v);
 }
 
-void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_router_probs, std::span<float> dx) {
-  const GemmOptionsScope gemm_scope(config_.gemm);
-  const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k, D = comm_.size();
+void MoeLayer::blocking_backward(std::span<const float> dy, std::span<float> dx,
+                                 const std::optional<std::string>& error) {
+  const int H = config_.hidden_size, D = comm_.size();
   const std::int64_t T = num_tokens_;
   const WireFormat wire = exchange_wire(config_.wire, false);  // fp8 is the forward dispatch's only
   const std::int64_t row_bytes = wire_row_bytes(wire, H);
   const bool have_plan = plan_.num_devices == D && receive_.num_devices == D;
-  std::optional<std::string> error = local_error([&] {
-    OCCULT_CHECK(config_.with_grads, "MoE layer backward: the layer was built for inference (no gradients)");
-    OCCULT_CHECK(have_plan, "MoE layer backward: no successful forward to differentiate");
-    OCCULT_CHECK(dy.size() == static_cast<std::size_t>(T) * H,
-                 "MoE layer backward: output gradient holds {} floats, expected T*H = {}*{} (T of the last forward)",
-                 dy.size(), T, H);
-    OCCULT_CHECK(dx.size() == dy.size(), "MoE layer backward: input gradient holds {} floats, expected {}", dx.size(),
-                 dy.size());
-    OCCULT_CHECK(d_router_probs.empty() || d_router_probs.size() == static_cast<std::size_t>(T) * E,
-                 "MoE layer backward: router-probability gradient holds {} floats, expected 0 or T*E = {}*{}",
-                 d_router_probs.size(), T, E);
-    OCCULT_CHECK(d_router_probs.empty() || !routing_imposed_,
-                 "MoE layer backward: a router-probability gradient was given but the routing was imposed");
-  });
   MoeLayerBuffers& b = *buffers_;
   double t0 = now_seconds();
   // Backward dispatch: to each destination a status word, then the output gradient of each
@@ -1011,9 +999,200 @@ void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_rout
     copy_bytes(b.d_weight_send.data() + plan_.send_assignment_offsets[d], in, grad_bytes);
     add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1], in + grad_bytes, H, dx);
   }
-  double t3 = now_seconds();
-  timings_.backward_combine = t3 - t2;
+  timings_.backward_combine = now_seconds() - t2;
 
+}
+
+namespace {
+// Each source's range of each local expert in a receive plan ([D, L] begin and end): within an
+// expert, a plan's entries come in source order, and source s's rows are
+// [recv_row_offsets[s], recv_row_offsets[s + 1]).
+void source_ranges(const ReceivePlan& rp, std::vector<std::int64_t>& begin, std::vector<std::int64_t>& end) {
+  const int D = rp.num_devices, L = rp.num_local_experts;
+  begin.resize(static_cast<std::size_t>(D) * L);
+  end.resize(static_cast<std::size_t>(D) * L);
+  for (int e = 0; e < L; ++e) {
+    std::int64_t i = rp.expert_offsets[e];
+    for (int s = 0; s < D; ++s) {
+      begin[static_cast<std::size_t>(s) * L + e] = i;
+      while (i < rp.expert_offsets[e + 1] && rp.sorted_row[i] < rp.recv_row_offsets[s + 1]) ++i;
+      end[static_cast<std::size_t>(s) * L + e] = i;
+    }
+  }
+}
+}  // namespace
+
+void MoeLayer::overlapped_backward(std::span<const float> dy, std::span<float> dx,
+                                   const std::optional<std::string>& error) {
+  const int H = config_.hidden_size, D = comm_.size(), me = comm_.rank();
+  const std::int64_t T = num_tokens_;
+  const WireFormat wire = exchange_wire(config_.wire, false);
+  const std::int64_t row_bytes = wire_row_bytes(wire, H);
+  constexpr std::int64_t kGradBytes = sizeof(float);
+  MoeLayerBuffers& b = *buffers_;
+  const double t0 = now_seconds();
+  // Every rank's status first, in one small exchange: blocks are computed as they land and add
+  // into the weight gradients, which must not change unless every rank succeeded.
+  b.counts.assign(static_cast<std::size_t>(D), error ? 1 : 0);
+  b.counts_recv.resize(static_cast<std::size_t>(D));
+  comm_.all_to_all_counts_into(b.counts, b.counts_recv);
+  if (std::any_of(b.counts_recv.begin(), b.counts_recv.end(), [](std::int64_t s) { return s != 0; })) {
+    agree_on_error_message(comm_, error.has_value(), error.value_or(""));
+  }
+
+  // Backward dispatch: each send row's output gradient, cast once per token, in the forward's
+  // plan order.
+  const std::byte* token_rows = reinterpret_cast<const std::byte*>(dy.data());
+  if (wire != WireFormat::kF32) {
+    b.wire_tokens.resize(static_cast<std::size_t>(T * row_bytes));
+    encode_wire(wire, dy, b.wire_tokens.data());
+    token_rows = b.wire_tokens.data();
+  }
+  b.send_counts.resize(D);
+  b.send_metadata.assign(D, 0);
+  b.recv_counts.resize(D);
+  for (int d = 0; d < D; ++d) {
+    b.send_counts[d] = plan_.send_row_counts[d] * row_bytes;
+    b.recv_counts[d] = receive_.recv_row_counts[d] * row_bytes;
+  }
+  b.send.resize(static_cast<std::size_t>(pack_offsets(b.send_counts, b.send_offsets)));
+  b.recv.resize(static_cast<std::size_t>(pack_offsets(b.recv_counts, b.recv_offsets)));
+  for (int d = 0; d < D; ++d) {
+    std::byte* out = b.send.data() + b.send_offsets[d];
+    for (std::int64_t r = plan_.send_row_offsets[d]; r < plan_.send_row_offsets[d + 1]; ++r, out += row_bytes) {
+      copy_bytes(out, token_rows + plan_.row_token[r] * row_bytes, row_bytes);
+    }
+  }
+  // Backward combine: to each source its gate-weight gradients (F32, its arrival order), then
+  // its input-gradient rows, sent as soon as its block is computed.
+  b.combine_send_counts.resize(D);
+  b.combine_recv_counts.resize(D);
+  b.combine_metadata.resize(D);
+  for (int d = 0; d < D; ++d) {
+    b.combine_metadata[d] = receive_.recv_assignment_counts[d] * kGradBytes;
+    b.combine_send_counts[d] = b.combine_metadata[d] + receive_.recv_row_counts[d] * row_bytes;
+    b.combine_recv_counts[d] = plan_.send_assignment_counts[d] * kGradBytes + plan_.send_row_counts[d] * row_bytes;
+  }
+  b.combine_send.resize(static_cast<std::size_t>(pack_offsets(b.combine_send_counts, b.combine_send_offsets)));
+  b.combine_recv.resize(static_cast<std::size_t>(pack_offsets(b.combine_recv_counts, b.combine_recv_offsets)));
+  source_ranges(receive_, b.block_begin, b.block_end);
+  const std::int64_t R = receive_.num_rows(), A = receive_.num_assignments();
+  b.dy_recv.resize(R * H);
+  b.expert_out.resize(R * H);  // dx rows, on the expert side
+  b.d_weight_sorted.resize(A);
+  b.d_weight_arrival.resize(A);
+  b.d_weight_send.resize(plan_.num_assignments());
+  b.ready.clear();
+  b.ready.reserve(D);
+  b.ready_next = 0;
+  b.home_landed.clear();
+  b.home_landed.reserve(D);
+  b.home_ready.assign(D, 0);
+  b.home_next = 0;
+  std::fill(dx.begin(), dx.end(), 0.0f);
+  snapshot_replica_gradients();
+  b.dispatch_handle = comm_.start_exchange(exchange_name(kExchangeBackwardDispatch), b.send, b.send_counts,
+                                           b.send_offsets, b.send_metadata, b.recv, b.recv_counts, b.recv_offsets,
+                                           false);
+  b.combine_handle = comm_.start_exchange(exchange_name(kExchangeBackwardCombine), b.combine_send,
+                                          b.combine_send_counts, b.combine_send_offsets, b.combine_metadata,
+                                          b.combine_recv, b.combine_recv_counts, b.combine_recv_offsets, true);
+  const double t1 = now_seconds();
+  timings_.backward_dispatch = t1 - t0;
+
+  // Home adds the input-gradient rows in destination order, as far as they have landed: dx is
+  // bit for bit independent of the arrival order.
+  auto sum_home = [&] {
+    for (; !b.home_landed.empty(); b.home_landed.pop_back()) b.home_ready[b.home_landed.back()] = 1;
+    for (; b.home_next < D && b.home_ready[b.home_next]; ++b.home_next) {
+      const int d = b.home_next;
+      const std::byte* in = b.combine_recv.data() + b.combine_recv_offsets[d];
+      const std::int64_t grad_bytes = plan_.send_assignment_counts[d] * kGradBytes;
+      copy_bytes(b.d_weight_send.data() + plan_.send_assignment_offsets[d], in, grad_bytes);
+      add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1], in + grad_bytes, H, dx);
+    }
+  };
+  // Sources in a fixed order (this rank's own block, which is there at once, then the next
+  // ranks in turn), not in landing order: each block adds into the weight gradients, and F32
+  // sums in a fixed order keep them independent of when blocks land.
+  // (The progress hook reports landed blocks into b.ready while the experts compute.)
+  b.source_landed.assign(D, 0);
+  auto note_landed = [&] {
+    for (; b.ready_next < b.ready.size(); ++b.ready_next) b.source_landed[b.ready[b.ready_next]] = 1;
+  };
+  comm_.exchange_test(b.dispatch_handle, b.ready);
+  for (int k = 0; k < D; ++k) {
+    const int s = (me + k) % D;
+    for (note_landed(); !b.source_landed[s]; note_landed()) comm_.exchange_wait_some(b.dispatch_handle, b.ready);
+    backward_source_block(s, b.combine_handle);
+    sum_home();
+  }
+  const double t2 = now_seconds();
+  timings_.backward_experts = t2 - t1;
+  while (b.home_next < D) {
+    comm_.exchange_wait_some(b.combine_handle, b.home_landed);
+    sum_home();
+  }
+  comm_.exchange_finish(b.dispatch_handle);
+  comm_.exchange_finish(b.combine_handle);
+  b.dispatch_handle = b.combine_handle = -1;
+  sum_replica_gradients();
+  timings_.backward_combine = now_seconds() - t2;
+}
+
+void MoeLayer::backward_source_block(int s, int combine) {
+  const int H = config_.hidden_size, L = static_cast<int>(local_experts_.size());
+  const WireFormat wire = exchange_wire(config_.wire, false);
+  MoeLayerBuffers& b = *buffers_;
+  const ReceivePlan& rp = receive_;
+  const std::int64_t a0 = rp.recv_assignment_offsets[s], na = rp.recv_assignment_counts[s];
+  const std::int64_t r0 = rp.recv_row_offsets[s], nr = rp.recv_row_counts[s];
+  decode_wire(wire, b.recv.data() + b.recv_offsets[s], std::span<float>(b.dy_recv).subspan(r0 * H, nr * H));
+  const std::span<float> dx_rows = std::span<float>(b.expert_out).subspan(r0 * H, nr * H);
+  std::fill(dx_rows.begin(), dx_rows.end(), 0.0f);
+  const std::span<const std::int64_t> begin =
+      std::span<const std::int64_t>(b.block_begin).subspan(static_cast<std::size_t>(s) * L, L);
+  const std::span<const std::int64_t> end =
+      std::span<const std::int64_t>(b.block_end).subspan(static_cast<std::size_t>(s) * L, L);
+  OverlapProgress poll{&comm_, &b};
+  expert_backend_->backward_ranges(rp, expert_view(), begin, end, x_recv_, b.dy_recv, act_gate_, act_up_,
+                                   b.expert_out, b.d_weight_sorted, ExpertGradsView{d_w1_, d_w3_, d_w2_}, b.expert,
+                                   ExpertProgress{&OverlapProgress::poll, &poll});
+  for (int e = 0; e < L; ++e) {
+    for (std::int64_t i = begin[e]; i < end[e]; ++i) b.d_weight_arrival[rp.sorted_to_arrival[i]] = b.d_weight_sorted[i];
+  }
+  std::byte* out = b.combine_send.data() + b.combine_send_offsets[s];
+  copy_bytes(out, b.d_weight_arrival.data() + a0, na * static_cast<std::int64_t>(sizeof(float)));
+  encode_wire(wire, dx_rows, out + na * static_cast<std::int64_t>(sizeof(float)));
+  comm_.exchange_send(combine, s);
+}
+
+void MoeLayer::backward(std::span<const float> dy, std::span<const float> d_router_probs, std::span<float> dx) {
+  const GemmOptionsScope gemm_scope(config_.gemm);
+  const int E = config_.num_experts, H = config_.hidden_size, k = config_.top_k, D = comm_.size();
+  const std::int64_t T = num_tokens_;
+  const bool have_plan = plan_.num_devices == D && receive_.num_devices == D;
+  std::optional<std::string> error = local_error([&] {
+    OCCULT_CHECK(config_.with_grads, "MoE layer backward: the layer was built for inference (no gradients)");
+    OCCULT_CHECK(have_plan, "MoE layer backward: no successful forward to differentiate");
+    OCCULT_CHECK(dy.size() == static_cast<std::size_t>(T) * H,
+                 "MoE layer backward: output gradient holds {} floats, expected T*H = {}*{} (T of the last forward)",
+                 dy.size(), T, H);
+    OCCULT_CHECK(dx.size() == dy.size(), "MoE layer backward: input gradient holds {} floats, expected {}", dx.size(),
+                 dy.size());
+    OCCULT_CHECK(d_router_probs.empty() || d_router_probs.size() == static_cast<std::size_t>(T) * E,
+                 "MoE layer backward: router-probability gradient holds {} floats, expected 0 or T*E = {}*{}",
+                 d_router_probs.size(), T, E);
+    OCCULT_CHECK(d_router_probs.empty() || !routing_imposed_,
+                 "MoE layer backward: a router-probability gradient was given but the routing was imposed");
+  });
+  if (config_.overlap) {
+    overlapped_backward(dy, dx, error);
+  } else {
+    blocking_backward(dy, dx, error);
+  }
+  const double t3 = now_seconds();
+  MoeLayerBuffers& b = *buffers_;
   if (!routing_imposed_ && T > 0) {
     // The gate-weight gradient per (token, slot); dropped slots have none.
     std::vector<float>& dg = b.dg;

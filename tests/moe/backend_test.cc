@@ -1,6 +1,6 @@
 // The MoE layer's compute seam: every expert and router product goes through the layer's
 // backends, and a replacement backend sees exactly the calls the layer makes (forward, the
-// overlapped forward's per-source ranges, backward, the router's two products).
+// overlapped forward and backward per-source ranges, backward, the router's two products).
 #include "occult/moe/backend.h"
 
 #include <gtest/gtest.h>
@@ -19,7 +19,7 @@ using testing_util::random_values;
 
 // Delegates to the CPU backends and counts the calls.
 struct Calls {
-  int forward = 0, forward_ranges = 0, backward = 0, logits = 0, router_backward = 0;
+  int forward = 0, forward_ranges = 0, backward = 0, backward_ranges = 0, logits = 0, router_backward = 0;
 };
 
 class CountingExperts final : public ExpertBackend {
@@ -42,6 +42,13 @@ class CountingExperts final : public ExpertBackend {
                 std::span<float> dx, std::span<float> dw, const ExpertGradsView& g, ExpertScratch& s) override {
     ++calls_.backward;
     cpu_->backward(plan, w, x, dy, gate, up, dx, dw, g, s);
+  }
+  void backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w, std::span<const std::int64_t> begin,
+                       std::span<const std::int64_t> end, std::span<const float> x, std::span<const float> dy,
+                       std::span<const float> gate, std::span<const float> up, std::span<float> dx,
+                       std::span<float> dw, const ExpertGradsView& g, ExpertScratch& s, ExpertProgress p) override {
+    ++calls_.backward_ranges;
+    cpu_->backward_ranges(plan, w, begin, end, x, dy, gate, up, dx, dw, g, s, p);
   }
 
  private:
@@ -111,11 +118,12 @@ TEST(MoeBackend, EveryProductGoesThroughTheLayersBackends) {
     EXPECT_EQ(counted.dx, plain.dx);
     EXPECT_EQ(counted.d_router, plain.d_router);
     EXPECT_EQ(counted.d_gate, plain.d_gate);
-    // One forward (the whole plan, or one range call per source rank when overlapped), one
-    // backward, and the router's two products.
+    // One forward and one backward (the whole plan, or one range call per source rank when
+    // overlapped), and the router's two products.
     EXPECT_EQ(calls.forward, overlap ? 0 : 1);
     EXPECT_EQ(calls.forward_ranges, overlap ? 1 : 0);
-    EXPECT_EQ(calls.backward, 1);
+    EXPECT_EQ(calls.backward, overlap ? 0 : 1);
+    EXPECT_EQ(calls.backward_ranges, overlap ? 1 : 0);
     EXPECT_EQ(calls.logits, 1);
     EXPECT_EQ(calls.router_backward, 1);
   }

@@ -16,7 +16,7 @@
 namespace occult {
 
 // The experts of one rank. Each method has the contract of the expert_compute.h function of the
-// same role (expert_forward, expert_forward_ranges, expert_backward).
+// same role (expert_forward, expert_forward_ranges, expert_backward, expert_backward_ranges).
 class ExpertBackend {
  public:
   virtual ~ExpertBackend() = default;
@@ -33,6 +33,12 @@ class ExpertBackend {
                         std::span<const float> dy_recv, std::span<const float> act_gate,
                         std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
                         const ExpertGradsView& grads, ExpertScratch& scratch) = 0;
+  virtual void backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& weights,
+                               std::span<const std::int64_t> begin, std::span<const std::int64_t> end,
+                               std::span<const float> x_recv, std::span<const float> dy_recv,
+                               std::span<const float> act_gate, std::span<const float> act_up,
+                               std::span<float> dx_recv, std::span<float> d_weight, const ExpertGradsView& grads,
+                               ExpertScratch& scratch, ExpertProgress progress) = 0;
 };
 
 // The router's two products. Always F32: the top-k choice is sensitive to the logits' last bits.

@@ -62,7 +62,7 @@ void expert_forward(const ReceivePlan& plan, const ExpertWeightsView& weights, s
                     std::span<float> out, std::span<float> act_gate, std::span<float> act_up,
                     ExpertScratch& scratch);
 
-// A hook that expert_forward_ranges calls after each GEMM (e.g. to let pending messages
+// A hook that the range kernels call as they go (e.g. to let pending messages
 // progress when a rank has one core); does nothing when `call` is null. Does not allocate.
 struct ExpertProgress {
   void (*call)(void* context) = nullptr;
@@ -93,6 +93,18 @@ void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& weights, 
                      std::span<const float> dy_recv, std::span<const float> act_gate,
                      std::span<const float> act_up, std::span<float> dx_recv, std::span<float> d_weight,
                      const ExpertGradsView& grads, ExpertScratch& scratch);
+
+// As expert_backward, for the assignments [begin[e], end[e]) of each local expert e only (as in
+// expert_forward_ranges): writes those assignments' d_weight, ADDS their input gradients into
+// dx_recv (the caller zeroes the rows first) and accumulates their weight gradients. Splitting
+// a plan into ranges changes the tiles, so results agree with one call to F32 rounding. Calls
+// `progress` after every token tile.
+void expert_backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& weights,
+                            std::span<const std::int64_t> begin, std::span<const std::int64_t> end,
+                            std::span<const float> x_recv, std::span<const float> dy_recv,
+                            std::span<const float> act_gate, std::span<const float> act_up,
+                            std::span<float> dx_recv, std::span<float> d_weight, const ExpertGradsView& grads,
+                            ExpertScratch& scratch, ExpertProgress progress = {});
 
 // Naive reference twins (plain loops, double accumulation, no BLAS, no tiling, F32 weights):
 // same contracts as expert_forward / expert_backward.

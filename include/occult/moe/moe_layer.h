@@ -82,8 +82,11 @@ struct MoeLayerConfig {
   // home as soon as they are done, and home sums them in the blocking order. The bytes, the
   // collectives and the receive plan are the blocking forward's; the output agrees with it to
   // F32 rounding (each source's rows run as GEMM calls of their own) and does not depend on
-  // the order in which blocks land. False runs dispatch, experts and combine one after
-  // another. The backward is the same either way. Must be the same on every rank.
+  // the order in which blocks land. The backward likewise, after one small exchange of every
+  // rank's status (three collectives instead of two; the status words are then not counted as
+  // metadata), with each source's block computed in a fixed order, so its results do not
+  // depend on arrival order either. False runs dispatch, experts and combine one after
+  // another. Must be the same on every rank.
   bool overlap = false;
   // False for inference: no gradient buffers are allocated (half the expert memory) and
   // backward() throws.
@@ -122,7 +125,8 @@ struct MoeParameter {
 // Wall time (seconds) of the last forward/backward, split so that benchmarks can tell
 // communication from compute on one rank. With overlap, forward_dispatch is the packing and the
 // start of both exchanges, forward_experts the compute and the waits for blocks to land, and
-// forward_combine the wait for the last stage-1 rows to come home.
+// forward_combine the wait for the last stage-1 rows to come home (the backward's likewise,
+// its dispatch time including the status exchange).
 struct MoeLayerTimings {
   double forward_router = 0, forward_dispatch = 0, forward_experts = 0, forward_combine = 0;
   double backward_dispatch = 0, backward_experts = 0, backward_combine = 0, backward_router = 0;
@@ -251,6 +255,15 @@ class MoeLayer {
   // Processes source s's dispatch block of the overlapped forward: fills its part of the
   // receive plan, computes its experts and sends its stage-1 rows home.
   void compute_source_block(int s, int combine);
+  // The exchanges and experts of backward(), after this rank's checks ended with `error`
+  // (nullopt when they passed); both throw on every rank when any rank failed. The overlapped
+  // form (config_.overlap) first agrees on every rank's status in one small exchange, then
+  // computes each source's block as it lands and sends its input-gradient rows home at once.
+  void blocking_backward(std::span<const float> dy, std::span<float> dx, const std::optional<std::string>& error);
+  void overlapped_backward(std::span<const float> dy, std::span<float> dx, const std::optional<std::string>& error);
+  // Processes source s's block of the overlapped backward: its experts' backward, then its gate
+  // and input gradients sent home on the combine exchange.
+  void backward_source_block(int s, int combine);
   // When any rank failed: forgets the plans and throws, on every rank, the lowest failing
   // rank's message (collective; `error` is this rank's own, if any).
   void fail_on_every_rank(bool any_failed, const std::optional<std::string>& error);
