@@ -88,6 +88,48 @@ TEST_P(ExpertKernels, MatchNaiveTwinForwardAndBackward) {
   }
 }
 
+// The backward over ranges: each expert's assignments split in two at an arbitrary point (as
+// the overlapped backward splits them by source), called half by half, give the whole call's
+// results to F32 rounding (the tiles differ); a range outside an expert's assignments is refused.
+TEST_P(ExpertKernels, BackwardRangesAddUpToTheWholeCall) {
+  const Case c = GetParam();
+  const ReceivePlan plan = random_plan(c, 19);
+  const std::size_t FH = static_cast<std::size_t>(c.hidden) * c.ffn;
+  const auto w1 = random_values(c.num_local_experts * FH, 51, 0.5f), w3 = random_values(c.num_local_experts * FH, 52, 0.5f);
+  const auto w2 = random_values(c.num_local_experts * FH, 53, 0.5f);
+  const ExpertWeightsView w{c.num_local_experts, c.hidden, c.ffn, w1, w3, w2};
+  const auto x = random_values(c.rows * c.hidden, 54), dy = random_values(c.rows * c.hidden, 55);
+  const std::size_t AF = c.assignments * c.ffn;
+  const auto a1 = random_values(AF, 56), a3 = random_values(AF, 57);
+  ExpertScratch scratch;
+  std::vector<float> dx(x.size()), dg(c.assignments), g1(w1.size()), g3(w1.size()), g2(w1.size());
+  expert_backward(plan, w, x, dy, a1, a3, dx, dg, ExpertGradsView{g1, g3, g2}, scratch);
+  std::vector<std::int64_t> lo, mid, hi;
+  for (int e = 0; e < c.num_local_experts; ++e) {
+    lo.push_back(plan.expert_offsets[e]);
+    hi.push_back(plan.expert_offsets[e + 1]);
+    mid.push_back(lo.back() + (hi.back() - lo.back()) / 3);
+  }
+  std::vector<float> rdx(x.size(), 0.0f), rdg(c.assignments, -1.0f), r1(w1.size()), r3(w1.size()), r2(w1.size());
+  int calls = 0;
+  const ExpertProgress progress{[](void* n) { ++*static_cast<int*>(n); }, &calls};
+  expert_backward_ranges(plan, w, mid, hi, x, dy, a1, a3, rdx, rdg, ExpertGradsView{r1, r3, r2}, scratch, progress);
+  expert_backward_ranges(plan, w, lo, mid, x, dy, a1, a3, rdx, rdg, ExpertGradsView{r1, r3, r2}, scratch, progress);
+  EXPECT_LT(relative_error(rdx, dx), 1e-6);
+  EXPECT_LT(relative_error(rdg, dg), 1e-6);  // every assignment written (none left at -1)
+  EXPECT_LT(relative_error(r1, g1), 1e-6);
+  EXPECT_LT(relative_error(r3, g3), 1e-6);
+  EXPECT_LT(relative_error(r2, g2), 1e-6);
+  EXPECT_GT(calls, 0);
+  if (c.assignments > 0 && plan.expert_offsets[1] > 0) {
+    std::vector<std::int64_t> beyond = hi;
+    beyond[0] = plan.expert_offsets[1] + 1;
+    EXPECT_THROW(expert_backward_ranges(plan, w, lo, beyond, x, dy, a1, a3, rdx, rdg, ExpertGradsView{r1, r3, r2},
+                                        scratch),
+                 Error);
+  }
+}
+
 float round_bf16(float v) { return bf16_to_float(float_to_bf16(v)); }
 
 // BF16 compute: x and h = silu(a1) * a3 are rounded to BF16 before their GEMMs, products are
