@@ -8,12 +8,14 @@
 # Environment: PLACEMENT (a placement JSON; default: hypergraph placed on TRACE), TRACE, LAYER,
 # WRAP (a command prefix for both runs, e.g. "bench/cluster.sh --bandwidth 1gbit --"), LINK (the
 # rate of the one link every rank's traffic shares, e.g. 1gbit: adds the bound column
-# max(bytes crossing it / LINK, compute floor) and each variant's time over it).
+# max(bytes crossing it / LINK, compute floor) and each variant's time over it), OVERLAP (on: every
+# occult variant's forward and backward overlap their exchanges with expert compute; default off).
 set -euo pipefail
 BUILD=${1:-build}
 RANKS=${2:-4}
 TOKENS=${3:-1024}
 ITERS=${4:-5}
+OVERLAP=${OVERLAP:-off}
 TRACE=${TRACE:-data/traces/dsv2lite-esft-intent.safetensors}
 LAYER=${LAYER:-3}
 PYTHON=${PYTHON:-/usr/bin/python3}
@@ -35,12 +37,12 @@ echo "== occult bench layer: standard and occult, F32 and BF16 wire, forward+bac
 "${WRAP[@]}" mpirun --allow-run-as-root --oversubscribe -x OPENBLAS_NUM_THREADS=1 -np "$RANKS" \
   "$BUILD/occult" bench layer "${SHAPE[@]}" --routing-trace "$TRACE" --layer "$LAYER" \
   --placement "$PLACEMENT" --backward --iters "$ITERS" --warmup 1 --wire f32,bf16 --decode-tokens 1,8,64 \
-  --json > "$out/train.json"
+  --overlap "$OVERLAP" --json > "$out/train.json"
 echo "== occult bench layer: BF16 compute (mixed precision), BF16 wire, forward+backward" >&2
 "${WRAP[@]}" mpirun --allow-run-as-root --oversubscribe -x OPENBLAS_NUM_THREADS=1 -np "$RANKS" \
   "$BUILD/occult" bench layer "${SHAPE[@]}" --routing-trace "$TRACE" --layer "$LAYER" \
   --placement "$PLACEMENT" --backward --iters "$ITERS" --warmup 1 --wire bf16 --compute bf16 --decode-tokens "" \
-  --json > "$out/bf16.json"
+  --overlap "$OVERLAP" --json > "$out/bf16.json"
 echo "== PyTorch peer (gloo, standard EP, the same placement)" >&2
 "${WRAP[@]}" "$PYTHON" bench/moe/torch_peer.py --ranks "$RANKS" "${SHAPE[@]}" --routing-trace "$TRACE" \
   --layer "$LAYER" --placement "$PLACEMENT" --iters "$ITERS" --warmup 1 --json > "$out/peer.json"

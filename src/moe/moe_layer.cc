@@ -56,6 +56,36 @@ struct ExchangeBuffers {
   int home_next = 0;            // stage-2 has summed the rows from [0, home_next)
   int dispatch_handle = -1, combine_handle = -1;
 
+  // Resets the landing bookkeeping of an overlapped pass over D ranks.
+  void reset_landing(int D) {
+    ready.clear();
+    ready.reserve(D);
+    ready_next = 0;
+    home_landed.clear();
+    home_landed.reserve(D);
+    home_ready.assign(D, 0);
+    home_next = 0;
+  }
+  // Notes the blocks reported home, then calls add(d) for each destination d whose block is
+  // home, in destination order as far as they have landed: the sums at home, and so the
+  // results, never depend on arrival order.
+  template <typename Add>
+  void add_home_in_order(int D, Add&& add) {
+    for (; !home_landed.empty(); home_landed.pop_back()) home_ready[home_landed.back()] = 1;
+    for (; home_next < D && home_ready[home_next]; ++home_next) add(home_next);
+  }
+  // Waits for the remaining home blocks (adding each in order), then completes both exchanges.
+  template <typename Add>
+  void finish_overlap(Communicator& comm, int D, Add&& add) {
+    while (home_next < D) {
+      comm.exchange_wait_some(combine_handle, home_landed);
+      add_home_in_order(D, add);
+    }
+    comm.exchange_finish(dispatch_handle);
+    comm.exchange_finish(combine_handle);
+    dispatch_handle = combine_handle = -1;
+  }
+
   // Sizes both sides of a packed exchange: to rank d go send_units[d] metadata records of
   // unit_bytes and then send_rows[d] rows of row_bytes; from rank d come recv_units[d]
   // records and recv_rows[d] rows. Fills the byte counts, offsets and metadata sizes.
@@ -727,13 +757,7 @@ void MoeLayer::overlapped_exchange_and_experts(std::span<float> y) {
     b.combine_send.resize(static_cast<std::size_t>(R * row_bytes));
     combine_send = b.combine_send;
   }
-  b.ready.clear();
-  b.ready.reserve(D);
-  b.ready_next = 0;
-  b.home_landed.clear();
-  b.home_landed.reserve(D);
-  b.home_ready.assign(D, 0);
-  b.home_next = 0;
+  b.reset_landing(D);
   std::fill(y.begin(), y.end(), 0.0f);
 
   b.dispatch_handle = comm_.start_exchange(exchange_name(kExchangeDispatch), b.send, b.send_counts, b.send_offsets,
@@ -746,13 +770,9 @@ void MoeLayer::overlapped_exchange_and_experts(std::span<float> y) {
 
   // Stage-2 at home in destination order, as far as the rows have landed: the sums, and so y,
   // are bit for bit those of the blocking combine whatever the arrival order.
-  auto sum_home = [&] {
-    for (; !b.home_landed.empty(); b.home_landed.pop_back()) b.home_ready[b.home_landed.back()] = 1;
-    for (; b.home_next < D && b.home_ready[b.home_next]; ++b.home_next) {
-      const int d = b.home_next;
-      add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1],
-                    b.combine_recv.data() + b.combine_recv_offsets[d], H, y);
-    }
+  auto add_home = [&](int d) {
+    add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1],
+                  b.combine_recv.data() + b.combine_recv_offsets[d], H, y);
   };
   // This rank's own block landed at the start: compute it first, then the others as they land.
   comm_.exchange_test(b.dispatch_handle, b.ready);
@@ -761,17 +781,11 @@ void MoeLayer::overlapped_exchange_and_experts(std::span<float> y) {
   for (int done = 0; done < D; ++done) {
     if (b.ready_next == b.ready.size()) comm_.exchange_wait_some(b.dispatch_handle, b.ready);
     compute_source_block(b.ready[b.ready_next++], b.combine_handle);
-    sum_home();
+    b.add_home_in_order(D, add_home);
   }
   const double t2 = now_seconds();
   timings_.forward_experts = t2 - t1;
-  while (b.home_next < D) {
-    comm_.exchange_wait_some(b.combine_handle, b.home_landed);
-    sum_home();
-  }
-  comm_.exchange_finish(b.dispatch_handle);
-  comm_.exchange_finish(b.combine_handle);
-  b.dispatch_handle = b.combine_handle = -1;
+  b.finish_overlap(comm_, D, add_home);
   timings_.forward_combine = now_seconds() - t2;
 }
 
@@ -1082,13 +1096,7 @@ void MoeLayer::overlapped_backward(std::span<const float> dy, std::span<float> d
   b.d_weight_sorted.resize(A);
   b.d_weight_arrival.resize(A);
   b.d_weight_send.resize(plan_.num_assignments());
-  b.ready.clear();
-  b.ready.reserve(D);
-  b.ready_next = 0;
-  b.home_landed.clear();
-  b.home_landed.reserve(D);
-  b.home_ready.assign(D, 0);
-  b.home_next = 0;
+  b.reset_landing(D);
   std::fill(dx.begin(), dx.end(), 0.0f);
   snapshot_replica_gradients();
   b.dispatch_handle = comm_.start_exchange(exchange_name(kExchangeBackwardDispatch), b.send, b.send_counts,
@@ -1102,15 +1110,11 @@ void MoeLayer::overlapped_backward(std::span<const float> dy, std::span<float> d
 
   // Home adds the input-gradient rows in destination order, as far as they have landed: dx is
   // bit for bit independent of the arrival order.
-  auto sum_home = [&] {
-    for (; !b.home_landed.empty(); b.home_landed.pop_back()) b.home_ready[b.home_landed.back()] = 1;
-    for (; b.home_next < D && b.home_ready[b.home_next]; ++b.home_next) {
-      const int d = b.home_next;
-      const std::byte* in = b.combine_recv.data() + b.combine_recv_offsets[d];
-      const std::int64_t grad_bytes = plan_.send_assignment_counts[d] * kGradBytes;
-      copy_bytes(b.d_weight_send.data() + plan_.send_assignment_offsets[d], in, grad_bytes);
-      add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1], in + grad_bytes, H, dx);
-    }
+  auto add_home = [&](int d) {
+    const std::byte* in = b.combine_recv.data() + b.combine_recv_offsets[d];
+    const std::int64_t grad_bytes = plan_.send_assignment_counts[d] * kGradBytes;
+    copy_bytes(b.d_weight_send.data() + plan_.send_assignment_offsets[d], in, grad_bytes);
+    add_rows_home(wire, plan_, plan_.send_row_offsets[d], plan_.send_row_offsets[d + 1], in + grad_bytes, H, dx);
   };
   // Sources in a fixed order (this rank's own block, which is there at once, then the next
   // ranks in turn), not in landing order: each block adds into the weight gradients, and F32
@@ -1125,17 +1129,11 @@ void MoeLayer::overlapped_backward(std::span<const float> dy, std::span<float> d
     const int s = (me + k) % D;
     for (note_landed(); !b.source_landed[s]; note_landed()) comm_.exchange_wait_some(b.dispatch_handle, b.ready);
     backward_source_block(s, b.combine_handle);
-    sum_home();
+    b.add_home_in_order(D, add_home);
   }
   const double t2 = now_seconds();
   timings_.backward_experts = t2 - t1;
-  while (b.home_next < D) {
-    comm_.exchange_wait_some(b.combine_handle, b.home_landed);
-    sum_home();
-  }
-  comm_.exchange_finish(b.dispatch_handle);
-  comm_.exchange_finish(b.combine_handle);
-  b.dispatch_handle = b.combine_handle = -1;
+  b.finish_overlap(comm_, D, add_home);
   sum_replica_gradients();
   timings_.backward_combine = now_seconds() - t2;
 }
