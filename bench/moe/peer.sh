@@ -45,7 +45,7 @@ echo "== occult bench layer: BF16 compute (mixed precision), BF16 wire, forward+
   --overlap "$OVERLAP" --json > "$out/bf16.json"
 echo "== PyTorch peer (gloo, standard EP, the same placement)" >&2
 "${WRAP[@]}" "$PYTHON" bench/moe/torch_peer.py --ranks "$RANKS" "${SHAPE[@]}" --routing-trace "$TRACE" \
-  --layer "$LAYER" --placement "$PLACEMENT" --iters "$ITERS" --warmup 1 --json > "$out/peer.json"
+  --layer "$LAYER" --placement "$PLACEMENT" --iters "$ITERS" --warmup 1 --decode-tokens 1,8,64 --json > "$out/peer.json"
 
 "$PYTHON" - "$out" "$LAYER" "${LINK:-}" <<'EOF'
 import json, re, sys
@@ -72,8 +72,8 @@ for doc, compute in ((train, "f32"), (bf16, "bf16")):
     for v in doc["variants"]:
         rows.append((v["name"], compute, v["forward_ms"], v["forward_ms"] + v["backward_ms"],
                      v["bytes"]["dispatch"] / 1e6, v.get("decode_ms", []), floor, link_ms(v)))
-rows.append(("pytorch peer (gloo)", "f32", peer["forward_ms"], peer["forward_backward_ms"], peer["dispatch_mb"], [],
-             None, None))
+rows.append(("pytorch peer (gloo)", "f32", peer["forward_ms"], peer["forward_backward_ms"], peer["dispatch_mb"],
+             peer.get("decode_ms", []), None, None))
 pfb = peer["forward_backward_ms"]
 print(f"{'variant':<24} {'compute':>7} {'fwd ms':>8} {'fwd+bwd ms':>11} {'vs peer':>8} {'dispatch MB':>12} "
       f"{'floor ms':>9} {'link ms':>8} {'vs bound':>9}  decode ms @1/8/64 tok")

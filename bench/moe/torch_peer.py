@@ -14,7 +14,8 @@ own --ranks processes (one thread each), so it needs no launcher:
   python3 bench/moe/torch_peer.py --ranks 4 --experts 64 --top-k 6 --hidden 1024 --ffn 512 \
       --tokens-per-rank 1024 --routing-trace data/traces/dsv2lite-esft-intent.safetensors
 Prints a table (medians over --iters after --warmup, slowest rank) or, with --json, one JSON
-object; forward and forward+backward times and the bytes each all-to-all moved.
+object; forward and forward+backward times, the bytes each all-to-all moved, and the latency of
+decode-like forwards over 1, 8 and 64 tokens per rank (--decode-tokens; their plan included).
 """
 import argparse
 import json
@@ -108,35 +109,44 @@ def run_rank(rank, args):
     x0 = torch.rand(T, H, generator=torch.Generator().manual_seed(7 + rank)) * 2 - 1
     dy = torch.rand(T, H, generator=torch.Generator().manual_seed(17 + rank)) * 2 - 1
 
-    # The plan (routing is fixed, so it is built once, as a serving system would per batch).
-    flat_expert = ids.reshape(-1)
-    flat_token = torch.arange(T).repeat_interleave(k)
-    flat_gate = gates.reshape(-1)
-    dest = expert_to_device[flat_expert]
-    order = torch.argsort(dest * E + flat_expert, stable=True)
-    send_splits = torch.bincount(dest, minlength=D)
-    recv_splits = torch.empty_like(send_splits)
-    dist.all_to_all_single(recv_splits, send_splits)
-    send_splits, recv_splits = send_splits.tolist(), recv_splits.tolist()
-    # The receiving side learns which local expert each row is for and its gate weight.
-    meta = torch.stack([flat_expert[order].float(), flat_gate[order]], dim=1)
-    recv_meta = AllToAll.apply(meta, send_splits, recv_splits)
-    recv_expert = recv_meta[:, 0].long()
-    recv_gate = recv_meta[:, 1:2]
+    def build_layer(n):
+        """The layer over the first n tokens: its plan (a count exchange and the routing
+        metadata's all-to-all, as a serving system builds it per batch), then the closure."""
+        flat_expert = ids[:n].reshape(-1)
+        flat_token = torch.arange(n).repeat_interleave(k)
+        flat_gate = gates[:n].reshape(-1)
+        dest = expert_to_device[flat_expert]
+        order = torch.argsort(dest * E + flat_expert, stable=True)
+        send_splits = torch.bincount(dest, minlength=D)
+        recv_splits = torch.empty_like(send_splits)
+        dist.all_to_all_single(recv_splits, send_splits)
+        send_splits, recv_splits = send_splits.tolist(), recv_splits.tolist()
+        # The receiving side learns which local expert each row is for and its gate weight.
+        meta = torch.stack([flat_expert[order].float(), flat_gate[order]], dim=1)
+        recv_meta = AllToAll.apply(meta, send_splits, recv_splits)
+        recv_expert = recv_meta[:, 0].long()
+        recv_gate = recv_meta[:, 1:2]
 
-    def layer(x):
-        rows = AllToAll.apply(x[flat_token[order]], send_splits, recv_splits)
-        out = torch.zeros_like(rows)
-        for e in local:
-            sel = (recv_expert == e).nonzero(as_tuple=True)[0]
-            if sel.numel() == 0:
-                continue
-            i = local_index[e]
-            h = rows[sel]
-            out = out.index_add(0, sel, F.linear(F.silu(F.linear(h, w1[i])) * F.linear(h, w3[i]), w2[i]) * recv_gate[sel])
-        back = AllToAll.apply(out, recv_splits, send_splits)
-        y = torch.zeros_like(x)
-        return y.index_add(0, flat_token[order], back)
+        def layer(x):
+            rows = AllToAll.apply(x[flat_token[order]], send_splits, recv_splits)
+            out = torch.zeros_like(rows)
+            for e in local:
+                sel = (recv_expert == e).nonzero(as_tuple=True)[0]
+                if sel.numel() == 0:
+                    continue
+                i = local_index[e]
+                h = rows[sel]
+                out = out.index_add(0, sel,
+                                    F.linear(F.silu(F.linear(h, w1[i])) * F.linear(h, w3[i]), w2[i]) * recv_gate[sel])
+            back = AllToAll.apply(out, recv_splits, send_splits)
+            y = torch.zeros_like(x)
+            return y.index_add(0, flat_token[order], back)
+
+        return layer, send_splits
+
+    # Routing is fixed, so the full batch's plan is built once and the timings below are the
+    # layer's alone.
+    layer, send_splits = build_layer(T)
 
     def timed(step):
         dist.barrier()
@@ -158,6 +168,17 @@ def run_rank(rank, args):
         forward_backward()
     fwd = sorted(timed(forward) for _ in range(args.iters))
     fwdbwd = sorted(timed(forward_backward) for _ in range(args.iters))
+    # Decode-like steps: a forward over the first n tokens, plan included (it is per batch).
+    decode_ms = []
+    for n in args.decode_tokens:
+        m = min(n, T)
+
+        def step():
+            with torch.no_grad():
+                build_layer(m)[0](x0[:m])
+
+        times = [timed(step) for _ in range(args.warmup + max(args.iters, 5))][args.warmup:]
+        decode_ms.append(1e3 * sorted(times)[len(times) // 2])
     row_bytes = H * 4
     sent = torch.tensor([sum(send_splits) * row_bytes, (sum(send_splits) - send_splits[rank]) * row_bytes],
                         dtype=torch.float64)
@@ -171,6 +192,8 @@ def run_rank(rank, args):
         "forward_backward_ms": 1e3 * fwdbwd[len(fwdbwd) // 2],
         "dispatch_mb": sent[0].item() / 1e6,
         "dispatch_remote_mb": sent[1].item() / 1e6,
+        "decode_tokens_per_rank": [min(n, T) for n in args.decode_tokens],
+        "decode_ms": decode_ms,
         "iters": args.iters, "warmup": args.warmup,
     }
     if rank == 0:
@@ -181,6 +204,8 @@ def run_rank(rank, args):
             print("-" * 71)
             print(f"{result['peer']:<26} {result['forward_ms']:8.2f} {result['forward_backward_ms']:11.2f} "
                   f"{result['dispatch_mb']:12.2f} {result['dispatch_remote_mb']:10.2f}")
+            for n, ms in zip(result["decode_tokens_per_rank"], decode_ms):
+                print(f"decode-like forward, {n} tokens/rank (plan included): {ms:.2f} ms")
             print(f"medians of {args.iters} iterations after {args.warmup} warm-up, slowest rank; "
                   f"bytes summed over ranks (F32 rows, as each all-to-all moves them)")
     dist.destroy_process_group()
@@ -200,8 +225,16 @@ def main():
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--port", type=int, default=29517)
+    p.add_argument("--decode-tokens", default="1,8,64",
+                   help="tokens per rank of the decode-like latency runs, comma-separated ('' = none)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    try:
+        args.decode_tokens = [int(v) for v in args.decode_tokens.split(",") if v.strip()]
+    except ValueError:
+        sys.exit(f"torch_peer: --decode-tokens {args.decode_tokens!r}: expected comma-separated integers")
+    if any(n < 1 for n in args.decode_tokens):
+        sys.exit("torch_peer: --decode-tokens: every size must be >= 1")
     for name in ("ranks", "experts", "top_k", "hidden", "ffn", "tokens_per_rank", "iters"):
         if getattr(args, name) < 1:
             sys.exit(f"torch_peer: --{name.replace('_', '-')} must be >= 1")
