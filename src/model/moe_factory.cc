@@ -84,16 +84,9 @@ std::unique_ptr<MoeBlock> make_moe_block(const ModelConfig& config, Communicator
                                          std::span<const int> expert_to_device,
                                          std::vector<std::vector<int>> device_experts) {
   MoeLayerConfig c;
-  c.num_experts = config.num_experts;
-  c.top_k = config.num_experts_per_tok;
+  static_cast<GatingConfig&>(c) = config.gating();
   c.hidden_size = config.hidden_size;
   c.ffn_size = config.moe_intermediate_size;
-  c.score_function = config.score_function;
-  c.norm_topk_prob = config.norm_topk_prob;
-  c.num_groups = config.n_group;
-  c.kept_groups = config.topk_group;
-  c.group_score = config.group_score;
-  c.routed_scaling_factor = config.routed_scaling_factor;
   c.selection_bias = config.router_selection_bias;
   c.with_grads = options.training;
   c.expert_dtype = options.weight_dtype;

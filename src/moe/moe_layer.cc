@@ -171,19 +171,6 @@ void add_rows_home(WireFormat wire, const DispatchPlan& plan, std::int64_t first
 
 struct MoeLayerBuffers : ExchangeBuffers {};
 
-GatingConfig MoeLayerConfig::gating() const {
-  GatingConfig g;
-  g.num_experts = num_experts;
-  g.top_k = top_k;
-  g.score_function = score_function;
-  g.norm_topk_prob = norm_topk_prob;
-  g.num_groups = num_groups;
-  g.kept_groups = kept_groups;
-  g.group_score = group_score;
-  g.routed_scaling_factor = routed_scaling_factor;
-  return g;
-}
-
 PruneConfig MoeLayerConfig::prune_config(int num_devices) const {
   PruneConfig pc;
   pc.num_experts = num_experts;

@@ -53,19 +53,12 @@ struct MoePruneOptions {
   std::vector<float> similarity;
 };
 
-// Everything that fixes the layer's arithmetic and communication.
-struct MoeLayerConfig {
-  int num_experts = 0;  // E
-  int top_k = 0;        // k
+// Everything that fixes the layer's arithmetic and communication. The routing rules are its
+// GatingConfig part: E (num_experts), k (top_k), the score function, norm_topk_prob,
+// group-limited selection and the routed scaling factor.
+struct MoeLayerConfig : GatingConfig {
   int hidden_size = 0;  // H
   int ffn_size = 0;     // F, each expert's SwiGLU width
-  ScoreFunction score_function = ScoreFunction::kSoftmax;
-  bool norm_topk_prob = false;  // softmax only: g_i = p_i / sum_{j in S} p_j
-  // Group-limited selection and output scaling (GatingConfig's fields of the same names).
-  int num_groups = 1;
-  int kept_groups = 1;
-  GroupScore group_score = GroupScore::kMax;
-  float routed_scaling_factor = 1.0f;
   // The layer holds a per-expert selection bias [E] (DeepSeek-V3 e_score_correction_bias),
   // added to the scores for the choice of experts only, never to the gate weights.
   bool selection_bias = false;
@@ -94,12 +87,12 @@ struct MoeLayerConfig {
   // kBF16 keeps the expert weights in BF16 (half the memory again; the arithmetic stays F32).
   // Inference only: requires with_grads = false.
   WeightDType expert_dtype = WeightDType::kF32;
-  // How the router and expert GEMMs run (backend, compute precision). BF16 compute is for
-  // inference only (requires with_grads = false) and needs a CPU with AVX512-BF16.
+  // How the expert GEMMs run (backend, compute precision; the router always computes in F32).
+  // BF16 compute needs a CPU with AVX512-BF16; with gradients it is mixed-precision training.
   GemmOptions gemm;
 
-  // The GatingConfig part (E, k, score function, norm_topk_prob, groups, scaling).
-  GatingConfig gating() const;
+  // The GatingConfig part.
+  const GatingConfig& gating() const { return *this; }
   // The pruning rules of `prune` for `num_devices` devices: the one place a layer's pruning
   // configuration is built (the layer, its reference twin and the benchmarks all use it).
   PruneConfig prune_config(int num_devices) const;
