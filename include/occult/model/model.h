@@ -65,8 +65,9 @@ struct ParallelOptions {
   // kBF16 holds the embedding, LM head, projection matrices and experts in BF16 (norms, biases,
   // routers and gates stay F32; all arithmetic is F32). Inference only.
   WeightDType weight_dtype = WeightDType::kF32;
-  // How every GEMM of the model runs (oneDNN or BLAS; F32, or BF16 compute for inference on a
-  // CPU with AVX512-BF16: activations rounded to BF16, F32 accumulation).
+  // How every GEMM of the model runs (oneDNN or BLAS; F32, or BF16 compute on a CPU with
+  // AVX512-BF16: operands rounded to BF16, F32 accumulation; in training, mixed precision with
+  // F32 master weights and gradients).
   GemmOptions gemm;
 };
 
