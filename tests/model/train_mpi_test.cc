@@ -101,9 +101,12 @@ TEST_F(TrainMpiTest, GradientsAtDRanksEqualTheOneRankGradients) {
     one.init_weights(21);
     const LossParts l1 = one.forward(tokens, targets, B, T);
     one.backward();
-    for (Dispatch d : {Dispatch::kStandard, Dispatch::kOccult}) {
+    // And with the MoE exchanges overlapped with expert compute, forward and backward.
+    for (const auto [d, overlap] : {std::pair{Dispatch::kStandard, false}, std::pair{Dispatch::kOccult, false},
+                                    std::pair{Dispatch::kStandard, true}, std::pair{Dispatch::kOccult, true}}) {
       ParallelOptions po;
       po.dispatch = d;
+      po.overlap = overlap;
       MoeTransformer many(c, comm, po);
       many.init_weights(21);
       const Share share = rank_share(B, comm.rank(), comm.size());
@@ -111,8 +114,10 @@ TEST_F(TrainMpiTest, GradientsAtDRanksEqualTheOneRankGradients) {
       const std::vector<std::int32_t> my_targets(targets.begin() + share.begin * T, targets.begin() + share.end * T);
       const LossParts ld = many.forward(my_tokens, my_targets, share.end - share.begin, T);
       many.backward();
-      EXPECT_NEAR(ld.total, l1.total, 1e-6 * l1.total) << dispatch_name(d) << " seq_aux " << seq_aux;
-      EXPECT_NEAR(ld.aux, l1.aux, 1e-6 * l1.aux) << dispatch_name(d) << " seq_aux " << seq_aux;
+      EXPECT_NEAR(ld.total, l1.total, 1e-6 * l1.total) << dispatch_name(d) << " seq_aux " << seq_aux << " overlap "
+                                                       << overlap;
+      EXPECT_NEAR(ld.aux, l1.aux, 1e-6 * l1.aux) << dispatch_name(d) << " seq_aux " << seq_aux << " overlap "
+                                                 << overlap;
       for (const auto& t : many.tensors()) {
         const ParamTensor* ref = one.find(t.name);
         ASSERT_NE(ref, nullptr) << t.name;
@@ -121,7 +126,7 @@ TEST_F(TrainMpiTest, GradientsAtDRanksEqualTheOneRankGradients) {
         for (std::int64_t i = 0; i < t.numel; ++i) {
           // Same sums in another order: float rounding of ~1e-7 relative to the largest term.
           ASSERT_NEAR(t.grad[i], ref->grad[i], 1e-5 * maxabs + 1e-9)
-              << dispatch_name(d) << " seq_aux " << seq_aux << " " << t.name << " " << i;
+              << dispatch_name(d) << " seq_aux " << seq_aux << " overlap " << overlap << " " << t.name << " " << i;
         }
       }
     }
