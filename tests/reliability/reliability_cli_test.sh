@@ -212,7 +212,8 @@ expect_ok init_unverified
 # --- flags ----------------------------------------------------------------------------------
 new="train --config $src/configs/tiny.json --data corpus.txt $small"
 for case in "--min-lr-ratio -0.5" "--weight-decay -1" "--warmup -1" "--grad-clip -1" "--eval-every -1" \
-            "--stop-at 0" "--lr 0" "--save-every -2" "--eval-sequences 0" "--lr nan"; do
+            "--stop-at 0" "--lr 0" "--save-every -2" "--eval-sequences 0" "--lr nan" "--compute fp8" \
+            "--gemm mkl"; do
   flag=${case%% *}
   label="flag${flag}"
   # shellcheck disable=SC2086
