@@ -258,12 +258,12 @@ void onednn_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::in
   Scratch& s = t_scratch;
   const std::uint32_t beta_bits = std::bit_cast<std::uint32_t>(beta);
   if (compute == ComputeDType::kBF16) {
-    // A is packed to BF16 [M, K] (rounded); B is used in place when already BF16.
+    // A is rounded to BF16 in its own layout ([M, K], or [K, M] read transposed by the matmul:
+    // a row-by-row pass instead of a strided transpose); B is used in place when already BF16.
     std::uint16_t* a = scratch(s.a_bf16, M * K);
+    const std::int64_t a_ld = ta ? M : K;
     if (ta) {
-      for (std::int64_t i = 0; i < M; ++i) {
-        for (std::int64_t k = 0; k < K; ++k) a[i * K + k] = float_to_bf16(A[k * lda + i]);
-      }
+      pack_bf16(a, WeightRef(A), K, M, lda);
     } else {
       pack_bf16(a, WeightRef(A), M, K, lda);
     }
@@ -277,7 +277,7 @@ void onednn_gemm(ComputeDType compute, bool ta, bool tb, std::int64_t M, std::in
       b = packed;
       b_ld = cols;
     }
-    const MatmulKey key{M, N, K, K, b_ld, ldc, beta_bits, false, tb, true};
+    const MatmulKey key{M, N, K, a_ld, b_ld, ldc, beta_bits, ta, tb, true};
     if (!onednn_matmul(key, a, b, C)) {
       blas_gemm(compute, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
     }
