@@ -98,6 +98,21 @@ void rope_cos_sin(int position, const std::vector<double>& inv_freq, double magn
   }
 }
 
+// Calls rotate(v, cos, sin, tmp) for each of the `heads` vectors of `rd` values per row,
+// v = x + n*row + h*stride, with the cos and sin (times `magnitude`, rounded to float as ops.cc's
+// RoPE) of the angles positions[n] * inv_freq[i] and a scratch of rd floats.
+template <typename Rotate>
+void for_each_rope_vector(float* x, std::int64_t N, std::int64_t row, int heads, std::int64_t stride, int rd,
+                          const int* positions, const std::vector<double>& inv_freq, double magnitude,
+                          Rotate&& rotate) {
+  const int half = rd / 2;
+  std::vector<float> cosv(half), sinv(half), tmp(rd);
+  for (std::int64_t n = 0; n < N; ++n) {
+    rope_cos_sin(positions[n], inv_freq, magnitude, cosv, sinv);
+    for (int h = 0; h < heads; ++h) rotate(x + n * row + h * stride, cosv, sinv, tmp);
+  }
+}
+
 // Rotates `heads` vectors of `rd` values per row, x[n*row + h*stride + i], at positions[n]:
 // de-interleave (even entries first, odd after), then RoPE with rotate_half pairs (i, i+rd/2)
 // at the angle positions[n] * inv_freq[i] (in double), cos and sin times `magnitude` and
@@ -105,22 +120,19 @@ void rope_cos_sin(int position, const std::vector<double>& inv_freq, double magn
 void deepseek_rope(float* x, std::int64_t N, std::int64_t row, int heads, std::int64_t stride, int rd,
                    const int* positions, const std::vector<double>& inv_freq, double magnitude) {
   const int half = rd / 2;
-  std::vector<float> cosv(half), sinv(half), tmp(rd);
-  for (std::int64_t n = 0; n < N; ++n) {
-    rope_cos_sin(positions[n], inv_freq, magnitude, cosv, sinv);
-    for (int h = 0; h < heads; ++h) {
-      float* v = x + n * row + h * stride;
-      for (int i = 0; i < half; ++i) {
-        tmp[i] = v[2 * i];
-        tmp[half + i] = v[2 * i + 1];
-      }
-      for (int i = 0; i < half; ++i) {
-        const float a = tmp[i], b = tmp[i + half];
-        v[i] = a * cosv[i] - b * sinv[i];
-        v[i + half] = b * cosv[i] + a * sinv[i];
-      }
-    }
-  }
+  for_each_rope_vector(x, N, row, heads, stride, rd, positions, inv_freq, magnitude,
+                       [half](float* v, const std::vector<float>& cosv, const std::vector<float>& sinv,
+                              std::vector<float>& tmp) {
+                         for (int i = 0; i < half; ++i) {
+                           tmp[i] = v[2 * i];
+                           tmp[half + i] = v[2 * i + 1];
+                         }
+                         for (int i = 0; i < half; ++i) {
+                           const float a = tmp[i], b = tmp[i + half];
+                           v[i] = a * cosv[i] - b * sinv[i];
+                           v[i + half] = b * cosv[i] + a * sinv[i];
+                         }
+                       });
 }
 
 // What mla_project multiplies the query by: the kernels scale scores by 1/sqrt(hd), the family
@@ -137,19 +149,16 @@ float mla_query_prescale(const ModelConfig& c) {
 void deepseek_rope_backward(float* x, std::int64_t N, std::int64_t row, int heads, std::int64_t stride, int rd,
                             const int* positions, const std::vector<double>& inv_freq, double magnitude) {
   const int half = rd / 2;
-  std::vector<float> cosv(half), sinv(half), tmp(rd);
-  for (std::int64_t n = 0; n < N; ++n) {
-    rope_cos_sin(positions[n], inv_freq, magnitude, cosv, sinv);
-    for (int h = 0; h < heads; ++h) {
-      float* v = x + n * row + h * stride;
-      for (int i = 0; i < half; ++i) {
-        const float lo = v[i], hi = v[i + half];
-        tmp[2 * i] = lo * cosv[i] + hi * sinv[i];
-        tmp[2 * i + 1] = hi * cosv[i] - lo * sinv[i];
-      }
-      std::copy(tmp.begin(), tmp.end(), v);
-    }
-  }
+  for_each_rope_vector(x, N, row, heads, stride, rd, positions, inv_freq, magnitude,
+                       [half](float* v, const std::vector<float>& cosv, const std::vector<float>& sinv,
+                              std::vector<float>& tmp) {
+                         for (int i = 0; i < half; ++i) {
+                           const float lo = v[i], hi = v[i + half];
+                           tmp[2 * i] = lo * cosv[i] + hi * sinv[i];
+                           tmp[2 * i + 1] = hi * cosv[i] - lo * sinv[i];
+                         }
+                         std::copy(tmp.begin(), tmp.end(), v);
+                       });
 }
 
 }  // namespace
