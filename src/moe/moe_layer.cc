@@ -156,6 +156,15 @@ std::span<const std::byte> wire_rows(WireFormat wire, std::span<const float> row
   return scratch;
 }
 
+// Destination d's rows of a dispatch, to `out`: each of its send rows' token row from
+// `token_rows` (row_bytes each, already in the wire format), in plan order.
+void pack_send_rows(const DispatchPlan& plan, int d, const std::byte* token_rows, std::int64_t row_bytes,
+                    std::byte* out) {
+  for (std::int64_t r = plan.send_row_offsets[d]; r < plan.send_row_offsets[d + 1]; ++r, out += row_bytes) {
+    copy_bytes(out, token_rows + plan.row_token[r] * row_bytes, row_bytes);
+  }
+}
+
 // Stage-2 reduction at home, in F32: out[token of send row r] += the widened wire row r, for
 // r in [first, last); `rows` holds those rows back to back.
 void add_rows_home(WireFormat wire, const DispatchPlan& plan, std::int64_t first, std::int64_t last,
@@ -602,11 +611,7 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   for (int d = 0; d < D; ++d) {
     std::byte* out = b.send.data() + b.send_offsets[d];
     copy_bytes(out, plan_.assignments.data() + plan_.send_assignment_offsets[d], b.send_metadata[d]);
-    out += b.send_metadata[d];
-    for (std::int64_t r = plan_.send_row_offsets[d]; r < plan_.send_row_offsets[d + 1];
-         ++r, out += dispatch_row_bytes) {
-      copy_bytes(out, token_rows + plan_.row_token[r] * dispatch_row_bytes, dispatch_row_bytes);
-    }
+    pack_send_rows(plan_, d, token_rows, dispatch_row_bytes, out + b.send_metadata[d]);
   }
   if (config_.overlap) {
     overlapped_exchange_and_experts(y);
@@ -909,7 +914,6 @@ void MoeLayer::release_forward_buffers() {
 void MoeLayer::blocking_backward(std::span<const float> dy, std::span<float> dx,
                                  const std::optional<std::string>& error) {
   const int H = config_.hidden_size, D = comm_.size();
-  const std::int64_t T = num_tokens_;
   const WireFormat wire = exchange_wire(config_.wire, false);  // fp8 is the forward dispatch's only
   const std::int64_t row_bytes = wire_row_bytes(wire, H);
   const bool have_plan = plan_.num_devices == D && receive_.num_devices == D;
@@ -919,12 +923,7 @@ void MoeLayer::blocking_backward(std::span<const float> dy, std::span<float> dx,
   // send row's token (same plan as dispatch). The status replaces a separate error agreement:
   // a rank with bad input still sends its (unread) rows so the sizes every rank expects hold.
   constexpr std::int64_t kStatusBytes = sizeof(std::int32_t);
-  const std::byte* token_rows = reinterpret_cast<const std::byte*>(dy.data());
-  if (!error && wire != WireFormat::kF32) {
-    b.wire_tokens.resize(static_cast<std::size_t>(T * row_bytes));
-    encode_wire(wire, dy, b.wire_tokens.data());
-    token_rows = b.wire_tokens.data();
-  }
+  const std::byte* token_rows = error ? nullptr : wire_rows(wire, dy, b.wire_tokens).data();
   b.send_counts.resize(D);
   b.send_metadata.assign(D, kStatusBytes);
   b.recv_counts.resize(D);
@@ -938,11 +937,7 @@ void MoeLayer::blocking_backward(std::span<const float> dy, std::span<float> dx,
   for (int d = 0; d < D; ++d) {
     std::byte* out = b.send.data() + b.send_offsets[d];
     copy_bytes(out, &status, kStatusBytes);
-    out += kStatusBytes;
-    if (error) continue;
-    for (std::int64_t r = plan_.send_row_offsets[d]; r < plan_.send_row_offsets[d + 1]; ++r, out += row_bytes) {
-      copy_bytes(out, token_rows + plan_.row_token[r] * row_bytes, row_bytes);
-    }
+    if (!error) pack_send_rows(plan_, d, token_rows, row_bytes, out + kStatusBytes);
   }
   comm_.all_to_all_v_with_metadata(exchange_name(kExchangeBackwardDispatch), b.send, b.send_counts, b.send_offsets, b.send_metadata,
                                    b.recv, b.recv_counts, b.recv_offsets);
@@ -1026,7 +1021,6 @@ void source_ranges(const ReceivePlan& rp, std::vector<std::int64_t>& begin, std:
 void MoeLayer::overlapped_backward(std::span<const float> dy, std::span<float> dx,
                                    const std::optional<std::string>& error) {
   const int H = config_.hidden_size, D = comm_.size(), me = comm_.rank();
-  const std::int64_t T = num_tokens_;
   const WireFormat wire = exchange_wire(config_.wire, false);
   const std::int64_t row_bytes = wire_row_bytes(wire, H);
   constexpr std::int64_t kGradBytes = sizeof(float);
@@ -1043,12 +1037,7 @@ void MoeLayer::overlapped_backward(std::span<const float> dy, std::span<float> d
 
   // Backward dispatch: each send row's output gradient, cast once per token, in the forward's
   // plan order.
-  const std::byte* token_rows = reinterpret_cast<const std::byte*>(dy.data());
-  if (wire != WireFormat::kF32) {
-    b.wire_tokens.resize(static_cast<std::size_t>(T * row_bytes));
-    encode_wire(wire, dy, b.wire_tokens.data());
-    token_rows = b.wire_tokens.data();
-  }
+  const std::byte* token_rows = wire_rows(wire, dy, b.wire_tokens).data();
   b.send_counts.resize(D);
   b.send_metadata.assign(D, 0);
   b.recv_counts.resize(D);
@@ -1058,12 +1047,7 @@ void MoeLayer::overlapped_backward(std::span<const float> dy, std::span<float> d
   }
   b.send.resize(static_cast<std::size_t>(pack_offsets(b.send_counts, b.send_offsets)));
   b.recv.resize(static_cast<std::size_t>(pack_offsets(b.recv_counts, b.recv_offsets)));
-  for (int d = 0; d < D; ++d) {
-    std::byte* out = b.send.data() + b.send_offsets[d];
-    for (std::int64_t r = plan_.send_row_offsets[d]; r < plan_.send_row_offsets[d + 1]; ++r, out += row_bytes) {
-      copy_bytes(out, token_rows + plan_.row_token[r] * row_bytes, row_bytes);
-    }
-  }
+  for (int d = 0; d < D; ++d) pack_send_rows(plan_, d, token_rows, row_bytes, b.send.data() + b.send_offsets[d]);
   // Backward combine: to each source its gate-weight gradients (F32, its arrival order), then
   // its input-gradient rows, sent as soon as its block is computed.
   b.combine_send_counts.resize(D);
