@@ -7,6 +7,13 @@ function(occult_add_library name)
   target_link_libraries(${name} PUBLIC ${ARG_DEPS})
 endfunction()
 
+# The environment of every test that starts mpirun: root allowed, oversubscription (CI has 2
+# cores), one BLAS thread per rank, and no grace period between the SIGTERM and the SIGKILL that
+# end a job after a rank exits non-zero (Open MPI waits a second there by default, which is most
+# of the time of the many tests that expect a failure).
+set(OCCULT_MPI_TEST_ENVIRONMENT
+    "OPENBLAS_NUM_THREADS=1;OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1;OMPI_MCA_odls_base_sigkill_timeout=0")
+
 # occult_add_test(NAME SOURCES ... DEPS ...): a GoogleTest binary registered with ctest.
 function(occult_add_test name)
   cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS" ${ARGN})
@@ -40,6 +47,6 @@ function(occult_add_mpi_test name)
       COMMAND ${OCCULT_MPIEXEC} --allow-run-as-root --oversubscribe
               -x OPENBLAS_NUM_THREADS=1 -np ${np} $<TARGET_FILE:${name}>)
     set_tests_properties(${name}.np${np} PROPERTIES TIMEOUT ${ARG_TIMEOUT} PROCESSORS ${np}
-      ENVIRONMENT "OPENBLAS_NUM_THREADS=1;OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1;OCCULT_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+      ENVIRONMENT "${OCCULT_MPI_TEST_ENVIRONMENT};OCCULT_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
   endforeach()
 endfunction()

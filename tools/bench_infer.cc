@@ -22,7 +22,7 @@
 #include "occult/infer/inference.h"
 
 namespace occult::cli {
-namespace {
+namespace bench_infer_command {
 
 using Clock = std::chrono::steady_clock;
 
@@ -339,5 +339,5 @@ void setup(CLI::App& root) {
 
 OCCULT_REGISTER_COMMAND("bench_infer", setup);
 
-}  // namespace
+}  // namespace bench_infer_command
 }  // namespace occult::cli

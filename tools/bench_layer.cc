@@ -26,7 +26,7 @@
 #include "occult/routing/trace.h"
 
 namespace occult::cli {
-namespace {
+namespace bench_layer_command {
 
 struct BenchLayerArgs {
   int experts = 64, top_k = 8, hidden = 1024, ffn = 512, layer = 0, iters = 10, warmup = 2;
@@ -543,5 +543,5 @@ void setup(CLI::App& root) {
 
 OCCULT_REGISTER_COMMAND("bench layer", setup);
 
-}  // namespace
+}  // namespace bench_layer_command
 }  // namespace occult::cli

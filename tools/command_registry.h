@@ -33,4 +33,4 @@ CLI::App& command_group(CLI::App& parent, const std::string& name, const std::st
 #define OCCULT_CONCAT_INNER(a, b) a##b
 #define OCCULT_CONCAT(a, b) OCCULT_CONCAT_INNER(a, b)
 #define OCCULT_REGISTER_COMMAND(name, setup) \
-  static const ::occult::cli::CommandRegistration OCCULT_CONCAT(occult_command_, __LINE__)(name, setup)
+  [[maybe_unused]] static const ::occult::cli::CommandRegistration OCCULT_CONCAT(occult_command_, __COUNTER__)(name, setup)

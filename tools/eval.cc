@@ -17,7 +17,7 @@
 #include "text_cli.h"
 
 namespace occult::cli {
-namespace {
+namespace eval_command {
 
 struct EvalFlags {
   ModelFlags model;
@@ -107,5 +107,5 @@ void setup(CLI::App& root) {
 
 OCCULT_REGISTER_COMMAND("eval", setup);
 
-}  // namespace
+}  // namespace eval_command
 }  // namespace occult::cli

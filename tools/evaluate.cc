@@ -10,7 +10,7 @@
 #include "occult/placement/place.h"
 
 namespace occult::cli {
-namespace {
+namespace evaluate_command {
 
 struct EvaluateArgs {
   std::string traces;
@@ -104,8 +104,8 @@ void setup_evaluate(CLI::App& root) {
   cmd->callback([args] { run_evaluate(*args); });
 }
 
-}  // namespace
-
 OCCULT_REGISTER_COMMAND("evaluate", setup_evaluate);
+
+}  // namespace evaluate_command
 
 }  // namespace occult::cli

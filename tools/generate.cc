@@ -17,7 +17,7 @@
 #include "occult/infer/inference.h"
 
 namespace occult::cli {
-namespace {
+namespace generate_command {
 
 struct GenerateFlags {
   ModelFlags model;
@@ -183,5 +183,5 @@ void setup(CLI::App& root) {
 
 OCCULT_REGISTER_COMMAND("generate", setup);
 
-}  // namespace
+}  // namespace generate_command
 }  // namespace occult::cli

@@ -18,7 +18,7 @@
 #include "occult/model/model_dir.h"
 
 namespace occult::cli {
-namespace {
+namespace layer_export_command {
 
 struct LayerExportArgs {
   std::string model, out;
@@ -112,8 +112,8 @@ void setup(CLI::App& root) {
   cmd->callback([args] { run_export(*args); });
 }
 
-}  // namespace
-
 OCCULT_REGISTER_COMMAND("layer export", setup);
+
+}  // namespace layer_export_command
 
 }  // namespace occult::cli

@@ -15,7 +15,7 @@
 #include "occult/placement/placement.h"
 
 namespace occult::cli {
-namespace {
+namespace layer_run_command {
 
 struct LayerRunArgs {
   std::string weights, input, dispatch = "occult", placement, grad_output, out;
@@ -215,5 +215,5 @@ void setup(CLI::App& root) {
 
 OCCULT_REGISTER_COMMAND("layer run", setup);
 
-}  // namespace
+}  // namespace layer_run_command
 }  // namespace occult::cli

@@ -13,7 +13,7 @@
 #include "occult/text/bytes.h"
 
 namespace occult::cli {
-namespace {
+namespace logits_command {
 
 struct LogitsFlags {
   ModelFlags model;
@@ -101,5 +101,5 @@ void setup(CLI::App& root) {
 
 OCCULT_REGISTER_COMMAND("logits", setup);
 
-}  // namespace
+}  // namespace logits_command
 }  // namespace occult::cli

@@ -174,10 +174,12 @@ int launcher_rank() {
 }
 
 // Reports a command-line error (or prints --help / --version) and returns the exit status. Under
-// mpirun only rank 0 prints, since every rank reads the same command line and fails alike.
+// mpirun only rank 0 prints, since every rank reads the same command line and fails alike, and
+// the others exit after it has.
 int report_parse_error(CLI::App& app, const CLI::ParseError& e, int argc, char** argv) {
   std::ostream null_stream(nullptr);
   const bool quiet = launcher_rank() > 0;
+  if (quiet && e.get_exit_code() != 0) let_rank_zero_report_first();
   const bool usage_error = e.get_exit_code() != 0 && dynamic_cast<const CLI::RuntimeError*>(&e) == nullptr;
   if (usage_error) {
     const std::string message = diagnose_unknown(app, argc, argv);

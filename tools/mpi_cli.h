@@ -35,11 +35,15 @@ inline MpiRunOptions& mpi_run_options() {
   return options;
 }
 
+// A failing rank other than 0 waits a second before it reports or exits, so that when every rank
+// failed alike rank 0's message is printed before the launcher ends the job (the first non-zero
+// exit, or rank 0's abort, ends the others before they print).
+inline void let_rank_zero_report_first() { std::this_thread::sleep_for(std::chrono::seconds(1)); }
+
 // Ends the whole MPI job after an exception that only this rank may have raised (the other ranks
 // may be waiting in a collective for it, so MPI_Finalize would hang): prints the message once and
-// calls MPI_Abort. A rank other than 0 waits a second first, so that when every rank failed alike
-// rank 0's message is the one printed (its abort ends the others before they print). Returns
-// only when MPI is not running or the job has one rank, to let the caller exit normally.
+// calls MPI_Abort, rank 0's message first (let_rank_zero_report_first). Returns only when MPI is
+// not running or the job has one rank, to let the caller exit normally.
 inline void abort_job_after_local_failure(const std::string& message) {
   int initialized = 0, finalized = 0, rank = 0, size = 1;
   MPI_Initialized(&initialized);
@@ -53,7 +57,7 @@ inline void abort_job_after_local_failure(const std::string& message) {
     std::fflush(stderr);
     return;
   }
-  if (rank != 0) std::this_thread::sleep_for(std::chrono::seconds(1));
+  if (rank != 0) let_rank_zero_report_first();
   fmt::print(stderr, "occult: error: {}{}\n", rank != 0 ? fmt::format("rank {}: ", rank) : "", message);
   std::fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, 1);

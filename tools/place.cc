@@ -16,7 +16,7 @@
 #include "occult/placement/place.h"
 
 namespace occult::cli {
-namespace {
+namespace place_command {
 
 struct PlaceArgs {
   std::vector<std::string> traces;
@@ -284,8 +284,8 @@ void setup_place(CLI::App& root) {
   cmd->callback([args] { run_place(*args); });
 }
 
-}  // namespace
-
 OCCULT_REGISTER_COMMAND("place", setup_place);
+
+}  // namespace place_command
 
 }  // namespace occult::cli

@@ -17,7 +17,7 @@
 #include "occult/plot/render.h"
 
 namespace occult::cli {
-namespace {
+namespace plot_command {
 
 std::string read_text(const std::string& path) {
   check_input_file("--in", path);
@@ -124,8 +124,8 @@ void setup_plot(CLI::App& root) {
   });
 }
 
-}  // namespace
-
 OCCULT_REGISTER_COMMAND("plot", setup_plot);
+
+}  // namespace plot_command
 
 }  // namespace occult::cli

@@ -18,7 +18,7 @@
 #include "text_cli.h"
 
 namespace occult::cli {
-namespace {
+namespace profile_command {
 
 struct ProfileFlags {
   ModelFlags model;
@@ -109,5 +109,5 @@ void setup(CLI::App& root) {
 
 OCCULT_REGISTER_COMMAND("profile", setup);
 
-}  // namespace
+}  // namespace profile_command
 }  // namespace occult::cli

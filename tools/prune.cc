@@ -22,7 +22,7 @@
 #include "occult/routing/trace.h"
 
 namespace occult::cli {
-namespace {
+namespace prune_command {
 
 struct PruneArgs {
   std::string traces;
@@ -368,8 +368,8 @@ void setup_prune(CLI::App& root) {
   cmd->callback([args] { run_prune(*args); });
 }
 
-}  // namespace
-
 OCCULT_REGISTER_COMMAND("prune", setup_prune);
+
+}  // namespace prune_command
 
 }  // namespace occult::cli

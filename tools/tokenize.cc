@@ -18,7 +18,7 @@
 #include "occult/text/tokenizer.h"
 
 namespace occult::cli {
-namespace {
+namespace tokenize_command {
 
 struct TokenizeArgs {
   std::string tokenizer;
@@ -91,8 +91,8 @@ void setup_tokenize(CLI::App& root) {
   cmd->callback([args] { run_tokenize(*args); });
 }
 
-}  // namespace
-
 OCCULT_REGISTER_COMMAND("tokenize", setup_tokenize);
+
+}  // namespace tokenize_command
 
 }  // namespace occult::cli

@@ -17,7 +17,7 @@
 #include "occult/routing/trace.h"
 
 namespace occult::cli {
-namespace {
+namespace trace_convert_command {
 
 struct ConvertArgs {
   std::string in;
@@ -135,8 +135,8 @@ void setup_trace_convert(CLI::App& root) {
   cmd->callback([args] { run_trace_convert(*args); });
 }
 
-}  // namespace
-
 OCCULT_REGISTER_COMMAND("trace convert", setup_trace_convert);
+
+}  // namespace trace_convert_command
 
 }  // namespace occult::cli

@@ -17,7 +17,7 @@
 #include "occult/routing/trace.h"
 
 namespace occult::cli {
-namespace {
+namespace trace_stats_command {
 
 struct StatsArgs {
   std::string traces;
@@ -136,8 +136,8 @@ void setup_trace_stats(CLI::App& root) {
   cmd->callback([args] { run_trace_stats(*args); });
 }
 
-}  // namespace
-
 OCCULT_REGISTER_COMMAND("trace stats", setup_trace_stats);
+
+}  // namespace trace_stats_command
 
 }  // namespace occult::cli

@@ -17,7 +17,7 @@
 #include "occult/routing/trace.h"
 
 namespace occult::cli {
-namespace {
+namespace trace_synth_command {
 
 struct SynthArgs {
   SynthOptions synth;
@@ -128,8 +128,8 @@ void setup_trace_synth(CLI::App& root) {
   cmd->callback([args] { run_trace_synth(*args); });
 }
 
-}  // namespace
-
 OCCULT_REGISTER_COMMAND("trace synth", setup_trace_synth);
+
+}  // namespace trace_synth_command
 
 }  // namespace occult::cli

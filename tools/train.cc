@@ -18,7 +18,7 @@
 #include "occult/train/trainer.h"
 
 namespace occult::cli {
-namespace {
+namespace train_command {
 
 struct TrainFlags {
   std::string compute = "f32", gemm = "onednn";
@@ -213,5 +213,5 @@ void setup(CLI::App& root) {
 
 OCCULT_REGISTER_COMMAND("train", setup);
 
-}  // namespace
+}  // namespace train_command
 }  // namespace occult::cli

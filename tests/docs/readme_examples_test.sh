@@ -20,7 +20,7 @@ slow=${4:-}
 rm -rf "$dir" && mkdir -p "$dir" && dir=$(cd "$dir" && pwd)
 ln -s "$build" "$dir/build"
 for d in configs data bench scripts; do ln -s "$src/$d" "$dir/$d"; done
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_odls_base_sigkill_timeout=0
 export OPENBLAS_NUM_THREADS=1 OCCULT_CACHE_DIR="$dir/.cache"
 
 # One file per runnable block: blocks/NNN-LINE.sh (LINE: the README line of its first command).
