@@ -52,6 +52,10 @@ struct VariantResult {
   std::map<std::string, ExchangeBytes> bytes;
   double forward_ms = 0, backward_ms = 0, speedup = 0, expert_gflops = 0, backward_expert_gflops = 0;
   double peak_rss_mb = 0;
+  // The variant's compute floor (GemmFloor on its own receive plan), measured after each of its
+  // iterations; vs_floor is the median over iterations of layer time / floor time (both
+  // directions with --backward, slowest rank each).
+  double floor_forward_ms = 0, floor_backward_ms = 0, vs_floor = 0;
   std::int64_t forward_collectives = 0, backward_collectives = 0;  // per call, this rank
   std::vector<double> decode_ms;  // forward medians at each --decode-tokens size
 };
@@ -111,69 +115,108 @@ ImposedRouting routing_from_trace(const Trace& trace, int layer, int rank, int D
 }
 
 // The GEMMs alone over the same shapes the experts compute (per local expert, with its own W1,
-// W3 and W2 as in the layer: [m,H]x[H,F] twice and [m,F]x[F,H], m = its assignments; with
-// `backward`, also the six products of its backward with the layer's transposes), through the
-// same library and precision, on weights already in the dtype the products multiply (the
-// experts convert theirs once per call), without gather, activation or scatter: the ceiling
-// the expert kernel is measured against and the layer's compute floor. Medians of `iters`.
+// W3 and W2 as in the layer: [m,H]x[H,F] twice and [m,F]x[F,H], m = its assignments; the
+// backward's six products with the layer's transposes), through the same library and
+// precision, on weights already in the dtype the products multiply (the experts convert theirs
+// once per call), without gather, activation or scatter: the ceiling the expert kernel is
+// measured against and the layer's compute floor. Buffers are allocated once, at construction.
+class GemmFloor {
+ public:
+  GemmFloor(std::vector<std::int64_t> rows_per_expert, int H, int F, const GemmOptions& options)
+      : rows_(std::move(rows_per_expert)), H_(H), F_(F), options_(options) {
+    std::int64_t max_rows = 1;
+    for (std::int64_t m : rows_) {
+      max_rows = std::max(max_rows, m);
+      total_rows_ += m;
+    }
+    const std::size_t FH = std::size_t(F) * H, experts = rows_.size();
+    x_.assign(max_rows * H, 0.5f);
+    w1_.assign(experts * FH, 0.25f);
+    w3_.assign(experts * FH, 0.2f);
+    w2_.assign(experts * FH, 0.125f);
+    a1_.resize(max_rows * F);
+    a3_.resize(max_rows * F);
+    y_.resize(max_rows * H);
+    grad_.resize(FH);
+    if (options.compute == ComputeDType::kBF16) {
+      for (auto [src, dst] : {std::pair{&w1_, &w1b_}, std::pair{&w3_, &w3b_}, std::pair{&w2_, &w2b_}}) {
+        for (float v : *src) dst->push_back(float_to_bf16(v));
+      }
+    }
+  }
+  // The forward's FLOPs (0: this rank computes nothing).
+  double forward_flops() const { return expert_forward_flops(total_rows_, H_, F_); }
+  // Seconds of one run of the forward's products.
+  double forward_seconds() {
+    const auto t0 = std::chrono::steady_clock::now();
+    each_tile([&](std::size_t e, std::int64_t n) {
+      linear_forward(options_, a1_.data(), x_.data(), matrix(w1_, w1b_, e), n, H_, F_);
+      linear_forward(options_, a3_.data(), x_.data(), matrix(w3_, w3b_, e), n, H_, F_);
+      linear_forward(options_, y_.data(), a1_.data(), matrix(w2_, w2b_, e), n, F_, H_);
+    });
+    return seconds_since(t0);
+  }
+  // Seconds of one run of the backward's products.
+  double backward_seconds() {
+    const auto t0 = std::chrono::steady_clock::now();
+    const int H = H_, F = F_;
+    each_tile([&](std::size_t e, std::int64_t n) {
+      gemm(options_, false, false, n, F, H, y_.data(), H, matrix(w2_, w2b_, e), F, 0.0f, a1_.data(), F);     // dy W2
+      gemm(options_, true, false, H, F, n, y_.data(), H, WeightRef(a3_.data()), F, 1.0f, grad_.data(), F);   // dW2
+      gemm(options_, true, false, F, H, n, a1_.data(), F, WeightRef(x_.data()), H, 1.0f, grad_.data(), H);   // dW1
+      gemm(options_, true, false, F, H, n, a3_.data(), F, WeightRef(x_.data()), H, 1.0f, grad_.data(), H);   // dW3
+      gemm(options_, false, false, n, H, F, a1_.data(), F, matrix(w1_, w1b_, e), H, 0.0f, y_.data(), H);     // dx
+      gemm(options_, false, false, n, H, F, a3_.data(), F, matrix(w3_, w3b_, e), H, 1.0f, y_.data(), H);
+    });
+    return seconds_since(t0);
+  }
+
+ private:
+  WeightRef matrix(const std::vector<float>& f, const std::vector<std::uint16_t>& b, std::size_t e) const {
+    const std::size_t FH = std::size_t(F_) * H_;
+    return options_.compute == ComputeDType::kBF16 ? WeightRef::bf16(b.data() + e * FH) : WeightRef(f.data() + e * FH);
+  }
+  // The layer multiplies a token tile at a time; so does its floor.
+  template <typename Body>
+  void each_tile(Body&& body) {
+    for (std::size_t e = 0; e < rows_.size(); ++e) {
+      for (std::int64_t r0 = 0; r0 < rows_[e]; r0 += kExpertTileRows) body(e, std::min(kExpertTileRows, rows_[e] - r0));
+    }
+  }
+
+  std::vector<std::int64_t> rows_;
+  std::int64_t total_rows_ = 0;
+  int H_, F_;
+  GemmOptions options_;
+  std::vector<float> x_, w1_, w3_, w2_, a1_, a3_, y_, grad_;
+  std::vector<std::uint16_t> w1b_, w3b_, w2b_;
+};
+
+// The rows each local expert of `layer` multiplied in its last forward.
+std::vector<std::int64_t> rows_per_local_expert(const MoeLayer& layer) {
+  const ReceivePlan& rp = layer.receive_plan();
+  std::vector<std::int64_t> rows;
+  for (int l = 0; l < rp.num_local_experts; ++l) rows.push_back(rp.expert_offsets[l + 1] - rp.expert_offsets[l]);
+  return rows;
+}
+
+// The GEMM ceiling of GemmFloor on its own: forward GFLOP/s and both directions' times, medians
+// of `iters` after one warm-up.
 struct GemmBaseline {
   double gflops = 0;       // forward GEMM rate
   double forward_ms = 0;   // the forward's GEMMs alone
   double backward_ms = 0;  // the backward's GEMMs alone (0 without backward)
 };
-GemmBaseline gemm_baseline(const std::vector<std::int64_t>& rows_per_expert, int H, int F, int iters,
-                           const GemmOptions& options, bool backward) {
-  std::int64_t max_rows = 1, total_rows = 0;
-  for (std::int64_t m : rows_per_expert) {
-    max_rows = std::max(max_rows, m);
-    total_rows += m;
-  }
-  if (total_rows == 0) return {};
-  const std::size_t FH = std::size_t(F) * H, experts = rows_per_expert.size();
-  std::vector<float> x(max_rows * H, 0.5f), w1(experts * FH, 0.25f), w3(experts * FH, 0.2f), w2(experts * FH, 0.125f);
-  std::vector<float> a1(max_rows * F), a3(max_rows * F), y(max_rows * H), grad(FH);
-  const bool bf16 = options.compute == ComputeDType::kBF16;
-  std::vector<std::uint16_t> w1b, w3b, w2b;
-  for (auto [src, dst] : {std::pair{&w1, &w1b}, std::pair{&w3, &w3b}, std::pair{&w2, &w2b}}) {
-    if (bf16) {
-      for (float v : *src) dst->push_back(float_to_bf16(v));
-    }
-  }
-  auto matrix = [&](const std::vector<float>& f, const std::vector<std::uint16_t>& b, std::size_t e) {
-    return bf16 ? WeightRef::bf16(b.data() + e * FH) : WeightRef(f.data() + e * FH);
-  };
-  // The layer multiplies a token tile at a time; so does its ceiling.
-  auto each_tile = [&](auto&& body) {
-    for (std::size_t e = 0; e < experts; ++e) {
-      for (std::int64_t r0 = 0; r0 < rows_per_expert[e]; r0 += kExpertTileRows) {
-        body(e, std::min(kExpertTileRows, rows_per_expert[e] - r0));
-      }
-    }
-  };
+GemmBaseline gemm_baseline(GemmFloor& floor, int iters, bool backward) {
+  if (floor.forward_flops() == 0) return {};
   std::vector<double> rates, forward_ms, backward_ms;
   for (int it = 0; it < iters + 1; ++it) {
-    auto t0 = std::chrono::steady_clock::now();
-    each_tile([&](std::size_t e, std::int64_t n) {
-      linear_forward(options, a1.data(), x.data(), matrix(w1, w1b, e), n, H, F);
-      linear_forward(options, a3.data(), x.data(), matrix(w3, w3b, e), n, H, F);
-      linear_forward(options, y.data(), a1.data(), matrix(w2, w2b, e), n, F, H);
-    });
-    const double s = seconds_since(t0);
-    if (it > 0) {  // the first run warms up
-      rates.push_back(expert_forward_flops(total_rows, H, F) / s / 1e9);
-      forward_ms.push_back(s * 1e3);
-    }
-    if (!backward) continue;
-    t0 = std::chrono::steady_clock::now();
-    each_tile([&](std::size_t e, std::int64_t n) {
-      gemm(options, false, false, n, F, H, y.data(), H, matrix(w2, w2b, e), F, 0.0f, a1.data(), F);    // dy W2
-      gemm(options, true, false, H, F, n, y.data(), H, WeightRef(a3.data()), F, 1.0f, grad.data(), F);  // dW2
-      gemm(options, true, false, F, H, n, a1.data(), F, WeightRef(x.data()), H, 1.0f, grad.data(), H);  // dW1
-      gemm(options, true, false, F, H, n, a3.data(), F, WeightRef(x.data()), H, 1.0f, grad.data(), H);  // dW3
-      gemm(options, false, false, n, H, F, a1.data(), F, matrix(w1, w1b, e), H, 0.0f, y.data(), H);    // dx
-      gemm(options, false, false, n, H, F, a3.data(), F, matrix(w3, w3b, e), H, 1.0f, y.data(), H);
-    });
-    if (it > 0) backward_ms.push_back(seconds_since(t0) * 1e3);
+    const double s = floor.forward_seconds();
+    const double b = backward ? floor.backward_seconds() : 0;
+    if (it == 0) continue;  // the first run warms up
+    rates.push_back(floor.forward_flops() / s / 1e9);
+    forward_ms.push_back(s * 1e3);
+    backward_ms.push_back(b * 1e3);
   }
   return {median(rates), median(forward_ms), backward ? median(backward_ms) : 0.0};
 }
@@ -331,7 +374,12 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     comm.all_reduce_sum(distinct);
     r.replicas_per_token = T > 0 ? distinct[0] / (static_cast<double>(T) * D) : 0;
 
-    std::vector<double> fwd, bwd, gflops, bwd_gflops;
+    // This variant's compute floor, measured between its own iterations so that both see the
+    // same machine (on shared cores a floor taken once drifts with the load).
+    GemmFloor floor(rows_per_local_expert(layer), a.hidden, a.ffn, base.gemm);
+    floor.forward_seconds();  // warm-up
+    if (a.backward) floor.backward_seconds();
+    std::vector<double> fwd, bwd, gflops, bwd_gflops, floor_fwd, floor_bwd, vs_floor;
     for (int it = 0; it < a.iters; ++it) {
       comm.barrier();
       auto t0 = std::chrono::steady_clock::now();
@@ -351,10 +399,21 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
         work[2] = layer.backward_expert_flops();
         work[3] = layer.timings().backward_experts;
       }
+      comm.barrier();
+      const double floor_forward = floor.forward_seconds();
+      comm.barrier();
+      const double floor_backward = a.backward ? floor.backward_seconds() : 0;
+      slowest.push_back(floor_forward);
+      slowest.push_back(floor_backward);
       comm.all_reduce_max(slowest);
       comm.all_reduce_sum(work);
       fwd.push_back(slowest[0] * 1e3);
       if (a.backward) bwd.push_back(slowest[1] * 1e3);
+      const double layer_s = slowest[0] + (a.backward ? slowest[1] : 0);
+      const double floor_s = slowest[slowest.size() - 2] + slowest.back();
+      floor_fwd.push_back(slowest[slowest.size() - 2] * 1e3);
+      floor_bwd.push_back(slowest.back() * 1e3);
+      if (floor_s > 0) vs_floor.push_back(layer_s / floor_s);
       if (work[1] > 0) gflops.push_back(work[0] / work[1] / 1e9);
       if (work[3] > 0) bwd_gflops.push_back(work[2] / work[3] / 1e9);
       progress.update(++step, fmt::format("{} fwd {:.2f} ms", v.name, fwd.back()));
@@ -363,13 +422,14 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
     r.backward_ms = median(bwd);
     r.expert_gflops = median(gflops);
     r.backward_expert_gflops = median(bwd_gflops);
+    r.floor_forward_ms = median(floor_fwd);
+    r.floor_backward_ms = a.backward ? median(floor_bwd) : 0;
+    r.vs_floor = median(vs_floor);
     if (v.dispatch == DispatchKind::kStandard && v.prune_devices == 0) {
       // The GEMM ceiling for the shapes this rank's experts just computed (before the decode-like
       // runs below replace the receive plan with their smaller ones).
-      const ReceivePlan& rp = layer.receive_plan();
-      std::vector<std::int64_t> rows_per_expert;
-      for (int l = 0; l < rp.num_local_experts; ++l) rows_per_expert.push_back(rp.expert_offsets[l + 1] - rp.expert_offsets[l]);
-      const GemmBaseline b = gemm_baseline(rows_per_expert, a.hidden, a.ffn, a.iters, base.gemm, a.backward);
+      GemmFloor ceiling(rows_per_local_expert(layer), a.hidden, a.ffn, base.gemm);
+      const GemmBaseline b = gemm_baseline(ceiling, a.iters, a.backward);
       std::vector<double> rate = {b.gflops}, floor = {b.forward_ms, b.backward_ms};
       comm.all_reduce_sum(rate);
       comm.all_reduce_max(floor);
@@ -455,6 +515,9 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
       v["backward_expert_gflops"] = r.backward_expert_gflops;
       v["expert_vs_sgemm"] = sgemm_gflops > 0 ? r.expert_gflops / sgemm_gflops : 0;
       v["peak_rss_mb"] = r.peak_rss_mb;
+      v["floor_forward_ms"] = r.floor_forward_ms;
+      v["floor_backward_ms"] = r.floor_backward_ms;
+      v["vs_floor"] = r.vs_floor;
       doc["variants"].push_back(v);
     }
     std::cout << doc.dump(2) << "\n";
@@ -465,7 +528,8 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
              a.experts, a.top_k, a.hidden, a.ffn, T, D, a.placement.empty() ? "contiguous" : a.placement,
              a.routing_trace.empty() ? "random router" : a.routing_trace, a.weights, a.compute, a.gemm);
   TextTable table({"variant", "wire", "C_T", "dispatch MB", "remote MB", "combine MB", "bwd disp MB", "bwd comb MB",
-                   "meta MB", "coll f/b", "fwd ms", "bwd ms", "speed-up", "expert GF/s", "% GEMM", "RSS MB"});
+                   "meta MB", "coll f/b", "fwd ms", "bwd ms", "speed-up", "vs floor", "expert GF/s", "% GEMM",
+                   "RSS MB"});
   auto mb = [](std::int64_t b) { return fmt::format("{:.2f}", b / 1e6); };
   for (const auto& r : results) {
     table.add_row({r.variant.name, std::string(wire_format_name(r.variant.wire)),
@@ -479,13 +543,15 @@ void run_bench(const BenchLayerArgs& a, Communicator& comm) {
                               : fmt::format("{}/-", r.forward_collectives),
                    fmt::format("{:.2f}", r.forward_ms),
                    a.backward ? fmt::format("{:.2f}", r.backward_ms) : "-", fmt::format("{:.2f}x", r.speedup),
+                   r.vs_floor > 0 ? fmt::format("{:.2f}x", r.vs_floor) : "-",
                    fmt::format("{:.1f}", r.expert_gflops),
                    sgemm_gflops > 0 ? fmt::format("{:.0f}%", 100 * r.expert_gflops / sgemm_gflops) : "-",
                    fmt::format("{:.0f}", r.peak_rss_mb)});
   }
   std::cout << table.render();
   fmt::print("GEMMs alone on the same shapes ({} {}): {:.1f} GFLOP/s per rank, {:.2f} ms forward{} (the compute floor, "
-             "slowest rank); bytes summed over ranks, one iteration; times are medians of {} iterations (slowest rank); "
+             "slowest rank); vs floor: the variant's time over these GEMMs run between its own iterations (median of the "
+             "ratios); bytes summed over ranks, one iteration; times are medians of {} iterations (slowest rank); "
              "coll f/b = collectives per forward/backward on one rank\n",
              a.gemm, a.compute, sgemm_gflops, floor_ms[0],
              a.backward ? fmt::format(" + {:.2f} ms backward", floor_ms[1]) : "", a.iters);
