@@ -99,7 +99,7 @@ MemoryEstimate estimate_model_memory(const ModelConfig& config, int num_ranks, b
 }
 
 std::int64_t estimate_moe_buffer_bytes(const ModelConfig& c, int num_ranks, std::int64_t tokens_per_rank,
-                                       int wire_bytes, bool training) {
+                                       int wire_bytes, bool training, ComputeDType compute) {
   OCCULT_CHECK(num_ranks >= 1 && tokens_per_rank >= 0 && wire_bytes >= 1,
                "MoE buffer estimate: {} ranks, {} tokens per rank, {} bytes per value", num_ranks, tokens_per_rank,
                wire_bytes);
@@ -112,7 +112,12 @@ std::int64_t estimate_moe_buffer_bytes(const ModelConfig& c, int num_ranks, std:
   const std::int64_t rows = 2 * A * H * kFloat + 2 * A * F * kFloat;        // received rows, outputs, W1x/W3x
   const std::int64_t messages = 2 * (A * H * wire_bytes + A * 12);          // one send and one receive buffer
   const std::int64_t per_layer = routing + plan + rows + messages;
-  return (training ? c.num_moe_layers() : std::min(1, c.num_moe_layers())) * per_layer;
+  // Training under BF16 compute: every layer's BF16 rounding of its F32 experts (ceil(E / D) of
+  // them), made by the forward for its backward.
+  const std::int64_t rounded_experts =
+      training && compute == ComputeDType::kBF16 ? (E + num_ranks - 1) / num_ranks * 3 * F * H * 2 : 0;
+  return (training ? c.num_moe_layers() : std::min(1, c.num_moe_layers())) * per_layer +
+         c.num_moe_layers() * rounded_experts;
 }
 
 void check_training_step_fits_memory(MoeTransformer& model, const std::vector<bool>& trainable,
@@ -127,7 +132,8 @@ void check_training_step_fits_memory(MoeTransformer& model, const std::vector<bo
     }
     step.activation_bytes = model.activation_bytes(batch_per_rank, seq_len);
     step.moe_buffer_bytes = estimate_moe_buffer_bytes(c, comm.size(), batch_per_rank * seq_len,
-                                                      wire_bytes_per_value(model.parallel_options().wire), true);
+                                                      wire_bytes_per_value(model.parallel_options().wire), true,
+                                                      model.parallel_options().gemm.compute);
     const AvailableMemory available = available_memory_per_rank();
     if (available.bytes_per_rank < 0) return;
     // A limit from the environment is the whole budget, the model included; MemAvailable is

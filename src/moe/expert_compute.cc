@@ -200,10 +200,10 @@ void expert_backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w,
                             const ExpertGradsView& grads, ExpertScratch& scratch, ExpertProgress progress) {
   check_shapes(plan, w, x_recv, dx_recv.size(), act_gate.size(), act_up.size());
   check_ranges(plan, w, begins, ends);
-  require_f32(w, "expert backward");
   // The products run in this thread's compute precision: under BF16 (mixed-precision training)
-  // each GEMM rounds its operands, the F32 master weights included, once per expert, and
-  // accumulates in F32 into the F32 gradients; the elementwise SwiGLU backward stays F32.
+  // each GEMM rounds its operands (F32 master weights once per expert, unless the caller passes
+  // them already rounded) and accumulates in F32 into the F32 gradients; the elementwise SwiGLU
+  // backward stays F32.
   const GemmOptions options = current_gemm_options();
   ComputeMatrix& matrix = compute_matrix();
   const int H = w.hidden_size, F = w.ffn_size;
@@ -211,8 +211,9 @@ void expert_backward_ranges(const ReceivePlan& plan, const ExpertWeightsView& w,
                dy_recv.size(), x_recv.size());
   OCCULT_CHECK(static_cast<std::int64_t>(d_weight.size()) == plan.num_assignments(),
                "expert backward: gate gradient buffer holds {}, expected {}", d_weight.size(), plan.num_assignments());
-  OCCULT_CHECK(grads.gate_proj.size() == w.gate_proj.size() && grads.up_proj.size() == w.up_proj.size() &&
-                   grads.down_proj.size() == w.down_proj.size(),
+  const std::size_t expert_numel = static_cast<std::size_t>(w.num_local_experts) * F * H;
+  OCCULT_CHECK(grads.gate_proj.size() == expert_numel && grads.up_proj.size() == expert_numel &&
+                   grads.down_proj.size() == expert_numel,
                "expert backward: gradient tensors do not match the weights' shapes");
   ensure(scratch.x_tile, kExpertTileRows * H);
   ensure(scratch.dy_tile, kExpertTileRows * H);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "occult/core/error.h"
+#include "occult/core/half.h"
 #include "occult/core/safetensors.h"
 #include "occult/moe/expert_compute.h"
 #include "occult/moe/reference.h"
@@ -444,6 +445,29 @@ ExpertWeightsView MoeLayer::expert_view() const {
   return view;
 }
 
+void MoeLayer::round_experts_for_step() {
+  step_bf16_current_ = config_.with_grads && config_.expert_dtype == WeightDType::kF32 &&
+                       current_gemm_options().compute == ComputeDType::kBF16;
+  if (!step_bf16_current_) return;
+  for (auto [src, dst] : {std::pair{&w1_, &w1_step_bf16_}, std::pair{&w3_, &w3_step_bf16_},
+                          std::pair{&w2_, &w2_step_bf16_}}) {
+    dst->resize(src->size());
+    std::transform(src->begin(), src->end(), dst->begin(), float_to_bf16);
+  }
+}
+
+ExpertWeightsView MoeLayer::compute_view() const {
+  if (!step_bf16_current_) return expert_view();
+  ExpertWeightsView view;
+  view.num_local_experts = static_cast<int>(local_experts_.size());
+  view.hidden_size = config_.hidden_size;
+  view.ffn_size = config_.ffn_size;
+  view.gate_proj_bf16 = w1_step_bf16_;
+  view.up_proj_bf16 = w3_step_bf16_;
+  view.down_proj_bf16 = w2_step_bf16_;
+  return view;
+}
+
 void MoeLayer::zero_grad() {
   for (auto* v : {&d_router_, &d_w1_, &d_w3_, &d_w2_}) std::fill(v->begin(), v->end(), 0.0f);
 }
@@ -597,6 +621,7 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
     any_failed = any_failed || got[width * s + 2] != 0;
   }
   fail_on_every_rank(any_failed, error);
+  round_experts_for_step();
 
   // Dispatch: to each destination its assignments (metadata, F32 weights) and then its rows,
   // in one message. Rows are cast to the wire format once per token, not once per copy.
@@ -645,7 +670,7 @@ void MoeLayer::run_forward(std::span<const float> x, std::span<float> y, std::op
   act_gate_.resize(A * F);
   act_up_.resize(A * F);
   b.expert_out.resize(receive_.num_rows() * H);
-  expert_backend_->forward(receive_, expert_view(), x_recv_, b.expert_out, act_gate_, act_up_, b.expert);
+  expert_backend_->forward(receive_, compute_view(), x_recv_, b.expert_out, act_gate_, act_up_, b.expert);
   double t2 = now_seconds();
   timings_.forward_experts = t2 - t1;
 
@@ -814,7 +839,7 @@ void MoeLayer::compute_source_block(int s, int combine) {
   const std::span<float> out = std::span<float>(b.expert_out).subspan(r0 * H, nr * H);
   std::fill(out.begin(), out.end(), 0.0f);
   OverlapProgress poll{&comm_, &b};
-  expert_backend_->forward_ranges(rp, expert_view(), begin, end, x_recv_, b.expert_out, act_gate_, act_up_, b.expert,
+  expert_backend_->forward_ranges(rp, compute_view(), begin, end, x_recv_, b.expert_out, act_gate_, act_up_, b.expert,
                         ExpertProgress{&OverlapProgress::poll, &poll});
   if (wire != WireFormat::kF32) encode_wire(wire, out, b.combine_send.data() + r0 * row_bytes);
   comm_.exchange_send(combine, s);
@@ -958,7 +983,7 @@ void MoeLayer::blocking_backward(std::span<const float> dy, std::span<float> dx,
 
   b.expert_out.resize(receive_.num_rows() * H);  // dx rows, on the expert side
   b.d_weight_sorted.resize(receive_.num_assignments());
-  const ExpertWeightsView view = expert_view();
+  const ExpertWeightsView view = compute_view();
   ExpertGradsView grads{d_w1_, d_w3_, d_w2_};
   snapshot_replica_gradients();
   expert_backend_->backward(receive_, view, x_recv_, b.dy_recv, act_gate_, act_up_, b.expert_out, b.d_weight_sorted, grads,
@@ -1124,7 +1149,7 @@ void MoeLayer::backward_source_block(int s, int combine) {
   const std::span<const std::int64_t> end =
       std::span<const std::int64_t>(b.block_end).subspan(static_cast<std::size_t>(s) * L, L);
   OverlapProgress poll{&comm_, &b};
-  expert_backend_->backward_ranges(rp, expert_view(), begin, end, x_recv_, b.dy_recv, act_gate_, act_up_,
+  expert_backend_->backward_ranges(rp, compute_view(), begin, end, x_recv_, b.dy_recv, act_gate_, act_up_,
                                    b.expert_out, b.d_weight_sorted, ExpertGradsView{d_w1_, d_w3_, d_w2_}, b.expert,
                                    ExpertProgress{&OverlapProgress::poll, &poll});
   for (int e = 0; e < L; ++e) {

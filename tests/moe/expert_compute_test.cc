@@ -356,7 +356,8 @@ TEST_P(ExpertKernels, Bf16ComputeBackwardWithinRoundingBound) {
 }
 
 // BF16-resident experts: the forward equals the naive twin run on the same values widened to F32
-// (BF16 -> F32 is exact, so only the order of the F32 sums differs); backward refuses them.
+// (BF16 -> F32 is exact, so only the order of the F32 sums differs), and so does the backward,
+// which the layer runs on its per-step BF16 rounding of F32 master weights.
 TEST_P(ExpertKernels, Bf16WeightsMatchTwinOnWidenedValues) {
   const Case c = GetParam();
   const ReceivePlan plan = random_plan(c, 11);
@@ -382,8 +383,17 @@ TEST_P(ExpertKernels, Bf16WeightsMatchTwinOnWidenedValues) {
   EXPECT_LT(relative_error(out, ref_out), 1e-5);
   EXPECT_LT(relative_error(a1, ra1), 1e-5);
   EXPECT_LT(relative_error(a3, ra3), 1e-5);
-  std::vector<float> dx(x.size()), dg(c.assignments), g(c.num_local_experts * FH);
-  EXPECT_THROW(expert_backward(plan, w16, x, x, a1, a3, dx, dg, ExpertGradsView{g, g, g}, scratch), Error);
+  const auto dy = random_values(x.size(), 25);
+  std::vector<float> dx(x.size()), dg(c.assignments), ref_dx(x.size()), ref_dg(c.assignments);
+  std::vector<std::vector<float>> g(3, std::vector<float>(c.num_local_experts * FH)), ref_g = g;
+  expert_backward(plan, w16, x, dy, a1, a3, dx, dg, ExpertGradsView{g[0], g[1], g[2]}, scratch);
+  reference_expert_backward(plan, w32, x, dy, ra1, ra3, ref_dx, ref_dg, ExpertGradsView{ref_g[0], ref_g[1], ref_g[2]});
+  EXPECT_LT(relative_error(dx, ref_dx), 1e-5);
+  EXPECT_LT(relative_error(dg, ref_dg), 1e-5);
+  for (int kind = 0; kind < 3; ++kind) EXPECT_LT(relative_error(g[kind], ref_g[kind]), 1e-5) << "kind " << kind;
+  std::vector<float> short_grad(c.num_local_experts * FH - 1);
+  EXPECT_THROW(expert_backward(plan, w16, x, dy, a1, a3, dx, dg, ExpertGradsView{short_grad, g[1], g[2]}, scratch),
+               Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, ExpertKernels,

@@ -79,16 +79,17 @@ struct StepMemoryEstimate {
   std::int64_t activation_bytes = 0;  // the model's activation arena for the batch shape (exact)
   // The MoE layers' routing state, plans, received rows, expert activations and exchange
   // messages, assuming balanced routing (each rank serves its share of the assignments) and one
-  // row per assignment (standard dispatch; occult sends fewer): an estimate, not a bound.
+  // row per assignment (standard dispatch; occult sends fewer), and under BF16 compute the
+  // experts' per-step BF16 rounding: an estimate, not a bound.
   std::int64_t moe_buffer_bytes = 0;
   std::int64_t total_bytes() const { return optimizer_bytes + activation_bytes + moe_buffer_bytes; }
 };
 
 // The MoE buffers of StepMemoryEstimate for `config` on `num_ranks` ranks, `tokens_per_rank`
-// tokens each, with `wire_bytes` bytes per exchanged value: kept by every MoE layer when
-// training, by one layer at a time for inference.
+// tokens each, with `wire_bytes` bytes per exchanged value and the GEMMs in `compute`: kept by
+// every MoE layer when training, by one layer at a time for inference.
 std::int64_t estimate_moe_buffer_bytes(const ModelConfig& config, int num_ranks, std::int64_t tokens_per_rank,
-                                       int wire_bytes, bool training);
+                                       int wire_bytes, bool training, ComputeDType compute = ComputeDType::kF32);
 
 // Collective: refuses, on every rank with one message naming the parts and the flags that
 // shrink them, a training step whose memory (StepMemoryEstimate for `batch_per_rank` sequences

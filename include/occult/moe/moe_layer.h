@@ -261,6 +261,13 @@ class MoeLayer {
   // rank's message (collective; `error` is this rank's own, if any).
   void fail_on_every_rank(bool any_failed, const std::optional<std::string>& error);
   ExpertWeightsView expert_view() const;
+  // The experts as this step's GEMMs multiply them: under BF16 compute (the thread's
+  // GemmOptions) with F32 master weights and gradients, the forward rounds every local expert
+  // to BF16 once (round_experts_for_step) and its backward multiplies by the same rounding,
+  // instead of each call rounding each matrix again; otherwise expert_view(). The weights must
+  // not change between a forward and its backward (the gradients would not be theirs anyway).
+  void round_experts_for_step();
+  ExpertWeightsView compute_view() const;
   // Frees the rows, activations and messages of the last forward (inference layers, after
   // each forward).
   void release_forward_buffers();
@@ -292,6 +299,9 @@ class MoeLayer {
   std::vector<float> selection_bias_;             // [E] when config_.selection_bias
   std::vector<float> w1_, w3_, w2_;               // [L, F, H], [L, F, H], [L, H, F]
   std::vector<std::uint16_t> w1_bf16_, w3_bf16_, w2_bf16_;  // the same, when held in BF16
+  // The F32 experts rounded to BF16 for the current forward and backward (compute_view).
+  std::vector<std::uint16_t> w1_step_bf16_, w3_step_bf16_, w2_step_bf16_;
+  bool step_bf16_current_ = false;
   std::vector<float> d_w1_, d_w3_, d_w2_;
 
   // State of the last forward.
