@@ -2,7 +2,7 @@
 # occult against a PyTorch standard-EP peer (bench/moe/torch_peer.py) in one run: the same
 # shapes, the same imposed routing (a real trace layer), the same ranks; forward and
 # forward+backward medians of the slowest rank, dispatch bytes summed over ranks, and the expert
-# GEMMs alone (occult's compute floor, measured by bench layer in the same run).
+# GEMMs alone (each variant's compute floor, measured by bench layer between its iterations).
 # Needs Debian's python3-torch (`scripts/bootstrap.sh --peer`).
 # Usage: bench/moe/peer.sh [BUILD=build] [RANKS=4] [TOKENS=1024] [ITERS=5]
 # Environment: PLACEMENT (a placement JSON; default: hypergraph placed on TRACE), TRACE, LAYER,
@@ -68,25 +68,26 @@ def link_ms(v):
 
 rows = []
 for doc, compute in ((train, "f32"), (bf16, "bf16")):
-    floor = doc["floor_forward_ms"] + doc["floor_backward_ms"]
     for v in doc["variants"]:
+        # Each variant's own floor, measured between its iterations (vs_floor: the median ratio).
+        floor = v["floor_forward_ms"] + v["floor_backward_ms"]
         rows.append((v["name"], compute, v["forward_ms"], v["forward_ms"] + v["backward_ms"],
-                     v["bytes"]["dispatch"] / 1e6, v.get("decode_ms", []), floor, link_ms(v)))
+                     v["bytes"]["dispatch"] / 1e6, v.get("decode_ms", []), floor, v["vs_floor"], link_ms(v)))
 rows.append(("pytorch peer (gloo)", "f32", peer["forward_ms"], peer["forward_backward_ms"], peer["dispatch_mb"],
-             peer.get("decode_ms", []), None, None))
+             peer.get("decode_ms", []), None, None, None))
 pfb = peer["forward_backward_ms"]
 print(f"{'variant':<24} {'compute':>7} {'fwd ms':>8} {'fwd+bwd ms':>11} {'vs peer':>8} {'dispatch MB':>12} "
-      f"{'floor ms':>9} {'link ms':>8} {'vs bound':>9}  decode ms @1/8/64 tok")
-print("-" * 125)
-for name, compute, f, fb, mb, dec, floor, lk in rows:
+      f"{'floor ms':>9} {'vs floor':>9} {'link ms':>8} {'vs bound':>9}  decode ms @1/8/64 tok")
+print("-" * 135)
+for name, compute, f, fb, mb, dec, floor, vs_floor, lk in rows:
     bound = max(floor, lk or 0) if floor else None
     decs = "/".join(f"{x:.1f}" for x in dec) if dec else "-"
     print(f"{name:<24} {compute:>7} {f:8.1f} {fb:11.1f} {fb / pfb:7.2f}x {mb:12.2f} "
-          f"{(f'{floor:.1f}' if floor else '-'):>9} {(f'{lk:.1f}' if lk else '-'):>8} "
-          f"{(f'{fb / bound:.2f}x' if bound else '-'):>9}  {decs}")
-print(f"floor: the expert GEMMs alone on the same shapes, forward+backward, slowest rank (bench layer, same run): "
-      f"{train['floor_forward_ms'] + train['floor_backward_ms']:.1f} ms f32 at {train['sgemm_gflops']:.1f} GFLOP/s "
-      f"per rank, {bf16['floor_forward_ms'] + bf16['floor_backward_ms']:.1f} ms bf16 at {bf16['sgemm_gflops']:.1f}; "
+          f"{(f'{floor:.1f}' if floor else '-'):>9} {(f'{vs_floor:.2f}x' if vs_floor else '-'):>9} "
+          f"{(f'{lk:.1f}' if lk else '-'):>8} {(f'{fb / bound:.2f}x' if bound else '-'):>9}  {decs}")
+print(f"floor: the expert GEMMs alone on each variant's shapes, forward+backward, slowest rank, run between the "
+      f"variant's own iterations (bench layer); vs floor: the median over iterations of time / floor "
+      f"({train['sgemm_gflops']:.1f} GFLOP/s per rank f32, {bf16['sgemm_gflops']:.1f} bf16); "
       f"link: bytes leaving their rank / {link or 'LINK (unset)'}; vs bound: fwd+bwd over max(floor, link)")
 print(f"{train['num_devices']} ranks, E={train['experts']} k={train['top_k']} H={train['hidden']} F={train['ffn']}, "
       f"{train['tokens_per_rank']} tokens/rank, trace {train['routing_trace']} layer {layer}; "

@@ -102,7 +102,7 @@ TEST_F(TrainMpiTest, GradientsAtDRanksEqualTheOneRankGradients) {
     const LossParts l1 = one.forward(tokens, targets, B, T);
     one.backward();
     // And with the MoE exchanges overlapped with expert compute, forward and backward.
-    for (const auto [d, overlap] : {std::pair{Dispatch::kStandard, false}, std::pair{Dispatch::kOccult, false},
+    for (const auto& [d, overlap] : {std::pair{Dispatch::kStandard, false}, std::pair{Dispatch::kOccult, false},
                                     std::pair{Dispatch::kStandard, true}, std::pair{Dispatch::kOccult, true}}) {
       ParallelOptions po;
       po.dispatch = d;
