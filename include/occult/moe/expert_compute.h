@@ -85,8 +85,8 @@ void expert_forward_ranges(const ReceivePlan& plan, const ExpertWeightsView& wei
                            std::span<const float> x_recv, std::span<float> out, std::span<float> act_gate,
                            std::span<float> act_up, ExpertScratch& scratch, ExpertProgress progress = {});
 
-// Backward (F32 master weights; the products in this thread's compute precision, sums and
-// gradients in F32). dy_recv [R, H] is the gradient of out; writes dx_recv [R, H] (overwritten) and
+// Backward (F32 master weights, or BF16 ones such as a training layer's per-step rounding of
+// them; the products in this thread's compute precision, sums and gradients in F32). dy_recv [R, H] is the gradient of out; writes dx_recv [R, H] (overwritten) and
 // d_weight [A] (gradient of each assignment's gate weight, expert-sorted order), and
 // accumulates the expert weight gradients.
 void expert_backward(const ReceivePlan& plan, const ExpertWeightsView& weights, std::span<const float> x_recv,
